@@ -1,0 +1,6 @@
+"""Hierarchical contrastive losses: SupCon, HMLC (HMC / HCE / HMCE), G-HMLC and A-HMLC."""
+
+from lightly_hmlc.loss.hmlc import HMLCLoss
+from lightly_hmlc.loss.supcon import SupConLoss
+
+__all__ = ["HMLCLoss", "SupConLoss"]

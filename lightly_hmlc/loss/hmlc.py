@@ -1,0 +1,218 @@
+"""The hierarchical multi-label contrastive losses HMC, HCE and HMCE."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightly_hmlc.loss._levels import (
+    LOSS_TYPES,
+    LayerPenalty,
+    LevelGroups,
+    aggregate_levels,
+    anchor_level_losses,
+    build_level_groups,
+    gather_for_loss,
+    layer_penalties,
+    normalize_features,
+    reduce_levels,
+    resolve_layer_penalty,
+    validate_inputs,
+)
+
+
+class HMLCLoss(nn.Module):
+    """Hierarchical multi-label contrastive loss of Zhang et al. [0]: HMC, HCE and HMCE.
+
+    Labels are label paths ``[B, L]``, coarse to fine (``-1`` = unknown level). At level
+    ``l`` two samples are positives when their paths agree from the root down to ``l``;
+    the instance level is implicit, because the other view of a sample is always a
+    positive, so never append an instance-id column. Every level gets a supervised
+    contrastive term (the L_out form of SupCon) and the terms are aggregated:
+
+    - ``hmc``: weighted by ``lambda_l = layer_penalty(1 / k)``, ``k = L - l`` counting from
+      the finest level (k = 1), so an increasing penalty favours finer levels;
+    - ``hce``: each level's term is raised to the largest term of the finer levels (the
+      hierarchy constraint: pairs that share less may never cost less), then averaged;
+    - ``hmce``: both.
+
+    The default follows the paper's formula: every anchor counts at every level and the
+    level terms are averaged (``normalize_weights=True`` divides by ``sum(lambda)``, so
+    one level gives exactly ``SupConLoss``; ``False`` divides by ``L`` as written in the
+    paper, which only rescales the loss). One similarity matrix serves every level, and
+    positives of all levels come from one grouped pass over the label paths.
+
+    ``reference_compatible=True`` reproduces the public reference implementation of the
+    authors instead, given the same normalised features (the reference additionally
+    needs an instance-id column, which this loss adds implicitly). It differs from the
+    paper's formula in three ways: after each level (finest first) only one sample per
+    distinct label prefix is kept for the coarser levels (anchors, positives and
+    denominators; the first sample, in batch order, of the smallest label path under the
+    prefix, because the reference re-orders the kept samples by label), each term is multiplied by ``temperature / base_temperature``, and the
+    sum is divided by ``L + 1`` (the label columns including the instance id) instead of
+    being a weighted mean. ``-1`` labels are not supported in that mode.
+
+    - [0] Use All The Labels: A Hierarchical Multi-Label Contrastive Learning Framework,
+      Zhang et al., CVPR 2022, https://arxiv.org/abs/2204.13207
+
+    Args:
+        loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
+        temperature: Scales the cosine similarities, ``> 0``.
+        layer_penalty: ``"exp"`` (default, as in the authors' training script),
+            ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
+            callable mapping a float tensor of ``1 / k`` values to weights.
+        num_levels: If given, labels must have exactly this many levels.
+        normalize_weights: Divide by ``sum(lambda)`` (default) rather than by ``L``.
+        reference_compatible: Reproduce the reference implementation (see above).
+        base_temperature: The reference's base temperature (only used when
+            ``reference_compatible``).
+        gather_distributed: Gather embeddings AND labels from all ranks. The returned
+            value equals the single-process loss on the global batch on every rank, and
+            after DDP's gradient averaging so do the gradients. Every rank needs the
+            same batch size.
+
+    Raises:
+        ValueError: For an unknown ``loss_type`` or ``layer_penalty``, a non-positive
+            temperature or ``num_levels < 1``.
+
+    Examples:
+        >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)
+        >>> out0, out1 = torch.randn(6, 16), torch.randn(6, 16)
+        >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
+        >>> loss = loss_fn(out0, out1, labels)
+        >>> loss_fn.last_level_losses.shape  # detached per-level terms, for logging
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        loss_type: str = "hmce",
+        temperature: float = 0.1,
+        layer_penalty: str | LayerPenalty = "exp",
+        num_levels: int | None = None,
+        normalize_weights: bool = True,
+        reference_compatible: bool = False,
+        base_temperature: float = 0.07,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if not base_temperature > 0:
+            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
+        if num_levels is not None and num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
+        self.loss_type = loss_type
+        self.temperature = float(temperature)
+        self.layer_penalty = resolve_layer_penalty(layer_penalty)
+        self.num_levels = num_levels
+        self.normalize_weights = normalize_weights
+        self.reference_compatible = reference_compatible
+        self.base_temperature = float(base_temperature)
+        self.gather_distributed = gather_distributed
+        self.last_level_losses: Tensor | None = None
+        if num_levels is not None:
+            layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
+
+    def level_weights(self, num_levels: int) -> Tensor | None:
+        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
+        if self.loss_type == "hce" and not self.reference_compatible:
+            return None
+        if self.loss_type == "hce":
+            return torch.full((num_levels,), 1.0 / (num_levels + 1))
+        penalties = layer_penalties(num_levels, self.layer_penalty)
+        if self.reference_compatible:
+            return penalties / (num_levels + 1)
+        if self.normalize_weights:
+            return penalties / penalties.sum()
+        return penalties / num_levels
+
+    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        """Computes the loss.
+
+        Args:
+            out0: ``[B, D]`` projections of the first view.
+            out1: ``[B, D]`` projections of the second view.
+            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown
+                (``[B]`` is one level).
+
+        Returns:
+            The scalar loss.
+        """
+        labels = validate_inputs(out0, out1, labels, self.num_levels)
+        features = normalize_features(out0, out1)
+        level_features, extra = self._level_features(features, labels.repeat(2, 1))
+        return self._hierarchical_loss(level_features, labels.repeat(2, 1)) + extra
+
+    def _level_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Hook for subclasses: features for the level terms and an extra loss term.
+
+        Returns ``[2B, D]`` (shared by all levels) or ``[2B, L, D]`` (one per level).
+        """
+        return features, features.new_zeros(())
+
+    def _hierarchical_loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        batch = gather_for_loss(features, labels, self.gather_distributed)
+        if self.reference_compatible:
+            share = self._reference_level_terms(
+                batch.contrast, batch.contrast_labels, batch.sample_index
+            )
+            value = share.detach()
+        else:
+            loss, is_anchor = anchor_level_losses(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                build_level_groups(batch.contrast_labels),
+                self.temperature,
+            )
+            share, value = reduce_levels(loss, is_anchor, batch.distributed)
+        self.last_level_losses = value
+        return aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
+
+    def _reference_level_terms(
+        self, features: Tensor, labels: Tensor, sample_index: Tensor
+    ) -> Tensor:
+        """Level terms of the reference implementation, on the global batch.
+
+        Walking from the finest level up, the reference keeps one sample per distinct
+        prefix of the previous (finer) level and re-orders the kept samples by label
+        (its ``unique`` returns them in sorted order). The kept sample of a prefix is
+        therefore the first sample, in batch order, of the lexicographically smallest
+        full label path under that prefix; those rows take part in level ``l``.
+        """
+        if bool((labels < 0).any()):
+            raise ValueError(
+                "reference_compatible=True does not support -1 (unknown) labels: the "
+                "reference implementation has no notion of a missing level. Use the "
+                "default mode, or fill in the labels."
+            )
+        num_rows, num_levels = labels.shape
+        groups = build_level_groups(labels)
+        device = labels.device
+        # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
+        path_ids = groups.ids[:, -1]
+        no_sample = int(sample_index.max()) + 1
+        first_sample = torch.full(
+            (groups.num_groups,), no_sample, dtype=torch.long, device=device
+        ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
+        is_first_of_path = first_sample[path_ids] == sample_index
+        taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
+        for level in range(num_levels - 1):  # a loop over levels, never over samples
+            finer_ids = groups.ids[:, level + 1]
+            smallest_path = torch.full(
+                (groups.num_groups,), groups.num_groups, dtype=torch.long, device=device
+            ).scatter_reduce(0, finer_ids, path_ids, reduce="amin")
+            taking_part[:, level] = is_first_of_path & (smallest_path[finer_ids] == path_ids)
+        loss, _ = anchor_level_losses(
+            features,
+            features,
+            torch.arange(num_rows, device=features.device),
+            LevelGroups(groups.ids, taking_part, groups.num_groups),
+            self.temperature,
+            include_in_denominator=taking_part,
+        )
+        count = taking_part.sum(dim=0).to(loss.dtype)
+        return loss.sum(dim=1) / count * (self.temperature / self.base_temperature)

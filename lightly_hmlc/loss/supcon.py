@@ -1,0 +1,87 @@
+"""Supervised contrastive loss (SupCon) for two views."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightly_hmlc.loss._levels import (
+    aggregate_levels,
+    anchor_level_losses,
+    build_level_groups,
+    gather_for_loss,
+    normalize_features,
+    reduce_levels,
+    validate_inputs,
+)
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss, the L_out form of Khosla et al. [0], eq. 2.
+
+    Every sample contributes two views. For an anchor, the positives are the other view
+    of the same sample and both views of every other sample with the same label; all
+    other rows of the batch are negatives. Embeddings are L2-normalised inside the loss,
+    and the logits are computed in float32, also under autocast.
+
+    - [0] Supervised Contrastive Learning, Khosla et al., NeurIPS 2020,
+      https://arxiv.org/abs/2004.11362
+
+    Args:
+        temperature: Scales the cosine similarities, ``> 0``.
+        gather_distributed: Gather embeddings AND labels from all ranks before the loss,
+            so that every rank contrasts against the global batch. The value equals the
+            single-process loss on the global batch on every rank, and after DDP's
+            gradient averaging so do the gradients. Every rank needs the same batch size.
+
+    Labels are ``[B]`` class ids, or ``[B, L]`` label paths, in which case two samples
+    are positives when their whole paths are equal. ``-1`` marks an unknown label: such a
+    sample is neither an anchor nor a positive (it stays a negative for the others).
+
+    Raises:
+        ValueError: If ``temperature <= 0``.
+
+    Examples:
+        >>> loss_fn = SupConLoss(temperature=0.1)
+        >>> out0, out1 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss = loss_fn(out0, out1, labels)
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.temperature = float(temperature)
+        self.gather_distributed = gather_distributed
+
+    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        """Computes the loss.
+
+        Args:
+            out0: ``[B, D]`` projections of the first view.
+            out1: ``[B, D]`` projections of the second view.
+            labels: ``[B]`` class ids or ``[B, L]`` label paths; ``-1`` is unknown.
+
+        Returns:
+            The scalar loss.
+        """
+        labels = validate_inputs(out0, out1, labels)
+        if labels.shape[1] > 1:
+            # The whole path is the class; a row that is entirely unknown stays unknown.
+            _, path_ids = torch.unique(labels, dim=0, return_inverse=True)
+            unknown = (labels < 0).all(dim=1)
+            labels = torch.where(unknown, -1, path_ids).unsqueeze(1)
+        features = normalize_features(out0, out1)
+        batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
+        loss, is_anchor = anchor_level_losses(
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            build_level_groups(batch.contrast_labels),
+            self.temperature,
+        )
+        share, value = reduce_levels(loss, is_anchor, batch.distributed)
+        return aggregate_levels(share, value, "hmc", weights=None)
