@@ -373,6 +373,7 @@ def aggregate_levels(
 
 
 def normalize_features(out0: Tensor, out1: Tensor) -> Tensor:
-    """Both views stacked, in float32 (also under autocast) and L2-normalised."""
+    """Both views stacked, L2-normalised, in float32 or wider (also under autocast)."""
+    dtype = torch.promote_types(out0.dtype, torch.float32)
     with torch.autocast(device_type=out0.device.type, enabled=False):
-        return F.normalize(torch.cat([out0, out1], dim=0).float(), dim=1)
+        return F.normalize(torch.cat([out0, out1], dim=0).to(dtype), dim=1)

@@ -1,0 +1,136 @@
+"""Plainly written per-anchor loss computations that the fast losses are checked against.
+
+Everything here loops over anchors and levels in Python on purpose: it is slow and
+obviously correct, and shares no code with ``lightly_hmlc.loss``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def stacked_views(out0: Tensor, out1: Tensor) -> Tensor:
+    return F.normalize(torch.cat([out0, out1]).double(), dim=1)
+
+
+def anchor_terms(z: Tensor, paths: list[list[int]], level: int, temperature: float) -> list[Tensor]:
+    """SupCon L_out term of every anchor at one level; anchors without positives skipped."""
+    n = z.shape[0]
+    terms = []
+    for i in range(n):
+        prefix = paths[i][: level + 1]
+        if any(value < 0 for value in prefix):
+            continue
+        positives = [j for j in range(n) if j != i and paths[j][: level + 1] == prefix]
+        if not positives:
+            continue
+        others = [a for a in range(n) if a != i]
+        log_denominator = torch.logsumexp(
+            torch.stack([z[i] @ z[a] / temperature for a in others]), dim=0
+        )
+        log_probs = [z[i] @ z[p] / temperature - log_denominator for p in positives]
+        terms.append(-torch.stack(log_probs).mean())
+    return terms
+
+
+def level_means(out0: Tensor, out1: Tensor, labels: Tensor, temperature: float) -> list[Tensor]:
+    z = stacked_views(out0, out1)
+    paths = labels.tolist() * 2
+    means = []
+    for level in range(labels.shape[1]):
+        terms = anchor_terms(z, paths, level, temperature)
+        means.append(torch.stack(terms).mean() if terms else z.sum() * 0.0)
+    return means
+
+
+def supcon(out0: Tensor, out1: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    return level_means(out0, out1, labels.reshape(-1, 1), temperature)[0]
+
+
+def penalty_weights(num_levels: int, penalty: str) -> list[float]:
+    functions = {"exp": math.exp, "pow2": lambda x: 2.0**x, "uniform": lambda x: 1.0}
+    # Level l (coarse to fine) is the (L - l)-th counted from the finest.
+    return [functions[penalty](1.0 / (num_levels - level)) for level in range(num_levels)]
+
+
+def hmlc(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    loss_type: str,
+    temperature: float,
+    penalty: str = "exp",
+    normalize_weights: bool = True,
+) -> Tensor:
+    means = level_means(out0, out1, labels, temperature)
+    num_levels = len(means)
+    if loss_type in ("hce", "hmce"):
+        means = [torch.stack(means[level:]).max() for level in range(num_levels)]
+    if loss_type == "hce":
+        return torch.stack(means).mean()
+    weights = penalty_weights(num_levels, penalty)
+    divisor = sum(weights) if normalize_weights else num_levels
+    return sum(w * m for w, m in zip(weights, means, strict=True)) / divisor
+
+
+def reference_algorithm(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    loss_type: str,
+    temperature: float,
+    penalty: str = "pow2",
+    base_temperature: float = 0.07,
+) -> Tensor:
+    """The published reference algorithm, step by step, as its paper's code does it.
+
+    Finest level first; after each level keep, for every distinct prefix in sorted order,
+    the first sample in the current order; multiply each term by T / base_T; divide by
+    the number of label columns including the instance id.
+    """
+    num_levels = labels.shape[1]
+    rows = labels.tolist()
+    order = list(range(len(rows)))
+    z0 = F.normalize(out0.double(), dim=1)
+    z1 = F.normalize(out1.double(), dim=1)
+    total = z0.sum() * 0.0
+    previous_max = None
+    for step in range(1, num_levels + 1):
+        level = num_levels - step
+        z = torch.cat([z0[order], z1[order]])
+        paths = [rows[i] for i in order] * 2
+        terms = anchor_terms(z, paths, level, temperature)
+        term = torch.stack(terms).mean() * (temperature / base_temperature)
+        if loss_type in ("hce", "hmce") and previous_max is not None:
+            term = torch.maximum(previous_max, term)
+        previous_max = term if previous_max is None else torch.maximum(previous_max, term)
+        weight = {"pow2": 2.0 ** (1.0 / step), "exp": math.exp(1.0 / step)}[penalty]
+        total = total + (term if loss_type == "hce" else weight * term)
+        kept: dict[tuple[int, ...], int] = {}
+        for i in order:
+            kept.setdefault(tuple(rows[i][: level + 1]), i)
+        order = [kept[prefix] for prefix in sorted(kept)]
+    return total / (num_levels + 1)
+
+
+def random_tree_labels(
+    batch_size: int, branching: list[int], generator: torch.Generator, unknown: float = 0.0
+) -> Tensor:
+    """Label paths of a random tree: level-l ids are unique per prefix."""
+    columns = []
+    previous = torch.zeros(batch_size, dtype=torch.long)
+    for width in branching:
+        previous = previous * width + torch.randint(0, width, (batch_size,), generator=generator)
+        columns.append(previous)
+    labels = torch.stack(columns, dim=1)
+    if unknown > 0:
+        # Unknown from some level down to the finest, as for a leaf higher in the tree.
+        drop = torch.rand(batch_size, generator=generator) < unknown
+        start = torch.randint(0, len(branching), (batch_size,), generator=generator)
+        level = torch.arange(len(branching)).unsqueeze(0)
+        labels[drop.unsqueeze(1) & (level >= start.unsqueeze(1))] = -1
+    return labels

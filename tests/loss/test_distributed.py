@@ -1,0 +1,85 @@
+"""Two gloo ranks on the CPU: gathered losses equal the single-process global-batch loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from tests.loss import naive
+
+WORLD_SIZE = 2
+LOCAL_BATCH = 6
+
+CONFIGS: list[tuple[str, dict[str, object]]] = [
+    ("supcon", {}),
+    ("hmlc", {"loss_type": "hmc"}),
+    ("hmlc", {"loss_type": "hce"}),
+    ("hmlc", {"loss_type": "hmce"}),
+    ("hmlc", {"loss_type": "hmce", "reference_compatible": True}),
+]
+
+
+def _make_loss(kind: str, kwargs: dict[str, object], gather: bool) -> nn.Module:
+    if kind == "supcon":
+        return SupConLoss(temperature=0.2, gather_distributed=gather)
+    return HMLCLoss(temperature=0.2, gather_distributed=gather, **kwargs)  # type: ignore[arg-type]
+
+
+def _global_batch(unknown: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    size = WORLD_SIZE * LOCAL_BATCH
+    out0 = torch.randn(size, 5, generator=generator, dtype=torch.float64)
+    out1 = torch.randn(size, 5, generator=generator, dtype=torch.float64)
+    labels = naive.random_tree_labels(size, [2, 2], generator, unknown)
+    return out0, out1, labels
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        results = []
+        for index, (kind, kwargs) in enumerate(CONFIGS):
+            unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
+            out0, out1, labels = _global_batch(unknown)
+            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            local0 = out0[rows].clone().requires_grad_(True)
+            local1 = out1[rows].clone().requires_grad_(True)
+            local_labels = labels[rows] if kind != "supcon" else labels[rows, -1]
+            loss = _make_loss(kind, kwargs, gather=True)(local0, local1, local_labels)
+            loss.backward()
+            assert local0.grad is not None and local1.grad is not None
+            results.append((index, loss.detach(), local0.grad, local1.grad))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    for index, (kind, kwargs) in enumerate(CONFIGS):
+        unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
+        out0, out1, labels = _global_batch(unknown)
+        out0.requires_grad_(True)
+        out1.requires_grad_(True)
+        global_labels = labels if kind != "supcon" else labels[:, -1]
+        expected = _make_loss(kind, kwargs, gather=False)(out0, out1, global_labels)
+        grad0, grad1 = torch.autograd.grad(expected, [out0, out1])
+        for rank in range(WORLD_SIZE):
+            got_index, value, local_grad0, local_grad1 = per_rank[rank][index]
+            assert got_index == index
+            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            # Every rank reports the global-batch value.
+            torch.testing.assert_close(value, expected.detach(), msg=f"{kind} {kwargs}")
+            # DDP averages gradients over ranks: the averaged gradient is the global one.
+            torch.testing.assert_close(local_grad0 / WORLD_SIZE, grad0[rows], msg=f"{kind} {kwargs}")
+            torch.testing.assert_close(local_grad1 / WORLD_SIZE, grad1[rows], msg=f"{kind} {kwargs}")

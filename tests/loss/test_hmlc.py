@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from tests.loss import naive
+
+
+def _inputs(seed: int, batch_size: int = 10, dim: int = 6, branching: tuple[int, ...] = (2, 2, 2),
+            unknown: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    out0 = torch.randn(batch_size, dim, generator=generator, dtype=torch.float64)
+    out1 = torch.randn(batch_size, dim, generator=generator, dtype=torch.float64)
+    labels = naive.random_tree_labels(batch_size, list(branching), generator, unknown)
+    return out0, out1, labels
+
+
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+@pytest.mark.parametrize("penalty", ["exp", "pow2"])
+@pytest.mark.parametrize("normalize_weights", [True, False])
+@pytest.mark.parametrize("unknown", [0.0, 0.3])
+def test_value_and_gradients_match_naive(
+    loss_type: str, penalty: str, normalize_weights: bool, unknown: float
+) -> None:
+    for seed in range(2):
+        out0, out1, labels = _inputs(seed, unknown=unknown)
+        out0.requires_grad_(True)
+        out1.requires_grad_(True)
+        loss_fn = HMLCLoss(loss_type, temperature=0.3, layer_penalty=penalty,
+                           normalize_weights=normalize_weights)
+        ours = loss_fn(out0, out1, labels)
+        grads = torch.autograd.grad(ours, [out0, out1])
+        expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, penalty, normalize_weights)
+        expected_grads = torch.autograd.grad(expected, [out0, out1])
+        torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
+        for got, want in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+@pytest.mark.parametrize("penalty", ["exp", "pow2"])
+def test_reference_compatible_matches_reference_algorithm(loss_type: str, penalty: str) -> None:
+    for seed in range(3):
+        out0, out1, labels = _inputs(seed, batch_size=12, branching=(2, 3, 2))
+        out0.requires_grad_(True)
+        loss_fn = HMLCLoss(loss_type, temperature=0.1, layer_penalty=penalty,
+                           reference_compatible=True)
+        ours = loss_fn(out0, out1, labels)
+        expected = naive.reference_algorithm(out0, out1, labels, loss_type, 0.1, penalty)
+        torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
+        (grad,) = torch.autograd.grad(ours, [out0])
+        (expected_grad,) = torch.autograd.grad(expected, [out0])
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_mode_differs_from_paper_formula() -> None:
+    out0, out1, labels = _inputs(0, batch_size=12)
+    paper = HMLCLoss("hmce")(out0, out1, labels)
+    reference = HMLCLoss("hmce", reference_compatible=True)(out0, out1, labels)
+    assert not torch.allclose(paper, reference)
+
+
+def test_reference_mode_rejects_unknown_labels() -> None:
+    out0, out1, labels = _inputs(0, unknown=0.5)
+    assert (labels < 0).any()
+    with pytest.raises(ValueError, match="does not support -1"):
+        HMLCLoss(reference_compatible=True)(out0, out1, labels)
+
+
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+def test_one_level_equals_supcon(loss_type: str) -> None:
+    out0, out1, labels = _inputs(3, batch_size=16, branching=(4,))
+    hmlc = HMLCLoss(loss_type, temperature=0.2)(out0, out1, labels)
+    supcon = SupConLoss(temperature=0.2)(out0, out1, labels[:, 0])
+    torch.testing.assert_close(hmlc, supcon)
+
+
+def test_unknown_everywhere_gives_zero_not_nan() -> None:
+    out0 = torch.randn(4, 3, requires_grad=True)
+    out1 = torch.randn(4, 3)
+    labels = torch.full((4, 2), -1)
+    loss = HMLCLoss("hmce")(out0, out1, labels)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert out0.grad is not None and torch.isfinite(out0.grad).all()
+
+
+def test_last_level_losses_are_per_level_means() -> None:
+    out0, out1, labels = _inputs(5)
+    loss_fn = HMLCLoss("hmc", temperature=0.3)
+    loss_fn(out0, out1, labels)
+    expected = torch.stack(naive.level_means(out0, out1, labels, 0.3))
+    assert loss_fn.last_level_losses is not None
+    torch.testing.assert_close(loss_fn.last_level_losses.double(), expected)
+
+
+def test_hce_never_lets_a_coarser_level_cost_less() -> None:
+    out0, out1, labels = _inputs(7)
+    hce = HMLCLoss("hce", temperature=0.3)(out0, out1, labels)
+    levels = naive.level_means(out0, out1, labels, 0.3)
+    assert hce.item() >= torch.stack(levels).mean().item() - 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_is_finite_and_close_to_float32(dtype: torch.dtype) -> None:
+    out0, out1, labels = _inputs(1, batch_size=64, dim=32)
+    reference = HMLCLoss("hmce")(out0.float(), out1.float(), labels)
+    with torch.autocast("cpu", dtype=dtype):
+        low = HMLCLoss("hmce")(out0.to(dtype), out1.to(dtype), labels)
+    assert low.dtype == torch.float32
+    assert torch.isfinite(low)
+    torch.testing.assert_close(low, reference, rtol=2e-2, atol=2e-2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), loss_type=st.sampled_from(["hmc", "hce", "hmce"]))
+def test_invariant_to_batch_permutation_and_relabelling(seed: int, loss_type: str) -> None:
+    out0, out1, labels = _inputs(seed, batch_size=9, unknown=0.2)
+    loss_fn = HMLCLoss(loss_type)
+    expected = loss_fn(out0, out1, labels)
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(9, generator=generator)
+    torch.testing.assert_close(loss_fn(out0[order], out1[order], labels[order]), expected)
+    relabelled = labels.clone()
+    for level in range(labels.shape[1]):
+        mapping = torch.randperm(int(labels.max()) + 1, generator=generator) + 100
+        known = labels[:, level] >= 0
+        relabelled[known, level] = mapping[labels[known, level]]
+    torch.testing.assert_close(loss_fn(out0, out1, relabelled), expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss_type": "hxx"}, "Unknown loss_type"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"num_levels": 0}, "num_levels must be >= 1"),
+        ({"layer_penalty": "cubic"}, "Unknown layer_penalty"),
+        ({"base_temperature": -1.0}, "base_temperature must be > 0"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HMLCLoss(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_penalty_callable_is_rejected() -> None:
+    with pytest.raises(ValueError, match="finite values"):
+        HMLCLoss(num_levels=2, layer_penalty=lambda x: x / 0.0)
+
+
+@pytest.mark.parametrize(
+    ("out0", "out1", "labels", "message"),
+    [
+        (torch.randn(4, 3, 2), torch.randn(4, 3, 2), torch.zeros(4, 2, dtype=torch.long), "must have shape \\[batch_size, dim\\]"),
+        (torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, 2, dtype=torch.long), "same shape"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(5, 2, dtype=torch.long), "labels has 5 rows"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 2), "labels must be integers"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long), "configured with num_levels=2"),
+        (torch.full((4, 3), float("nan")), torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long), "NaN or Inf"),
+        (torch.randn(0, 3), torch.randn(0, 3), torch.zeros(0, 2, dtype=torch.long), "empty"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.full((4, 2), -2), "below -1"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 2, 1, dtype=torch.long), "labels must have shape"),
+        (torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), "floating point"),
+    ],
+)
+def test_bad_input_messages(out0: torch.Tensor, out1: torch.Tensor, labels: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HMLCLoss(num_levels=2)(out0, out1, labels)
