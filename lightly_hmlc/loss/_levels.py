@@ -282,15 +282,15 @@ def anchor_level_losses(
     # [1 or L, N, D]: a shared matrix for plain features, one per level for masked ones.
     anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
     contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-    logits = torch.bmm(anchor_feats, contrast_feats.transpose(1, 2)) / temperature
-    excluded = torch.zeros(num_anchors, num_contrast, dtype=torch.bool, device=device)
-    excluded[torch.arange(num_anchors, device=device), anchor_index] = True
-    if include_in_denominator is None:
-        log_denominator = torch.logsumexp(logits.masked_fill(excluded, -math.inf), dim=2)
-    else:
+    # 1/temperature folded into the anchors: one fewer pass over the [Na, Nc] logits.
+    logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+    rows = torch.arange(num_anchors, device=device)
+    # In place is safe: bmm saves its inputs, not its output, for the backward pass.
+    logits[:, rows, anchor_index] = -math.inf  # an anchor is never its own negative
+    if include_in_denominator is not None:
         keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
-        masked = logits.masked_fill(excluded | ~keep, -math.inf)
-        log_denominator = torch.logsumexp(masked, dim=2)
+        logits = logits.masked_fill(~keep, -math.inf)
+    log_denominator = torch.logsumexp(logits, dim=2)
     log_denominator = log_denominator.expand(num_levels, num_anchors)
 
     # Group sums of the contrast features, all levels at once: ids offset per level.

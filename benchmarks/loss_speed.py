@@ -1,0 +1,196 @@
+"""Forward + backward time and peak memory of the hierarchical losses.
+
+Compares, at dim 128 and several batch sizes:
+
+- ``SupConLoss`` (one level);
+- ``HMLCLoss`` (hmce) with 2, 3 and 4 levels;
+- a straightforward per-level loop: one ``[2B, 2B]`` positive mask and one SupCon pass
+  per level, written the usual way (the baseline the shared level core replaces);
+- optionally the public reference implementation of Zhang et al., loaded at run time
+  from a local clone given with ``--reference-repo`` (its ``losses/losses.py``; nothing
+  of it is part of this package).
+
+Peak memory on the CPU is the peak of the allocated total during one forward and
+backward, replayed from ``torch.profiler``'s memory timeline; on CUDA it is
+``torch.cuda.max_memory_allocated`` above the inputs.
+
+Usage:
+    python benchmarks/loss_speed.py --batch-sizes 256,1024,4096 --output runs/loss_speed.json
+    python benchmarks/loss_speed.py --reference-repo /path/to/hierarchicalContrastiveLearning
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightly_hmlc.loss import HMLCLoss, SupConLoss
+
+LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def per_level_loop_loss(out0: Tensor, out1: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+    """HMCE written the straightforward way: a positive mask and a SupCon pass per level."""
+    z = F.normalize(torch.cat([out0, out1]).float(), dim=1)
+    paths = labels.repeat(2, 1)
+    n, num_levels = paths.shape
+    logits = z @ z.t() / temperature
+    not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    log_prob = logits - torch.logsumexp(logits.masked_fill(~not_self, float("-inf")), 1, True)
+    level_losses = []
+    for level in range(num_levels):
+        prefix = paths[:, : level + 1]
+        positives = (prefix.unsqueeze(0) == prefix.unsqueeze(1)).all(-1) & not_self
+        count = positives.sum(1)
+        mean_log_prob = (log_prob * positives).sum(1) / count.clamp(min=1)
+        level_losses.append(-(mean_log_prob[count > 0]).mean())
+    terms = torch.stack(level_losses)
+    terms = torch.flip(torch.cummax(torch.flip(terms, [0]), 0).values, [0])
+    weights = torch.exp(1.0 / torch.arange(num_levels, 0, -1, device=z.device, dtype=torch.float32))
+    return (weights * terms).sum() / weights.sum()
+
+
+def load_reference(repo: Path, loss_type: str = "hmce") -> LossCall:
+    """Loads ``HMLC`` from a local clone of the reference repository."""
+    spec = importlib.util.spec_from_file_location("hmlc_reference", repo / "losses" / "losses.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"No losses/losses.py under {repo}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = module.HMLC(temperature=0.1, layer_penalty=torch.exp, loss_type=loss_type)
+
+    def call(out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        features = torch.stack([F.normalize(out0, dim=1), F.normalize(out1, dim=1)], dim=1)
+        instance = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1)
+        result: Tensor = reference(features, torch.cat([labels, instance], dim=1))
+        return result
+
+    return call
+
+
+def tree_labels(batch_size: int, num_levels: int, generator: torch.Generator) -> Tensor:
+    """Label paths of a CIFAR-100-like tree: 4 children per node, <=100 leaves."""
+    columns, previous = [], torch.zeros(batch_size, dtype=torch.long)
+    for level in range(num_levels):
+        width = 20 if level == 0 else 5
+        previous = previous * width + torch.randint(0, width, (batch_size,), generator=generator)
+        columns.append(previous)
+    return torch.stack(columns, dim=1)
+
+
+def measure(
+    loss_fn: LossCall, batch_size: int, dim: int, num_levels: int, device: torch.device,
+    repeats: int, seed: int = 0,
+) -> tuple[float, float]:
+    """Median seconds of forward + backward, and peak memory in MiB."""
+    generator = torch.Generator().manual_seed(seed)
+    out0 = torch.randn(batch_size, dim, generator=generator).to(device).requires_grad_(True)
+    out1 = torch.randn(batch_size, dim, generator=generator).to(device).requires_grad_(True)
+    labels = tree_labels(batch_size, num_levels, generator).to(device)
+
+    def step() -> None:
+        out0.grad = out1.grad = None
+        loss_fn(out0, out1, labels).backward()
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_memory_mib(step, device)
+
+
+def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # The CPU has no allocator statistics: replay the profiler's allocation timeline.
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU],
+        profile_memory=True, record_shapes=True, with_stack=True,
+    ) as prof:
+        step()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    return max(sum(categories) for categories in sizes) / 2**20
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", default="256,1024,4096")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-repo", type=Path, default=None,
+                        help="local clone of salesforce/hierarchicalContrastiveLearning")
+    parser.add_argument("--reference-max-batch", type=int, default=1024,
+                        help="the reference loops over samples in Python; skip it above this")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    candidates: list[tuple[str, int, LossCall]] = [("SupConLoss", 1, SupConLoss(temperature=0.1))]
+    for levels in (2, 3, 4):
+        candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce", temperature=0.1)))
+    candidates.append(("per-level loop L=3", 3, per_level_loop_loss))
+    if args.reference_repo is not None:
+        candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
+
+    rows = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        for name, levels, fn in candidates:
+            if name.startswith("reference") and batch_size > args.reference_max_batch:
+                continue
+            seconds, mib = measure(fn, batch_size, args.dim, levels, device, args.repeats)
+            rows.append({"loss": name, "levels": levels, "batch_size": batch_size,
+                         "ms": seconds * 1e3, "peak_mib": mib})
+            print(f"{name:24s} B={batch_size:5d}  {seconds * 1e3:9.2f} ms  {mib:9.1f} MiB", flush=True)
+
+    by_key = {(r["loss"], r["batch_size"]): r for r in rows}
+    print(f"\ndevice: {device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads), torch {torch.__version__}, commit {git_commit()}\n")
+    print("| loss | batch | fwd+bwd ms | peak MiB | time vs SupCon | memory vs SupCon |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        base = by_key[("SupConLoss", row["batch_size"])]
+        print(f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | {row['peak_mib']:.1f} | "
+              f"{row['ms'] / base['ms']:.2f}x | {row['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"device": str(device), "commit": git_commit(),
+                                           "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
