@@ -277,7 +277,6 @@ def anchor_level_losses(
     """
     num_levels = groups.ids.shape[1]
     num_anchors = anchors.shape[0]
-    num_contrast = contrast.shape[0]
     device = anchors.device
     # [1 or L, N, D]: a shared matrix for plain features, one per level for masked ones.
     anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)

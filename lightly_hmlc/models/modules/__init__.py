@@ -1,0 +1,19 @@
+"""Feature-mask heads: G-HMLC's Gaussian mixture head and A-HMLC's attention head."""
+
+from lightly_hmlc.models.modules._gmm import (
+    GaussianMixtureFit,
+    fit_gaussian_mixture,
+    select_n_components_bic,
+)
+from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
+from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
+from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
+
+__all__ = [
+    "AttentionMaskHead",
+    "FeatureMaskHead",
+    "GMMFeatureMaskHead",
+    "GaussianMixtureFit",
+    "fit_gaussian_mixture",
+    "select_n_components_bic",
+]

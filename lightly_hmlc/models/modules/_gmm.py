@@ -1,0 +1,388 @@
+"""Gaussian mixture models fitted by EM in torch: batched, on any device, seeded.
+
+Used by :class:`~lightly_hmlc.models.modules.gmm_mask_head.GMMFeatureMaskHead` (G-HMLC of
+Ott et al., https://arxiv.org/abs/2510.00837) to cluster embedding dimensions, but written
+as a general function. Conventions follow ``sklearn.mixture.GaussianMixture``: the
+log-likelihood is the mean per sample (``GaussianMixture.score``), convergence is declared
+when it changes by less than ``tol`` between EM iterations, and ``reg_covar`` is added to the
+diagonal of every covariance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+CovarianceType = Literal["full", "diag"]
+InitMethod = Literal["kmeans", "kmeans++", "random"]
+
+_COVARIANCE_TYPES = ("full", "diag")
+_INIT_METHODS = ("kmeans", "kmeans++", "random")
+# Lloyd iterations after k-means++ seeding; fixed so that the init never syncs the device.
+_KMEANS_ITERS = 30
+
+
+@dataclass
+class GaussianMixtureFit:
+    """The result of :func:`fit_gaussian_mixture` (the best of its restarts).
+
+    All tensors live on the device of the data. Scalars stay 0-dim tensors so that reading
+    the fit never synchronises with an accelerator.
+
+    Attributes:
+        weights: Mixing weights, shape [K].
+        means: Component means, shape [K, F].
+        covariances: Shape [K, F, F] for ``"full"``, [K, F] (variances) for ``"diag"``.
+        covariance_type: ``"full"`` or ``"diag"``.
+        log_likelihood: Mean log-likelihood per sample of the returned parameters (the value
+            ``sklearn.mixture.GaussianMixture.score`` would report), 0-dim.
+        responsibilities: Posterior probability of each component per sample, shape [N, K].
+        converged: Whether EM met ``tol`` before ``max_iter``, 0-dim bool.
+        n_iter: Number of EM iterations run, 0-dim int64.
+        n_samples: N, the number of samples fitted.
+    """
+
+    weights: Tensor
+    means: Tensor
+    covariances: Tensor
+    covariance_type: str
+    log_likelihood: Tensor
+    responsibilities: Tensor
+    converged: Tensor
+    n_iter: Tensor
+    n_samples: int
+
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components K."""
+        return int(self.means.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Dimensionality F of the samples."""
+        return int(self.means.shape[1])
+
+    def n_parameters(self) -> int:
+        """Number of free parameters (as in sklearn's ``_n_parameters``)."""
+        k, f = self.n_components, self.n_features
+        cov_params = k * f * (f + 1) // 2 if self.covariance_type == "full" else k * f
+        return cov_params + k * f + k - 1
+
+    def bic(self) -> Tensor:
+        """Bayesian information criterion on the fitted data (lower is better), 0-dim."""
+        n = self.n_samples
+        return -2.0 * self.log_likelihood * n + self.n_parameters() * math.log(n)
+
+    def score_samples(self, x: Tensor) -> Tensor:
+        """Log density of each sample under the mixture.
+
+        Args:
+            x: Samples of shape [N, F].
+
+        Returns:
+            Log densities of shape [N].
+        """
+        x = _as_data(x, self.means.dtype, self.n_features)
+        weighted = _weighted_log_prob(
+            x, self.weights[None], self.means[None], self.covariances[None], self.covariance_type
+        )[0]
+        return torch.logsumexp(weighted, dim=-1)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Posterior probability of each component.
+
+        Args:
+            x: Samples of shape [N, F].
+
+        Returns:
+            Responsibilities of shape [N, K].
+        """
+        x = _as_data(x, self.means.dtype, self.n_features)
+        weighted = _weighted_log_prob(
+            x, self.weights[None], self.means[None], self.covariances[None], self.covariance_type
+        )[0]
+        return torch.softmax(weighted, dim=-1)
+
+
+def fit_gaussian_mixture(
+    x: Tensor,
+    n_components: int,
+    *,
+    covariance_type: CovarianceType = "full",
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    init: InitMethod = "kmeans",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> GaussianMixtureFit:
+    """Fits a Gaussian mixture model with EM, all restarts in one batched computation.
+
+    The ``n_init`` restarts run side by side as a leading batch dimension; a restart that
+    has converged is frozen, so each restart gives exactly the result of running it alone.
+    The restart with the highest final log-likelihood is returned. On an accelerator the
+    convergence test reads the device only every 10 iterations.
+
+    Args:
+        x: Samples of shape [N, F] on any device.
+        n_components: Number of components K (1 <= K <= N).
+        covariance_type: ``"full"`` (one full matrix per component) or ``"diag"``.
+        n_init: Number of restarts from different initialisations.
+        max_iter: Maximum number of EM iterations per restart.
+        tol: Convergence threshold on the change of the mean log-likelihood per sample.
+        reg_covar: Non-negative value added to the diagonal of the covariances.
+        init: ``"kmeans"`` (k-means++ seeding then Lloyd iterations, like sklearn's
+            default), ``"kmeans++"`` (seeding only) or ``"random"`` (random responsibilities).
+        seed: Seed of the generator used when ``generator`` is None.
+        generator: A ``torch.Generator`` on the device of ``x``; overrides ``seed``.
+        dtype: Floating dtype of the computation (float64 by default: the data are small and
+            the covariances need the precision).
+
+    Returns:
+        A :class:`GaussianMixtureFit`.
+
+    Raises:
+        ValueError: If an argument is out of range.
+        RuntimeError: If the fit produced non-finite values (raise ``reg_covar``).
+
+    Examples:
+        >>> x = torch.cat([torch.randn(50, 2) - 5, torch.randn(50, 2) + 5])
+        >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
+        >>> fit.means.shape, fit.responsibilities.shape
+        (torch.Size([2, 2]), torch.Size([100, 2]))
+        >>> sorted(fit.means[:, 0].round().tolist())
+        [-5.0, 5.0]
+    """
+    if covariance_type not in _COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}."
+        )
+    if init not in _INIT_METHODS:
+        raise ValueError(f"init must be one of {_INIT_METHODS}, got {init!r}.")
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x)
+        raise ValueError(f"x must be a tensor of shape [N, F] with N, F >= 1, got {shape}.")
+    n = x.shape[0]
+    if n_components < 1 or n_components > n:
+        raise ValueError(
+            f"n_components must be in [1, N={n}] (at least one sample per component), "
+            f"got {n_components}."
+        )
+    if n_init < 1:
+        raise ValueError(f"n_init must be >= 1, got {n_init}.")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}.")
+    if reg_covar < 0:
+        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}.")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}.")
+
+    x = x.detach().to(dtype)
+    if generator is None:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(seed)
+
+    resp = _initial_responsibilities(x, n_components, n_init, init, generator)
+    weights, means, covs = _m_step(x, resp, covariance_type, reg_covar)
+
+    check_every = 1 if x.device.type == "cpu" else 10
+    prev = torch.full((n_init,), -math.inf, dtype=dtype, device=x.device)
+    converged = torch.zeros(n_init, dtype=torch.bool, device=x.device)
+    n_iter = torch.zeros(n_init, dtype=torch.long, device=x.device)
+    for it in range(1, max_iter + 1):
+        log_prob_norm, log_resp = _e_step(x, weights, means, covs, covariance_type)
+        new_weights, new_means, new_covs = _m_step(x, log_resp.exp(), covariance_type, reg_covar)
+        active = ~converged
+        weights = torch.where(active[:, None], new_weights, weights)
+        means = torch.where(active[:, None, None], new_means, means)
+        cov_active = active.view(-1, *([1] * (covs.ndim - 1)))
+        covs = torch.where(cov_active, new_covs, covs)
+        n_iter = torch.where(active, torch.full_like(n_iter, it), n_iter)
+        change = log_prob_norm - prev
+        prev = torch.where(active, log_prob_norm, prev)
+        converged = converged | (active & (change.abs() < tol))
+        if it % check_every == 0 and bool(converged.all()):
+            break
+
+    final_ll, final_log_resp = _e_step(x, weights, means, covs, covariance_type)
+    # A NaN restart must never win the argmax.
+    best = torch.nan_to_num(final_ll, nan=-math.inf).argmax()
+    fit = GaussianMixtureFit(
+        weights=weights[best],
+        means=means[best],
+        covariances=covs[best],
+        covariance_type=covariance_type,
+        log_likelihood=final_ll[best],
+        responsibilities=final_log_resp[best].exp(),
+        converged=converged[best],
+        n_iter=n_iter[best],
+        n_samples=n,
+    )
+    if not bool(torch.isfinite(fit.log_likelihood)):
+        raise RuntimeError(
+            "The Gaussian mixture fit produced non-finite values (a covariance matrix was "
+            "singular). Increase reg_covar or use covariance_type='diag'."
+        )
+    return fit
+
+
+def select_n_components_bic(
+    x: Tensor,
+    max_components: int,
+    **fit_kwargs: object,
+) -> tuple[int, Tensor]:
+    """Chooses the number of mixture components by BIC.
+
+    Args:
+        x: Samples of shape [N, F].
+        max_components: Largest K tried; K runs over ``1..min(max_components, N)``.
+        **fit_kwargs: Passed to :func:`fit_gaussian_mixture`.
+
+    Returns:
+        The K with the lowest BIC and the BIC of every K tried (shape [K_max], float64,
+        index k holds K = k + 1).
+
+    Examples:
+        >>> x = torch.cat([torch.randn(60, 1) - 8, torch.randn(60, 1), torch.randn(60, 1) + 8])
+        >>> k, bics = select_n_components_bic(x, max_components=5)
+        >>> k, bics.shape
+        (3, torch.Size([5]))
+    """
+    if max_components < 1:
+        raise ValueError(f"max_components must be >= 1, got {max_components}.")
+    k_max = min(max_components, x.shape[0])
+    bics = torch.stack(
+        [
+            fit_gaussian_mixture(x, k, **fit_kwargs).bic().to(torch.float64)  # type: ignore[arg-type]
+            for k in range(1, k_max + 1)
+        ]
+    )
+    return int(bics.argmin()) + 1, bics
+
+
+def _as_data(x: Tensor, dtype: torch.dtype, n_features: int) -> Tensor:
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise ValueError(f"x must have shape [N, {n_features}], got {tuple(x.shape)}.")
+    return x.detach().to(dtype)
+
+
+def _initial_responsibilities(
+    x: Tensor, k: int, n_init: int, init: str, generator: torch.Generator
+) -> Tensor:
+    """Returns responsibilities of shape [I, N, K] to start EM from."""
+    n = x.shape[0]
+    if init == "random":
+        resp = torch.rand(n_init, n, k, generator=generator, device=x.device, dtype=x.dtype)
+        return resp / resp.sum(-1, keepdim=True)
+    centers = _kmeans_plus_plus(x, k, n_init, generator)
+    if init == "kmeans":
+        centers = _lloyd(x, centers, _KMEANS_ITERS)
+    nearest = _nearest_center(x, centers)
+    return torch.nn.functional.one_hot(nearest, k).to(x.dtype)
+
+
+def _kmeans_plus_plus(x: Tensor, k: int, n_init: int, generator: torch.Generator) -> Tensor:
+    """Greedy k-means++ seeding for every restart at once; returns centers [I, K, F].
+
+    Each new center is the best (lowest total squared distance) of ``2 + log(K)``
+    candidates drawn with probability proportional to the squared distance, the variant
+    of Arthur & Vassilvitskii that sklearn uses too.
+    """
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    first = torch.randint(n, (n_init,), generator=generator, device=x.device)
+    centers = [x[first]]
+    d2 = (x[None] - centers[0][:, None]).square().sum(-1)  # [I, N]
+    rows = torch.arange(n_init, device=x.device)
+    for _ in range(1, k):
+        total = d2.sum(-1, keepdim=True)
+        # All points on the chosen centers (duplicates): fall back to uniform sampling.
+        probs = torch.where(total > 0, d2, torch.ones_like(d2))
+        candidates = torch.multinomial(probs, trials, replacement=True, generator=generator)
+        cand_d2 = (x[None, None] - x[candidates][:, :, None]).square().sum(-1)  # [I, T, N]
+        cand_d2 = torch.minimum(d2[:, None], cand_d2)
+        best = cand_d2.sum(-1).argmin(-1)  # [I]
+        centers.append(x[candidates[rows, best]])
+        d2 = cand_d2[rows, best]
+    return torch.stack(centers, dim=1)
+
+
+def _nearest_center(x: Tensor, centers: Tensor) -> Tensor:
+    """Index [I, N] of the nearest of the centers [I, K, F] for each sample."""
+    # Squared distances up to the per-sample constant |x|^2, which argmin ignores.
+    scores = centers.square().sum(-1)[:, None] - 2 * (x @ centers.transpose(1, 2))  # [I, N, K]
+    return scores.argmin(-1)
+
+
+def _lloyd(x: Tensor, centers: Tensor, max_iter: int) -> Tensor:
+    """Batched Lloyd iterations until no assignment changes; an empty cluster keeps its center.
+
+    On an accelerator the stopping test reads the device only every 10 iterations (extra
+    iterations after convergence change nothing).
+    """
+    k = centers.shape[1]
+    check_every = 1 if x.device.type == "cpu" else 10
+    previous: Tensor | None = None
+    for it in range(1, max_iter + 1):
+        nearest = _nearest_center(x, centers)
+        if previous is not None and it % check_every == 0 and bool((nearest == previous).all()):
+            break
+        previous = nearest
+        onehot = torch.nn.functional.one_hot(nearest, k).to(x.dtype)  # [I, N, K]
+        counts = onehot.sum(1)  # [I, K]
+        sums = onehot.transpose(1, 2) @ x  # [I, K, F]
+        centers = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centers)
+    return centers
+
+
+def _m_step(
+    x: Tensor, resp: Tensor, covariance_type: str, reg_covar: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """M-step for responsibilities [I, N, K]; returns weights [I, K], means [I, K, F], covs."""
+    n, f = x.shape
+    # Same guard as sklearn: an empty component keeps a tiny positive mass.
+    nk = resp.sum(1) + 10 * torch.finfo(x.dtype).eps  # [I, K]
+    means = (resp.transpose(1, 2) @ x) / nk[..., None]  # [I, K, F]
+    diff = x[None, None] - means[:, :, None]  # [I, K, N, F]
+    weighted = diff * resp.transpose(1, 2)[..., None]
+    if covariance_type == "full":
+        covs = weighted.transpose(-1, -2) @ diff / nk[..., None, None]
+        covs = covs + reg_covar * torch.eye(f, dtype=x.dtype, device=x.device)
+    else:
+        covs = (weighted * diff).sum(2) / nk[..., None] + reg_covar
+    return nk / n, means, covs
+
+
+def _weighted_log_prob(
+    x: Tensor, weights: Tensor, means: Tensor, covs: Tensor, covariance_type: str
+) -> Tensor:
+    """log(weight_k) + log N(x | mean_k, cov_k) of shape [I, N, K]."""
+    f = x.shape[1]
+    diff = x[None, None] - means[:, :, None]  # [I, K, N, F]
+    if covariance_type == "full":
+        chol = torch.linalg.cholesky_ex(covs)[0]  # [I, K, F, F]
+        y = torch.linalg.solve_triangular(chol, diff.transpose(-1, -2), upper=False)
+        maha = y.square().sum(-2)  # [I, K, N]
+        log_det = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # [I, K]
+    else:
+        maha = (diff.square() / covs[:, :, None]).sum(-1)
+        log_det = covs.log().sum(-1)
+    log_prob = -0.5 * (f * math.log(2 * math.pi) + log_det[..., None] + maha)
+    return log_prob.transpose(1, 2) + weights.log()[:, None]
+
+
+def _e_step(
+    x: Tensor, weights: Tensor, means: Tensor, covs: Tensor, covariance_type: str
+) -> tuple[Tensor, Tensor]:
+    """Returns the mean log-likelihood per restart [I] and log-responsibilities [I, N, K]."""
+    weighted = _weighted_log_prob(x, weights, means, covs, covariance_type)
+    log_norm = torch.logsumexp(weighted, dim=-1)
+    return log_norm.mean(-1), weighted - log_norm[..., None]

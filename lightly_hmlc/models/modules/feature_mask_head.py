@@ -1,0 +1,132 @@
+"""The contract shared by all feature-mask heads (G-HMLC, A-HMLC and any third one)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatureMaskHead(nn.Module):
+    """Base class of the heads that map projections to one feature mask per hierarchy level.
+
+    Ott et al. [0] weight the embedding with a mask M_h before computing the level-h term of
+    HMLC [1]. A masked loss calls the head exactly once per training step on both views
+    concatenated, ``head(torch.cat([z0, z1]), labels.repeat(2, 1))``, computes the level-h term
+    on ``normalize(z * masks[:, h])`` and adds ``head.regularization(masks)`` to the loss.
+    A new head only has to implement :meth:`forward` (and optionally :meth:`regularization`),
+    no loss needs to change.
+
+    - [0] Ott et al., Hierarchical Multi-Label Contrastive Learning with feature masks, 2025,
+      https://arxiv.org/abs/2510.00837
+    - [1] Zhang et al., Use All The Labels: A Hierarchical Multi-Label Contrastive Learning
+      Framework, CVPR 2022, https://arxiv.org/abs/2204.13207
+
+    Attributes:
+        num_levels: Number of hierarchy levels L.
+        dim: Embedding width D.
+
+    Examples:
+        >>> class AllOnes(FeatureMaskHead):
+        ...     def forward(self, z, labels=None):
+        ...         self.check_inputs(z, labels)
+        ...         return z.new_ones(1, self.num_levels, self.dim)
+        >>> head = AllOnes(num_levels=2, dim=4)
+        >>> head(torch.randn(3, 4)).shape
+        torch.Size([1, 2, 4])
+        >>> head.regularization(head(torch.randn(3, 4)))
+        tensor(0.)
+    """
+
+    num_levels: int
+    dim: int
+
+    def __init__(self, num_levels: int, dim: int) -> None:
+        """Stores and validates the shape of the masks.
+
+        Args:
+            num_levels: Number of hierarchy levels L (>= 1).
+            dim: Embedding width D (>= 1).
+
+        Raises:
+            ValueError: If ``num_levels`` or ``dim`` is not a positive integer.
+        """
+        super().__init__()
+        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+            raise ValueError(
+                f"num_levels must be a positive int (the depth of the label paths), "
+                f"got {num_levels!r}."
+            )
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(
+                f"dim must be a positive int (the width of the projections z), got {dim!r}."
+            )
+        self.num_levels = num_levels
+        self.dim = dim
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Computes the per-level feature masks.
+
+        Args:
+            z: Projections of shape [B, D], not necessarily normalised.
+            labels: Label paths of shape [B, L] (coarse -> fine, negative = unknown) or None.
+
+        Returns:
+            Float masks of shape [B, L, D] or [1, L, D], level order coarse -> fine.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forward().")
+
+    def regularization(self, masks: Tensor) -> Tensor:
+        """Extra loss term computed from the masks this head just returned.
+
+        Args:
+            masks: The output of :meth:`forward`.
+
+        Returns:
+            A 0-dim tensor; zero for heads without a regulariser.
+        """
+        return masks.new_zeros(())
+
+    def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
+        """Raises a ValueError if ``z`` or ``labels`` do not fit this head.
+
+        Only shapes and dtypes are checked, so that the check never synchronises with an
+        accelerator.
+
+        Args:
+            z: Projections, expected shape [B, D].
+            labels: Label paths, expected integer tensor of shape [B, L], or None.
+
+        Raises:
+            ValueError: If a shape or dtype does not match.
+        """
+        if not isinstance(z, Tensor):
+            raise ValueError(f"z must be a torch.Tensor of shape [B, {self.dim}], got {type(z)}.")
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"z must have shape [B, D] with D={self.dim} (the head's dim), got "
+                f"{tuple(z.shape)}. Flatten the projections or build the head with the "
+                f"projection width."
+            )
+        if not z.is_floating_point():
+            raise ValueError(f"z must be a floating point tensor, got dtype {z.dtype}.")
+        if labels is None:
+            return
+        if not isinstance(labels, Tensor):
+            raise ValueError(
+                f"labels must be a torch.Tensor of shape [B, {self.num_levels}], got {type(labels)}."
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"labels must be an integer tensor (label paths, -1 for unknown), got dtype "
+                f"{labels.dtype}. Convert with labels.long()."
+            )
+        if labels.ndim != 2 or labels.shape[1] != self.num_levels:
+            raise ValueError(
+                f"labels must have shape [B, L] with L={self.num_levels} (the head's num_levels), "
+                f"got {tuple(labels.shape)}."
+            )
+        if labels.shape[0] != z.shape[0]:
+            raise ValueError(
+                f"z and labels must have the same batch size, got {z.shape[0]} and "
+                f"{labels.shape[0]}. With two views pass labels.repeat(2, 1)."
+            )
