@@ -90,7 +90,8 @@ class MaskedHMLCLoss(HMLCLoss):
             )
         self.last_masks = masks.detach()
         level_features = F.normalize(features.unsqueeze(1) * masks.to(features.dtype), dim=2)
-        regularization: Tensor = self.mask_head.regularization(masks)
+        regularize = getattr(self.mask_head, "regularization", None)
+        regularization = regularize(masks) if callable(regularize) else masks.new_zeros(())
         return level_features, regularization
 
 

@@ -1,0 +1,103 @@
+"""Any ImageFolder tree plus a label hierarchy of any depth."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from lightly_hmlc.data._base import HierarchicalDataset, check_classes_match
+from lightly_hmlc.data._io import IMG_EXTENSIONS, load_image, scan_image_folder
+from lightly_hmlc.hierarchy import LabelHierarchy
+
+__all__ = ["HierarchicalImageFolder"]
+
+
+class HierarchicalImageFolder(HierarchicalDataset):
+    """An ImageFolder tree (``root/<fine class>/**/<image>``) with a label hierarchy.
+
+    The folder names are the fine classes (sorted, as in
+    ``torchvision.datasets.ImageFolder``); each must be a leaf of the hierarchy. The
+    hierarchy can have any depth and leaves at different depths; a shallower leaf's
+    label path is padded with ``-1``.
+
+    Args:
+        root: The folder with one sub-folder per fine class.
+        hierarchy: A :class:`~lightly_hmlc.hierarchy.LabelHierarchy`, or the path of a
+            hierarchy file (edge list ``parent child`` per line, or JSON).
+        transform: Applied to the loaded image (may return a list of views).
+        target_transform: Applied to the label path ``LongTensor [L]``.
+        loader: Reads one file; defaults to PIL, converted to ``image_mode``.
+        extensions: File endings counted as images (case-insensitive).
+        image_mode: PIL mode of the default loader, e.g. ``"RGB"`` or ``"L"``.
+        strict: If True (default), every leaf of the hierarchy must have a folder. With
+            False, leaves without a folder are allowed (a subset of the classes); folders
+            that are not leaves are always an error.
+
+    Raises:
+        FileNotFoundError: If ``root`` or a hierarchy file is missing, or a class folder
+            holds no image.
+        ValueError: If the folders and the hierarchy's leaves disagree; the message lists
+            folders missing from the hierarchy, leaves without a folder, and inner nodes
+            used as folders, and says how to fix it.
+        OSError: When reading an unreadable image (naming the file).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ["cat", "dog", "car"]:
+        ...     (root / name).mkdir()
+        ...     Image.new("RGB", (8, 8)).save(root / name / "0.png")
+        >>> tree = LabelHierarchy.from_nested({"animal": ["cat", "dog"], "vehicle": ["car"]})
+        >>> ds = HierarchicalImageFolder(root, tree)
+        >>> ds.classes, ds.label_paths.tolist()
+        (['car', 'cat', 'dog'], [[1, 0], [0, 1], [0, 2]])
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        hierarchy: LabelHierarchy | str | os.PathLike[str],
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Tensor], Any] | None = None,
+        loader: Callable[[str], Any] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        image_mode: str = "RGB",
+        strict: bool = True,
+    ) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Image folder {str(root)!r} not found. Pass a folder with one sub-folder per "
+                "fine class, e.g. root/cat/001.jpg, root/dog/002.jpg."
+            )
+        if not isinstance(hierarchy, LabelHierarchy):
+            hierarchy = LabelHierarchy.load(hierarchy)
+        classes, samples = scan_image_folder(root, extensions)
+        check_classes_match(classes, hierarchy, strict=strict, where=str(root), kind="class folder")
+        self.root = root
+        self.samples = samples
+        self.imgs = samples  # torchvision's alias
+        self.image_mode = image_mode
+        self.loader = loader
+        super().__init__(
+            classes, [index for _, index in samples], hierarchy, transform, target_transform
+        )
+
+    def load_sample(self, index: int) -> Any:
+        """The loaded image of sample ``index``; names the file if it cannot be read."""
+        path = self.samples[index][0]
+        if self.loader is None:
+            return load_image(path, self.image_mode)
+        try:
+            return self.loader(path)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise OSError(f"Cannot read image file {path!r}: {error}.") from error
+
+    def extra_repr(self) -> str:
+        """Root folder."""
+        return f"root={str(self.root)!r}"

@@ -1,0 +1,217 @@
+"""ModelNet40 point clouds (the HDF5 release) with a coarse grouping of the 40 categories."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightly_hmlc.data._base import HierarchicalDataset, check_classes_match
+from lightly_hmlc.hierarchy import LabelHierarchy
+
+__all__ = ["ModelNet40Hierarchical", "MODELNET40_GROUPS"]
+
+_RELEASE_DIR = "modelnet40_ply_hdf5_2048"
+
+#: Our coarse grouping of the 40 ModelNet40 categories (every category in one group).
+MODELNET40_GROUPS: dict[str, tuple[str, ...]] = {
+    # Pieces of furniture one sits, sleeps on or stores things in.
+    "furniture": (
+        "bed",
+        "bench",
+        "bookshelf",
+        "chair",
+        "desk",
+        "dresser",
+        "night_stand",
+        "sofa",
+        "stool",
+        "table",
+        "tv_stand",
+        "wardrobe",
+    ),
+    # Vessels that hold something.
+    "containers": ("bottle", "bowl", "cup", "flower_pot", "glass_box", "vase"),
+    # Vehicles, electronics and appliances.
+    "machines": (
+        "airplane",
+        "car",
+        "keyboard",
+        "laptop",
+        "monitor",
+        "radio",
+        "range_hood",
+        "xbox",
+    ),
+    # Parts and fixtures of buildings, and shelters.
+    "architecture": (
+        "bathtub",
+        "curtain",
+        "door",
+        "mantel",
+        "sink",
+        "stairs",
+        "tent",
+        "toilet",
+    ),
+    # Musical instruments and other household objects.
+    "instruments_and_objects": ("cone", "guitar", "lamp", "piano"),
+    # People and plants.
+    "living_things": ("person", "plant"),
+}
+
+
+class ModelNet40Hierarchical(HierarchicalDataset):
+    """ModelNet40 point clouds from the standard HDF5 release, with a coarse level.
+
+    Reads ``ply_data_train*.h5`` / ``ply_data_test*.h5`` (datasets ``data`` ``(N, 2048,
+    3) float32`` and ``label`` ``(N, 1)``) and ``shape_names.txt`` (the 40 categories in
+    label order) from ``root`` or ``root/modelnet40_ply_hdf5_2048/``, with ``h5py``.
+    A sample is a ``FloatTensor [num_points, 3]`` (the first ``num_points`` points of the
+    file, which are in random order), then ``transform`` (e.g.
+    :class:`TwoViewPointCloudTransform`). Targets are label paths ``[group, category]``.
+
+    The default hierarchy, :meth:`build_hierarchy`, is our own grouping of the
+    categories into 6 groups, :data:`MODELNET40_GROUPS`:
+
+    - ``furniture``: bed, bench, bookshelf, chair, desk, dresser, night_stand, sofa,
+      stool, table, tv_stand, wardrobe;
+    - ``containers``: bottle, bowl, cup, flower_pot, glass_box, vase;
+    - ``machines``: airplane, car, keyboard, laptop, monitor, radio, range_hood, xbox;
+    - ``architecture``: bathtub, curtain, door, mantel, sink, stairs, tent, toilet;
+    - ``instruments_and_objects``: cone, guitar, lamp, piano;
+    - ``living_things``: person, plant.
+
+    Args:
+        root: Folder with the ``.h5`` files and ``shape_names.txt``, or its parent.
+        split: ``"train"`` or ``"test"``.
+        num_points: Points kept per cloud (at most the file's 2048).
+        hierarchy: ``None`` for the grouping above, a ``LabelHierarchy``, or a hierarchy
+            file (edge list or JSON) whose leaves are the category names.
+        transform: Applied to the point cloud tensor.
+        target_transform: Applied to the label path ``LongTensor [L]``.
+
+    Raises:
+        FileNotFoundError: If the files are missing (says what to get and where).
+        ImportError: If ``h5py`` is not installed.
+        ValueError: On a bad argument, or categories that do not match the hierarchy.
+
+    Attributes:
+        data: The clouds, ``float32`` array ``[N, num_points, 3]``.
+
+    Examples:
+        >>> ds = ModelNet40Hierarchical("/path/to/modelnet40_ply_hdf5_2048")  # doctest: +SKIP
+        >>> cloud, path = ds[0]  # doctest: +SKIP
+        >>> cloud.shape, ds.hierarchy.num_classes_per_level  # doctest: +SKIP
+        (torch.Size([1024, 3]), [6, 40])
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        num_points: int = 1024,
+        hierarchy: LabelHierarchy | str | os.PathLike[str] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Tensor], Any] | None = None,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"num_points must be a positive integer, got {num_points!r}.")
+        root = Path(root).expanduser()
+        folder = root / _RELEASE_DIR if (root / _RELEASE_DIR).is_dir() else root
+        files = _split_files(folder, split)
+        names_file = folder / "shape_names.txt"
+        if not files or not names_file.is_file():
+            raise FileNotFoundError(
+                f"ModelNet40 ({split}) not found in {str(folder)!r}: expected "
+                f"ply_data_{split}*.h5 and shape_names.txt. Get the HDF5 point-cloud release "
+                f"modelnet40_ply_hdf5_2048.zip (PointNet) and extract it so that "
+                f"{str(root / _RELEASE_DIR)!r} holds these files."
+            )
+        classes = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines()]
+        classes = [name for name in classes if name]
+        if hierarchy is None:
+            hierarchy = self.build_hierarchy()
+        elif not isinstance(hierarchy, LabelHierarchy):
+            hierarchy = LabelHierarchy.load(hierarchy)
+        check_classes_match(
+            classes, hierarchy, strict=False, where=str(names_file), kind="category"
+        )
+        clouds, labels = _read_h5(files, num_points)
+        self.root = folder
+        self.split = split
+        self.num_points = num_points
+        self.files = files
+        self.data = clouds
+        super().__init__(classes, labels, hierarchy, transform, target_transform)
+
+    @staticmethod
+    def build_hierarchy() -> LabelHierarchy:
+        """The default 6-group hierarchy of the 40 categories (:data:`MODELNET40_GROUPS`).
+
+        Examples:
+            >>> ModelNet40Hierarchical.build_hierarchy().num_classes_per_level
+            [6, 40]
+        """
+        return LabelHierarchy.from_nested({g: list(c) for g, c in MODELNET40_GROUPS.items()})
+
+    def load_sample(self, index: int) -> Tensor:
+        """The point cloud of sample ``index``, ``FloatTensor [num_points, 3]``."""
+        return torch.from_numpy(self.data[index].copy())
+
+    def extra_repr(self) -> str:
+        """Root, split and points per cloud."""
+        return f"root={str(self.root)!r}, split={self.split!r}, num_points={self.num_points}"
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    files = list(folder.glob(f"ply_data_{split}*.h5"))
+
+    def number(path: Path) -> int:
+        match = re.search(r"(\d+)\.h5$", path.name)
+        return int(match.group(1)) if match else -1
+
+    return sorted(files, key=lambda path: (number(path), path.name))
+
+
+def _read_h5(files: list[Path], num_points: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import h5py
+    except ImportError as error:  # pragma: no cover - h5py is in the benchmarks extra
+        raise ImportError(
+            "Reading ModelNet40 needs h5py: pip install h5py (or lightly_hmlc[benchmarks])."
+        ) from error
+    clouds, labels = [], []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as h5:
+                missing = [key for key in ("data", "label") if key not in h5]
+                if missing:
+                    raise OSError(f"{str(path)!r} lacks the dataset(s) {missing}.")
+                data = h5["data"]
+                if data.ndim != 3 or data.shape[2] != 3:
+                    raise OSError(f"{str(path)!r}: 'data' has shape {data.shape}, not (N, P, 3).")
+                if data.shape[1] < num_points:
+                    raise ValueError(
+                        f"num_points={num_points} but {str(path)!r} has only {data.shape[1]} "
+                        "points per cloud; lower num_points."
+                    )
+                clouds.append(np.asarray(data[:, :num_points], dtype=np.float32))
+                labels.append(np.asarray(h5["label"], dtype=np.int64).reshape(-1))
+        except OSError as error:
+            if str(path) in str(error):
+                raise
+            raise OSError(f"Cannot read HDF5 file {str(path)!r}: {error}.") from error
+        if len(labels[-1]) != len(clouds[-1]):
+            raise OSError(f"{str(path)!r}: {len(clouds[-1])} clouds but {len(labels[-1])} labels.")
+    return np.concatenate(clouds), np.concatenate(labels)

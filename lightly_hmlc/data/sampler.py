@@ -1,0 +1,380 @@
+"""A batch sampler that gives every anchor positives at every level of a label hierarchy."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+__all__ = ["HierarchicalBatchSampler"]
+
+
+class HierarchicalBatchSampler(Sampler[list[int]]):
+    """Composes batches so that every anchor has positives at every level.
+
+    Hierarchical contrastive losses (HMLC, Zhang et al., CVPR 2022; G-/A-HMLC, Ott et
+    al., arXiv 2510.00837) contrast an anchor against samples that share its label up
+    to level ``l``. With uniform random batches, most anchors of a fine level find no
+    positive, and same-coarse-different-fine pairs are rare. This sampler builds every
+    batch from *groups*, one per drawn top-level class, by descending the label tree:
+
+    1. draw a top-level (level 0) class; the classes of one batch are distinct until
+       all have been used, then they repeat;
+    2. at every inner node of the tree, draw ``classes_per_parent`` distinct children
+       (all of them if the node has fewer);
+    3. at every reached leaf (a full label path, or a path cut short by ``-1``), take
+       ``samples_per_class`` samples.
+
+    So a group holds ``samples_per_class * classes_per_parent ** (L - 1)`` samples in a
+    full tree with ``L`` levels, and every anchor in it has a same-leaf positive and, at
+    every level ``l`` whose node has at least two children, a positive that shares its
+    label down to level ``l`` but differs below. Groups are added while they fit; the
+    remaining ``batch_size - used`` slots are filled one sample at a time by leaves
+    already in the batch, so every batch has exactly ``batch_size`` indices.
+
+    Randomness (``shuffle=True``): classes are drawn with probability proportional to
+    the number of their samples not yet used in this epoch (so the batches follow the
+    data's class frequencies and every sample is used about once per epoch), or
+    uniformly with ``class_balanced=True``. (Top-level classes are distinct within a
+    batch, so a batch with as many groups as there are top-level classes holds them all,
+    whatever their frequency.) Within a leaf, samples are taken from a
+    shuffled queue: no sample repeats before every sample of its leaf has been used, and
+    a batch holds no sample twice unless its leaf has fewer samples than the batch asks
+    for. With ``shuffle=False`` all choices are round-robin in sorted order and samples
+    are taken in index order (no randomness at all).
+
+    Small classes: a leaf with fewer than ``samples_per_class`` samples is used with
+    repetition (the same index may appear twice in a batch; its two views still
+    differ), or never used with ``skip_small_classes=True``. Rows whose label path is
+    all ``-1`` are never used.
+
+    An epoch has ``N // batch_size`` batches (``ceil`` if ``drop_last=False``), ``N``
+    the number of usable samples; the sampler composes batches rather than partitioning
+    the data, so the last batch is full either way. With ``num_replicas > 1`` (DDP)
+    every rank computes the same global sequence of batches from ``(seed, epoch)`` and
+    keeps every ``num_replicas``-th, starting at ``rank``: ranks get different batches
+    and the same count, ``len(sampler)`` (the global count is cut to a multiple of
+    ``num_replicas`` with ``drop_last``, else rounded up with extra batches).
+    ``batch_size`` is per rank.
+
+    Args:
+        label_paths: ``[N, L]`` integer label paths, coarse to fine, ``-1`` for unknown
+            levels (e.g. ``dataset.label_paths``). A known level may not follow an
+            unknown one.
+        batch_size: Indices per batch (per rank).
+        samples_per_class: Samples per drawn leaf, at least 2 (same-class positives).
+        classes_per_parent: Children drawn per inner node, at least 2
+            (same-parent-different-child positives).
+        drop_last: Batches per epoch ``N // batch_size`` (True) or
+            ``ceil(N / batch_size)`` (False).
+        seed: Seed; the batches are a function of ``(seed, epoch)``.
+        shuffle: Random draws (True) or deterministic round-robin (False).
+        num_replicas: Number of DDP ranks.
+        rank: This rank, ``0 <= rank < num_replicas``.
+        class_balanced: Draw classes uniformly instead of by their number of samples.
+        skip_small_classes: Never use leaves with fewer than ``samples_per_class``
+            samples (instead of using them with repetition).
+
+    Raises:
+        ValueError: On bad arguments, label paths with a known level after an unknown
+            one, or a ``batch_size`` too small for one group (the message gives the
+            smallest valid value).
+
+    Examples:
+        >>> paths = torch.tensor([[c, 2 * c + f] for c in range(2) for f in range(2)] * 4)
+        >>> sampler = HierarchicalBatchSampler(paths, batch_size=8, seed=0)
+        >>> len(sampler)
+        2
+        >>> batch = next(iter(sampler))
+        >>> sorted(paths[batch, 1].tolist())
+        [0, 0, 1, 1, 2, 2, 3, 3]
+    """
+
+    def __init__(
+        self,
+        label_paths: Tensor | np.ndarray | Sequence[Sequence[int]],
+        batch_size: int,
+        samples_per_class: int = 2,
+        classes_per_parent: int = 2,
+        drop_last: bool = True,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+        class_balanced: bool = False,
+        skip_small_classes: bool = False,
+    ) -> None:
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("samples_per_class", samples_per_class, 2),
+            ("classes_per_parent", classes_per_parent, 2),
+            ("num_replicas", num_replicas, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"rank must be an integer in 0..num_replicas - 1 = {num_replicas - 1}, "
+                f"got {rank!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        paths = _as_paths(label_paths)
+        self.batch_size = batch_size
+        self.samples_per_class = samples_per_class
+        self.classes_per_parent = classes_per_parent
+        self.drop_last = drop_last
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.class_balanced = class_balanced
+        self.skip_small_classes = skip_small_classes
+        self.epoch = 0
+        self._tree = _Tree(paths, samples_per_class if skip_small_classes else 1)
+        if self._tree.num_samples == 0:
+            raise ValueError(
+                "No usable sample: every label path is all -1"
+                + (
+                    f" or its class has fewer than samples_per_class={samples_per_class} "
+                    "samples (skip_small_classes=True)"
+                    if skip_small_classes
+                    else ""
+                )
+                + "."
+            )
+        largest = self._tree.max_group_size(samples_per_class, classes_per_parent)
+        if batch_size < largest:
+            raise ValueError(
+                f"batch_size={batch_size} is too small: one group (one top-level class, "
+                f"{classes_per_parent} classes per parent at each of the "
+                f"{self._tree.num_levels - 1} lower levels, {samples_per_class} samples per "
+                f"class) needs up to {largest} samples. Use batch_size >= {largest}, or lower "
+                "classes_per_parent or samples_per_class."
+            )
+        num = self._tree.num_samples
+        total = num // batch_size if drop_last else math.ceil(num / batch_size)
+        self._per_rank = total // num_replicas if drop_last else math.ceil(total / num_replicas)
+        if self._per_rank == 0:
+            raise ValueError(
+                f"Too few samples: {num} usable samples make {total} batch(es) of "
+                f"{batch_size}, fewer than num_replicas={num_replicas}; lower batch_size or "
+                "pass drop_last=False."
+            )
+
+    @property
+    def num_samples(self) -> int:
+        """N, the number of samples the sampler draws from."""
+        return self._tree.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch; with ``shuffle=True`` each epoch has different batches."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._per_rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        state = _EpochState(self._tree, rng if self.shuffle else None, self.class_balanced)
+        total = self._per_rank * self.num_replicas
+        for position in range(total):
+            batch = state.compose(self.batch_size, self.samples_per_class, self.classes_per_parent)
+            if position % self.num_replicas == self.rank:
+                yield batch
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, "
+            f"batch_size={self.batch_size}, samples_per_class={self.samples_per_class}, "
+            f"classes_per_parent={self.classes_per_parent}, num_batches={len(self)}, "
+            f"rank={self.rank}/{self.num_replicas})"
+        )
+
+
+def _as_paths(label_paths: Any) -> np.ndarray:
+    tensor = torch.as_tensor(label_paths)
+    if tensor.ndim == 1:
+        tensor = tensor[:, None]
+    if tensor.ndim != 2 or tensor.shape[1] < 1:
+        raise ValueError(
+            f"label_paths must have shape [N, L], got {tuple(tensor.shape)}; pass "
+            "dataset.label_paths."
+        )
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+        raise ValueError(f"label_paths must hold integers, got dtype {tensor.dtype}.")
+    paths = tensor.to(torch.int64).cpu().numpy()
+    if (paths < -1).any():
+        raise ValueError("label_paths may only hold class ids >= 0 and -1 (unknown level).")
+    unknown = paths < 0
+    after = unknown[:, :-1] & ~unknown[:, 1:]
+    if after.any():
+        row = int(np.nonzero(after.any(1))[0][0])
+        raise ValueError(
+            f"Row {row} of label_paths, {paths[row].tolist()}, has a known level after an "
+            "unknown (-1) one; label paths must be known from the coarsest level down."
+        )
+    return paths
+
+
+class _Tree:
+    """The label tree: nodes are distinct path prefixes; leaves hold sample indices."""
+
+    def __init__(self, paths: np.ndarray, min_leaf_size: int) -> None:
+        self.num_levels = paths.shape[1]
+        known = (paths >= 0).sum(1)
+        usable = np.nonzero(known > 0)[0]
+        # Leaves: distinct truncated paths (the -1 padding keeps them distinct).
+        keys, inverse = np.unique(paths[usable], axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(keys))
+        members = np.split(usable[order], np.cumsum(counts)[:-1]) if len(keys) else []
+        index_of: dict[tuple[int, ...], int] = {(): 0}
+        self.children: list[list[int]] = [[]]
+        self.parent: list[int] = [-1]
+        self.members: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        for key, member in zip(keys.tolist(), members, strict=True):
+            if len(member) < min_leaf_size:
+                continue
+            depth = sum(1 for value in key if value >= 0)
+            parent = 0
+            for level in range(depth):
+                prefix = tuple(key[: level + 1])
+                node = index_of.get(prefix)
+                if node is None:
+                    node = len(self.parent)
+                    index_of[prefix] = node
+                    self.parent.append(parent)
+                    self.children.append([])
+                    self.members.append(np.zeros(0, dtype=np.int64))
+                    self.children[parent].append(node)
+                parent = node
+            self.members[parent] = member
+        self.num_samples = int(sum(len(m) for m in self.members))
+        # Subtree sizes, children before parents (nodes were created parents first).
+        self.size = np.array([len(m) for m in self.members], dtype=np.int64)
+        for node in range(len(self.parent) - 1, 0, -1):
+            self.size[self.parent[node]] += self.size[node]
+
+    def max_group_size(self, per_class: int, per_parent: int) -> int:
+        def group(node: int) -> int:
+            kids = self.children[node]
+            if not kids:
+                return per_class
+            return sum(sorted((group(kid) for kid in kids), reverse=True)[:per_parent])
+
+        return max((group(top) for top in self.children[0]), default=per_class)
+
+
+class _EpochState:
+    """Per-epoch draw state: leaf queues, remaining counts and round-robin pointers."""
+
+    def __init__(self, tree: _Tree, rng: np.random.Generator | None, balanced: bool) -> None:
+        self.tree = tree
+        self.rng = rng
+        self.balanced = balanced
+        self.queues: dict[int, deque[int]] = {}
+        # Unused samples under every node this epoch; all queues start full.
+        self.remaining = tree.size.astype(np.float64)
+        for leaf, members in enumerate(tree.members):
+            if len(members):
+                self.queues[leaf] = deque(self._order(members))
+        self.pointer = [0] * len(tree.parent)
+        self.used_tops: set[int] = set()
+
+    def _order(self, members: np.ndarray) -> list[int]:
+        return (self.rng.permutation(members) if self.rng is not None else members).tolist()
+
+    def _choose(self, options: list[int], k: int, node: int) -> list[int]:
+        if k >= len(options):
+            return list(options)
+        if self.rng is None:
+            start = self.pointer[node]
+            self.pointer[node] = (start + k) % len(options)
+            return [options[(start + i) % len(options)] for i in range(k)]
+        if self.balanced:
+            weights = np.ones(len(options))
+        else:
+            # +1 keeps exhausted classes possible; they refill when drawn.
+            weights = self.remaining[options] + 1.0
+        if k == 1:
+            cumulative = np.cumsum(weights)
+            pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], "right"))
+            return [options[min(pick, len(options) - 1)]]
+        # Weighted sampling without replacement: the k largest Gumbel-perturbed log-weights.
+        keys = np.log(weights) + self.rng.gumbel(size=len(options))
+        picks = np.argpartition(-keys, k - 1)[:k]
+        return [options[int(i)] for i in np.sort(picks)]
+
+    def _group(self, node: int, per_class: int, per_parent: int) -> list[int]:
+        kids = self.tree.children[node]
+        if not kids:
+            return [node]
+        leaves: list[int] = []
+        for kid in self._choose(kids, per_parent, node):
+            leaves.extend(self._group(kid, per_class, per_parent))
+        return leaves
+
+    def _take(self, leaf: int, count: int, taken: dict[int, list[int]]) -> None:
+        members = self.tree.members[leaf]
+        queue = self.queues[leaf]
+        batch_taken = taken.setdefault(leaf, [])
+        for _ in range(count):
+            if not queue:
+                fresh = self._order(members)
+                # Samples already in this batch go last, so a refill adds no duplicate.
+                seen = set(batch_taken)
+                queue.extend([i for i in fresh if i not in seen] + [i for i in fresh if i in seen])
+                self._update(leaf, len(members))
+            batch_taken.append(queue.popleft())
+            self._update(leaf, -1)
+
+    def _update(self, leaf: int, delta: int) -> None:
+        node = leaf
+        while node >= 0:
+            self.remaining[node] += delta
+            node = self.tree.parent[node]
+
+    def compose(self, batch_size: int, per_class: int, per_parent: int) -> list[int]:
+        tops = self.tree.children[0]
+        taken: dict[int, list[int]] = {}
+        used = 0
+        if self.rng is not None:
+            # Distinct top-level classes within a batch; round-robin keeps its cycle instead.
+            self.used_tops.clear()
+        while True:
+            fresh_tops = [top for top in tops if top not in self.used_tops]
+            if not fresh_tops:
+                self.used_tops.clear()
+                fresh_tops = list(tops)
+            if self.rng is None or len(fresh_tops) == 1:
+                top = fresh_tops[0]  # round-robin: the unused classes in sorted order
+            else:
+                (top,) = self._choose(fresh_tops, 1, 0)
+            leaves = self._group(top, per_class, per_parent)
+            if used + per_class * len(leaves) > batch_size:
+                break  # this top-level class is not marked used: it opens a later batch
+            self.used_tops.add(top)
+            for leaf in leaves:
+                self._take(leaf, per_class, taken)
+            used += per_class * len(leaves)
+        # Fill the rest with one more sample from leaves already in the batch.
+        in_batch = list(taken)
+        if self.rng is not None:
+            in_batch = [in_batch[int(i)] for i in self.rng.permutation(len(in_batch))]
+        position = 0
+        while used < batch_size:
+            self._take(in_batch[position % len(in_batch)], 1, taken)
+            position += 1
+            used += 1
+        batch = [index for indices in taken.values() for index in indices]
+        if self.rng is not None:
+            batch = [batch[int(i)] for i in self.rng.permutation(len(batch))]
+        return batch
