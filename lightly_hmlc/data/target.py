@@ -39,7 +39,7 @@ class LabelPathTransform:
         >>> to_path(1)
         tensor([0, 3])
         >>> # with torchvision: CIFAR10(root, target_transform=LabelPathTransform(
-        >>> #     LabelHierarchy.cifar10(), CIFAR10.classes)) -- any class order works.
+        >>> #     LabelHierarchy.cifar10(), dataset.classes)) -- any class order works.
     """
 
     def __init__(
