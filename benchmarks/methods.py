@@ -1,0 +1,580 @@
+"""The benchmarked methods: one LightningModule base and one small subclass per method.
+
+Every method trains the same encoder (a timm backbone, or a point-cloud encoder around
+one) on the same two-view batches ``([view0, view1], label_paths)``; only the objective
+differs:
+
+=========  =====================================================================
+method     objective
+=========  =====================================================================
+``ce``     cross-entropy of a linear classifier on the backbone features, on the
+           fine (deepest known) class of each label path; both views are used
+``simclr`` Lightly's ``NTXentLoss`` on the projections; no labels [0]
+``supcon`` ``SupConLoss``: positives share the whole label path [1]
+``hmc``    ``HMLCLoss(loss_type="hmc")``, Zhang et al. [2]
+``hce``    ``HMLCLoss(loss_type="hce")`` [2]
+``hmce``   ``HMLCLoss(loss_type="hmce")`` [2]
+``g-hmlc`` ``GHMLCLoss``: HMCE on hard per-level masks from a GMM, Ott et al. [3]
+``a-hmlc`` ``AHMLCLoss``: HMCE on soft per-level masks from attention heads [3]
+=========  =====================================================================
+
+The contrastive methods project the backbone features with Lightly's
+``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). The mask
+heads of G-HMLC and A-HMLC live inside their losses, which are submodules of the
+LightningModule (``self.criterion``), so that A-HMLC's attention parameters are
+optimised and G-HMLC's statistics buffers are checkpointed.
+
+Optimisation (shared): SGD with momentum 0.9 (or LARS, or AdamW), the learning rate
+``lr * global_batch_size / 256`` (linear scaling), no weight decay on norm layers and
+biases, linear warmup for ``warmup_epochs`` then cosine decay to 0.1% per step
+(Lightly's ``CosineWarmupScheduler``).
+
+- [0] SimCLR, Chen et al., ICML 2020, https://arxiv.org/abs/2002.05709
+- [1] Supervised Contrastive Learning, Khosla et al., NeurIPS 2020
+- [2] Use All The Labels, Zhang et al., CVPR 2022, https://arxiv.org/abs/2204.13207
+- [3] Feature Identification for Hierarchical Contrastive Learning, Ott et al.,
+  arXiv 2510.00837
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from timm.models import get_pretrained_cfg_value
+from torch import Tensor, nn
+
+from lightly_hmlc import (
+    AHMLCLoss,
+    DepthViewEncoder,
+    GHMLCLoss,
+    HMLCLoss,
+    SupConLoss,
+    create_backbone,
+)
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+ENCODERS = ("image", "depth_views")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained with another method, backbone or hierarchy."""
+
+
+class HierarchicalMethod(pl.LightningModule):
+    """Shared encoder, projection head, optimiser and logging of all benchmarked methods.
+
+    Subclasses set ``method_name`` and implement :meth:`build_criterion` and
+    :meth:`compute_loss`.
+
+    Args:
+        num_classes_per_level: Classes at each level of the hierarchy, coarse to fine.
+        backbone: A ``timm`` model name (``create_backbone``), e.g. ``"resnet18_cifar"``.
+        in_chans: Input channels of the images.
+        img_size: Input size, used for backbones with a fixed input size (ViT).
+        encoder: ``"image"`` (the backbone on images) or ``"depth_views"`` (point clouds
+            rendered to depth images and encoded by the backbone, ``DepthViewEncoder``).
+        encoder_kwargs: Extra arguments of ``DepthViewEncoder`` (``num_views``,
+            ``resolution``, ``fuse``) for ``encoder="depth_views"``.
+        proj_dim: Output width of the projection head.
+        temperature: Temperature of the contrastive losses.
+        optimizer: ``"sgd"``, ``"lars"`` or ``"adamw"``.
+        lr: Learning rate for a global batch of 256; scaled linearly to ``batch_size``.
+        batch_size: Global batch size (all devices together), for the scaling.
+        weight_decay: Weight decay (not applied to norm layers and biases).
+        momentum: Momentum of SGD and LARS.
+        warmup_epochs: Epochs of linear warmup before the cosine decay.
+        gather_distributed: Gather projections (and labels) from all ranks in the loss;
+            set it when training on more than one process.
+        mask_warmup_steps: G-HMLC: steps before the first GMM fit (default: the head's).
+        mask_refit_every: G-HMLC: steps between GMM refits (default: the head's).
+
+    Examples:
+        >>> model = HMCE(num_classes_per_level=[2, 4])
+        >>> views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
+        >>> labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
+        >>> loss, logs = model.shared_step((views, labels))
+        >>> loss.shape, sorted(logs)
+        (torch.Size([]), ['loss_level0', 'loss_level1'])
+        >>> model(views[0]).shape  # the backbone features that evaluation probes
+        torch.Size([4, 64])
+    """
+
+    method_name: ClassVar[str] = ""
+    uses_projection_head: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_classes_per_level: Sequence[int],
+        backbone: str = "resnet_tiny_cifar",
+        in_chans: int = 3,
+        img_size: int | None = None,
+        encoder: str = "image",
+        encoder_kwargs: dict[str, Any] | None = None,
+        proj_dim: int = 128,
+        temperature: float = 0.1,
+        optimizer: str = "sgd",
+        lr: float = 0.25,
+        batch_size: int = 256,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        warmup_epochs: float = 10.0,
+        gather_distributed: bool = False,
+        mask_warmup_steps: int | None = None,
+        mask_refit_every: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not self.method_name:
+            raise TypeError("HierarchicalMethod is a base class: instantiate a method subclass.")
+        levels = [int(n) for n in num_classes_per_level]
+        if not levels or min(levels) < 1:
+            raise ValueError(f"num_classes_per_level must list >= 1 class per level, got {levels}.")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
+        if not lr > 0 or not temperature > 0 or batch_size < 1:
+            raise ValueError(
+                f"lr, temperature and batch_size must be positive, got {lr}, "
+                f"{temperature}, {batch_size}."
+            )
+        if warmup_epochs < 0 or weight_decay < 0:
+            raise ValueError(
+                f"warmup_epochs and weight_decay must be >= 0, got {warmup_epochs} and "
+                f"{weight_decay}."
+            )
+        self.save_hyperparameters()
+        # Not constructor arguments: saved so that a checkpoint names what produced it.
+        self.hparams["method"] = self.method_name
+        self.num_classes_per_level = levels
+        self.num_levels = len(levels)
+        self.backbone_name = backbone
+        self.proj_dim = proj_dim
+        self.temperature = temperature
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.warmup_epochs = warmup_epochs
+        self.gather_distributed = gather_distributed
+        self.mask_warmup_steps = mask_warmup_steps
+        self.mask_refit_every = mask_refit_every
+
+        self.backbone, self.feature_dim = build_encoder(
+            backbone,
+            in_chans=in_chans,
+            img_size=img_size,
+            encoder=encoder,
+            encoder_kwargs=encoder_kwargs,
+        )
+        self.projection_head: nn.Module | None = None
+        if self.uses_projection_head:
+            self.projection_head = SimCLRProjectionHead(
+                input_dim=self.feature_dim, hidden_dim=self.feature_dim, output_dim=proj_dim
+            )
+        self.criterion = self.build_criterion()
+
+    # ------------------------------------------------------------------ per method
+    def build_criterion(self) -> nn.Module:
+        """Returns the loss module (a submodule, so it is optimised and checkpointed)."""
+        raise NotImplementedError
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Returns the loss and extra (detached) values to log.
+
+        Args:
+            features: Backbone features of both views, ``[2B, F]`` (view0 first).
+            z0, z1: Projections of the two views ``[B, D]`` (``None`` without a head).
+            labels: Label paths ``[B, L]``.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    def forward(self, x: Tensor) -> Tensor:
+        """Backbone features ``[B, F]``; what the evaluation probes."""
+        features: Tensor = self.backbone(x)
+        return features.flatten(start_dim=1)
+
+    def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one batch ``([view0, view1, ...], label_paths)`` and values to log."""
+        views, labels = batch[0], batch[1]
+        if not isinstance(views, list | tuple) or len(views) < 2:
+            raise ValueError(
+                "Expected a batch ([view0, view1], label_paths) from a two-view transform "
+                f"(e.g. Lightly's SimCLRTransform); got views of type {type(views).__name__}."
+            )
+        if labels.ndim != 2 or labels.shape[1] != self.num_levels:
+            raise ValueError(
+                f"Expected label paths [B, {self.num_levels}], got {tuple(labels.shape)}; pass "
+                "target_transform=LabelPathTransform(hierarchy, dataset.classes)."
+            )
+        # One forward over both views: BatchNorm sees the whole two-view batch.
+        features = self.forward(torch.cat([views[0], views[1]]))
+        z0 = z1 = None
+        if self.projection_head is not None:
+            z0, z1 = self.projection_head(features).chunk(2)
+        return self.compute_loss(features, z0, z1, labels)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Computes and logs the loss (``train/loss``) and per-level terms."""
+        loss, logs = self.shared_step(batch)
+        batch_size = int(batch[1].shape[0])
+        # sync_dist: the epoch means cover all ranks (the CE loss is rank-local).
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        for name, value in logs.items():
+            self.log(
+                f"train/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """The optimiser of ``optimizer`` with a per-step cosine warmup schedule."""
+        lr = self.lr * self.batch_size / 256
+        decay, no_decay = get_weight_decay_parameters([self])
+        groups = [
+            {"name": "decay", "params": decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer: torch.optim.Optimizer
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        elif self.optimizer_name == "lars":
+            optimizer = LARS(groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.weight_decay)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        warmup_steps = min(total_steps, round(total_steps * self.warmup_epochs / max_epochs))
+        scheduler = CosineWarmupScheduler(
+            optimizer, warmup_epochs=warmup_steps, max_epochs=total_steps
+        )
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint of another method, backbone or hierarchy, naming both."""
+        check_checkpoint_hparams(
+            checkpoint.get("hyper_parameters", {}),
+            method=self.method_name,
+            backbone=self.backbone_name,
+            num_classes_per_level=self.num_classes_per_level,
+        )
+
+
+def build_encoder(
+    backbone: str,
+    *,
+    in_chans: int = 3,
+    img_size: int | None = None,
+    encoder: str = "image",
+    encoder_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, int]:
+    """Creates the encoder (image backbone or point-cloud depth-view encoder) and its width."""
+    if encoder == "depth_views":
+        module = DepthViewEncoder(backbone, **(encoder_kwargs or {}))
+        return module, int(module.feature_dim)
+    if encoder_kwargs:
+        raise ValueError(
+            f"encoder_kwargs {sorted(encoder_kwargs)} only apply to encoder='depth_views'."
+        )
+    kwargs: dict[str, Any] = {"in_chans": in_chans}
+    if img_size is not None and _has_fixed_input_size(backbone):
+        kwargs["img_size"] = img_size
+    return create_backbone(backbone, **kwargs)
+
+
+def _has_fixed_input_size(name: str) -> bool:
+    try:
+        return bool(get_pretrained_cfg_value(name, "fixed_input_size"))
+    except RuntimeError:
+        return False
+
+
+def check_checkpoint_hparams(
+    saved: Any,
+    *,
+    method: str,
+    backbone: str,
+    num_classes_per_level: Sequence[int] | None = None,
+    source: str = "The checkpoint",
+) -> None:
+    """Raises :class:`CheckpointMismatchError` if a checkpoint does not fit this run.
+
+    Args:
+        saved: The checkpoint's ``hyper_parameters``.
+        method, backbone: What this run trains.
+        num_classes_per_level: This run's hierarchy, if it should be compared too.
+        source: How to name the checkpoint in the message.
+    """
+    saved = dict(saved or {})
+    saved_method = saved.get("method")
+    saved_backbone = saved.get("backbone")
+    if saved_method is None or saved_backbone is None:
+        raise CheckpointMismatchError(
+            f"{source} was not written by benchmarks/main.py (its hyperparameters name no "
+            "method and backbone); resume only from this suite's checkpoints."
+        )
+    if saved_method != method or saved_backbone != backbone:
+        raise CheckpointMismatchError(
+            f"{source} was trained with method {saved_method!r} and backbone "
+            f"{saved_backbone!r}, but this run asks for method {method!r} and backbone "
+            f"{backbone!r}. Resume with --methods {saved_method} --backbone {saved_backbone}, "
+            "or drop --resume to start a fresh run."
+        )
+    saved_levels = saved.get("num_classes_per_level")
+    if num_classes_per_level is not None and saved_levels is not None:
+        if [int(n) for n in saved_levels] != [int(n) for n in num_classes_per_level]:
+            raise CheckpointMismatchError(
+                f"{source} was trained on a hierarchy with classes per level "
+                f"{list(saved_levels)}, but this run's dataset has "
+                f"{list(num_classes_per_level)}. Use the same --dataset and --hierarchy, "
+                "or drop --resume."
+            )
+
+
+def check_checkpoint_file(
+    path: str | os.PathLike[str],
+    *,
+    method: str,
+    backbone: str,
+    num_classes_per_level: Sequence[int] | None = None,
+) -> None:
+    """Reads a Lightning checkpoint's hyperparameters and checks them (see above).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        CheckpointMismatchError: If it belongs to another method, backbone or hierarchy.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Checkpoint {str(path)!r} not found. Pass the path of a .ckpt file written by "
+            "this suite (<output-dir>/<dataset>/<method>/seed<k>/checkpoints/last.ckpt), or "
+            "--resume auto."
+        )
+    # A Lightning checkpoint holds plain Python objects next to the tensors; the user
+    # named this file, so it is trusted like any resumed checkpoint.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    check_checkpoint_hparams(
+        checkpoint.get("hyper_parameters", {}),
+        method=method,
+        backbone=backbone,
+        num_classes_per_level=num_classes_per_level,
+        source=f"Checkpoint {str(path)!r}",
+    )
+
+
+# ---------------------------------------------------------------------- methods
+class CrossEntropy(HierarchicalMethod):
+    """Supervised baseline: a linear classifier on the backbone, fine-class cross-entropy.
+
+    The fine class of a label path is its deepest known level; classes of different
+    levels get distinct outputs, so hierarchies with leaves at several depths work.
+    Both views are classified (the batch holds two augmentations of every image).
+    """
+
+    method_name = "ce"
+    uses_projection_head = False
+
+    def build_criterion(self) -> nn.Module:
+        """A linear classifier over all classes of all levels, and cross-entropy."""
+        offsets = torch.tensor([0, *self.num_classes_per_level[:-1]]).cumsum(0)
+        self.register_buffer("level_offsets", offsets, persistent=False)
+        self.classifier = nn.Linear(self.feature_dim, sum(self.num_classes_per_level))
+        return nn.CrossEntropyLoss(ignore_index=-100)
+
+    def fine_targets(self, labels: Tensor) -> Tensor:
+        """Index of each path's deepest known class (``-100`` for an all-unknown path)."""
+        depth = (labels >= 0).sum(dim=1) - 1
+        level_offsets = self.get_buffer("level_offsets")
+        ids = labels.gather(1, depth.clamp(min=0).unsqueeze(1)).squeeze(1)
+        targets = level_offsets[depth.clamp(min=0)] + ids
+        return torch.where(depth >= 0, targets, torch.full_like(targets, -100))
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy on both views; logs the training accuracy."""
+        logits = self.classifier(features)
+        targets = self.fine_targets(labels).repeat(2)
+        loss: Tensor = self.criterion(logits, targets)
+        valid = targets >= 0
+        accuracy = (logits.argmax(1) == targets)[valid].float().mean()
+        return loss, {"fine_acc": accuracy.detach()}
+
+
+class SimCLR(HierarchicalMethod):
+    """Self-supervised baseline: Lightly's ``NTXentLoss``; labels are ignored."""
+
+    method_name = "simclr"
+
+    def build_criterion(self) -> nn.Module:
+        """Lightly's NT-Xent loss."""
+        return NTXentLoss(
+            temperature=self.temperature,
+            gather_distributed=self.gather_distributed,
+        )
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """NT-Xent of the two views' projections."""
+        assert z0 is not None and z1 is not None
+        loss: Tensor = self.criterion(z0, z1)
+        return loss, {}
+
+
+class SupCon(HierarchicalMethod):
+    """Supervised contrastive learning on the fine class (the whole label path)."""
+
+    method_name = "supcon"
+
+    def build_criterion(self) -> nn.Module:
+        """``SupConLoss``: positives share the whole label path."""
+        return SupConLoss(
+            temperature=self.temperature,
+            gather_distributed=self.gather_distributed,
+        )
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """SupCon of the two views' projections."""
+        assert z0 is not None and z1 is not None
+        loss: Tensor = self.criterion(z0, z1, labels)
+        return loss, {}
+
+
+class _HMLCMethod(HierarchicalMethod):
+    """HMLC family: logs the per-level terms (``train/loss_level{l}``)."""
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The hierarchical loss and its per-level terms."""
+        assert z0 is not None and z1 is not None
+        loss: Tensor = self.criterion(z0, z1, labels)
+        logs: dict[str, Tensor] = {}
+        level_losses = getattr(self.criterion, "last_level_losses", None)
+        if level_losses is not None:
+            for level, value in enumerate(level_losses):
+                logs[f"loss_level{level}"] = value.detach()
+        return loss, logs
+
+
+class HMC(_HMLCMethod):
+    """HMLC with ``loss_type="hmc"`` (Zhang et al., CVPR 2022)."""
+
+    method_name = "hmc"
+
+    def build_criterion(self) -> nn.Module:
+        """``HMLCLoss`` of this method's loss type."""
+        return HMLCLoss(
+            loss_type=self.method_name,
+            temperature=self.temperature,
+            num_levels=self.num_levels,
+            gather_distributed=self.gather_distributed,
+        )
+
+
+class HCE(HMC):
+    """HMLC with ``loss_type="hce"`` (Zhang et al., CVPR 2022)."""
+
+    method_name = "hce"
+
+
+class HMCE(HMC):
+    """HMLC with ``loss_type="hmce"`` (Zhang et al., CVPR 2022)."""
+
+    method_name = "hmce"
+
+
+class GHMLC(_HMLCMethod):
+    """G-HMLC: HMCE on hard per-level masks from a GMM (Ott et al.)."""
+
+    method_name = "g-hmlc"
+
+    def build_criterion(self) -> nn.Module:
+        """``GHMLCLoss``; its GMM buffers are checkpointed with the module."""
+        head_kwargs: dict[str, Any] = {}
+        if self.mask_warmup_steps is not None:
+            head_kwargs["warmup_steps"] = self.mask_warmup_steps
+        if self.mask_refit_every is not None:
+            head_kwargs["refit_every"] = self.mask_refit_every
+        return GHMLCLoss(
+            num_levels=self.num_levels,
+            dim=self.proj_dim,
+            loss_type="hmce",
+            temperature=self.temperature,
+            gather_distributed=self.gather_distributed,
+            **head_kwargs,
+        )
+
+
+class AHMLC(_HMLCMethod):
+    """A-HMLC: HMCE on soft per-level masks from attention heads (Ott et al.)."""
+
+    method_name = "a-hmlc"
+
+    def build_criterion(self) -> nn.Module:
+        """``AHMLCLoss``; its attention head is trained with the encoder."""
+        return AHMLCLoss(
+            num_levels=self.num_levels,
+            dim=self.proj_dim,
+            loss_type="hmce",
+            temperature=self.temperature,
+            gather_distributed=self.gather_distributed,
+        )
+
+
+METHOD_CLASSES: tuple[type[HierarchicalMethod], ...] = (
+    CrossEntropy,
+    SimCLR,
+    SupCon,
+    HMC,
+    HCE,
+    HMCE,
+    GHMLC,
+    AHMLC,
+)
+
+
+def default_mask_schedule(total_steps: int) -> tuple[int, int]:
+    """G-HMLC's ``(warmup_steps, refit_every)`` for a run of ``total_steps`` steps.
+
+    The GMM head's defaults (100, 100) suit long runs; short runs fit after a fifth of
+    training and refit ten times, so that the masks matter in a quick benchmark too.
+
+    Examples:
+        >>> default_mask_schedule(50), default_mask_schedule(100_000)
+        ((10, 5), (100, 100))
+    """
+    warmup = min(100, max(1, total_steps // 5))
+    refit = min(100, max(1, math.ceil(total_steps / 10)))
+    return warmup, refit

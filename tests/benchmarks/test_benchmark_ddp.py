@@ -1,0 +1,28 @@
+"""One method trains under DDP with two CPU processes (gloo, ddp_spawn)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import main
+import pytest
+import torch
+
+from tests.benchmarks.suite_utils import LEVEL_KEYS, load_metrics, tiny_args
+
+
+@pytest.mark.distributed
+def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
+    args = tiny_args(tmp_path, "--methods", "hmce", "--strategy", "ddp_spawn", "--devices", "2")
+    results = main.run_suite(main.parse_args(args))
+    assert len(results) == 1
+    run_dir = tmp_path / "shapes/hmce/seed0"
+    stats = json.loads((run_dir / "train_stats.json").read_text())
+    # 64 samples, global batch 32 = 16 per rank: 2 steps of 32 samples in all
+    assert stats["world_size"] == 2 and stats["global_step"] == 2 and stats["samples"] == 64
+    record = load_metrics(run_dir)
+    assert all(math.isfinite(record["eval"][key]) for key in LEVEL_KEYS)
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["hyper_parameters"]["gather_distributed"] is True

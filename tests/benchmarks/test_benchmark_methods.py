@@ -1,0 +1,90 @@
+"""Every benchmarked method trains, evaluates and writes its records (tiny shapes runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import main
+import methods
+import pytest
+import torch
+
+from tests.benchmarks.suite_utils import (  # noqa: F401
+    LEVEL_KEYS,
+    load_metrics,
+    one_thread,
+    tiny_args,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("method", list(main.METHODS))
+def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method: str) -> None:
+    results = main.run_suite(main.parse_args(tiny_args(tmp_path, "--methods", method)))
+    assert [r.method for r in results] == [method]
+    run_dir = tmp_path / "shapes" / method / "seed0"
+    assert results[0].run_dir == run_dir
+    for name in (
+        "config.json",
+        "environment.json",
+        "metrics.json",
+        "metrics.md",
+        "embeddings.png",
+        "training_curves.png",
+        "checkpoints/last.ckpt",
+    ):
+        assert (run_dir / name).is_file(), name
+
+    record = load_metrics(run_dir)
+    assert record["run"] == {
+        "dataset": "shapes",
+        "method": method,
+        "seed": 0,
+        "backbone": "resnet_tiny_cifar",
+        "epochs": 1,
+        "global_step": 2,
+    }
+    for key in [*LEVEL_KEYS, "hier/mistake_severity", "hier/hdist@5"]:
+        value = record["eval"][key]
+        assert math.isfinite(value), key
+    assert 0.0 <= record["eval"]["level0/linear_acc"] <= 1.0
+    train = record["train"]
+    assert train["train/samples"] == 64 and train["train/complete"] is True
+    assert train["train/images_per_second"] > 0 and train["train/peak_memory_mb"] > 0
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == method and config["batch_size"] == 32
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert {"torch", "lightly", "timm", "pytorch_lightning", "lightly_hmlc"} <= set(env["packages"])
+    assert "git_commit" in env and env["machine"]["cpu_count"] >= 1
+    assert method in (run_dir / "metrics.md").read_text()
+
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["hyper_parameters"]["method"] == method
+    assert checkpoint["hyper_parameters"]["backbone"] == "resnet_tiny_cifar"
+    state = checkpoint["state_dict"]
+    if method == "a-hmlc":  # the attention head is a submodule and trained
+        assert state["criterion.mask_head.bias2"].abs().sum() > 0
+    if method == "g-hmlc":  # the GMM buffers are checkpointed, and the masks were fitted
+        assert bool(state["criterion.mask_head.fitted"])
+    if method == "ce":
+        assert "classifier.weight" in state and not any(k.startswith("projection") for k in state)
+    summary = (tmp_path / "shapes" / "summary.md").read_text()
+    assert f"| {method} | 1 |" in summary
+
+
+def test_history_has_one_value_per_epoch(tmp_path: Path) -> None:
+    main.run_suite(main.parse_args(tiny_args(tmp_path, "--methods", "hmc", "--epochs", "2")))
+    stats = json.loads((tmp_path / "shapes/hmc/seed0/train_stats.json").read_text())
+    assert set(stats["history"]) >= {"train/loss", "train/loss_level0", "train/loss_level2"}
+    assert all(len(values) == 2 for values in stats["history"].values())
+
+
+def test_ce_fine_targets_handle_leaves_at_different_depths() -> None:
+    model = methods.CrossEntropy(num_classes_per_level=[2, 3])
+    labels = torch.tensor([[0, 2], [1, -1], [-1, -1]])
+    # level-1 ids are offset by the 2 level-0 classes; an all-unknown path is ignored
+    assert model.fine_targets(labels).tolist() == [4, 1, -100]
