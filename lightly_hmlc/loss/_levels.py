@@ -318,9 +318,7 @@ def anchor_level_losses(
     return loss, is_anchor
 
 
-def reduce_levels(
-    loss: Tensor, is_anchor: Tensor, distributed: bool
-) -> tuple[Tensor, Tensor]:
+def reduce_levels(loss: Tensor, is_anchor: Tensor, distributed: bool) -> tuple[Tensor, Tensor]:
     """Per-level mean over anchors, exact across ranks.
 
     Returns:
@@ -339,6 +337,18 @@ def reduce_levels(
     global_sum, global_count = stats[0], stats[1].clamp(min=1.0)
     share = local_sum * dist.world_size() / global_count
     return share, global_sum / global_count
+
+
+def level_terms(batch: LossBatch, temperature: float) -> tuple[Tensor, Tensor]:
+    """Per-level SupCon terms of a loss batch: ``(share, value)`` as :func:`reduce_levels`."""
+    loss, is_anchor = anchor_level_losses(
+        batch.anchors,
+        batch.contrast,
+        batch.anchor_index,
+        build_level_groups(batch.contrast_labels),
+        temperature,
+    )
+    return reduce_levels(loss, is_anchor, batch.distributed)
 
 
 def aggregate_levels(

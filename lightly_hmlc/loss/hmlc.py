@@ -14,8 +14,8 @@ from lightly_hmlc.loss._levels import (
     build_level_groups,
     gather_for_loss,
     layer_penalties,
+    level_terms,
     normalize_features,
-    reduce_levels,
     resolve_layer_penalty,
     validate_inputs,
 )
@@ -161,14 +161,7 @@ class HMLCLoss(nn.Module):
             )
             value = share.detach()
         else:
-            loss, is_anchor = anchor_level_losses(
-                batch.anchors,
-                batch.contrast,
-                batch.anchor_index,
-                build_level_groups(batch.contrast_labels),
-                self.temperature,
-            )
-            share, value = reduce_levels(loss, is_anchor, batch.distributed)
+            share, value = level_terms(batch, self.temperature)
         self.last_level_losses = value
         return aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
 

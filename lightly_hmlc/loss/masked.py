@@ -78,9 +78,14 @@ class MaskedHMLCLoss(HMLCLoss):
     def _level_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         masks = self.mask_head(features, labels)
         expected = (labels.shape[1], features.shape[1])
-        if masks.dim() != 3 or tuple(masks.shape[1:]) != expected or masks.shape[0] not in (
-            1,
-            features.shape[0],
+        if (
+            masks.dim() != 3
+            or tuple(masks.shape[1:]) != expected
+            or masks.shape[0]
+            not in (
+                1,
+                features.shape[0],
+            )
         ):
             raise ValueError(
                 f"The mask head returned masks of shape {tuple(masks.shape)}; expected "
@@ -95,7 +100,36 @@ class MaskedHMLCLoss(HMLCLoss):
         return level_features, regularization
 
 
-class GHMLCLoss(MaskedHMLCLoss):
+class _HeadBuildingLoss(MaskedHMLCLoss):
+    """A masked loss that builds its own head from ``num_levels``, ``dim`` and options."""
+
+    def __init__(
+        self,
+        num_levels: int,
+        dim: int,
+        loss_type: str = "hmce",
+        temperature: float = 0.1,
+        layer_penalty: str | LayerPenalty = "exp",
+        normalize_weights: bool = True,
+        gather_distributed: bool = False,
+        **head_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            self._build_head(num_levels=num_levels, dim=dim, **head_kwargs),
+            loss_type=loss_type,
+            temperature=temperature,
+            layer_penalty=layer_penalty,
+            num_levels=num_levels,
+            normalize_weights=normalize_weights,
+            gather_distributed=gather_distributed,
+        )
+
+    @staticmethod
+    def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:
+        raise NotImplementedError
+
+
+class GHMLCLoss(_HeadBuildingLoss):
     """G-HMLC: HMLC on hard per-level masks picked by a Gaussian mixture (Ott et al.).
 
     Builds a :class:`~lightly_hmlc.models.modules.GMMFeatureMaskHead` and composes it
@@ -117,31 +151,14 @@ class GHMLCLoss(MaskedHMLCLoss):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_levels: int,
-        dim: int,
-        loss_type: str = "hmce",
-        temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
-        normalize_weights: bool = True,
-        gather_distributed: bool = False,
-        **head_kwargs: Any,
-    ) -> None:
+    @staticmethod
+    def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:
         from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
 
-        super().__init__(
-            GMMFeatureMaskHead(num_levels=num_levels, dim=dim, **head_kwargs),
-            loss_type=loss_type,
-            temperature=temperature,
-            layer_penalty=layer_penalty,
-            num_levels=num_levels,
-            normalize_weights=normalize_weights,
-            gather_distributed=gather_distributed,
-        )
+        return GMMFeatureMaskHead(num_levels=num_levels, dim=dim, **head_kwargs)
 
 
-class AHMLCLoss(MaskedHMLCLoss):
+class AHMLCLoss(_HeadBuildingLoss):
     """A-HMLC: HMLC on soft per-level masks from attention heads (Ott et al.).
 
     Builds a :class:`~lightly_hmlc.models.modules.AttentionMaskHead` and composes it
@@ -165,25 +182,8 @@ class AHMLCLoss(MaskedHMLCLoss):
         True
     """
 
-    def __init__(
-        self,
-        num_levels: int,
-        dim: int,
-        loss_type: str = "hmce",
-        temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
-        normalize_weights: bool = True,
-        gather_distributed: bool = False,
-        **head_kwargs: Any,
-    ) -> None:
+    @staticmethod
+    def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:
         from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 
-        super().__init__(
-            AttentionMaskHead(num_levels=num_levels, dim=dim, **head_kwargs),
-            loss_type=loss_type,
-            temperature=temperature,
-            layer_penalty=layer_penalty,
-            num_levels=num_levels,
-            normalize_weights=normalize_weights,
-            gather_distributed=gather_distributed,
-        )
+        return AttentionMaskHead(num_levels=num_levels, dim=dim, **head_kwargs)

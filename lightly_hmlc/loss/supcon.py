@@ -7,11 +7,9 @@ from torch import Tensor, nn
 
 from lightly_hmlc.loss._levels import (
     aggregate_levels,
-    anchor_level_losses,
-    build_level_groups,
     gather_for_loss,
+    level_terms,
     normalize_features,
-    reduce_levels,
     validate_inputs,
 )
 
@@ -76,12 +74,5 @@ class SupConLoss(nn.Module):
             labels = torch.where(unknown, -1, path_ids).unsqueeze(1)
         features = normalize_features(out0, out1)
         batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
-        loss, is_anchor = anchor_level_losses(
-            batch.anchors,
-            batch.contrast,
-            batch.anchor_index,
-            build_level_groups(batch.contrast_labels),
-            self.temperature,
-        )
-        share, value = reduce_levels(loss, is_anchor, batch.distributed)
+        share, value = level_terms(batch, self.temperature)
         return aggregate_levels(share, value, "hmc", weights=None)
