@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightly_hmlc import LabelHierarchy
+
+# The fine -> coarse label array of the official CIFAR-100 release (the `coarse_labels`
+# that accompany `fine_labels` in its train/test pickles), indexed by fine label id.
+OFFICIAL_CIFAR100_COARSE_OF_FINE = [
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+]  # fmt: skip
+
+
+def tree() -> LabelHierarchy:
+    return LabelHierarchy.from_nested(
+        {"animal": {"cat": ["tabby", "siamese"], "dog": None}, "vehicle": ["car", "ship"]}
+    )
+
+
+def test_cifar100_matches_the_official_coarse_labels() -> None:
+    hierarchy = LabelHierarchy.cifar100()
+    paths = hierarchy.label_paths(torch.arange(100))
+    assert paths[:, 1].tolist() == list(range(100))
+    assert paths[:, 0].tolist() == OFFICIAL_CIFAR100_COARSE_OF_FINE
+    assert hierarchy.level_names(1)[:3] == ["apple", "aquarium_fish", "baby"]
+    assert hierarchy.id_to_name(0, 9) == "large_man-made_outdoor_things"
+    assert hierarchy.num_classes_per_level == [20, 100]
+
+
+def test_cifar10_ids_follow_the_official_order() -> None:
+    hierarchy = LabelHierarchy.cifar10()
+    official = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    assert hierarchy.leaves == official
+    coarse = [
+        hierarchy.id_to_name(0, int(c)) for c in hierarchy.label_paths(torch.arange(10))[:, 0]
+    ]
+    assert coarse == ["vehicle", "vehicle"] + ["animal"] * 6 + ["vehicle", "vehicle"]
+
+
+def test_leaves_at_different_depths_are_padded() -> None:
+    hierarchy = tree()
+    assert hierarchy.num_levels == 3
+    paths = hierarchy.label_paths(["tabby", "dog", "ship"])
+    assert paths.tolist() == [[0, 1, 1], [0, 2, -1], [1, 3, -1]]
+
+
+def test_builders_agree(tmp_path: Path) -> None:
+    expected = tree()
+    edges = [
+        ("animal", "cat"),
+        ("cat", "tabby"),
+        ("cat", "siamese"),
+        ("animal", "dog"),
+        ("vehicle", "car"),
+        ("vehicle", "ship"),
+    ]
+    assert LabelHierarchy.from_edges(edges) == expected
+    edge_file = tmp_path / "tree.txt"
+    edge_file.write_text("# parent child\n" + "\n".join(f"{p} {c}" for p, c in edges) + "\n")
+    assert LabelHierarchy.load(edge_file) == expected
+    assert (
+        LabelHierarchy.from_label_paths(
+            [
+                ["animal", "cat", "tabby"],
+                ["animal", "cat", "siamese"],
+                ["animal", "dog"],
+                ["vehicle", "car"],
+                ["vehicle", "ship"],
+            ]
+        )
+        == expected
+    )
+    parents = {
+        "tabby": "cat",
+        "siamese": "cat",
+        "cat": "animal",
+        "dog": "animal",
+        "car": "vehicle",
+        "ship": "vehicle",
+    }
+    assert LabelHierarchy(parents) == expected
+    nested_file = tmp_path / "tree.json"
+    nested_file.write_text(json.dumps(expected.to_nested()))
+    assert LabelHierarchy.load(nested_file) == expected
+
+
+def test_json_round_trip_is_lossless(tmp_path: Path) -> None:
+    for hierarchy in (tree(), LabelHierarchy.cifar100(), LabelHierarchy.mnist()):
+        path = tmp_path / "h.json"
+        hierarchy.to_json(path)
+        loaded = LabelHierarchy.load(path)
+        assert loaded == hierarchy
+        assert torch.equal(loaded.leaf_paths, hierarchy.leaf_paths)
+        assert [loaded.level_names(l) for l in range(loaded.num_levels)] == [
+            hierarchy.level_names(l) for l in range(hierarchy.num_levels)
+        ]
+
+
+def test_ids_and_names_round_trip_at_every_level() -> None:
+    hierarchy = tree()
+    for level in range(hierarchy.num_levels):
+        for class_id, name in enumerate(hierarchy.level_names(level)):
+            assert hierarchy.name_to_id(name) == (level, class_id)
+            assert hierarchy.id_to_name(level, class_id) == name
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: LabelHierarchy({}), "empty"),
+        (lambda: LabelHierarchy({"a": "b", "b": "c", "c": "a"}), "cycle through 'a'"),
+        (lambda: LabelHierarchy.from_edges([("x", "cat"), ("y", "cat")]), "'cat' has two parents"),
+        (lambda: LabelHierarchy.from_edges([("x", "x")]), "'x' is its own parent"),
+        (lambda: LabelHierarchy({"": "x"}), "non-empty strings"),
+        (
+            lambda: tree().label_paths(["tabbby"]),
+            "Unknown class name.*'tabbby'.*did you mean 'tabby'",
+        ),
+        (lambda: tree().label_paths([7]), "Unknown fine class ids \\[7\\]"),
+        (lambda: tree().label_paths(["cat"]), "'cat' is not a leaf"),
+        (lambda: tree().id_to_name(0, 5), "out of range for level 0"),
+        (lambda: tree().level_names(3), "Level 3 does not exist"),
+        (lambda: tree().label_paths(torch.zeros(2)), "must be integers"),
+    ],
+)
+def test_errors_name_the_problem(build: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()  # type: ignore[operator]
+
+
+def test_edge_list_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("animal cat dog\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 'parent child'"):
+        LabelHierarchy.load(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        LabelHierarchy.load(tmp_path / "missing.txt")
+
+
+def test_path_table_lists_mismatches() -> None:
+    with pytest.raises(ValueError) as info:
+        tree().path_table(["tabby", "siamese", "dgo", "cat"])
+    message = str(info.value)
+    assert "'dgo'" in message and "did you mean 'dog'" in message
+    assert "inner nodes" in message and "'cat'" in message
+    assert "no dataset class" in message
+
+
+def test_lca_height() -> None:
+    hierarchy = tree()
+    ids = torch.tensor([hierarchy.leaf_id(n) for n in ["tabby", "tabby", "tabby", "tabby"]])
+    others = torch.tensor([hierarchy.leaf_id(n) for n in ["tabby", "siamese", "dog", "car"]])
+    assert hierarchy.lca_height(ids, others).tolist() == [0, 1, 2, 3]
