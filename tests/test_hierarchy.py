@@ -110,8 +110,8 @@ def test_json_round_trip_is_lossless(tmp_path: Path) -> None:
         loaded = LabelHierarchy.load(path)
         assert loaded == hierarchy
         assert torch.equal(loaded.leaf_paths, hierarchy.leaf_paths)
-        assert [loaded.level_names(l) for l in range(loaded.num_levels)] == [
-            hierarchy.level_names(l) for l in range(hierarchy.num_levels)
+        assert [loaded.level_names(level) for level in range(loaded.num_levels)] == [
+            hierarchy.level_names(level) for level in range(hierarchy.num_levels)
         ]
 
 
