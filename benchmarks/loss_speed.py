@@ -40,7 +40,9 @@ from lightly_hmlc.loss import HMLCLoss, SupConLoss
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def per_level_loop_loss(out0: Tensor, out1: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+def per_level_loop_loss(
+    out0: Tensor, out1: Tensor, labels: Tensor, temperature: float = 0.1
+) -> Tensor:
     """HMCE written the straightforward way: a positive mask and a SupCon pass per level."""
     z = F.normalize(torch.cat([out0, out1]).float(), dim=1)
     paths = labels.repeat(2, 1)
@@ -90,8 +92,13 @@ def tree_labels(batch_size: int, num_levels: int, generator: torch.Generator) ->
 
 
 def measure(
-    loss_fn: LossCall, batch_size: int, dim: int, num_levels: int, device: torch.device,
-    repeats: int, seed: int = 0,
+    loss_fn: LossCall,
+    batch_size: int,
+    dim: int,
+    num_levels: int,
+    device: torch.device,
+    repeats: int,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Median seconds of forward + backward, and peak memory in MiB."""
     generator = torch.Generator().manual_seed(seed)
@@ -129,7 +136,9 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
 
     with torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU],
-        profile_memory=True, record_shapes=True, with_stack=True,
+        profile_memory=True,
+        record_shapes=True,
+        with_stack=True,
     ) as prof:
         step()
     _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
@@ -139,7 +148,10 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
 def git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -147,15 +159,25 @@ def git_commit() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch-sizes", default="256,1024,4096")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--reference-repo", type=Path, default=None,
-                        help="local clone of salesforce/hierarchicalContrastiveLearning")
-    parser.add_argument("--reference-max-batch", type=int, default=1024,
-                        help="the reference loops over samples in Python; skip it above this")
+    parser.add_argument(
+        "--reference-repo",
+        type=Path,
+        default=None,
+        help="local clone of salesforce/hierarchicalContrastiveLearning",
+    )
+    parser.add_argument(
+        "--reference-max-batch",
+        type=int,
+        default=1024,
+        help="the reference loops over samples in Python; skip it above this",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -173,23 +195,45 @@ def main() -> None:
             if name.startswith("reference") and batch_size > args.reference_max_batch:
                 continue
             seconds, mib = measure(fn, batch_size, args.dim, levels, device, args.repeats)
-            rows.append({"loss": name, "levels": levels, "batch_size": batch_size,
-                         "ms": seconds * 1e3, "peak_mib": mib})
-            print(f"{name:24s} B={batch_size:5d}  {seconds * 1e3:9.2f} ms  {mib:9.1f} MiB", flush=True)
+            rows.append(
+                {
+                    "loss": name,
+                    "levels": levels,
+                    "batch_size": batch_size,
+                    "ms": seconds * 1e3,
+                    "peak_mib": mib,
+                }
+            )
+            print(
+                f"{name:24s} B={batch_size:5d}  {seconds * 1e3:9.2f} ms  {mib:9.1f} MiB", flush=True
+            )
 
     by_key = {(r["loss"], r["batch_size"]): r for r in rows}
-    print(f"\ndevice: {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), torch {torch.__version__}, commit {git_commit()}\n")
+    print(
+        f"\ndevice: {device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}, commit {git_commit()}\n"
+    )
     print("| loss | batch | fwd+bwd ms | peak MiB | time vs SupCon | memory vs SupCon |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         base = by_key[("SupConLoss", row["batch_size"])]
-        print(f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | {row['peak_mib']:.1f} | "
-              f"{row['ms'] / base['ms']:.2f}x | {row['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |")
+        print(
+            f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | {row['peak_mib']:.1f} | "
+            f"{row['ms'] / base['ms']:.2f}x | {row['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |"
+        )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"device": str(device), "commit": git_commit(),
-                                           "torch": torch.__version__, "rows": rows}, indent=2))
+        args.output.write_text(
+            json.dumps(
+                {
+                    "device": str(device),
+                    "commit": git_commit(),
+                    "torch": torch.__version__,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

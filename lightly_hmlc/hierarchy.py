@@ -497,7 +497,7 @@ class LabelHierarchy:
         paths_b = self.label_paths(leaf_b)
         agree = (paths_a == paths_b) & (paths_a >= 0)
         shared = torch.cumprod(agree.long(), dim=1).sum(dim=1)
-        same = (leaf_a.reshape(-1).to(shared.device) == leaf_b.reshape(-1).to(shared.device))
+        same = leaf_a.reshape(-1).to(shared.device) == leaf_b.reshape(-1).to(shared.device)
         height = self.num_levels - shared
         return torch.where(same, torch.zeros_like(height), height)
 

@@ -81,5 +81,9 @@ def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
             # Every rank reports the global-batch value.
             torch.testing.assert_close(value, expected.detach(), msg=f"{kind} {kwargs}")
             # DDP averages gradients over ranks: the averaged gradient is the global one.
-            torch.testing.assert_close(local_grad0 / WORLD_SIZE, grad0[rows], msg=f"{kind} {kwargs}")
-            torch.testing.assert_close(local_grad1 / WORLD_SIZE, grad1[rows], msg=f"{kind} {kwargs}")
+            torch.testing.assert_close(
+                local_grad0 / WORLD_SIZE, grad0[rows], msg=f"{kind} {kwargs}"
+            )
+            torch.testing.assert_close(
+                local_grad1 / WORLD_SIZE, grad1[rows], msg=f"{kind} {kwargs}"
+            )

@@ -9,8 +9,13 @@ from lightly_hmlc.loss import HMLCLoss, SupConLoss
 from tests.loss import naive
 
 
-def _inputs(seed: int, batch_size: int = 10, dim: int = 6, branching: tuple[int, ...] = (2, 2, 2),
-            unknown: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(
+    seed: int,
+    batch_size: int = 10,
+    dim: int = 6,
+    branching: tuple[int, ...] = (2, 2, 2),
+    unknown: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     out0 = torch.randn(batch_size, dim, generator=generator, dtype=torch.float64)
     out1 = torch.randn(batch_size, dim, generator=generator, dtype=torch.float64)
@@ -29,8 +34,9 @@ def test_value_and_gradients_match_naive(
         out0, out1, labels = _inputs(seed, unknown=unknown)
         out0.requires_grad_(True)
         out1.requires_grad_(True)
-        loss_fn = HMLCLoss(loss_type, temperature=0.3, layer_penalty=penalty,
-                           normalize_weights=normalize_weights)
+        loss_fn = HMLCLoss(
+            loss_type, temperature=0.3, layer_penalty=penalty, normalize_weights=normalize_weights
+        )
         ours = loss_fn(out0, out1, labels)
         grads = torch.autograd.grad(ours, [out0, out1])
         expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, penalty, normalize_weights)
@@ -46,8 +52,9 @@ def test_reference_compatible_matches_reference_algorithm(loss_type: str, penalt
     for seed in range(3):
         out0, out1, labels = _inputs(seed, batch_size=12, branching=(2, 3, 2))
         out0.requires_grad_(True)
-        loss_fn = HMLCLoss(loss_type, temperature=0.1, layer_penalty=penalty,
-                           reference_compatible=True)
+        loss_fn = HMLCLoss(
+            loss_type, temperature=0.1, layer_penalty=penalty, reference_compatible=True
+        )
         ours = loss_fn(out0, out1, labels)
         expected = naive.reference_algorithm(out0, out1, labels, loss_type, 0.1, penalty)
         torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
@@ -155,18 +162,50 @@ def test_bad_penalty_callable_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("out0", "out1", "labels", "message"),
     [
-        (torch.randn(4, 3, 2), torch.randn(4, 3, 2), torch.zeros(4, 2, dtype=torch.long), "must have shape \\[batch_size, dim\\]"),
+        (
+            torch.randn(4, 3, 2),
+            torch.randn(4, 3, 2),
+            torch.zeros(4, 2, dtype=torch.long),
+            "must have shape \\[batch_size, dim\\]",
+        ),
         (torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, 2, dtype=torch.long), "same shape"),
-        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(5, 2, dtype=torch.long), "labels has 5 rows"),
+        (
+            torch.randn(4, 3),
+            torch.randn(4, 3),
+            torch.zeros(5, 2, dtype=torch.long),
+            "labels has 5 rows",
+        ),
         (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 2), "labels must be integers"),
-        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 3, dtype=torch.long), "configured with num_levels=2"),
-        (torch.full((4, 3), float("nan")), torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long), "NaN or Inf"),
+        (
+            torch.randn(4, 3),
+            torch.randn(4, 3),
+            torch.zeros(4, 3, dtype=torch.long),
+            "configured with num_levels=2",
+        ),
+        (
+            torch.full((4, 3), float("nan")),
+            torch.randn(4, 3),
+            torch.zeros(4, 2, dtype=torch.long),
+            "NaN or Inf",
+        ),
         (torch.randn(0, 3), torch.randn(0, 3), torch.zeros(0, 2, dtype=torch.long), "empty"),
         (torch.randn(4, 3), torch.randn(4, 3), torch.full((4, 2), -2), "below -1"),
-        (torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 2, 1, dtype=torch.long), "labels must have shape"),
-        (torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), "floating point"),
+        (
+            torch.randn(4, 3),
+            torch.randn(4, 3),
+            torch.zeros(4, 2, 1, dtype=torch.long),
+            "labels must have shape",
+        ),
+        (
+            torch.ones(4, 3, dtype=torch.long),
+            torch.ones(4, 3, dtype=torch.long),
+            torch.zeros(4, 2, dtype=torch.long),
+            "floating point",
+        ),
     ],
 )
-def test_bad_input_messages(out0: torch.Tensor, out1: torch.Tensor, labels: torch.Tensor, message: str) -> None:
+def test_bad_input_messages(
+    out0: torch.Tensor, out1: torch.Tensor, labels: torch.Tensor, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         HMLCLoss(num_levels=2)(out0, out1, labels)

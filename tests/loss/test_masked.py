@@ -42,7 +42,9 @@ def test_all_ones_masks_equal_hmlc(loss_type: str) -> None:
 def test_level_terms_use_each_levels_masked_features(loss_type: str) -> None:
     out0, out1, labels = _inputs(1)
     masks = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 1.0, 1.0, 2.0]])
-    ours = MaskedHMLCLoss(FixedMaskHead(masks), loss_type=loss_type, temperature=0.3)(out0, out1, labels)
+    ours = MaskedHMLCLoss(FixedMaskHead(masks), loss_type=loss_type, temperature=0.3)(
+        out0, out1, labels
+    )
     z0, z1 = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
     level_terms = []
     for level in range(2):

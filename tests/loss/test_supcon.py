@@ -25,7 +25,9 @@ def test_value_and_gradients_match_naive() -> None:
     expected = naive.supcon(out0, out1, labels, 0.2)
     torch.testing.assert_close(ours.double(), expected)
     for got, want in zip(
-        torch.autograd.grad(ours, [out0, out1]), torch.autograd.grad(expected, [out0, out1]), strict=True
+        torch.autograd.grad(ours, [out0, out1]),
+        torch.autograd.grad(expected, [out0, out1]),
+        strict=True,
     ):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
 
@@ -34,9 +36,7 @@ def test_label_paths_use_the_whole_path() -> None:
     out0, out1 = torch.randn(6, 4), torch.randn(6, 4)
     paths = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, -1], [1, -1]])
     flat = torch.tensor([0, 0, 1, 2, 3, 3])
-    torch.testing.assert_close(
-        SupConLoss()(out0, out1, paths), SupConLoss()(out0, out1, flat)
-    )
+    torch.testing.assert_close(SupConLoss()(out0, out1, paths), SupConLoss()(out0, out1, flat))
 
 
 def test_unknown_labels_are_not_anchors_but_stay_negatives() -> None:
