@@ -81,6 +81,13 @@ class UnknownComponentError(KeyError, ValueError):
     """Raised for a component name that is not registered.
 
     A ``KeyError`` and a ``ValueError``, so either can be caught.
+
+    Examples:
+        >>> try:
+        ...     create_loss("hmcee")
+        ... except ValueError as error:
+        ...     print("did you mean" in str(error).lower())
+        True
     """
 
     def __str__(self) -> str:
@@ -322,6 +329,11 @@ def create_head(name: str, **kwargs: Any) -> nn.Module:
         UnknownComponentError: A ``KeyError``/``ValueError`` listing the known
             heads and close matches, for an unknown name.
         ImportError: If the head's module, or its plugin, cannot be imported.
+
+    Examples:
+        >>> head = create_head("attention-mask", num_levels=2, dim=16)
+        >>> type(head).__name__
+        'AttentionMaskHead'
     """
     return _HEADS.create(name, kwargs)
 

@@ -32,6 +32,18 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
         class_to_idx: Name -> index of ``classes``.
         hierarchy: The :class:`~lightly_hmlc.hierarchy.LabelHierarchy` of the classes.
         targets: Fine class index of every sample (``list[int]``, as in torchvision).
+
+    Examples:
+        >>> from lightly_hmlc.hierarchy import LabelHierarchy
+        >>> class Points(HierarchicalDataset):
+        ...     def load_sample(self, index):
+        ...         return torch.tensor([float(index)])
+        >>> hierarchy = LabelHierarchy({"cat": "animal", "car": "vehicle"})
+        >>> ds = Points(["cat", "car"], [0, 1, 1], hierarchy)
+        >>> ds[2]
+        (tensor([2.]), tensor([1, 0]))
+        >>> ds.label_paths.tolist()
+        [[0, 1], [1, 0], [1, 0]]
     """
 
     def __init__(

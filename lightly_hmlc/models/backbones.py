@@ -174,6 +174,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is not a state dict, no key matches, or shapes
             differ.
+
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> model, _ = create_backbone("resnet_tiny_cifar")
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.pth"
+        >>> torch.save({"state_dict": model.state_dict()}, path)
+        >>> load_checkpoint(create_backbone("resnet_tiny_cifar")[0], path)
     """
     path = Path(path).expanduser()
     if not path.is_file():

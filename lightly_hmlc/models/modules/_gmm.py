@@ -44,6 +44,14 @@ class GaussianMixtureFit:
         converged: Whether EM met ``tol`` before ``max_iter``, 0-dim bool.
         n_iter: Number of EM iterations run, 0-dim int64.
         n_samples: N, the number of samples fitted.
+
+    Examples:
+        >>> x = torch.cat([torch.randn(50, 2) - 4, torch.randn(50, 2) + 4])
+        >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
+        >>> fit.means.shape, fit.responsibilities.shape
+        (torch.Size([2, 2]), torch.Size([100, 2]))
+        >>> bool(fit.converged)
+        True
     """
 
     weights: Tensor
