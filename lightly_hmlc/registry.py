@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -145,7 +146,20 @@ class _Registry:
     def create(self, name: str, kwargs: dict[str, Any]) -> nn.Module:
         entry = self._lookup(name)
         factory = self._resolve(name, entry)
-        component = factory(**{**entry.defaults, **kwargs})
+        arguments = {**entry.defaults, **kwargs}
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # some builtins have no signature
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**arguments)
+            except TypeError as error:
+                raise TypeError(
+                    f"create_{self.kind}('{name}') cannot build {getattr(factory, '__name__', factory)}: "
+                    f"{error}. Its arguments are {signature}; pass the required ones as keywords."
+                ) from error
+        component = factory(**arguments)
         if not isinstance(component, nn.Module):
             raise TypeError(
                 f"The factory of {self.kind} '{name}' ({entry.origin}) returned "
