@@ -384,6 +384,8 @@ def test_code_registration_shadows_entry_point(plugin: str) -> None:
 
 
 def test_missing_constructor_arguments_are_named() -> None:
-    with pytest.raises(TypeError, match=r"create_loss\('g-hmlc'\) cannot build GHMLCLoss.*num_levels"):
+    with pytest.raises(
+        TypeError, match=r"create_loss\('g-hmlc'\) cannot build GHMLCLoss.*num_levels"
+    ):
         create_loss("g-hmlc")
     assert type(create_loss("g-hmlc", num_levels=2, dim=8)).__name__ == "GHMLCLoss"
