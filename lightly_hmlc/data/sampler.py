@@ -257,6 +257,16 @@ class _Tree:
                     self.children[parent].append(node)
                 parent = node
             self.members[parent] = member
+        for node in range(len(self.parent)):
+            if len(self.members[node]) and self.children[node]:
+                # Samples whose path stops at an inner node get a leaf of their own beside
+                # the finer classes; otherwise _group, which descends to leaves, skips them.
+                leaf = len(self.parent)
+                self.parent.append(node)
+                self.children.append([])
+                self.members.append(self.members[node])
+                self.children[node].append(leaf)
+                self.members[node] = np.zeros(0, dtype=np.int64)
         self.num_samples = int(sum(len(m) for m in self.members))
         # Subtree sizes, children before parents (nodes were created parents first).
         self.size = np.array([len(m) for m in self.members], dtype=np.int64)

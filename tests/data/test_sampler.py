@@ -257,3 +257,18 @@ def test_with_dataloader_and_dataset_label_paths() -> None:
     first = next(iter(sampler))
     check_positives(ds.label_paths, first)
     assert torch.equal(paths, ds.label_paths[first])
+
+
+def test_samples_whose_path_stops_at_an_inner_node_are_drawn() -> None:
+    paths = []
+    for coarse in range(2):
+        paths += [[coarse, 2 * coarse]] * 4 + [[coarse, 2 * coarse + 1]] * 4 + [[coarse, -1]] * 8
+    table = torch.tensor(paths)
+    sampler = HierarchicalBatchSampler(table, batch_size=8, seed=0)
+    drawn = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        drawn += [index for batch in sampler for index in batch]
+    coarse_only = {i for i, path in enumerate(paths) if path[1] == -1}
+    assert coarse_only & set(drawn), "samples labelled only at the coarse level were never drawn"
+    assert len(set(drawn)) == len(paths)
