@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import operator
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -421,6 +422,8 @@ class LabelHierarchy:
             >>> h.label_paths(["cat", "rock"]).tolist()
             [[0, 0, 0], [0, 1, -1]]
         """
+        if not isinstance(fine, Tensor) and hasattr(fine, "__array__"):
+            fine = torch.as_tensor(fine)  # numpy arrays of ids
         if isinstance(fine, Tensor):
             if fine.dtype.is_floating_point or fine.dtype == torch.bool:
                 raise ValueError(f"Fine labels must be integers, got dtype {fine.dtype}.")
@@ -430,8 +433,8 @@ class LabelHierarchy:
             if all(isinstance(item, str) for item in items):
                 self._check_known([str(item) for item in items])
                 ids = torch.tensor([self.leaf_id(str(item)) for item in items], dtype=torch.long)
-            elif all(isinstance(item, int) for item in items):
-                ids = torch.tensor(items, dtype=torch.long).reshape(-1)
+            elif all(isinstance(item, int) or hasattr(item, "__index__") for item in items):
+                ids = torch.tensor([operator.index(item) for item in items], dtype=torch.long)
             else:
                 raise ValueError("Give fine classes either all as names or all as integer ids.")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self._leaves)):

@@ -170,3 +170,12 @@ def test_lca_height() -> None:
     ids = torch.tensor([hierarchy.leaf_id(n) for n in ["tabby", "tabby", "tabby", "tabby"]])
     others = torch.tensor([hierarchy.leaf_id(n) for n in ["tabby", "siamese", "dog", "car"]])
     assert hierarchy.lca_height(ids, others).tolist() == [0, 1, 2, 3]
+
+
+def test_numpy_ids_are_accepted() -> None:
+    import numpy as np
+
+    hierarchy = tree()
+    expected = hierarchy.label_paths([0, 3]).tolist()
+    assert hierarchy.label_paths(np.array([0, 3])).tolist() == expected
+    assert hierarchy.label_paths([np.int64(0), np.int64(3)]).tolist() == expected

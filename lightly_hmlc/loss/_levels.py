@@ -138,7 +138,7 @@ def validate_inputs(
             "The embeddings contain NaN or Inf. Check the model's outputs (e.g. a diverged "
             "training step or a too-large learning rate)."
         )
-    return labels.long()
+    return labels.to(device=out0.device, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,26 @@ def anchor_level_losses(
         ``(loss, is_anchor)``, both ``[L, Na]``: the term of every anchor (0 where it is
         not an anchor) and whether it is an anchor (known label prefix and >= 1 positive).
     """
+    # Autocast would run the similarity matmul in half precision: keep the logits float32.
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        return _anchor_level_losses(
+            anchors.float() if anchors.dtype in (torch.float16, torch.bfloat16) else anchors,
+            contrast.float() if contrast.dtype in (torch.float16, torch.bfloat16) else contrast,
+            anchor_index,
+            groups,
+            temperature,
+            include_in_denominator,
+        )
+
+
+def _anchor_level_losses(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+    include_in_denominator: Tensor | None,
+) -> tuple[Tensor, Tensor]:
     num_levels = groups.ids.shape[1]
     num_anchors = anchors.shape[0]
     device = anchors.device

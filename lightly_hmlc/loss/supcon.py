@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -67,12 +69,15 @@ class SupConLoss(nn.Module):
             The scalar loss.
         """
         labels = validate_inputs(out0, out1, labels)
-        if labels.shape[1] > 1:
-            # The whole path is the class; a row that is entirely unknown stays unknown.
-            _, path_ids = torch.unique(labels, dim=0, return_inverse=True)
-            unknown = (labels < 0).all(dim=1)
-            labels = torch.where(unknown, -1, path_ids).unsqueeze(1)
         features = normalize_features(out0, out1)
         batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
+        paths = batch.contrast_labels
+        if paths.shape[1] > 1:
+            # The whole path is the class; ids are made after gathering, so that they
+            # mean the same on every rank. A row that is entirely unknown stays unknown.
+            _, path_ids = torch.unique(paths, dim=0, return_inverse=True)
+            unknown = (paths < 0).all(dim=1)
+            paths = torch.where(unknown, -1, path_ids).unsqueeze(1)
+            batch = dataclasses.replace(batch, contrast_labels=paths)
         share, value = level_terms(batch, self.temperature)
         return aggregate_levels(share, value, "hmc", weights=None)

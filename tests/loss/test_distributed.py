@@ -18,6 +18,7 @@ LOCAL_BATCH = 6
 
 CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("supcon", {}),
+    ("supcon", {"paths": True}),
     ("hmlc", {"loss_type": "hmc"}),
     ("hmlc", {"loss_type": "hce"}),
     ("hmlc", {"loss_type": "hmce"}),
@@ -28,7 +29,12 @@ CONFIGS: list[tuple[str, dict[str, object]]] = [
 def _make_loss(kind: str, kwargs: dict[str, object], gather: bool) -> nn.Module:
     if kind == "supcon":
         return SupConLoss(temperature=0.2, gather_distributed=gather)
+    kwargs = {k: v for k, v in kwargs.items() if k != "paths"}
     return HMLCLoss(temperature=0.2, gather_distributed=gather, **kwargs)  # type: ignore[arg-type]
+
+
+def _uses_paths(kind: str, kwargs: dict[str, object]) -> bool:
+    return kind != "supcon" or bool(kwargs.get("paths"))
 
 
 def _global_batch(unknown: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +58,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
             local0 = out0[rows].clone().requires_grad_(True)
             local1 = out1[rows].clone().requires_grad_(True)
-            local_labels = labels[rows] if kind != "supcon" else labels[rows, -1]
+            local_labels = labels[rows] if _uses_paths(kind, kwargs) else labels[rows, -1]
             loss = _make_loss(kind, kwargs, gather=True)(local0, local1, local_labels)
             loss.backward()
             assert local0.grad is not None and local1.grad is not None
@@ -71,7 +77,7 @@ def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
         out0, out1, labels = _global_batch(unknown)
         out0.requires_grad_(True)
         out1.requires_grad_(True)
-        global_labels = labels if kind != "supcon" else labels[:, -1]
+        global_labels = labels if _uses_paths(kind, kwargs) else labels[:, -1]
         expected = _make_loss(kind, kwargs, gather=False)(out0, out1, global_labels)
         grad0, grad1 = torch.autograd.grad(expected, [out0, out1])
         for rank in range(WORLD_SIZE):

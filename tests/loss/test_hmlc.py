@@ -122,6 +122,16 @@ def test_autocast_is_finite_and_close_to_float32(dtype: torch.dtype) -> None:
     torch.testing.assert_close(low, reference, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_keeps_the_logits_in_float32() -> None:
+    out0, out1, labels = _inputs(2, batch_size=32, dim=16)
+    out0, out1 = out0.bfloat16(), out1.bfloat16()
+    plain = HMLCLoss("hmce")(out0.float(), out1.float(), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = HMLCLoss("hmce")(out0, out1, labels)
+    # Same rounded inputs, so float32 logits give the float32 result exactly.
+    torch.testing.assert_close(autocast, plain, rtol=1e-6, atol=1e-6)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), loss_type=st.sampled_from(["hmc", "hce", "hmce"]))
 def test_invariant_to_batch_permutation_and_relabelling(seed: int, loss_type: str) -> None:

@@ -387,13 +387,14 @@ class GMMFeatureMaskHead(FeatureMaskHead):
         )
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GMMFeatureMaskHead:
+        # Statistics stay float64 whatever dtype the model is cast to (.half(), .to(bf16)):
+        # keep the originals aside, so that a cast never rounds them, and only move them.
+        float64_names = (*_STAT_NAMES, "descriptors", "bic_scores")
+        originals = {name: getattr(self, name) for name in float64_names}
         super()._apply(fn, recurse)
-        # Statistics need float64 whatever dtype the model is cast to (.half(), .to(bf16)).
-        for name in (*_STAT_NAMES, "descriptors", "bic_scores"):
-            buffer = getattr(self, name)
-            if buffer.dtype != torch.float64:
-                setattr(self, name, buffer.to(torch.float64))
         device = self.masks.device
+        for name, original in originals.items():
+            setattr(self, name, original.to(device=device, dtype=torch.float64))
         self._pending = {name: value.to(device) for name, value in self._pending.items()}
         return self
 

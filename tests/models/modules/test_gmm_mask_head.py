@@ -571,3 +571,15 @@ def test_two_gloo_ranks_fit_identical_masks_on_the_union(tmp_path: Path) -> None
     torch.testing.assert_close(states[0]["class_sum"], single.class_sum)
     torch.testing.assert_close(states[0]["level_sumsq"], single.level_sumsq)
     assert level_accuracy(states[0]["masks"]) >= 0.95
+
+
+def test_casting_the_model_keeps_float64_statistics_exact() -> None:
+    head = GMMFeatureMaskHead(num_levels=2, dim=16, momentum=1.0)
+    head.class_count[0, 0] = 70000.0  # beyond float16's range
+    head.class_sum[0, 0, 0] = 1.0 + 2.0**-30  # below bfloat16's precision
+    head.half()
+    assert head.class_count.dtype == torch.float64
+    assert head.class_count[0, 0].item() == 70000.0
+    assert head.class_sum[0, 0, 0].item() == 1.0 + 2.0**-30
+    head.to(torch.bfloat16)
+    assert head.class_sum[0, 0, 0].item() == 1.0 + 2.0**-30
