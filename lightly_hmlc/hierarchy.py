@@ -16,7 +16,7 @@ import operator
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 import torch
 from torch import Tensor
@@ -434,7 +434,7 @@ class LabelHierarchy:
                 self._check_known([str(item) for item in items])
                 ids = torch.tensor([self.leaf_id(str(item)) for item in items], dtype=torch.long)
             elif all(isinstance(item, int) or hasattr(item, "__index__") for item in items):
-                ids = torch.tensor([operator.index(item) for item in items], dtype=torch.long)
+                ids = torch.tensor([operator.index(cast(SupportsIndex, item)) for item in items])
             else:
                 raise ValueError("Give fine classes either all as names or all as integer ids.")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self._leaves)):
