@@ -450,7 +450,25 @@ class SimCLR(HierarchicalMethod):
         return loss, {}
 
 
-class SupCon(HierarchicalMethod):
+class _LabelPathMethod(HierarchicalMethod):
+    """Losses of two views and label paths; logs per-level terms (``train/loss_level{l}``)
+    when the loss reports them (``last_level_losses``)."""
+
+    def compute_loss(
+        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of the two views' projections, and its per-level terms if any."""
+        assert z0 is not None and z1 is not None
+        loss: Tensor = self.criterion(z0, z1, labels)
+        logs: dict[str, Tensor] = {}
+        level_losses = getattr(self.criterion, "last_level_losses", None)
+        if level_losses is not None:
+            for level, value in enumerate(level_losses):
+                logs[f"loss_level{level}"] = value.detach()
+        return loss, logs
+
+
+class SupCon(_LabelPathMethod):
     """Supervised contrastive learning on the fine class (the whole label path)."""
 
     method_name = "supcon"
@@ -462,33 +480,8 @@ class SupCon(HierarchicalMethod):
             gather_distributed=self.gather_distributed,
         )
 
-    def compute_loss(
-        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """SupCon of the two views' projections."""
-        assert z0 is not None and z1 is not None
-        loss: Tensor = self.criterion(z0, z1, labels)
-        return loss, {}
 
-
-class _HMLCMethod(HierarchicalMethod):
-    """HMLC family: logs the per-level terms (``train/loss_level{l}``)."""
-
-    def compute_loss(
-        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The hierarchical loss and its per-level terms."""
-        assert z0 is not None and z1 is not None
-        loss: Tensor = self.criterion(z0, z1, labels)
-        logs: dict[str, Tensor] = {}
-        level_losses = getattr(self.criterion, "last_level_losses", None)
-        if level_losses is not None:
-            for level, value in enumerate(level_losses):
-                logs[f"loss_level{level}"] = value.detach()
-        return loss, logs
-
-
-class HMC(_HMLCMethod):
+class HMC(_LabelPathMethod):
     """HMLC with ``loss_type="hmc"`` (Zhang et al., CVPR 2022)."""
 
     method_name = "hmc"
@@ -515,7 +508,7 @@ class HMCE(HMC):
     method_name = "hmce"
 
 
-class GHMLC(_HMLCMethod):
+class GHMLC(_LabelPathMethod):
     """G-HMLC: HMCE on hard per-level masks from a GMM (Ott et al.)."""
 
     method_name = "g-hmlc"
@@ -537,7 +530,7 @@ class GHMLC(_HMLCMethod):
         )
 
 
-class AHMLC(_HMLCMethod):
+class AHMLC(_LabelPathMethod):
     """A-HMLC: HMCE on soft per-level masks from attention heads (Ott et al.)."""
 
     method_name = "a-hmlc"
