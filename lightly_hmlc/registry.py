@@ -439,3 +439,4 @@ _builtin(_HEADS, "gmm-mask", "lightly_hmlc.models.modules.gmm_mask_head:GMMFeatu
 _builtin(
     _HEADS, "attention-mask", "lightly_hmlc.models.modules.attention_mask_head:AttentionMaskHead"
 )
+_builtin(_HEADS, "block-mask", "lightly_hmlc.models.modules.block_mask_head:BlockMaskHead")

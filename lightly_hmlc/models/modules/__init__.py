@@ -1,4 +1,4 @@
-"""Feature-mask heads: G-HMLC's Gaussian mixture head and A-HMLC's attention head."""
+"""Feature-mask heads: G-HMLC's Gaussian mixture head, A-HMLC's attention head, fixed blocks."""
 
 from lightly_hmlc.models.modules._gmm import (
     GaussianMixtureFit,
@@ -6,11 +6,13 @@ from lightly_hmlc.models.modules._gmm import (
     select_n_components_bic,
 )
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
+from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
 
 __all__ = [
     "AttentionMaskHead",
+    "BlockMaskHead",
     "FeatureMaskHead",
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
