@@ -135,8 +135,20 @@ class LabelHierarchy:
     def from_edge_list_file(cls, path: str | os.PathLike[str]) -> LabelHierarchy:
         """Reads an edge-list text file: one ``parent child`` pair per line.
 
-        Blank lines and text after ``#`` are ignored. A line with a single name declares
-        a top-level class.
+        The format, exactly:
+
+        - ``#`` starts a comment that runs to the end of the line, wherever it stands, so
+          a class name cannot contain ``#``.
+        - Names are separated by whitespace (spaces or tabs), so a name cannot contain a
+          space. A line with three or more names is an error. For names with spaces or
+          ``#`` (e.g. ``"sea lion"``), write a nested JSON dict instead and load it with
+          :meth:`from_json` or :meth:`load` (``.json`` suffix).
+        - Blank lines are ignored. A line with a single name declares a top-level class.
+        - The file is read as UTF-8; a byte-order mark (as Notepad writes) is dropped.
+
+        Raises:
+            ValueError: If a line has more than two names, a class has two parents, or
+                the file is not UTF-8 text (the message names the file).
 
         Examples:
             >>> import tempfile, pathlib
@@ -147,7 +159,7 @@ class LabelHierarchy:
         """
         edges: list[tuple[str, str]] = []
         roots: list[str] = []
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_text(path)
         for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -160,7 +172,8 @@ class LabelHierarchy:
             else:
                 raise ValueError(
                     f"{path}:{number}: expected 'parent child' (two names without spaces), "
-                    f"got {raw.strip()!r}."
+                    f"got {raw.strip()!r}. For class names with spaces, write the hierarchy "
+                    "as a nested JSON dict in a .json file instead."
                 )
         hierarchy_parents = cls.from_edges(edges)._parent if edges else {}
         parents: dict[str, str | None] = dict(hierarchy_parents)
@@ -253,15 +266,35 @@ class LabelHierarchy:
     def from_json(cls, text_or_path: str | os.PathLike[str]) -> LabelHierarchy:
         """Reads the JSON written by :meth:`to_json`, or a plain nested dict in JSON.
 
-        Accepts a JSON string or a path to a ``.json`` file.
+        Accepts a JSON string or a path to a ``.json`` file. Files are read as UTF-8 and
+        a byte-order mark is dropped. JSON is the format for class names that contain
+        spaces or ``#``.
+
+        Raises:
+            ValueError: If the text is not valid JSON, an object has the same key twice
+                (Python's ``json`` would silently keep the last one, dropping a subtree),
+                or the file is not UTF-8 text.
+
+        Examples:
+            >>> LabelHierarchy.from_json('{"sea mammal": ["sea lion", "whale"]}').leaves
+            ['sea lion', 'whale']
         """
-        if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip().startswith(
-            ("{", "[")
-        ):
-            text = Path(text_or_path).read_text(encoding="utf-8")
+        source = "JSON text"
+        if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip(
+            "\ufeff \t\r\n"
+        ).startswith(("{", "[")):
+            text = _read_text(text_or_path)
+            source = str(text_or_path)
         else:
-            text = str(text_or_path)
-        data = json.loads(text)
+            text = str(text_or_path).removeprefix("\ufeff")
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{source} is not valid JSON: {error.msg} at line {error.lineno}, column "
+                f"{error.colno}. Write a nested dict of classes, e.g. "
+                '{"animal": ["cat", "dog"]}.'
+            ) from error
         if isinstance(data, Mapping) and data.get("format") == JSON_FORMAT:
             parents = data.get("parents")
             if not isinstance(parents, Mapping):
@@ -569,6 +602,31 @@ class LabelHierarchy:
                 f"Unknown class name(s) {unknown[:10]}{_suggest(unknown[0], self.classes)}. "
                 f"Known classes: {self.classes[:20]}{' ...' if len(self._parent) > 20 else ''}."
             )
+
+
+def _read_text(path: str | os.PathLike[str]) -> str:
+    # utf-8-sig drops a leading byte-order mark; with plain utf-8 it would stick to the
+    # first class name and silently create a second top-level class.
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Hierarchy file {str(path)!r} is not UTF-8 text (byte {error.start}: "
+            f"{error.reason}). Save it as UTF-8 (e.g. 'Save as... > Encoding: UTF-8' in "
+            "your editor, or `iconv -f latin1 -t utf-8`) and load it again."
+        ) from error
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(
+                f"The JSON hierarchy has the key {key!r} twice in one object; JSON keeps "
+                "only the last one, which would drop a subtree. Merge the two entries."
+            )
+        result[key] = value
+    return result
 
 
 def _check_name(name: object) -> None:
