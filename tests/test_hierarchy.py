@@ -240,3 +240,57 @@ def test_edge_list_comments_and_names_with_spaces(tmp_path: Path) -> None:
     json_path = tmp_path / "tree.json"
     json_path.write_text('{"sea mammal": ["sea lion"]}')
     assert LabelHierarchy.load(json_path).leaves == ["sea lion"]
+
+
+# ---------------------------------------------------------------- built-in taxonomies (issue 10)
+def test_every_builtin_taxonomy_is_reachable_by_name_and_shortcut() -> None:
+    from lightly_hmlc.data import ModelNet40Hierarchical, ShapesDataset
+    from lightly_hmlc.hierarchy import BUILTIN
+
+    shortcuts = {
+        "cifar100": LabelHierarchy.cifar100,
+        "cifar10": LabelHierarchy.cifar10,
+        "mnist": LabelHierarchy.mnist,
+        "shapes": LabelHierarchy.shapes,
+        "modelnet40": LabelHierarchy.modelnet40,
+    }
+    assert set(BUILTIN) == set(shortcuts)
+    sizes = {
+        "cifar100": [20, 100],
+        "cifar10": [2, 10],
+        "mnist": [3, 10],
+        "shapes": [3, 6, 12],
+        "modelnet40": [6, 40],
+    }
+    for name, shortcut in shortcuts.items():
+        assert LabelHierarchy.builtin(name) == shortcut()
+        assert shortcut().num_classes_per_level == sizes[name]
+    # The datasets take their default hierarchy from the same place.
+    assert ShapesDataset.build_hierarchy() == LabelHierarchy.shapes()
+    assert ModelNet40Hierarchical.build_hierarchy() == LabelHierarchy.modelnet40()
+    assert LabelHierarchy.shapes().leaves == ShapesDataset(num_samples=12).classes
+
+
+def test_unknown_builtin_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="'cifar1000'.*did you mean 'cifar100'.*modelnet40"):
+        LabelHierarchy.builtin("cifar1000")
+
+
+def test_builtin_tables_are_read_only() -> None:
+    from lightly_hmlc.hierarchy import BUILTIN, MODELNET40_GROUPS
+
+    with pytest.raises(TypeError):
+        MODELNET40_GROUPS["extra"] = ("thing",)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        BUILTIN["cifar10"]["vehicle"] = ("boat",)  # type: ignore[index]
+    assert LabelHierarchy.modelnet40().num_classes_per_level == [6, 40]
+
+
+def test_formats_module_gives_parent_maps(tmp_path: Path) -> None:
+    from lightly_hmlc.hierarchy import formats
+
+    parents = formats.parents_from_nested(tree().to_nested())
+    assert LabelHierarchy(parents) == tree()
+    path = tmp_path / "t.json"
+    formats.to_json(parents, path)
+    assert formats.load_parents(path) == tree().to_dict()["parents"]

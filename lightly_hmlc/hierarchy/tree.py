@@ -1,0 +1,320 @@
+"""The label tree: :class:`LabelHierarchy` and its queries.
+
+A :class:`LabelHierarchy` turns a fine class (a leaf of the tree) into its *label path*,
+the integer row ``[coarse, ..., fine]`` that every loss of this package consumes. Leaves
+that sit higher in the tree than the deepest leaf are padded with ``-1`` (unknown level).
+
+The label path ``[B, L]`` is the only contract between datasets and losses: a loss never
+sees class names and a dataset never sees a loss. The file formats live in
+:mod:`lightly_hmlc.hierarchy.formats` and the built-in taxonomies in
+:mod:`lightly_hmlc.hierarchy.builtin`; the ``from_*`` / ``load`` / ``cifar100`` class
+methods here are the public way to reach them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, SupportsIndex, cast
+
+import torch
+from torch import Tensor
+
+from lightly_hmlc.hierarchy.constructors import HierarchyConstructors
+from lightly_hmlc.hierarchy.formats import check_name
+
+__all__ = ["LabelHierarchy"]
+
+
+class LabelHierarchy(HierarchyConstructors):
+    """A rooted tree of named classes, coarse to fine.
+
+    Nodes without a parent form level 0 (the coarsest level, below an implicit root).
+    A node's level is its depth. Within every level, class ids are assigned in sorted
+    name order, which matches ``torchvision.datasets.ImageFolder`` and the official
+    CIFAR label ids. Leaves are the fine classes; their ids (``leaf_id``) follow sorted
+    leaf names, independently of depth.
+
+    Args:
+        parents: Mapping from every class name to its parent's name, or ``None`` for a
+            top-level class. A parent that is never a key is added as a top-level class.
+
+    Raises:
+        ValueError: If the hierarchy is empty, has a cycle, or a name is not a
+            non-empty string. The message names the offending node.
+
+    Examples:
+        >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
+        >>> h.num_levels
+        2
+        >>> h.level_names(0)
+        ['animal', 'vehicle']
+        >>> h.label_paths(["dog", "car"]).tolist()
+        [[0, 2], [1, 0]]
+        >>> h.leaves
+        ['car', 'cat', 'dog']
+    """
+
+    def __init__(self, parents: Mapping[str, str | None]) -> None:
+        full: dict[str, str | None] = {}
+        for child, parent in parents.items():
+            check_name(child)
+            if parent is not None:
+                check_name(parent)
+            full[child] = parent
+        for parent in list(full.values()):
+            if parent is not None and parent not in full:
+                full[parent] = None
+        if not full:
+            raise ValueError(
+                "The hierarchy is empty: give at least one class, e.g. {'cat': 'animal'}."
+            )
+        self._parent = full
+        self._depth = {name: self._compute_depth(name) for name in full}
+        children: dict[str, list[str]] = {name: [] for name in full}
+        for child, parent in full.items():
+            if parent is not None:
+                children[parent].append(child)
+        self._children = {name: sorted(kids) for name, kids in children.items()}
+        num_levels = max(self._depth.values()) + 1
+        self._levels: list[list[str]] = [[] for _ in range(num_levels)]
+        for name in sorted(full):
+            self._levels[self._depth[name]].append(name)
+        self._ids = [{name: i for i, name in enumerate(names)} for names in self._levels]
+        self._leaves = sorted(name for name, kids in self._children.items() if not kids)
+        self._leaf_ids = {name: i for i, name in enumerate(self._leaves)}
+        table = torch.full((len(self._leaves), num_levels), -1, dtype=torch.long)
+        for i, leaf in enumerate(self._leaves):
+            for level, node in enumerate(self.ancestors(leaf, include_self=True)):
+                table[i, level] = self._ids[level][node]
+        self._leaf_paths = table
+
+    def _compute_depth(self, name: str) -> int:
+        seen = [name]
+        node = self._parent[name]
+        while node is not None:
+            if node in seen:
+                cycle = " -> ".join([*seen[seen.index(node) :], node])
+                raise ValueError(
+                    f"The hierarchy has a cycle through {node!r} ({cycle}); every class "
+                    "needs a chain of parents that ends at a top-level class."
+                )
+            seen.append(node)
+            node = self._parent[node]
+        return len(seen) - 1
+
+    def to_nested(self) -> dict[str, Any]:
+        """The tree as a nested dict (leaves map to ``None``)."""
+
+        def build(name: str) -> Any:
+            kids = self._children[name]
+            return {kid: build(kid) for kid in kids} if kids else None
+
+        return {name: build(name) for name in self._levels[0]}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelHierarchy) and self._parent == other._parent
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, v or "") for k, v in self._parent.items())))
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(str(len(names)) for names in self._levels)
+        return f"LabelHierarchy(num_levels={self.num_levels}, classes_per_level=[{sizes}])"
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_levels(self) -> int:
+        """L, the number of levels (the length of every label path)."""
+        return len(self._levels)
+
+    @property
+    def num_classes_per_level(self) -> list[int]:
+        """The number of classes at each level, coarse to fine."""
+        return [len(names) for names in self._levels]
+
+    @property
+    def leaves(self) -> list[str]:
+        """The fine classes (leaves), sorted by name; their index is the leaf id."""
+        return list(self._leaves)
+
+    @property
+    def classes(self) -> list[str]:
+        """Every class name, sorted."""
+        return sorted(self._parent)
+
+    @property
+    def leaf_paths(self) -> Tensor:
+        """``[num_leaves, L]`` label path of every leaf, in leaf-id order."""
+        return self._leaf_paths.clone()
+
+    def level_names(self, level: int) -> list[str]:
+        """The class names of one level, in id order."""
+        self._check_level(level)
+        return list(self._levels[level])
+
+    def level_of(self, name: str) -> int:
+        """The level (depth) of a class."""
+        self._check_known([name])
+        return self._depth[name]
+
+    def parent(self, name: str) -> str | None:
+        """The parent of a class, ``None`` for a top-level class."""
+        self._check_known([name])
+        return self._parent[name]
+
+    def children(self, name: str) -> list[str]:
+        """The children of a class, sorted."""
+        self._check_known([name])
+        return list(self._children[name])
+
+    def ancestors(self, name: str, include_self: bool = False) -> list[str]:
+        """The chain from the top-level class down to ``name``'s parent (or ``name``)."""
+        self._check_known([name])
+        chain = [name] if include_self else []
+        node = self._parent[name]
+        while node is not None:
+            chain.append(node)
+            node = self._parent[node]
+        return chain[::-1]
+
+    def name_to_id(self, name: str) -> tuple[int, int]:
+        """``(level, id within level)`` of a class name."""
+        self._check_known([name])
+        level = self._depth[name]
+        return level, self._ids[level][name]
+
+    def id_to_name(self, level: int, class_id: int) -> str:
+        """The name of class ``class_id`` at ``level``."""
+        self._check_level(level)
+        names = self._levels[level]
+        if not 0 <= class_id < len(names):
+            raise ValueError(
+                f"Class id {class_id} is out of range for level {level}, which has "
+                f"{len(names)} classes (ids 0..{len(names) - 1})."
+            )
+        return names[class_id]
+
+    def leaf_id(self, name: str) -> int:
+        """The leaf id of a fine class."""
+        self._check_known([name])
+        if name not in self._leaf_ids:
+            raise ValueError(
+                f"Class {name!r} is not a leaf (it has children {self._children[name]}); "
+                "label paths start from fine classes."
+            )
+        return self._leaf_ids[name]
+
+    def label_paths(self, fine: Sequence[int | str] | Tensor) -> Tensor:
+        """Label paths ``[B, L]`` (coarse to fine, ``-1`` padded) of fine classes.
+
+        Args:
+            fine: Leaf ids (ints or an integer tensor) or leaf names.
+
+        Examples:
+            >>> h = LabelHierarchy({"cat": "animal", "animal": "thing", "rock": "thing"})
+            >>> h.label_paths(["cat", "rock"]).tolist()
+            [[0, 0, 0], [0, 1, -1]]
+        """
+        if not isinstance(fine, Tensor) and hasattr(fine, "__array__"):
+            fine = torch.as_tensor(fine)  # numpy arrays of ids
+        if isinstance(fine, Tensor):
+            if fine.dtype.is_floating_point or fine.dtype == torch.bool:
+                raise ValueError(f"Fine labels must be integers, got dtype {fine.dtype}.")
+            ids = fine.long().reshape(-1)
+        else:
+            items = list(fine)
+            if all(isinstance(item, str) for item in items):
+                self._check_known([str(item) for item in items])
+                ids = torch.tensor([self.leaf_id(str(item)) for item in items], dtype=torch.long)
+            elif all(isinstance(item, int) or hasattr(item, "__index__") for item in items):
+                ids = torch.tensor([operator.index(cast(SupportsIndex, item)) for item in items])
+            else:
+                raise ValueError("Give fine classes either all as names or all as integer ids.")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self._leaves)):
+            bad = ids[(ids < 0) | (ids >= len(self._leaves))].unique().tolist()
+            raise ValueError(
+                f"Unknown fine class ids {bad[:10]}: this hierarchy has {len(self._leaves)} "
+                f"leaves (ids 0..{len(self._leaves) - 1})."
+            )
+        table = self._leaf_paths.to(ids.device)
+        return table[ids]
+
+    def path_table(self, class_names: Sequence[str]) -> Tensor:
+        """``[C, L]`` label paths for a dataset's own class list (its order kept).
+
+        Use it to map a dataset's class index to a label path, whatever order the
+        dataset uses: ``paths = table[target]``.
+
+        Raises:
+            ValueError: Listing dataset classes missing from the hierarchy, and
+                classes that are not leaves.
+
+        Examples:
+            >>> h = LabelHierarchy({"cat": "animal", "car": "vehicle"})
+            >>> h.path_table(["cat", "car"]).tolist()
+            [[0, 1], [1, 0]]
+        """
+        names = list(class_names)
+        missing = [name for name in names if name not in self._parent]
+        not_leaves = [name for name in names if name in self._parent and self._children[name]]
+        if missing or not_leaves:
+            parts = []
+            if missing:
+                parts.append(
+                    f"{len(missing)} dataset class(es) not in the hierarchy: {missing[:20]}"
+                    + _suggest(missing[0], self._leaves)
+                )
+            if not_leaves:
+                parts.append(f"class(es) that are inner nodes, not leaves: {not_leaves[:20]}")
+            unused = sorted(set(self._leaves) - set(names))
+            if unused:
+                parts.append(f"hierarchy leaves with no dataset class: {unused[:20]}")
+            raise ValueError(
+                "The hierarchy does not match the dataset's classes: "
+                + "; ".join(parts)
+                + ". Fix the hierarchy file so that every dataset class is a leaf."
+            )
+        return self.label_paths(names)
+
+    def lca_height(self, leaf_a: Tensor, leaf_b: Tensor) -> Tensor:
+        """Height of the lowest common ancestor of pairs of leaves (elementwise).
+
+        The height counts the levels between the leaves' level paths and their deepest
+        shared prefix: 0 for the same class, ``L`` when the classes share nothing
+        (their common ancestor is the implicit root).
+
+        Examples:
+            >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
+            >>> ids = torch.tensor([h.leaf_id("cat")] * 3)
+            >>> h.lca_height(ids, torch.tensor([h.leaf_id(n) for n in ["cat", "dog", "car"]])).tolist()
+            [0, 1, 2]
+        """
+        paths_a = self.label_paths(leaf_a)
+        paths_b = self.label_paths(leaf_b)
+        agree = (paths_a == paths_b) & (paths_a >= 0)
+        shared = torch.cumprod(agree.long(), dim=1).sum(dim=1)
+        same = leaf_a.reshape(-1).to(shared.device) == leaf_b.reshape(-1).to(shared.device)
+        height = self.num_levels - shared
+        return torch.where(same, torch.zeros_like(height), height)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.num_levels:
+            raise ValueError(
+                f"Level {level} does not exist: this hierarchy has levels 0..{self.num_levels - 1}."
+            )
+
+    def _check_known(self, names: Iterable[str]) -> None:
+        unknown = [name for name in names if name not in self._parent]
+        if unknown:
+            raise ValueError(
+                f"Unknown class name(s) {unknown[:10]}{_suggest(unknown[0], self.classes)}. "
+                f"Known classes: {self.classes[:20]}{' ...' if len(self._parent) > 20 else ''}."
+            )
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=3)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
