@@ -12,11 +12,11 @@ from torch import Tensor
 from lightly_hmlc.data._base import HierarchicalDataset
 from lightly_hmlc.hierarchy import LabelHierarchy
 
+# The hierarchy lives with the other built-in taxonomies; the renderer reads the families.
+from lightly_hmlc.hierarchy.builtin import SHAPE_FAMILIES as _SHAPES
+
 __all__ = ["ShapesDataset"]
 
-_SHAPES = ("disc", "square", "triangle")
-_FILLS = ("hollow", "solid")
-_SIZES = ("large", "small")
 # Centre hue of each shape family (fraction of the colour circle): red, green, blue.
 _HUES = {"disc": 0.0, "square": 0.33, "triangle": 0.62}
 # Radius of a "large" shape as a fraction of the image size; "small" is 0.8 times that.
@@ -115,21 +115,13 @@ class ShapesDataset(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The 3 x 2 x 2 hierarchy of the classes (see the class docstring).
+        """The 3 x 2 x 2 hierarchy of the classes (``LabelHierarchy.shapes()``, see above).
 
         Examples:
             >>> ShapesDataset.build_hierarchy().num_classes_per_level
             [3, 6, 12]
         """
-        return LabelHierarchy.from_nested(
-            {
-                shape: {
-                    f"{shape}_{fill}": [f"{shape}_{fill}_{size}" for size in _SIZES]
-                    for fill in _FILLS
-                }
-                for shape in _SHAPES
-            }
-        )
+        return LabelHierarchy.shapes()
 
     def load_sample(self, index: int) -> Image.Image:
         """The PIL image of sample ``index``."""
