@@ -8,12 +8,14 @@ from lightly_hmlc.models.modules._gmm import (
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
+from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 
 __all__ = [
     "AttentionMaskHead",
     "FeatureMaskHead",
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
+    "LabelPrefixStatistics",
     "fit_gaussian_mixture",
     "select_n_components_bic",
 ]
