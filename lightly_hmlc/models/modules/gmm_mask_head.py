@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_hmlc.models.modules._assignment import (
@@ -65,36 +66,23 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     sees the dimensions of mask M_h. The choices below are ours (the paper's public text
     does not give them); see ``docs/METHOD.md``.
 
-    Descriptors: for each level l and dimension d we keep running class statistics (count
-    and sum per class, sum of squares per level) with classes = label prefixes 0..l. A
-    sample contributes to level l only if its labels 0..l are all known (>= 0). The Fisher
-    ratio of d at level l is between-class variance / within-class variance. With
-    ``relevance="conditional"`` (default) the between-class variance is measured around each
-    class's parent-class mean, so it counts only what level l separates beyond level l-1;
-    ``"marginal"`` uses the global mean. Each dimension becomes the point
-    ``log(clamp(F[d], fisher_floor, 1 / fisher_floor))`` in R^L.
+    Descriptors: running class statistics (:class:`LabelPrefixStatistics`) of ``z / |z|``
+    (``normalize_input``; the head takes raw projections, ``masks = head(z, labels)``),
+    classes = label prefixes 0..l. Dimension d becomes the point of its clamped log Fisher
+    ratios (between-class / within-class variance) at the L levels; with
+    ``relevance="conditional"`` (default) the between-class variance is taken around the
+    parent-class means, so it counts only what level l separates beyond level l-1.
 
-    Fit: a GMM with L components (``covariance_type="full"`` by default: L is small and the
-    relevances of a dimension to neighbouring levels are correlated) over the D points.
-    Component k is matched to level h by maximising the summed responsibility-weighted mean
-    descriptor of coordinate h (an exact assignment, ``scipy.optimize.linear_sum_assignment``). Each dimension
-    goes to the level of its most responsible component; a level below
-    ``min_dims_per_level`` takes the dimensions with the highest responsibility for its
-    component from levels that can spare them.
+    Fit and masks: a GMM with L components over the D points; components are matched to
+    levels exactly (``scipy.optimize.linear_sum_assignment`` on the responsibility-weighted
+    mean descriptors); each dimension goes to the level of its most responsible component,
+    and every level keeps ``min_dims_per_level`` dimensions.
 
-    Schedule: every forward call in training mode with labels is one step. The statistics
-    decay by ``momentum`` per step, and the masks are refitted after ``warmup_steps`` steps
-    and then every ``refit_every`` steps. Until the first fit the masks are all ones (plain
-    HMLC). In eval mode nothing is updated. The per-step update never synchronises the
-    device; a refit does, a few times.
-
-    Distributed: the buffers (masks, step, statistics) hold identical values on every rank,
-    so DDP's buffer broadcast is harmless. Each rank collects its batches in a private
-    table of pending statistics (saved in ``state_dict`` as extra state, never broadcast).
-    At a refit the ranks gather the pending class keys, build the sorted union of label
-    prefixes, re-lay their tables on it and all-reduce, so all ranks fit the same GMM on the
-    statistics of all data and hold identical masks. All ranks must refit together (the
-    automatic schedule does).
+    Schedule: every forward call in training mode with labels is one step; the masks are
+    refitted after ``warmup_steps`` steps and then every ``refit_every`` steps, all ones
+    (plain HMLC) before the first fit. Eval mode updates nothing. A step never reads the
+    device; a refit does. Under DDP every rank refits on the merged statistics of all
+    ranks at the same step, so all hold identical masks (see :class:`LabelPrefixStatistics`).
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
     - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
@@ -155,6 +143,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         estimate_levels: bool = False,
         max_levels_to_try: int | None = None,
         sync_distributed: bool = True,
+        normalize_input: bool = True,
     ) -> None:
         """Builds the head; masks start as all ones.
 
@@ -193,6 +182,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
                 (default ``num_levels + 2``, at most D).
             sync_distributed: All-reduce the statistics over the default process group
                 before each refit when torch.distributed runs with world size > 1.
+            normalize_input: Compute the statistics on ``z / |z|`` (in float64), so raw
+                projections give the statistics of the unit vectors the loss compares;
+                False uses z as given.
 
         Raises:
             ValueError: If an argument is out of range.
@@ -234,6 +226,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.estimate_levels = estimate_levels
         self.max_levels_to_try = max_levels_to_try
         self.sync_distributed = sync_distributed
+        self.normalize_input = normalize_input
         self.last_fit: GaussianMixtureFit | None = None
 
         L, D = num_levels, dim
@@ -259,7 +252,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         """Updates the statistics (training mode with labels), refits on schedule.
 
         Args:
-            z: Projections of shape [B, D].
+            z: Projections of shape [B, D], raw or normalised (see ``normalize_input``).
             labels: Label paths [B, L] (negative = unknown) or None.
 
         Returns:
@@ -267,7 +260,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         """
         self.check_inputs(z, labels)
         if self.training and labels is not None:
-            self.statistics.update(z, labels)
+            x = z.detach().to(torch.float64)
+            self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
             self.step.add_(1)
             self._host_step += 1
             since = self._host_step - max(self.warmup_steps, 1)
@@ -358,7 +352,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         return (
             f"num_levels={self.num_levels}, dim={self.dim}, refit_every={self.refit_every}, "
             f"warmup_steps={self.warmup_steps}, momentum={self.momentum}, "
-            f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}"
+            f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}, "
+            f"normalize_input={self.normalize_input}"
         )
 
     def _pinned_device(self) -> torch.device:

@@ -301,7 +301,9 @@ def test_masks_carry_no_gradient() -> None:
 
 
 def test_statistics_ignore_unknown_labels_and_key_on_prefixes() -> None:
-    head = GMMFeatureMaskHead(2, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=8)
+    head = GMMFeatureMaskHead(
+        2, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=8, normalize_input=False
+    )
     z = torch.arange(20, dtype=torch.float32).reshape(5, 4)
     # Fine label 0 appears under coarse 0 and coarse 1: two different classes.
     labels = torch.tensor([[0, 0], [1, 0], [1, -1], [-1, 3], [0, 0]])
@@ -318,7 +320,9 @@ def test_statistics_ignore_unknown_labels_and_key_on_prefixes() -> None:
 
 def test_statistics_match_a_direct_group_by() -> None:
     g = torch.Generator().manual_seed(0)
-    head = GMMFeatureMaskHead(3, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=64)
+    head = GMMFeatureMaskHead(
+        3, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=64, normalize_input=False
+    )
     batches = []
     for _ in range(3):
         labels = torch.randint(3, (40, 3), generator=g)
@@ -357,7 +361,7 @@ def test_statistics_decay_with_momentum() -> None:
 
 def test_lazy_decay_stays_finite_over_long_runs() -> None:
     # 0.1 ** -320 overflows float64: the lazy weights must be renormalised on the way.
-    head = GMMFeatureMaskHead(1, 4, momentum=0.1, warmup_steps=10**6)
+    head = GMMFeatureMaskHead(1, 4, momentum=0.1, warmup_steps=10**6, normalize_input=False)
     labels = torch.zeros(2, 1, dtype=torch.long)
     for _ in range(320):
         head(torch.ones(2, 4), labels)
@@ -375,7 +379,14 @@ def test_descriptors_are_log_fisher_ratios(relevance: str) -> None:
     fine = torch.randint(6, (200,), generator=g)
     labels = torch.stack([fine // 3, fine], 1)
     z = torch.randn(200, 5, generator=g) + fine[:, None] * torch.rand(5, generator=g)
-    head = GMMFeatureMaskHead(2, 5, momentum=1.0, relevance=relevance, warmup_steps=10)  # type: ignore[arg-type]
+    head = GMMFeatureMaskHead(
+        2,
+        5,
+        momentum=1.0,
+        relevance=relevance,
+        warmup_steps=10,
+        normalize_input=False,  # type: ignore[arg-type]
+    )
     head(z[:100], labels[:100])
     head(z[100:], labels[100:])
     head.statistics.merge()
@@ -651,3 +662,39 @@ def test_checkpoints_from_before_the_split_still_load() -> None:
     z, labels = planted_batch(torch.Generator().manual_seed(9))
     torch.testing.assert_close(restored(z, labels), head(z, labels))
     torch.testing.assert_close(restored.class_sum, head.class_sum)
+
+
+def test_normalize_input_gives_the_statistics_of_unit_vectors() -> None:
+    # In the chain the head sees raw projections; before, the loss fed it normalised ones.
+    raw = GMMFeatureMaskHead(2, D, warmup_steps=3, momentum=0.9)
+    fed_unit = GMMFeatureMaskHead(2, D, warmup_steps=3, momentum=0.9, normalize_input=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        z, labels = planted_batch(generator)
+        z = z * (1 + 10 * torch.rand(z.shape[0], 1, generator=generator))  # uneven norms
+        raw(z, labels)
+        fed_unit(torch.nn.functional.normalize(z, dim=1), labels)
+    assert bool(raw.fitted) and bool(fed_unit.fitted)
+    torch.testing.assert_close(raw.class_sum, fed_unit.class_sum, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(raw.level_sumsq, fed_unit.level_sumsq, rtol=1e-6, atol=1e-7)
+    assert torch.equal(raw.masks, fed_unit.masks)
+    assert level_accuracy(raw.masks) >= 0.95
+    # Row norms reach the per-class sums of squares: unit rows give sumsq == count per level.
+    total = raw.class_count[1, : int(raw.num_classes[1])].sum()
+    torch.testing.assert_close(raw.level_sumsq[1].sum(), total)
+
+
+def test_without_normalize_input_the_scale_of_z_counts() -> None:
+    heads = [
+        GMMFeatureMaskHead(1, 4, momentum=1.0, warmup_steps=10, normalize_input=n)
+        for n in (True, False)
+    ]
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(6, 1, dtype=torch.long)
+    for head in heads:
+        head(z, labels)
+        head(5 * z, labels)
+        head.statistics.merge()
+    unit = torch.nn.functional.normalize(z.double(), dim=1)
+    torch.testing.assert_close(heads[0].class_sum[0, 0], 2 * unit.sum(0))
+    torch.testing.assert_close(heads[1].class_sum[0, 0], 6 * z.double().sum(0))
