@@ -1,4 +1,4 @@
-"""Feature-mask heads: G-HMLC's Gaussian mixture head and A-HMLC's attention head."""
+"""Feature-mask heads: G-HMLC's Gaussian mixture head, A-HMLC's attention heads, baselines."""
 
 from lightly_hmlc.models.modules._gmm import (
     GaussianMixtureFit,
@@ -8,6 +8,7 @@ from lightly_hmlc.models.modules._gmm import (
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
+from lightly_hmlc.models.modules.learned_mask_heads import QueryAttentionMaskHead, StaticMaskHead
 from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
     "LabelPrefixStatistics",
+    "QueryAttentionMaskHead",
+    "StaticMaskHead",
     "fit_gaussian_mixture",
     "select_n_components_bic",
 ]

@@ -111,6 +111,7 @@ def assign_masks(
     min_dims_per_level: int = 1,
     assignment: Assignment = "argmax",
     assignment_threshold: float = 0.5,
+    nested: bool = False,
 ) -> Tensor:
     """0/1 masks [L, D] from the GMM responsibilities of the D dimensions.
 
@@ -119,7 +120,9 @@ def assign_masks(
     the level of its most responsible component, every level keeps at least
     ``min_dims_per_level`` dimensions (:func:`enforce_min_dims`); with
     ``assignment="threshold"`` a dimension also joins every level whose component has
-    responsibility >= ``assignment_threshold``.
+    responsibility >= ``assignment_threshold``. With ``nested=True`` the masks are
+    cumulative from coarse to fine: level l sees the dimensions of levels 0..l, so the
+    coarsest level keeps only its own dimensions and the finest sees them all.
 
     Args:
         scores: [D, L] relevance of each dimension to each level.
@@ -127,6 +130,7 @@ def assign_masks(
         min_dims_per_level: Minimum dimensions per level (D >= L * minimum).
         assignment: ``"argmax"`` (partition) or ``"threshold"`` (may overlap).
         assignment_threshold: Threshold of ``"threshold"``, in (0, 1].
+        nested: Cumulative (coarse to fine) instead of per-level masks.
 
     Returns:
         float32 masks [L, D] on the device of ``responsibilities``.
@@ -136,6 +140,8 @@ def assign_masks(
         >>> resp = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1]])
         >>> assign_masks(scores, resp).tolist()  # component 1 is level 0
         [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> assign_masks(scores, resp, nested=True).tolist()  # the fine level sees all
+        [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
     """
     num_levels = scores.shape[1]
     resp = responsibilities
@@ -150,4 +156,6 @@ def assign_masks(
     if assignment == "threshold":
         extra = (level_resp.T >= assignment_threshold).to(torch.float32)
         masks = torch.maximum(masks, extra)
+    if nested:
+        masks = masks.cummax(dim=0).values
     return masks

@@ -76,7 +76,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     Fit and masks: a GMM with L components over the D points; components are matched to
     levels exactly (``scipy.optimize.linear_sum_assignment`` on the responsibility-weighted
     mean descriptors); each dimension goes to the level of its most responsible component,
-    and every level keeps ``min_dims_per_level`` dimensions.
+    and every level keeps ``min_dims_per_level`` dimensions. ``nested=True`` makes the
+    masks cumulative from coarse to fine instead of a partition.
 
     Schedule: every forward call in training mode with labels is one step; the masks are
     refitted after ``warmup_steps`` steps and then every ``refit_every`` steps, all ones
@@ -144,6 +145,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         max_levels_to_try: int | None = None,
         sync_distributed: bool = True,
         normalize_input: bool = True,
+        nested: bool = False,
     ) -> None:
         """Builds the head; masks start as all ones.
 
@@ -185,6 +187,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             normalize_input: Compute the statistics on ``z / |z|`` (in float64), so raw
                 projections give the statistics of the unit vectors the loss compares;
                 False uses z as given.
+            nested: Cumulative masks: level l sees the dimensions assigned to levels
+                0..l (the coarsest level only its own, the finest all of them) instead of
+                a partition.
 
         Raises:
             ValueError: If an argument is out of range.
@@ -227,6 +232,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.max_levels_to_try = max_levels_to_try
         self.sync_distributed = sync_distributed
         self.normalize_input = normalize_input
+        self.nested = nested
         self.last_fit: GaussianMixtureFit | None = None
 
         L, D = num_levels, dim
@@ -353,7 +359,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             f"num_levels={self.num_levels}, dim={self.dim}, refit_every={self.refit_every}, "
             f"warmup_steps={self.warmup_steps}, momentum={self.momentum}, "
             f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}, "
-            f"normalize_input={self.normalize_input}"
+            f"normalize_input={self.normalize_input}, nested={self.nested}"
         )
 
     def _pinned_device(self) -> torch.device:
@@ -413,6 +419,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             min_dims_per_level=self.min_dims_per_level,
             assignment=self.assignment,
             assignment_threshold=self.assignment_threshold,
+            nested=self.nested,
         )
 
     def _estimate(self, features: Tensor, max_levels: int | None) -> int:

@@ -698,3 +698,23 @@ def test_without_normalize_input_the_scale_of_z_counts() -> None:
     unit = torch.nn.functional.normalize(z.double(), dim=1)
     torch.testing.assert_close(heads[0].class_sum[0, 0], 2 * unit.sum(0))
     torch.testing.assert_close(heads[1].class_sum[0, 0], 6 * z.double().sum(0))
+
+
+@pytest.mark.parametrize("assignment", ["argmax", "threshold"])
+def test_nested_masks_are_the_coarse_to_fine_union_of_the_partition(assignment: str) -> None:
+    kwargs = {"warmup_steps": 3, "assignment": assignment, "assignment_threshold": 0.3}
+    flat = GMMFeatureMaskHead(3, D, **kwargs)  # type: ignore[arg-type]
+    nested = GMMFeatureMaskHead(3, D, nested=True, **kwargs)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        z, labels = planted_batch(generator, noise=2.0)
+        labels = torch.cat([labels[:, :1] // 2, labels], 1)  # 2 > 4 > 12 classes
+        flat(z, labels)
+        nested(z, labels)
+    assert torch.equal(nested.masks[0], flat.masks[0])  # the coarsest: only its own dims
+    assert torch.equal(nested.masks[1], torch.maximum(flat.masks[0], flat.masks[1]))
+    assert torch.equal(nested.masks[2], flat.masks.amax(0))
+    if assignment == "argmax":
+        assert torch.equal(nested.masks[2], torch.ones(D))  # the finest sees every dim
+        assert (nested.masks.sum(1).diff() > 0).all()  # each finer level adds dims
+    assert torch.equal(nested(z), nested.masks.unsqueeze(0))

@@ -15,7 +15,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightly_hmlc.models.modules import AttentionMaskHead, GMMFeatureMaskHead
+from lightly_hmlc.models.modules import (
+    AttentionMaskHead,
+    GMMFeatureMaskHead,
+    QueryAttentionMaskHead,
+    StaticMaskHead,
+)
 
 # Ops whose result needs the value of a device tensor on the host.
 _SYNCING_OPS = {
@@ -58,6 +63,8 @@ HEADS: dict[str, Callable[[], nn.Module]] = {
     "gmm-renormalised": lambda: GMMFeatureMaskHead(L, D, warmup_steps=10**6, momentum=0.01),
     "attention": lambda: AttentionMaskHead(L, D),
     "attention-softmax": lambda: AttentionMaskHead(L, D, gate="softmax", separation_weight=0.1),
+    "query-attention": lambda: QueryAttentionMaskHead(L, D, separation_weight=0.1),
+    "static": lambda: StaticMaskHead(L, D, separation_weight=0.1, l1_weight=0.1),
 }
 
 
