@@ -9,7 +9,8 @@ Components are created by name::
 Built-in losses: ``supcon`` (SupConLoss), ``hmc``, ``hce``, ``hmce`` (HMLCLoss with
 ``loss_type`` set to the name, which an explicit ``loss_type=`` overrides),
 ``g-hmlc`` (GHMLCLoss), ``a-hmlc`` (AHMLCLoss). Built-in heads: ``gmm-mask``
-(GMMFeatureMaskHead), ``attention-mask`` (AttentionMaskHead). They are recorded as
+(GMMFeatureMaskHead), ``attention-mask`` (AttentionMaskHead), ``query-attention``
+(QueryAttentionMaskHead), ``static`` (StaticMaskHead). They are recorded as
 import strings and imported on first use, so importing this module imports no
 loss or head.
 
@@ -484,3 +485,9 @@ _builtin(
     _HEADS, "attention-mask", "lightly_hmlc.models.modules.attention_mask_head:AttentionMaskHead"
 )
 _builtin(_HEADS, "block-mask", "lightly_hmlc.models.modules.block_mask_head:BlockMaskHead")
+_builtin(
+    _HEADS,
+    "query-attention",
+    "lightly_hmlc.models.modules.learned_mask_heads:QueryAttentionMaskHead",
+)
+_builtin(_HEADS, "static", "lightly_hmlc.models.modules.learned_mask_heads:StaticMaskHead")

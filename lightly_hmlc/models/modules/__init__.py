@@ -1,4 +1,4 @@
-"""Feature-mask heads: G-HMLC's Gaussian mixture head, A-HMLC's attention head, fixed blocks."""
+"""Feature-mask heads: G-HMLC's Gaussian mixture head, A-HMLC's attention heads, baselines."""
 
 from lightly_hmlc.models.modules._gmm import (
     GaussianMixtureFit,
@@ -9,6 +9,8 @@ from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
+from lightly_hmlc.models.modules.learned_mask_heads import QueryAttentionMaskHead, StaticMaskHead
+from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 
 __all__ = [
     "AttentionMaskHead",
@@ -16,6 +18,9 @@ __all__ = [
     "FeatureMaskHead",
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
+    "LabelPrefixStatistics",
+    "QueryAttentionMaskHead",
+    "StaticMaskHead",
     "fit_gaussian_mixture",
     "select_n_components_bic",
 ]

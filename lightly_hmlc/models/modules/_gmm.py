@@ -116,6 +116,23 @@ class GaussianMixtureFit:
         return torch.softmax(weighted, dim=-1)
 
 
+def check_fit_options(
+    covariance_type: str, n_init: int, max_iter: int, tol: float, reg_covar: float
+) -> None:
+    """Raises a ValueError naming an EM option of :func:`fit_gaussian_mixture` out of range."""
+    if covariance_type not in _COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}."
+        )
+    for name, value in (("n_init", n_init), ("max_iter", max_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}.")
+    if not reg_covar >= 0:
+        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}.")
+
+
 def fit_gaussian_mixture(
     x: Tensor,
     n_components: int,
@@ -167,10 +184,7 @@ def fit_gaussian_mixture(
         >>> sorted(fit.means[:, 0].round().tolist())
         [-5.0, 5.0]
     """
-    if covariance_type not in _COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}."
-        )
+    check_fit_options(covariance_type, n_init, max_iter, tol, reg_covar)
     if init not in _INIT_METHODS:
         raise ValueError(f"init must be one of {_INIT_METHODS}, got {init!r}.")
     if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
@@ -182,14 +196,6 @@ def fit_gaussian_mixture(
             f"n_components must be in [1, N={n}] (at least one sample per component), "
             f"got {n_components}."
         )
-    if n_init < 1:
-        raise ValueError(f"n_init must be >= 1, got {n_init}.")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
-    if tol < 0:
-        raise ValueError(f"tol must be >= 0, got {tol}.")
-    if reg_covar < 0:
-        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}.")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}.")
 

@@ -146,17 +146,7 @@ class AttentionMaskHead(FeatureMaskHead):
         Returns:
             A 0-dim tensor; zero when ``separation_weight`` is 0 or L is 1.
         """
-        if masks.ndim != 3 or masks.shape[1:] != (self.num_levels, self.dim):
-            raise ValueError(
-                f"masks must have shape [B, {self.num_levels}, {self.dim}], got "
-                f"{tuple(masks.shape)}; pass what forward() returned."
-            )
-        if self.separation_weight == 0 or self.num_levels == 1:
-            return masks.new_zeros(())
-        unit = F.normalize(masks.mean(0), dim=-1)  # [L, D]
-        similarity = unit @ unit.T
-        rows, cols = torch.triu_indices(self.num_levels, self.num_levels, 1, device=masks.device)
-        return self.separation_weight * similarity[rows, cols].mean()
+        return mask_separation(masks, self.separation_weight, self.num_levels, self.dim)
 
     def extra_repr(self) -> str:
         return (
@@ -164,3 +154,39 @@ class AttentionMaskHead(FeatureMaskHead):
             f"gate={self.gate!r}, temperature={self.temperature}, "
             f"separation_weight={self.separation_weight}"
         )
+
+
+def mask_separation(masks: Tensor, weight: float, num_levels: int, dim: int) -> Tensor:
+    """``weight`` times the mean pairwise cosine similarity of the levels' batch-mean masks.
+
+    The regulariser shared by the learned mask heads: it pushes the levels towards
+    different dimensions (Ott et al., https://arxiv.org/abs/2510.00837, want each level's
+    own features; the term is ours).
+
+    Args:
+        masks: Masks of shape [B, L, D] or [1, L, D].
+        weight: Weight of the term (0 disables it).
+        num_levels: L, checked against ``masks``.
+        dim: D, checked against ``masks``.
+
+    Returns:
+        A 0-dim tensor; zero when ``weight`` is 0 or L is 1.
+
+    Examples:
+        >>> masks = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # disjoint levels
+        >>> mask_separation(masks, 0.5, 2, 2)
+        tensor(0.)
+        >>> mask_separation(torch.ones(1, 2, 2), 0.5, 2, 2)  # identical levels
+        tensor(0.5000)
+    """
+    if masks.ndim != 3 or masks.shape[1:] != (num_levels, dim):
+        raise ValueError(
+            f"masks must have shape [B, {num_levels}, {dim}], got {tuple(masks.shape)}; "
+            f"pass what forward() returned."
+        )
+    if weight == 0 or num_levels == 1:
+        return masks.new_zeros(())
+    unit = F.normalize(masks.mean(0), dim=-1)  # [L, D]
+    similarity = unit @ unit.T
+    rows, cols = torch.triu_indices(num_levels, num_levels, 1, device=masks.device)
+    return weight * similarity[rows, cols].mean()

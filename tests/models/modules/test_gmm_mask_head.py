@@ -226,20 +226,20 @@ def test_every_level_keeps_min_dims() -> None:
 
 
 def test_min_dims_moves_the_most_responsible_dims() -> None:
-    from lightly_hmlc.models.modules.gmm_mask_head import _enforce_min_dims
+    from lightly_hmlc.models.modules._assignment import enforce_min_dims
 
     level_resp = torch.zeros(10, 3, dtype=torch.float64)
     level_resp[:, 0] = 0.85
     level_resp[4:6, 0] = 0.9  # level 0 keeps its two most responsible dims
     level_resp[:, 1] = torch.linspace(0.0, 0.09, 10)
     level_resp[:, 2] = 0.1 - level_resp[:, 1]
-    level = _enforce_min_dims(torch.zeros(10, dtype=torch.long), level_resp, 3, 2)
+    level = enforce_min_dims(torch.zeros(10, dtype=torch.long), level_resp, 3, 2)
     assert torch.bincount(level, minlength=3).tolist() == [6, 2, 2]
     assert set(torch.nonzero(level == 1).flatten().tolist()) == {8, 9}
     assert set(torch.nonzero(level == 2).flatten().tolist()) == {0, 1}
     assert {4, 5} <= set(torch.nonzero(level == 0).flatten().tolist())
     # Already satisfied: nothing moves.
-    unchanged = _enforce_min_dims(level, level_resp, 3, 2)
+    unchanged = enforce_min_dims(level, level_resp, 3, 2)
     assert torch.equal(unchanged, level)
 
 
@@ -285,7 +285,7 @@ def test_eval_mode_and_missing_labels_change_nothing() -> None:
     for key, value in head.state_dict().items():
         if isinstance(value, Tensor):
             torch.testing.assert_close(value, state[key], rtol=0, atol=0, equal_nan=True, msg=key)
-    assert head.get_extra_state()["class_count"].sum() == 0
+    assert head.statistics.get_extra_state()["class_count"].sum() == 0
 
 
 def test_masks_carry_no_gradient() -> None:
@@ -301,12 +301,14 @@ def test_masks_carry_no_gradient() -> None:
 
 
 def test_statistics_ignore_unknown_labels_and_key_on_prefixes() -> None:
-    head = GMMFeatureMaskHead(2, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=8)
+    head = GMMFeatureMaskHead(
+        2, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=8, normalize_input=False
+    )
     z = torch.arange(20, dtype=torch.float32).reshape(5, 4)
     # Fine label 0 appears under coarse 0 and coarse 1: two different classes.
     labels = torch.tensor([[0, 0], [1, 0], [1, -1], [-1, 3], [0, 0]])
     head(z, labels)
-    head._merge_pending()
+    head.statistics.merge()
     assert head.num_classes.tolist() == [2, 2]
     assert head.class_keys[0, :2].tolist() == [[0, -1], [1, -1]]
     assert head.class_keys[1, :2].tolist() == [[0, 0], [1, 0]]
@@ -318,14 +320,16 @@ def test_statistics_ignore_unknown_labels_and_key_on_prefixes() -> None:
 
 def test_statistics_match_a_direct_group_by() -> None:
     g = torch.Generator().manual_seed(0)
-    head = GMMFeatureMaskHead(3, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=64)
+    head = GMMFeatureMaskHead(
+        3, 4, momentum=1.0, warmup_steps=1000, max_classes_per_level=64, normalize_input=False
+    )
     batches = []
     for _ in range(3):
         labels = torch.randint(3, (40, 3), generator=g)
         labels[torch.rand(40, 3, generator=g) < 0.15] = -1
         batches.append((torch.randn(40, 4, generator=g), labels))
         head(*batches[-1])
-    head._merge_pending()
+    head.statistics.merge()
     z = torch.cat([b[0] for b in batches]).double()
     labels = torch.cat([b[1] for b in batches])
     for level in range(3):
@@ -349,19 +353,19 @@ def test_statistics_decay_with_momentum() -> None:
     labels = torch.zeros(2, 1, dtype=torch.long)
     head(torch.ones(2, 4), labels)
     head(torch.ones(2, 4), labels)
-    head._merge_pending()
+    head.statistics.merge()
     head(torch.ones(2, 4), labels)
-    head._merge_pending()
+    head.statistics.merge()
     assert head.class_count[0, 0].item() == pytest.approx(2 * 0.25 + 2 * 0.5 + 2)
 
 
 def test_lazy_decay_stays_finite_over_long_runs() -> None:
     # 0.1 ** -320 overflows float64: the lazy weights must be renormalised on the way.
-    head = GMMFeatureMaskHead(1, 4, momentum=0.1, warmup_steps=10**6)
+    head = GMMFeatureMaskHead(1, 4, momentum=0.1, warmup_steps=10**6, normalize_input=False)
     labels = torch.zeros(2, 1, dtype=torch.long)
     for _ in range(320):
         head(torch.ones(2, 4), labels)
-    head._merge_pending()
+    head.statistics.merge()
     expected = 2 / (1 - 0.1)  # 2 samples per step, geometric decay
     assert head.class_count[0, 0].item() == pytest.approx(expected)
     torch.testing.assert_close(
@@ -375,10 +379,17 @@ def test_descriptors_are_log_fisher_ratios(relevance: str) -> None:
     fine = torch.randint(6, (200,), generator=g)
     labels = torch.stack([fine // 3, fine], 1)
     z = torch.randn(200, 5, generator=g) + fine[:, None] * torch.rand(5, generator=g)
-    head = GMMFeatureMaskHead(2, 5, momentum=1.0, relevance=relevance, warmup_steps=10)  # type: ignore[arg-type]
+    head = GMMFeatureMaskHead(
+        2,
+        5,
+        momentum=1.0,
+        relevance=relevance,
+        warmup_steps=10,
+        normalize_input=False,  # type: ignore[arg-type]
+    )
     head(z[:100], labels[:100])
     head(z[100:], labels[100:])
-    head._merge_pending()
+    head.statistics.merge()
     got = head.compute_descriptors()
     x = z.double().numpy()
     for level in range(2):
@@ -540,7 +551,11 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         for z, labels in _rank_batches(rank):
             head(z, labels)
         torch.save(
-            {k: v for k, v in head.state_dict().items() if k != "_extra_state"},
+            {
+                k.removeprefix("statistics."): v
+                for k, v in head.state_dict().items()
+                if not k.endswith("_extra_state")
+            },
             Path(out) / f"rank{rank}.pt",
         )
     finally:
@@ -583,3 +598,123 @@ def test_casting_the_model_keeps_float64_statistics_exact() -> None:
     assert head.class_sum[0, 0, 0].item() == 1.0 + 2.0**-30
     head.to(torch.bfloat16)
     assert head.class_sum[0, 0, 0].item() == 1.0 + 2.0**-30
+
+
+# ---------------------------------------------------------------- the split parts
+
+
+def _greedy_matching(component_means: Tensor) -> Tensor:
+    """The matching used before linear_sum_assignment (above 8 levels): largest entry first."""
+    scores = component_means.clone()
+    levels = scores.shape[1]
+    result = torch.empty(levels, dtype=torch.long)
+    for _ in range(levels):
+        comp, lev = divmod(int(scores.argmax()), levels)
+        result[lev] = comp
+        scores[comp, :] = -float("inf")
+        scores[:, lev] = -float("inf")
+    return result
+
+
+def _total(component_means: Tensor, level_to_component: Tensor) -> float:
+    levels = torch.arange(component_means.shape[1])
+    return float(component_means[level_to_component, levels].sum())
+
+
+def test_matching_is_exact_for_nine_levels_where_greedy_was_not() -> None:
+    from lightly_hmlc.models.modules._assignment import match_components
+
+    means = torch.eye(9, dtype=torch.float64)
+    means[0, 0], means[0, 1], means[1, 0], means[1, 1] = 10.0, 9.0, 9.0, 0.0
+    greedy = _greedy_matching(means)
+    exact = match_components(means)
+    assert _total(means, greedy) == 10.0 + 7  # took (0, 0) first, then (1, 1) = 0
+    assert _total(means, exact) == 18.0 + 7  # (0, 1) and (1, 0), the rest on the diagonal
+    assert sorted(exact.tolist()) == list(range(9))  # a permutation
+
+
+@pytest.mark.parametrize("levels", [2, 3, 4, 5, 6])
+def test_matching_equals_brute_force_on_random_costs(levels: int) -> None:
+    import itertools
+
+    from lightly_hmlc.models.modules._assignment import match_components
+
+    g = torch.Generator().manual_seed(levels)
+    for _ in range(5):
+        means = torch.randn(levels, levels, generator=g, dtype=torch.float64)
+        best = max(
+            _total(means, torch.tensor(perm)) for perm in itertools.permutations(range(levels))
+        )
+        assert _total(means, match_components(means)) == pytest.approx(best, abs=1e-12)
+
+
+def test_checkpoints_from_before_the_split_still_load() -> None:
+    head = GMMFeatureMaskHead(2, D, warmup_steps=2, refit_every=3, momentum=0.9)
+    feed(head, 4)
+    legacy = {key.removeprefix("statistics."): value for key, value in head.state_dict().items()}
+    assert "class_sum" in legacy and "_extra_state" in legacy
+    restored = GMMFeatureMaskHead(2, D, warmup_steps=2, refit_every=3, momentum=0.9)
+    restored.load_state_dict(legacy)  # strict: no missing or unexpected key
+    for key, value in head.state_dict().items():
+        if isinstance(value, Tensor):
+            torch.testing.assert_close(restored.state_dict()[key], value, equal_nan=True)
+    assert restored.statistics._since_merge == head.statistics._since_merge == 2
+    z, labels = planted_batch(torch.Generator().manual_seed(9))
+    torch.testing.assert_close(restored(z, labels), head(z, labels))
+    torch.testing.assert_close(restored.class_sum, head.class_sum)
+
+
+def test_normalize_input_gives_the_statistics_of_unit_vectors() -> None:
+    # In the chain the head sees raw projections; before, the loss fed it normalised ones.
+    raw = GMMFeatureMaskHead(2, D, warmup_steps=3, momentum=0.9)
+    fed_unit = GMMFeatureMaskHead(2, D, warmup_steps=3, momentum=0.9, normalize_input=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        z, labels = planted_batch(generator)
+        z = z * (1 + 10 * torch.rand(z.shape[0], 1, generator=generator))  # uneven norms
+        raw(z, labels)
+        fed_unit(torch.nn.functional.normalize(z, dim=1), labels)
+    assert bool(raw.fitted) and bool(fed_unit.fitted)
+    torch.testing.assert_close(raw.class_sum, fed_unit.class_sum, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(raw.level_sumsq, fed_unit.level_sumsq, rtol=1e-6, atol=1e-7)
+    assert torch.equal(raw.masks, fed_unit.masks)
+    assert level_accuracy(raw.masks) >= 0.95
+    # Row norms reach the per-class sums of squares: unit rows give sumsq == count per level.
+    total = raw.class_count[1, : int(raw.num_classes[1])].sum()
+    torch.testing.assert_close(raw.level_sumsq[1].sum(), total)
+
+
+def test_without_normalize_input_the_scale_of_z_counts() -> None:
+    heads = [
+        GMMFeatureMaskHead(1, 4, momentum=1.0, warmup_steps=10, normalize_input=n)
+        for n in (True, False)
+    ]
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(6, 1, dtype=torch.long)
+    for head in heads:
+        head(z, labels)
+        head(5 * z, labels)
+        head.statistics.merge()
+    unit = torch.nn.functional.normalize(z.double(), dim=1)
+    torch.testing.assert_close(heads[0].class_sum[0, 0], 2 * unit.sum(0))
+    torch.testing.assert_close(heads[1].class_sum[0, 0], 6 * z.double().sum(0))
+
+
+@pytest.mark.parametrize("assignment", ["argmax", "threshold"])
+def test_nested_masks_are_the_coarse_to_fine_union_of_the_partition(assignment: str) -> None:
+    kwargs = {"warmup_steps": 3, "assignment": assignment, "assignment_threshold": 0.3}
+    flat = GMMFeatureMaskHead(3, D, **kwargs)  # type: ignore[arg-type]
+    nested = GMMFeatureMaskHead(3, D, nested=True, **kwargs)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        z, labels = planted_batch(generator, noise=2.0)
+        labels = torch.cat([labels[:, :1] // 2, labels], 1)  # 2 > 4 > 12 classes
+        flat(z, labels)
+        nested(z, labels)
+    assert torch.equal(nested.masks[0], flat.masks[0])  # the coarsest: only its own dims
+    assert torch.equal(nested.masks[1], torch.maximum(flat.masks[0], flat.masks[1]))
+    assert torch.equal(nested.masks[2], flat.masks.amax(0))
+    if assignment == "argmax":
+        assert torch.equal(nested.masks[2], torch.ones(D))  # the finest sees every dim
+        assert (nested.masks.sum(1).diff() > 0).all()  # each finer level adds dims
+    assert torch.equal(nested(z), nested.masks.unsqueeze(0))
