@@ -11,6 +11,7 @@ from lightly_hmlc.loss._levels import (
     LevelGroups,
     aggregate_levels,
     anchor_level_losses,
+    apply_masks,
     build_level_groups,
     gather_for_loss,
     layer_penalties,
@@ -21,7 +22,124 @@ from lightly_hmlc.loss._levels import (
 )
 
 
-class HMLCLoss(nn.Module):
+class _HierarchicalLoss(nn.Module):
+    """Options and level terms shared by :class:`HMLCLoss` and the masked losses.
+
+    Stateless: no attribute changes on a call.
+    """
+
+    def __init__(
+        self,
+        loss_type: str = "hmce",
+        temperature: float = 0.1,
+        layer_penalty: str | LayerPenalty = "exp",
+        num_levels: int | None = None,
+        normalize_weights: bool = True,
+        reference_compatible: bool = False,
+        base_temperature: float = 0.07,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if not base_temperature > 0:
+            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
+        if num_levels is not None and num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
+        self.loss_type = loss_type
+        self.temperature = float(temperature)
+        self.layer_penalty = resolve_layer_penalty(layer_penalty)
+        self.num_levels = num_levels
+        self.normalize_weights = normalize_weights
+        self.reference_compatible = reference_compatible
+        self.base_temperature = float(base_temperature)
+        self.gather_distributed = gather_distributed
+        if num_levels is not None:
+            layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
+
+    def level_weights(self, num_levels: int) -> Tensor | None:
+        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
+        if self.loss_type == "hce" and not self.reference_compatible:
+            return None
+        if self.loss_type == "hce":
+            return torch.full((num_levels,), 1.0 / (num_levels + 1))
+        penalties = layer_penalties(num_levels, self.layer_penalty)
+        if self.reference_compatible:
+            return penalties / (num_levels + 1)
+        if self.normalize_weights:
+            return penalties / penalties.sum()
+        return penalties / num_levels
+
+    def _loss(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        masks: Tensor | None,
+        mask_source: str = "masks",
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of normalised ``[2B, D]`` features, ``[2B, L]`` paths."""
+        if masks is not None:
+            features = apply_masks(features, masks, labels.shape[1], mask_source)
+        batch = gather_for_loss(features, labels, self.gather_distributed)
+        if self.reference_compatible:
+            share = self._reference_level_terms(
+                batch.contrast, batch.contrast_labels, batch.sample_index
+            )
+            value = share.detach()
+        else:
+            share, value = level_terms(batch, self.temperature)
+        loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
+        return loss, value
+
+    def _reference_level_terms(
+        self, features: Tensor, labels: Tensor, sample_index: Tensor
+    ) -> Tensor:
+        """Level terms of the reference implementation, on the global batch.
+
+        Walking from the finest level up, the reference keeps one sample per distinct
+        prefix of the previous (finer) level and re-orders the kept samples by label
+        (its ``unique`` returns them in sorted order). The kept sample of a prefix is
+        therefore the first sample, in batch order, of the lexicographically smallest
+        full label path under that prefix; those rows take part in level ``l``.
+        """
+        if bool((labels < 0).any()):
+            raise ValueError(
+                "reference_compatible=True does not support -1 (unknown) labels: the "
+                "reference implementation has no notion of a missing level. Use the "
+                "default mode, or fill in the labels."
+            )
+        num_rows, num_levels = labels.shape
+        groups = build_level_groups(labels)
+        device = labels.device
+        # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
+        path_ids = groups.ids[:, -1]
+        no_sample = int(sample_index.max()) + 1
+        first_sample = torch.full(
+            (groups.num_groups,), no_sample, dtype=torch.long, device=device
+        ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
+        is_first_of_path = first_sample[path_ids] == sample_index
+        taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
+        for level in range(num_levels - 1):  # a loop over levels, never over samples
+            finer_ids = groups.ids[:, level + 1]
+            smallest_path = torch.full(
+                (groups.num_groups,), groups.num_groups, dtype=torch.long, device=device
+            ).scatter_reduce(0, finer_ids, path_ids, reduce="amin")
+            taking_part[:, level] = is_first_of_path & (smallest_path[finer_ids] == path_ids)
+        loss, _ = anchor_level_losses(
+            features,
+            features,
+            torch.arange(num_rows, device=features.device),
+            LevelGroups(groups.ids, taking_part, groups.num_groups),
+            self.temperature,
+            include_in_denominator=taking_part,
+        )
+        count = taking_part.sum(dim=0).to(loss.dtype)
+        return loss.sum(dim=1) / count * (self.temperature / self.base_temperature)
+
+
+class HMLCLoss(_HierarchicalLoss):
     """Hierarchical multi-label contrastive loss of Zhang et al. [0]: HMC, HCE and HMCE.
 
     Labels are label paths ``[B, L]``, coarse to fine (``-1`` = unknown level). At level
@@ -80,56 +198,26 @@ class HMLCLoss(nn.Module):
         >>> out0, out1 = torch.randn(6, 16), torch.randn(6, 16)
         >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
         >>> loss = loss_fn(out0, out1, labels)
-        >>> loss_fn.last_level_losses.shape  # detached per-level terms, for logging
+        >>> loss, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
+        >>> level_losses.shape  # detached per-level terms, coarse to fine, for logging
         torch.Size([2])
+
+        Per-level feature masks (G-HMLC / A-HMLC, Ott et al.) come from a mask head, a
+        part of the model; all-ones masks give the unmasked loss:
+
+        >>> masks = torch.ones(1, 2, 16)  # [1 | B | 2B, L, D]
+        >>> torch.allclose(loss_fn(out0, out1, labels, masks=masks), loss)
+        True
     """
 
-    def __init__(
+    def forward(
         self,
-        loss_type: str = "hmce",
-        temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
-        num_levels: int | None = None,
-        normalize_weights: bool = True,
-        reference_compatible: bool = False,
-        base_temperature: float = 0.07,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not base_temperature > 0:
-            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
-        if num_levels is not None and num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
-        self.loss_type = loss_type
-        self.temperature = float(temperature)
-        self.layer_penalty = resolve_layer_penalty(layer_penalty)
-        self.num_levels = num_levels
-        self.normalize_weights = normalize_weights
-        self.reference_compatible = reference_compatible
-        self.base_temperature = float(base_temperature)
-        self.gather_distributed = gather_distributed
-        self.last_level_losses: Tensor | None = None
-        if num_levels is not None:
-            layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
-
-    def level_weights(self, num_levels: int) -> Tensor | None:
-        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
-        if self.loss_type == "hce" and not self.reference_compatible:
-            return None
-        if self.loss_type == "hce":
-            return torch.full((num_levels,), 1.0 / (num_levels + 1))
-        penalties = layer_penalties(num_levels, self.layer_penalty)
-        if self.reference_compatible:
-            return penalties / (num_levels + 1)
-        if self.normalize_weights:
-            return penalties / penalties.sum()
-        return penalties / num_levels
-
-    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        return_level_losses: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
 
         Args:
@@ -137,75 +225,18 @@ class HMLCLoss(nn.Module):
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown
                 (``[B]`` is one level).
+            masks: Optional per-level feature masks from a mask head: ``[1, L, D]``
+                (shared by all rows), ``[B, L, D]`` (per sample, both views) or
+                ``[2B, L, D]`` (per row of ``cat([out0, out1])``). Level h's term is
+                computed on ``normalize(normalize(z) * masks[:, h])``. Gradients flow
+                through the masks. ``None`` (or all ones) is the unmasked loss.
+            return_level_losses: Also return the detached ``[L]`` per-level terms
+                (coarse to fine, before the HCE constraint), e.g. for logging.
 
         Returns:
-            The scalar loss.
+            The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
         labels = validate_inputs(out0, out1, labels, self.num_levels)
         features = normalize_features(out0, out1)
-        level_features, extra = self._level_features(features, labels.repeat(2, 1))
-        return self._hierarchical_loss(level_features, labels.repeat(2, 1)) + extra
-
-    def _level_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Hook for subclasses: features for the level terms and an extra loss term.
-
-        Returns ``[2B, D]`` (shared by all levels) or ``[2B, L, D]`` (one per level).
-        """
-        return features, features.new_zeros(())
-
-    def _hierarchical_loss(self, features: Tensor, labels: Tensor) -> Tensor:
-        batch = gather_for_loss(features, labels, self.gather_distributed)
-        if self.reference_compatible:
-            share = self._reference_level_terms(
-                batch.contrast, batch.contrast_labels, batch.sample_index
-            )
-            value = share.detach()
-        else:
-            share, value = level_terms(batch, self.temperature)
-        self.last_level_losses = value
-        return aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
-
-    def _reference_level_terms(
-        self, features: Tensor, labels: Tensor, sample_index: Tensor
-    ) -> Tensor:
-        """Level terms of the reference implementation, on the global batch.
-
-        Walking from the finest level up, the reference keeps one sample per distinct
-        prefix of the previous (finer) level and re-orders the kept samples by label
-        (its ``unique`` returns them in sorted order). The kept sample of a prefix is
-        therefore the first sample, in batch order, of the lexicographically smallest
-        full label path under that prefix; those rows take part in level ``l``.
-        """
-        if bool((labels < 0).any()):
-            raise ValueError(
-                "reference_compatible=True does not support -1 (unknown) labels: the "
-                "reference implementation has no notion of a missing level. Use the "
-                "default mode, or fill in the labels."
-            )
-        num_rows, num_levels = labels.shape
-        groups = build_level_groups(labels)
-        device = labels.device
-        # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
-        path_ids = groups.ids[:, -1]
-        no_sample = int(sample_index.max()) + 1
-        first_sample = torch.full(
-            (groups.num_groups,), no_sample, dtype=torch.long, device=device
-        ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
-        is_first_of_path = first_sample[path_ids] == sample_index
-        taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
-        for level in range(num_levels - 1):  # a loop over levels, never over samples
-            finer_ids = groups.ids[:, level + 1]
-            smallest_path = torch.full(
-                (groups.num_groups,), groups.num_groups, dtype=torch.long, device=device
-            ).scatter_reduce(0, finer_ids, path_ids, reduce="amin")
-            taking_part[:, level] = is_first_of_path & (smallest_path[finer_ids] == path_ids)
-        loss, _ = anchor_level_losses(
-            features,
-            features,
-            torch.arange(num_rows, device=features.device),
-            LevelGroups(groups.ids, taking_part, groups.num_groups),
-            self.temperature,
-            include_in_denominator=taking_part,
-        )
-        count = taking_part.sum(dim=0).to(loss.dtype)
-        return loss.sum(dim=1) / count * (self.temperature / self.base_temperature)
+        loss, level_losses = self._loss(features, labels.repeat(2, 1), masks)
+        return (loss, level_losses) if return_level_losses else loss

@@ -95,13 +95,38 @@ def test_unknown_everywhere_gives_zero_not_nan() -> None:
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
 
 
-def test_last_level_losses_are_per_level_means() -> None:
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+def test_level_losses_are_per_level_means(loss_type: str) -> None:
     out0, out1, labels = _inputs(5)
-    loss_fn = HMLCLoss("hmc", temperature=0.3)
-    loss_fn(out0, out1, labels)
+    loss_fn = HMLCLoss(loss_type, temperature=0.3)
+    loss, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
     expected = torch.stack(naive.level_means(out0, out1, labels, 0.3))
-    assert loss_fn.last_level_losses is not None
-    torch.testing.assert_close(loss_fn.last_level_losses.double(), expected)
+    torch.testing.assert_close(level_losses.double(), expected)
+    assert not level_losses.requires_grad
+    torch.testing.assert_close(loss, loss_fn(out0, out1, labels))
+
+
+def test_losses_keep_no_per_call_state() -> None:
+    out0, out1, labels = _inputs(6)
+
+    def snapshot(module: torch.nn.Module) -> dict[str, object]:
+        # Copies the module's dicts (buffers, submodules, ...) so that a change shows.
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in vars(module).items()}
+
+    for loss_fn in (HMLCLoss("hmce"), SupConLoss()):
+        before = snapshot(loss_fn)
+        loss_fn(out0, out1, labels)
+        loss_fn(out0, out1, labels, return_level_losses=True)
+        assert snapshot(loss_fn) == before
+
+
+def test_supcon_level_losses_have_one_level() -> None:
+    out0, out1, labels = _inputs(6)
+    loss, level_losses = SupConLoss(temperature=0.3)(
+        out0, out1, labels[:, -1], return_level_losses=True
+    )
+    assert level_losses.shape == (1,)
+    torch.testing.assert_close(level_losses[0], loss.detach())
 
 
 def test_hce_never_lets_a_coarser_level_cost_less() -> None:
