@@ -186,6 +186,29 @@ def masked_level_losses(
         return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
 
 
+def level_feature_losses(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """The general path's ``anchor_level_losses`` on ``[N, L, D]`` level features, faster.
+
+    For level features that were built (and e.g. gathered from all ranks) already:
+    ``anchors [Na, L, D]`` and ``contrast [Nc, L, D]``, L2-normalised per level (pass the
+    same tensor when every contrast row is an anchor). All levels run in one ``bmm``.
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        same_rows = anchors is contrast
+        a_all = _wide(anchors).transpose(0, 1).contiguous()
+        c_all = a_all if same_rows else _wide(contrast).transpose(0, 1).contiguous()
+        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
+        level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
+        return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
 def _wide(features: Tensor) -> Tensor:
     return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
 
