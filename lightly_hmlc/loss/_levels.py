@@ -402,7 +402,12 @@ def aggregate_levels(
 
 
 def apply_masks(features: Tensor, masks: Tensor, num_levels: int, source: str = "masks") -> Tensor:
-    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``.
+    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``."""
+    return F.normalize(features.unsqueeze(1) * check_masks(features, masks, num_levels, source), 2)
+
+
+def check_masks(features: Tensor, masks: Tensor, num_levels: int, source: str = "masks") -> Tensor:
+    """Validated masks ``[1 | 2B, L, D]`` in the features' dtype (``[B]`` masks repeated).
 
     Args:
         features: ``[2B, D]`` L2-normalised rows of ``cat([out0, out1])``.
@@ -435,8 +440,7 @@ def apply_masks(features: Tensor, masks: Tensor, num_levels: int, source: str = 
         )
     if masks.shape[0] == rows // 2 and rows // 2 != 1:
         masks = masks.repeat(2, 1, 1)  # one mask per sample serves both of its views
-    masks = masks.to(device=features.device, dtype=features.dtype)
-    return F.normalize(features.unsqueeze(1) * masks, dim=2)
+    return masks.to(device=features.device, dtype=features.dtype)
 
 
 def normalize_features(out0: Tensor, out1: Tensor) -> Tensor:

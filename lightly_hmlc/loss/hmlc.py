@@ -20,6 +20,7 @@ from lightly_hmlc.loss._levels import (
     resolve_layer_penalty,
     validate_inputs,
 )
+from lightly_hmlc.loss._memory import memory_level_terms
 
 
 class _HierarchicalLoss(nn.Module):
@@ -78,8 +79,30 @@ class _HierarchicalLoss(nn.Module):
         labels: Tensor,
         masks: Tensor | None,
         mask_source: str = "masks",
+        memory: object = None,
+        memory_masks: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(loss, level_losses)`` of normalised ``[2B, D]`` features, ``[2B, L]`` paths."""
+        extra = masks is not None or memory is not None or memory_masks is not None
+        if not self.reference_compatible and extra:
+            # Masks take the fast masked level terms; memory rows join the contrast set.
+            share, value = memory_level_terms(
+                features,
+                labels,
+                self.temperature,
+                self.gather_distributed,
+                masks,
+                memory,
+                memory_masks,
+                mask_source,
+            )
+            loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
+            return loss, value
+        if memory is not None or memory_masks is not None:
+            raise ValueError(
+                "reference_compatible=True takes no memory rows: the reference "
+                "implementation has no memory bank. Use the default mode with a memory."
+            )
         if masks is not None:
             features = apply_masks(features, masks, labels.shape[1], mask_source)
         batch = gather_for_loss(features, labels, self.gather_distributed)
@@ -216,6 +239,8 @@ class HMLCLoss(_HierarchicalLoss):
         out1: Tensor,
         labels: Tensor,
         masks: Tensor | None = None,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_masks: Tensor | None = None,
         return_level_losses: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
@@ -230,6 +255,12 @@ class HMLCLoss(_HierarchicalLoss):
                 ``[2B, L, D]`` (per row of ``cat([out0, out1])``). Level h's term is
                 computed on ``normalize(normalize(z) * masks[:, h])``. Gradients flow
                 through the masks. ``None`` (or all ones) is the unmasked loss.
+            memory: Optional ``(features [K, D], labels [K, L])`` extra contrast rows,
+                e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
+                positives and negatives of the batch's anchors at every level, never
+                anchors themselves (``-1`` labels allowed; ``K = 0`` is no memory).
+            memory_masks: Masks of the memory rows, ``[1 | K, L, D]``; ``None`` reuses
+                shared ``[1, L, D]`` masks (per-row masks need memory masks).
             return_level_losses: Also return the detached ``[L]`` per-level terms
                 (coarse to fine, before the HCE constraint), e.g. for logging.
 
@@ -238,5 +269,7 @@ class HMLCLoss(_HierarchicalLoss):
         """
         labels = validate_inputs(out0, out1, labels, self.num_levels)
         features = normalize_features(out0, out1)
-        loss, level_losses = self._loss(features, labels.repeat(2, 1), masks)
+        loss, level_losses = self._loss(
+            features, labels.repeat(2, 1), masks, memory=memory, memory_masks=memory_masks
+        )
         return (loss, level_losses) if return_level_losses else loss

@@ -14,6 +14,7 @@ from lightly_hmlc.loss._levels import (
     normalize_features,
     validate_inputs,
 )
+from lightly_hmlc.loss._memory import append_memory, check_memory
 
 
 class SupConLoss(nn.Module):
@@ -61,7 +62,12 @@ class SupConLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(
-        self, out0: Tensor, out1: Tensor, labels: Tensor, return_level_losses: bool = False
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        memory: tuple[Tensor, Tensor] | None = None,
+        return_level_losses: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
 
@@ -69,6 +75,9 @@ class SupConLoss(nn.Module):
             out0: ``[B, D]`` projections of the first view.
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B]`` class ids or ``[B, L]`` label paths; ``-1`` is unknown.
+            memory: Optional ``(features [K, D], labels [K] | [K, L])`` extra contrast
+                rows, e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
+                positives and negatives of the batch's anchors, never anchors.
             return_level_losses: Also return the detached level terms, shape ``[1]``
                 (SupCon has one level), as :class:`HMLCLoss` does.
 
@@ -78,6 +87,7 @@ class SupConLoss(nn.Module):
         labels = validate_inputs(out0, out1, labels)
         features = normalize_features(out0, out1)
         batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
+        batch = append_memory(batch, check_memory(memory, features, labels.shape[1]))
         paths = batch.contrast_labels
         if paths.shape[1] > 1:
             # The whole path is the class; ids are made after gathering, so that they
