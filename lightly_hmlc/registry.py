@@ -480,6 +480,7 @@ for _loss_type in ("hmc", "hce", "hmce"):
     _builtin(_LOSSES, _loss_type, "lightly_hmlc.loss.hmlc:HMLCLoss", loss_type=_loss_type)
 _builtin(_LOSSES, "g-hmlc", "lightly_hmlc.loss.masked:GHMLCLoss")
 _builtin(_LOSSES, "a-hmlc", "lightly_hmlc.loss.masked:AHMLCLoss")
+_builtin(_LOSSES, "masked-hmlc", "lightly_hmlc.loss.masked:RegisteredHeadHMLCLoss")
 _builtin(_HEADS, "gmm-mask", "lightly_hmlc.models.modules.gmm_mask_head:GMMFeatureMaskHead")
 _builtin(
     _HEADS, "attention-mask", "lightly_hmlc.models.modules.attention_mask_head:AttentionMaskHead"

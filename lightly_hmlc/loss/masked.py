@@ -212,3 +212,40 @@ class AHMLCLoss(_HeadBuildingLoss):
         from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 
         return AttentionMaskHead(num_levels=num_levels, dim=dim, **head_kwargs)
+
+
+class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
+    """HMLC on the masks of any registered mask head, chosen by its registry name.
+
+    The one-line way to try a head in the suite or in a script without writing a loss:
+    ``create_loss("masked-hmlc", head="block-mask", num_levels=L, dim=D, nested=True)``
+    builds ``create_head("block-mask", num_levels=L, dim=D, nested=True)`` and composes
+    it with the HMLC level terms; see :class:`MaskedHMLCLoss`.
+
+    Args:
+        num_levels: L, the depth of the label paths.
+        dim: D, the width of the projections.
+        head: The head's registry name (``lightly_hmlc.registry.list_components()``).
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
+            As in :class:`HMLCLoss`.
+        **head_kwargs: Passed to the head.
+
+    Examples:
+        >>> import torch
+        >>> loss_fn = RegisteredHeadHMLCLoss(num_levels=2, dim=8, head="block-mask")
+        >>> type(loss_fn.mask_head).__name__
+        'BlockMaskHead'
+        >>> labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 2]])
+        >>> loss_fn(torch.randn(4, 8), torch.randn(4, 8), labels).dim()
+        0
+    """
+
+    def __init__(self, num_levels: int, dim: int, head: str = "block-mask", **kwargs: Any) -> None:
+        super().__init__(num_levels, dim, head=head, **kwargs)
+
+    @staticmethod
+    def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:
+        from lightly_hmlc.registry import create_head
+
+        name = head_kwargs.pop("head")
+        return create_head(name, num_levels=num_levels, dim=dim, **head_kwargs)
