@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
     LayerPenalty,
@@ -17,6 +18,7 @@ from lightly_hmlc.loss._levels import (
     layer_penalties,
     level_terms,
     normalize_features,
+    reduce_levels,
     resolve_layer_penalty,
     validate_inputs,
 )
@@ -39,8 +41,17 @@ class _HierarchicalLoss(nn.Module):
         reference_compatible: bool = False,
         base_temperature: float = 0.07,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
     ) -> None:
         super().__init__()
+        if hce_form is not None and hce_form not in HCE_FORMS:
+            raise ValueError(f"Unknown hce_form {hce_form!r}: use one of {list(HCE_FORMS)}.")
+        if reference_compatible and hce_form == "pair":
+            raise ValueError(
+                "reference_compatible=True applies the hierarchy constraint to the batch-mean "
+                "level terms, as the reference code does: leave hce_form unset (or "
+                "'batch_mean'), or use reference_compatible=False for the per-pair form."
+            )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
         if not temperature > 0:
@@ -57,6 +68,7 @@ class _HierarchicalLoss(nn.Module):
         self.reference_compatible = reference_compatible
         self.base_temperature = float(base_temperature)
         self.gather_distributed = gather_distributed
+        self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
@@ -111,6 +123,25 @@ class _HierarchicalLoss(nn.Module):
                 batch.contrast, batch.contrast_labels, batch.sample_index
             )
             value = share.detach()
+        elif self.loss_type != "hmc" and self.hce_form == "pair":
+            constrained, unconstrained, is_anchor = pair_constrained_level_losses(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                build_level_groups(batch.contrast_labels),
+                self.temperature,
+            )
+            # One reduction for both: the constrained terms carry the loss, the plain
+            # SupCon terms are the reported level losses.
+            num_levels = labels.shape[1]
+            share, value = reduce_levels(
+                torch.cat([constrained, unconstrained]),
+                torch.cat([is_anchor, is_anchor]),
+                batch.distributed,
+            )
+            weights = self.level_weights(num_levels)
+            loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
+            return loss, value[num_levels:]
         else:
             share, value = level_terms(batch, self.temperature)
         loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
@@ -173,9 +204,22 @@ class HMLCLoss(_HierarchicalLoss):
 
     - ``hmc``: weighted by ``lambda_l = layer_penalty(1 / k)``, ``k = L - l`` counting from
       the finest level (k = 1), so an increasing penalty favours finer levels;
-    - ``hce``: each level's term is raised to the largest term of the finer levels (the
-      hierarchy constraint: pairs that share less may never cost less), then averaged;
+    - ``hce``: the hierarchy constraint (HiConE: pairs that share fewer labels may never
+      cost less), then averaged;
     - ``hmce``: both.
+
+    ``hce_form`` says where the constraint acts:
+
+    - ``"pair"`` (default, the paper's HiConE equation): inside the sum over positive
+      pairs. The loss of anchor ``i``'s pair ``(i, p)`` at level ``l`` is raised to the
+      largest pair loss of the same anchor at any finer level,
+      ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
+      class-clustered embedding this binds (coarse-level positives that sit closer
+      than the anchor's worst finer positive are raised), so ``hmce`` differs from
+      ``hmc``. Memory: a few ``[L, N, N]`` tensors.
+    - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
+      of the finer levels, as the reference code does. On a class-clustered embedding
+      the coarse terms are already the larger ones, so this form rarely binds.
 
     The default follows the paper's formula: every anchor counts at every level and the
     level terms are averaged (``normalize_weights=True`` divides by ``sum(lambda)``, so
@@ -189,9 +233,11 @@ class HMLCLoss(_HierarchicalLoss):
     paper's formula in three ways: after each level (finest first) only one sample per
     distinct label prefix is kept for the coarser levels (anchors, positives and
     denominators; the first sample, in batch order, of the smallest label path under the
-    prefix, because the reference re-orders the kept samples by label), each term is multiplied by ``temperature / base_temperature``, and the
-    sum is divided by ``L + 1`` (the label columns including the instance id) instead of
-    being a weighted mean. ``-1`` labels are not supported in that mode.
+    prefix, because the reference re-orders the kept samples by label), each term is
+    multiplied by ``temperature / base_temperature``, the constraint acts on the
+    batch-mean terms (``hce_form="batch_mean"``), and the sum is divided by ``L + 1``
+    (the label columns including the instance id) instead of being a weighted mean.
+    ``-1`` labels are not supported in that mode.
 
     - [0] Use All The Labels: A Hierarchical Multi-Label Contrastive Learning Framework,
       Zhang et al., CVPR 2022, https://arxiv.org/abs/2204.13207
@@ -211,10 +257,14 @@ class HMLCLoss(_HierarchicalLoss):
             value equals the single-process loss on the global batch on every rank, and
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
+            or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+            ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
 
     Raises:
-        ValueError: For an unknown ``loss_type`` or ``layer_penalty``, a non-positive
-            temperature or ``num_levels < 1``.
+        ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
+            non-positive temperature, ``num_levels < 1``, or ``hce_form="pair"`` with
+            ``reference_compatible=True``.
 
     Examples:
         >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)

@@ -39,7 +39,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -65,6 +65,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         num_levels: int | None = None,
         normalize_weights: bool = True,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -73,6 +74,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             num_levels=num_levels,
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
+            hce_form=hce_form,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -135,6 +137,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         layer_penalty: str | LayerPenalty = "exp",
         normalize_weights: bool = True,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -145,6 +148,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             num_levels=num_levels,
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
+            hce_form=hce_form,
         )
 
     @staticmethod
@@ -161,8 +165,8 @@ class GHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+        hce_form: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -193,8 +197,8 @@ class AHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+        hce_form: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
