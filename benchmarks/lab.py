@@ -18,7 +18,8 @@ Protocol (what makes the differences trustworthy):
   with a 95% t-interval over the seeds (``mean +- t_{0.975, n-1} * sd / sqrt(n)``). A
   difference whose interval contains 0 is no difference.
 - **Budgets.** ``--budget cpu`` is sized for the 2-core CPU machine (one run takes about
-  a minute); ``--budget gpu`` is the documented GPU recipe (ResNet-18, full data, 100
+  a minute on an idle machine: ``resnet_tiny_cifar``, 3,000 training images, 3 epochs,
+  probes on 2,000 evaluation images); ``--budget gpu`` is the documented GPU recipe (ResNet-18, full data, 100
   epochs). Both are in :data:`BUDGETS`, per dataset.
 
 Each run is one call of ``benchmarks/main.py`` (so every run also has the suite's full
@@ -51,7 +52,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # The suite's flags per (budget, dataset). ``{data}`` is the dataset's file or folder.
 _CPU_COMMON = [
     "--backbone", "resnet_tiny_cifar", "--batch-size", "128", "--probe-epochs", "30",
-    "--no-progress-bar", "--no-plots",
+    "--test-samples", "2000", "--no-progress-bar", "--no-plots",
 ]  # fmt: skip
 _GPU_COMMON = [
     "--backbone", "resnet18_cifar", "--batch-size", "512", "--epochs", "100",
@@ -60,12 +61,12 @@ _GPU_COMMON = [
 ]  # fmt: skip
 BUDGETS: dict[str, dict[str, list[str]]] = {
     "cpu": {
-        "mnist": ["--dataset", "mnist", "--data-dir", "{data}", "--train-samples", "4000",
-                  "--epochs", "4", *_CPU_COMMON],
-        "cifar10": ["--dataset", "cifar10", "--data-dir", "{data}", "--train-samples", "4000",
-                    "--epochs", "4", *_CPU_COMMON],
+        "mnist": ["--dataset", "mnist", "--data-dir", "{data}", "--train-samples", "3000",
+                  "--epochs", "3", *_CPU_COMMON],
+        "cifar10": ["--dataset", "cifar10", "--data-dir", "{data}", "--train-samples", "3000",
+                    "--epochs", "3", *_CPU_COMMON],
         "cifar10-lt3": ["--dataset", "cifar10", "--data-dir", "{data}", "--hierarchy",
-                        "{hierarchy}", "--epochs", "4", *_CPU_COMMON],
+                        "{hierarchy}", "--epochs", "3", *_CPU_COMMON],
         "shapes": ["--dataset", "shapes", "--train-samples", "3000", "--epochs", "6",
                    *_CPU_COMMON],
     },
