@@ -209,3 +209,30 @@ def test_truncated_checkpoint_is_a_one_line_error(
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot read checkpoint") and err.count("\n") == 1, err
     assert "truncated" in err and "--overwrite" in err
+
+
+class SignalAtStep(pl.Callback):
+    """Sends a signal to this process at the end of one step, as a user or scheduler would."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum = signum
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            signal.raise_signal(self.signum)
+
+
+def test_sigint_stops_after_the_batch_saves_and_resumes(tmp_path: Path) -> None:
+    args = main.parse_args(tiny_args(tmp_path, "--methods", "hmce", "--epochs", "2", "--no-plots"))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(main.RunInterrupted) as stopped:
+        main.run_suite(args, extra_callbacks=[SignalAtStep(signal.SIGINT, 3)])
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    assert stopped.value.signal_name == "SIGINT" and stopped.value.exit_code == 130
+    assert stopped.value.step == 3 and _step(stopped.value.checkpoint) == 3
+    resumed = main.parse_args(
+        tiny_args(tmp_path, "--methods", "hmce", "--epochs", "2", "--no-plots", "--resume", "auto")
+    )
+    main.run_suite(resumed)
+    assert load_metrics(tmp_path / "shapes/hmce/seed0")["run"]["global_step"] == 4

@@ -69,3 +69,11 @@ def test_unregistered_losses_are_no_methods(
 ) -> None:
     assert main.main(tiny_args(tmp_path, "--methods", "test-coarse-supcon")) == 2
     assert "Unknown method" in capsys.readouterr().err
+
+
+def test_the_docs_list_every_builtin_method() -> None:
+    # The table in methods.py's docstring and PRESETS.md name what method_names() holds.
+    presets = (Path(main.__file__).parent / "PRESETS.md").read_text()
+    for name in methods.method_names():
+        assert f"``{name}``" in (methods.__doc__ or ""), name
+        assert f"`{name}`" in presets, name
