@@ -18,6 +18,11 @@ method     objective
 ``a-hmlc`` ``AHMLCLoss``: HMCE on soft per-level masks from attention heads [3]
 =========  =====================================================================
 
+Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
+``create_loss(name, ...)`` in :class:`LabelPathMethod`; :func:`method_names` is the one
+table of methods (the CLI, ``throughput.py`` and the docs derive from it), so a loss
+registered with ``register_loss`` (or an entry point) is a method with no change here.
+
 The contrastive methods project the backbone features with Lightly's
 ``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). The mask
 heads of G-HMLC and A-HMLC live inside their losses, which are submodules of the

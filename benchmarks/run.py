@@ -1,0 +1,534 @@
+"""One run of the suite: train one method with one seed, checkpoint, resume, evaluate.
+
+Checkpoints. :class:`LastCheckpoint` writes ``checkpoints/last.ckpt`` at the end of
+every epoch, every ``--checkpoint-every-n-steps`` steps, at the end of training and
+when the run is stopped by SIGTERM or SIGINT. Each write goes to a temporary file that
+then replaces ``last.ckpt`` (``os.replace``), so a run killed at any moment, even with
+SIGKILL during a write, leaves the previous complete checkpoint. The training loader
+is resumable (``datasets.ResumableLoader``): a run resumed from a checkpoint written
+inside an epoch continues with the next batch, so it trains on the batches of an
+uninterrupted run.
+
+Signals. Lightning's SIGTERM handler (``trainer.received_sigterm``) stops the run at
+the end of the current batch by raising ``SIGTERMException``; SIGINT (Ctrl+C) is
+routed to the same path, so the weights are never saved in the middle of a step. The
+run then saves its checkpoint and raises :class:`RunInterrupted`; ``main.py`` prints
+one line saying how to resume and exits with 143 (SIGTERM) or 130 (SIGINT). A second
+Ctrl+C interrupts at once.
+
+Resume checks. A resumed run must have the settings of the run that wrote the
+checkpoint (``RunRecorder`` keeps them in every checkpoint); only the fields of
+``NO_EFFECT_FIELDS`` may differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import methods
+import pytorch_lightning as pl
+import torch
+from datasets import DatasetBundle, SuiteDataModule, UserError
+from evaluate import (
+    evaluate_features,
+    extract_features,
+    format_metrics_table,
+    plot_embeddings,
+    plot_training_curves,
+)
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from records import RunRecorder, environment_info, write_json
+from torch import nn
+
+# Settings that cannot change what a run computes: a resume may change them. Paths
+# (the hierarchy file's content is compared through ``hierarchy_digest``), workers,
+# output, the length of the run (--epochs extends it: the cosine schedule then runs
+# to the new end from the resume point on), and the selection of runs.
+NO_EFFECT_FIELDS = frozenset(
+    {
+        "epochs",
+        "output_dir",
+        "data_dir",
+        "hierarchy",
+        "resume",
+        "overwrite",
+        "num_workers",
+        "threads",
+        "progress_bar",
+        "plots",
+        "traceback",
+        "max_time",
+        "checkpoint_every_n_steps",
+        "eval_batch_size",
+        "list_methods",
+        "methods",
+        "seeds",
+        "preset",
+        # The number of processes and the device type are compared instead.
+        "accelerator",
+        "devices",
+        "num_nodes",
+        "strategy",
+    }
+)
+
+_EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+@dataclass
+class RunResult:
+    """What one (method, seed) run produced (rank 0 only)."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+class RunInterrupted(Exception):
+    """A run stopped by SIGTERM or SIGINT after saving its checkpoint."""
+
+    def __init__(self, signal_name: str, checkpoint: Path, step: int) -> None:
+        super().__init__(f"{signal_name} at step {step}; checkpoint {checkpoint}")
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+        self.step = step
+
+    @property
+    def exit_code(self) -> int:
+        """143 for SIGTERM, 130 for SIGINT (128 + the signal number, as a shell reports)."""
+        return _EXIT_CODES.get(self.signal_name, 1)
+
+
+class LastCheckpoint(pl.Callback):
+    """Keeps ``last.ckpt`` current: every epoch, every N steps, at the end and on signals.
+
+    Args:
+        path: The checkpoint file.
+        every_n_steps: Also write every this many optimizer steps (``None``: only at
+            epoch ends). The write happens at the start of the next batch, when the
+            step is complete in every counter of the loop.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+        self.signal_name: str | None = None
+        self._saved_step = -1
+        self._previous_sigint: Any = None
+
+    def save(self, trainer: pl.Trainer) -> None:
+        """Writes the checkpoint to a temporary file, then replaces ``path`` with it."""
+        if trainer.global_step == self._saved_step:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("LastCheckpoint.save")
+        self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Routes SIGINT to Lightning's SIGTERM path: stop after the current batch."""
+        self._saved_step = trainer.global_step  # the resumed checkpoint is on disk
+        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.signal_name = "SIGINT"
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: now
+        signal.raise_signal(signal.SIGTERM)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Restores the SIGINT handler."""
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Writes the checkpoint of every N-th completed step."""
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Writes the checkpoint of every epoch (after the recorder has added the epoch)."""
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Writes the final state (a run stopped by --max-time included)."""
+        self.save(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """On SIGTERM/SIGINT (raised between batches) saves the state; not on errors."""
+        if isinstance(exception, SIGTERMException):
+            self.signal_name = self.signal_name or "SIGTERM"
+            self.save(trainer)
+
+
+def run_label(args: argparse.Namespace, method: str) -> str:
+    """The run's name: the method, and ``--run-name`` as a suffix (``hmce-tau0.2``)."""
+    return method if not args.run_name else f"{method}-{args.run_name}"
+
+
+def run_dir_of(args: argparse.Namespace, method: str, seed: int) -> Path:
+    """``<output-dir>/<dataset>/<method>[-<run-name>]/seed<k>``."""
+    return Path(args.output_dir) / args.dataset / run_label(args, method) / f"seed{seed}"
+
+
+def result_config(
+    args: argparse.Namespace, method: str, seed: int, world: int, device: str, bundle: DatasetBundle
+) -> dict[str, Any]:
+    """The settings that shape a run's result (all but ``NO_EFFECT_FIELDS``)."""
+    config = {k: v for k, v in sorted(vars(args).items()) if k not in NO_EFFECT_FIELDS}
+    digest = hashlib.sha256(bundle.hierarchy.to_json().encode()).hexdigest()[:16]
+    config.update(
+        method=method, seed=seed, world_size=world, device_type=device, hierarchy_digest=digest
+    )
+    return config
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+    """Refuses a resume whose settings differ, naming each field with old and new value."""
+    missing = object()
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, missing), current.get(key, missing)
+        if old != new:
+            name = f"--{key.replace('_', '-')}" if key in current or key in saved else key
+            show = [("(unset)" if v is missing else json.dumps(v, default=str)) for v in (old, new)]
+            changed.append(f"{name} {show[0]} -> {show[1]}")
+    if changed:
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(NO_EFFECT_FIELDS))
+        raise UserError(
+            f"{source} was trained with other settings: {'; '.join(changed)}. Resume with the "
+            "original values, or start afresh with --overwrite or another --output-dir "
+            f"(a resume may change only {allowed})."
+        )
+
+
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    try:
+        # The user's own run's file: it holds plain Python objects next to the tensors.
+        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # truncated (EOFError, RuntimeError) or not a checkpoint
+        raise UserError(
+            f"Cannot read checkpoint {path!r} ({type(error).__name__}: {error}); it is "
+            "truncated or not a checkpoint. Delete it to start the run over, or pass --overwrite."
+        ) from error
+    return checkpoint
+
+
+def _resume_checkpoint(args: argparse.Namespace, run_dir: Path) -> str | None:
+    if args.resume is None:
+        return None
+    if args.resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        if (run_dir / "checkpoints").exists():  # killed before its first checkpoint
+            print(f"{run_dir}: no checkpoint yet, the run starts over.")
+        return None
+    return str(args.resume)
+
+
+def run_one(
+    args: argparse.Namespace,
+    bundle: DatasetBundle,
+    method: str,
+    seed: int,
+    extra_callbacks: Sequence[pl.Callback] = (),
+) -> RunResult | None:
+    """Trains ``method`` with ``seed``, evaluates it and writes the run's records.
+
+    Returns ``None`` on ranks other than 0.
+
+    Raises:
+        UserError: For bad settings, data or checkpoints (one line, exit code 2).
+        RunInterrupted: If SIGTERM or SIGINT stopped the run (after saving it).
+    """
+    run_dir = run_dir_of(args, method, seed)
+    ckpt_path = _resume_checkpoint(args, run_dir)
+    fresh = ckpt_path is None
+    if fresh and (run_dir / "checkpoints").exists() and not (args.overwrite or args.resume):
+        raise UserError(
+            f"{run_dir} already holds a run. Pass --resume auto to continue (or re-evaluate) "
+            "it, --overwrite to replace it, or another --output-dir."
+        )
+    checkpoint: dict[str, Any] | None = None
+    if ckpt_path is not None:
+        try:
+            if not os.path.isfile(ckpt_path):
+                raise FileNotFoundError(
+                    f"Checkpoint {ckpt_path!r} not found. Pass the path of a .ckpt file written "
+                    "by this suite (<output-dir>/<dataset>/<method>/seed<k>/checkpoints/"
+                    "last.ckpt), or --resume auto."
+                )
+            checkpoint = _read_checkpoint(ckpt_path)
+            methods.check_checkpoint_hparams(
+                checkpoint.get("hyper_parameters", {}),
+                method=method,
+                backbone=args.backbone,
+                num_classes_per_level=bundle.hierarchy.num_classes_per_level,
+                source=f"Checkpoint {ckpt_path!r}",
+            )
+        except (FileNotFoundError, methods.CheckpointMismatchError) as error:
+            raise UserError(str(error)) from error
+    else:
+        for stale in ("checkpoints/last.ckpt", "train_stats.json", "metrics.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    last = LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", args.checkpoint_every_n_steps)
+    recorder = RunRecorder(run_dir, args.batch_size)
+    # The recorder adds an epoch to the history before that epoch's checkpoint is written.
+    trainer = build_trainer(args, run_dir, [*extra_callbacks, recorder, last])
+    world = trainer.world_size
+    config = result_config(args, method, seed, world, trainer.strategy.root_device.type, bundle)
+    if checkpoint is not None:
+        saved = checkpoint.get("callbacks", {}).get("RunRecorder", {}).get("config")
+        if saved is not None:  # checkpoints of older versions recorded no settings
+            check_resume_config(saved, config, f"Checkpoint {ckpt_path!r}")
+    recorder.config = config
+    if args.batch_size % world != 0:
+        raise UserError(
+            f"--batch-size {args.batch_size} is the global batch size; it must be divisible "
+            f"by the number of processes ({world})."
+        )
+    steps_per_epoch = (len(bundle.train) // world) // (args.batch_size // world)  # type: ignore[arg-type]
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"The training set has {len(bundle.train)} samples, fewer than one batch of "  # type: ignore[arg-type]
+            f"--batch-size {args.batch_size}; lower --batch-size or raise --train-samples."
+        )
+    if args.hierarchical_sampler:
+        _check_hierarchical_sampler(bundle, args.batch_size // world, world)
+    mask_warmup, mask_refit = methods.default_mask_schedule(steps_per_epoch * args.epochs)
+    model = build_model(
+        args,
+        method,
+        num_classes_per_level=bundle.hierarchy.num_classes_per_level,
+        backbone=args.backbone,
+        in_chans=bundle.in_chans,
+        img_size=bundle.input_size,
+        encoder=bundle.encoder,
+        encoder_kwargs=bundle.encoder_kwargs or None,
+        proj_dim=args.proj_dim,
+        temperature=args.temperature,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        gather_distributed=world > 1,
+        mask_warmup_steps=mask_warmup,
+        mask_refit_every=mask_refit,
+    )
+    if world > 1 and trainer.strategy.root_device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    datamodule = SuiteDataModule(
+        bundle, args.batch_size, args.num_workers, seed, args.hierarchical_sampler
+    )
+    if trainer.is_global_zero:
+        record = dict(vars(args), method=method, seed=seed, run_dir=str(run_dir))
+        record.update(world_size=world, resumed_from=ckpt_path, split=bundle.split)
+        write_json(run_dir / "config.json", record)
+        write_json(run_dir / "environment.json", environment_info(seed))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as stop:
+        raise RunInterrupted(
+            last.signal_name or "SIGTERM", last.path, trainer.global_step
+        ) from stop
+    except OSError as error:  # an unreadable file, raised by the dataset
+        raise UserError(_last_line(error)) from error
+    if not trainer.is_global_zero:
+        return None
+    return evaluate_run(args, bundle, model, method, seed, run_dir, trainer)
+
+
+def build_trainer(
+    args: argparse.Namespace, run_dir: Path, callbacks: list[pl.Callback]
+) -> pl.Trainer:
+    """The Trainer of one run; Lightning parses --devices, --max-time and --precision."""
+    deterministic: bool | Literal["warn"] = (
+        "warn" if args.deterministic == "warn" else args.deterministic == "true"
+    )
+    try:
+        return pl.Trainer(
+            max_epochs=args.epochs,
+            max_time=args.max_time,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            precision=args.precision,
+            deterministic=deterministic,
+            callbacks=callbacks,
+            # logs/version_<n>/metrics.csv: a resumed invocation adds a version.
+            logger=CSVLogger(save_dir=run_dir, name="logs"),
+            default_root_dir=run_dir,
+            use_distributed_sampler=False,  # SuiteDataModule shards by rank itself
+            enable_checkpointing=False,  # LastCheckpoint writes last.ckpt
+            enable_progress_bar=args.progress_bar,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(
+            "Bad Trainer setting (--accelerator, --devices, --strategy, --num-nodes or "
+            f"--precision): {_last_line(error)}"
+        ) from error
+
+
+def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods.HierarchicalMethod:
+    """The method's LightningModule with ``--loss-option``/``--head-option``; bad options
+    become a UserError naming the flag."""
+    loss_options = parse_options(args.loss_option, "--loss-option")
+    head_options = parse_options(args.head_option, "--head-option")
+    if loss_options or head_options:
+        kwargs.update(loss_options=loss_options, head_options=head_options)
+    try:
+        return methods.create_method(method, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        given = [*args.loss_option, *args.head_option]
+        options = f" (options {given})" if given else ""
+        raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
+
+
+def parse_options(values: Sequence[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; VALUE is JSON if it parses, else a string.
+
+    Examples:
+        >>> parse_options(["temperature=0.2", "layer_penalty=exp", "x=[1, 2]"], "--loss-option")
+        {'temperature': 0.2, 'layer_penalty': 'exp', 'x': [1, 2]}
+    """
+    options: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"{flag} takes KEY=VALUE with a Python name as KEY, got {value!r}.")
+        if key in options:
+            raise UserError(f"{flag} {key} is given twice; give each key once.")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _check_hierarchical_sampler(bundle: DatasetBundle, per_device: int, world: int) -> None:
+    """Builds the sampler once here, so that a bad setting fails before training."""
+    if bundle.train_label_paths is None:
+        raise UserError(
+            "--hierarchical-sampler needs the label paths of the training set: give the "
+            "dataset a label_paths table (every lightly_hmlc dataset has one)."
+        )
+    from lightly_hmlc.data import HierarchicalBatchSampler
+
+    try:
+        HierarchicalBatchSampler(bundle.train_label_paths, per_device, num_replicas=world)
+    except ValueError as error:
+        raise UserError(f"--hierarchical-sampler: {error}") from error
+
+
+def evaluate_run(
+    args: argparse.Namespace,
+    bundle: DatasetBundle,
+    model: methods.HierarchicalMethod,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    trainer: pl.Trainer,
+) -> RunResult:
+    """Probes the frozen backbone and writes metrics.json, metrics.md and the plots."""
+    stats_path = run_dir / "train_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    history = stats.pop("history", {})
+    device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+    begin = time.perf_counter()
+    try:
+        train_x, train_y = extract_features(
+            model.backbone, bundle.train_eval, args.eval_batch_size, args.num_workers, device
+        )
+        test_x, test_y = extract_features(
+            model.backbone, bundle.test_eval, args.eval_batch_size, args.num_workers, device
+        )
+    except OSError as error:
+        raise UserError(_last_line(error)) from error
+    extract_seconds = time.perf_counter() - begin
+    results = evaluate_features(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        bundle.hierarchy,
+        probe_epochs=args.probe_epochs,
+        knn_k=min(args.knn_k, len(train_x)),
+        hdist_k=min(5, len(bundle.hierarchy.leaves)),
+        seed=seed,
+        device=device,
+    )
+    train = {f"train/{key}": value for key, value in stats.items()}
+    train["train/complete"] = int(stats.get("epochs_completed", 0)) >= args.epochs
+    record: dict[str, Any] = {
+        "run": {
+            "dataset": args.dataset,
+            "method": method,
+            "name": run_label(args, method),
+            "seed": seed,
+            "backbone": args.backbone,
+            "epochs": args.epochs,
+            "global_step": trainer.global_step,
+            "loss_options": parse_options(args.loss_option, "--loss-option"),
+            "head_options": parse_options(args.head_option, "--head-option"),
+        },
+        "split": bundle.split,
+        "train": train,
+        "eval": {"eval/extract_seconds": extract_seconds, **results},
+    }
+    write_json(run_dir / "metrics.json", record)
+    title = (
+        f"# {run_label(args, method)} on {args.dataset} ({args.eval_split} split), seed {seed}, "
+        f"backbone {args.backbone}\n\n"
+    )
+    training = (
+        f"\n\nTraining: {stats.get('wall_seconds', 0.0):.1f} s, "
+        f"{stats.get('images_per_second', 0.0):.1f} images/s, "
+        f"{stats.get('epochs_completed', 0)}/{args.epochs} epochs, peak memory "
+        f"{stats.get('peak_memory_mb', 0.0):.0f} MB ({stats.get('peak_memory_kind', '?')}).\n"
+    )
+    table = format_metrics_table({method: results})
+    (run_dir / "metrics.md").write_text(title + table + training)
+    if args.plots:
+        plot_embeddings(test_x, test_y, bundle.hierarchy, run_dir / "embeddings.png", seed=seed)
+        if any(history.values()):
+            plot_training_curves(history, run_dir / "training_curves.png")
+    return RunResult(method, seed, run_dir, record)
+
+
+def _last_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker
+        text = text.splitlines()[-1]
+    return text

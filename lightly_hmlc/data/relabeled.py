@@ -1,0 +1,75 @@
+"""A dataset's samples with the label paths of another hierarchy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightly_hmlc.data._base import check_classes_match
+from lightly_hmlc.hierarchy import LabelHierarchy
+
+__all__ = ["Relabeled"]
+
+
+class Relabeled(Dataset[Any]):
+    """Gives a dataset's samples the label paths of another hierarchy.
+
+    Works for every dataset with ``classes`` (fine class names) and ``targets`` (the
+    fine class index of each sample), e.g. a torchvision dataset or one of
+    ``lightly_hmlc.data``. The hierarchy's leaves must be the dataset's classes
+    (HMLC, Zhang et al., CVPR 2022, arXiv 2204.13207, trains on such label paths).
+    ``label_paths`` is the ``[N, L]`` table, available without loading a sample.
+
+    Args:
+        dataset: The dataset; ``dataset[i][0]`` is the sample.
+        hierarchy: The hierarchy whose leaves are ``dataset.classes``.
+        strict: Refuse hierarchy leaves that no class of the dataset uses.
+        where: How to name the hierarchy in an error message.
+
+    Raises:
+        ValueError: If the classes do not match the hierarchy's leaves (the message
+            lists the differences).
+
+    Examples:
+        >>> class Digits(Dataset):
+        ...     classes = ["one", "two", "three"]
+        ...     targets = [0, 2, 1]
+        ...     def __len__(self): return 3
+        ...     def __getitem__(self, i): return torch.zeros(1), self.targets[i]
+        >>> tree = LabelHierarchy.from_edges([("odd", "one"), ("odd", "three"), ("even", "two")])
+        >>> ds = Relabeled(Digits(), tree)
+        >>> table = tree.path_table(["one", "three", "two"])
+        >>> torch.equal(ds.label_paths, table), torch.equal(ds[1][1], table[1])
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        hierarchy: LabelHierarchy,
+        *,
+        strict: bool = True,
+        where: str = "the hierarchy",
+    ) -> None:
+        for attribute in ("classes", "targets"):
+            if not hasattr(dataset, attribute):
+                raise ValueError(
+                    f"Relabeled needs a dataset with '{attribute}' (class names and the class "
+                    f"index of each sample); {type(dataset).__name__} has none."
+                )
+        check_classes_match(dataset.classes, hierarchy, strict=strict, where=where)
+        self.dataset = dataset
+        self.hierarchy = hierarchy
+        self.classes = list(dataset.classes)
+        table = hierarchy.path_table(self.classes)
+        self.label_paths: Tensor = table[torch.as_tensor(list(dataset.targets))]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Tensor]:
+        sample = self.dataset[index][0]
+        return sample, self.label_paths[index].clone()
