@@ -77,7 +77,11 @@ def aggregate(records: Iterable[dict[str, Any]]) -> Aggregated:
     groups: Aggregated = {}
     for record in records:
         run = record.get("run", {})
-        key = (str(run.get("dataset", "?")), str(run.get("method", "?")))
+        # A --run-name variant is its own row; so is a run probed on the validation part.
+        name = str(run.get("name", run.get("method", "?")))
+        if record.get("split", {}).get("eval_split") == "val":
+            name += " (val)"
+        key = (str(run.get("dataset", "?")), name)
         group = groups.setdefault(key, {})
         for name, value in flatten(record).items():
             group.setdefault(name, []).append(value)

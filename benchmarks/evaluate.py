@@ -28,6 +28,12 @@ Protocol (the same for every method, so that the numbers compare):
 - **NMI.** k-means (scikit-learn, k-means++ init, ``random_state=seed``) with ``k`` the
   number of classes of the level, on the L2-normalised test features whose label at
   that level is known; NMI (arithmetic normalisation) against the true labels.
+- **Separation** of the L2-normalised test features at every level, without a probe:
+  the explained variance (between-class over total scatter) and the Fisher ratio of
+  :func:`lightly_hmlc.metrics.level_separation`, and the silhouette (scikit-learn,
+  cosine distance, on at most 2,000 samples drawn with ``seed``). **CPCC** (Zeng et al.
+  [2], :func:`lightly_hmlc.metrics.cpcc`): the correlation between tree distances of the
+  classes and the distances of their mean features.
 - **Hierarchical metrics** (Bertinetto et al. [1]) of the fine probe: the accuracy at
   every level implied by its top-1 leaf prediction, the mistake severity (mean LCA
   height of its wrong top-1 predictions) and the hierarchical distance of its top-k
@@ -38,6 +44,8 @@ Protocol (the same for every method, so that the numbers compare):
   al., CVPR 2018, https://arxiv.org/abs/1805.01978
 - [1] Making Better Mistakes, Bertinetto et al., CVPR 2020,
   https://arxiv.org/abs/1912.09393
+- [2] Learning Structured Representations by Embedding Class Hierarchy, Zeng et al.,
+  ICLR 2023, https://openreview.net/forum?id=7J-30ilaUZM
 
 This module is benchmark code: it may import scikit-learn and matplotlib, and uses only
 public names of ``lightly_hmlc``.
@@ -59,9 +67,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightly_hmlc.hierarchy import LabelHierarchy
 from lightly_hmlc.metrics import (
+    cpcc,
     hierarchical_distance_at_k,
     implied_coarse_accuracy,
     leaf_ids_from_paths,
+    level_separation,
     mistake_severity,
     normalized_mutual_info,
     per_level_accuracy,
@@ -478,6 +488,7 @@ def evaluate_features(
         results[f"level{level}/linear_acc"] = float(linear_acc[level])
         results[f"level{level}/knn_acc"] = float(knn_acc[level])
         results[f"level{level}/nmi"] = nmi[level]
+    results.update(separation_metrics(test_features, test_paths, seed))
 
     leaf_logits = heads[probe.leaf_head]
     true_leaf = leaf_ids_from_paths(test_paths, hierarchy)
@@ -489,6 +500,46 @@ def evaluate_features(
     results["hier/mistake_severity"] = mistake_severity(top1, true_leaf, hierarchy)
     topk = leaf_logits.topk(hdist_k, dim=1).indices
     results[f"hier/hdist@{hdist_k}"] = hierarchical_distance_at_k(topk, true_leaf, hierarchy)
+    return results
+
+
+def separation_metrics(features: Tensor, paths: Tensor, seed: int) -> dict[str, float]:
+    """Per-level explained variance, Fisher ratio and silhouette, and the CPCC.
+
+    A metric that is undefined for these labels (a level with one class, a single
+    level for the CPCC) is left out rather than reported as NaN.
+    """
+    from sklearn.metrics import silhouette_score
+
+    results: dict[str, float] = {}
+    begin = time.perf_counter()
+    try:
+        separation = level_separation(features, paths)
+    except ValueError:
+        separation = None
+    x = F.normalize(features.double(), dim=1).numpy()
+    for level in range(paths.shape[1]):
+        if separation is not None:
+            results[f"level{level}/explained_var"] = float(separation.explained_variance[level])
+            results[f"level{level}/fisher_ratio"] = float(separation.fisher_ratio[level])
+        known = (paths[:, : level + 1] >= 0).all(dim=1)
+        _, ids = torch.unique(paths[known, : level + 1], dim=0, return_inverse=True)
+        num_classes = int(ids.max()) + 1 if ids.numel() else 0
+        if 2 <= num_classes < int(known.sum()):
+            results[f"level{level}/silhouette"] = float(
+                silhouette_score(
+                    x[known.numpy()],
+                    ids.numpy(),
+                    metric="cosine",
+                    sample_size=min(2000, int(known.sum())),
+                    random_state=seed,
+                )
+            )
+    try:
+        results["hier/cpcc"] = cpcc(features, paths)
+    except ValueError:
+        pass
+    results["separation/seconds"] = time.perf_counter() - begin
     return results
 
 

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -69,17 +70,6 @@ from lightly_hmlc import LabelHierarchy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-METHODS: dict[str, type[methods.HierarchicalMethod]] = {
-    "ce": methods.CrossEntropy,
-    "simclr": methods.SimCLR,
-    "supcon": methods.SupCon,
-    "hmc": methods.HMC,
-    "hce": methods.HCE,
-    "hmce": methods.HMCE,
-    "g-hmlc": methods.GHMLC,
-    "a-hmlc": methods.AHMLC,
-}
-
 
 class UserError(Exception):
     """Bad input: printed as one message (exit code 2), without a traceback."""
@@ -113,6 +103,7 @@ class DatasetBundle:
     encoder: str = "image"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     train_label_paths: Tensor | None = None
+    split: dict[str, Any] = field(default_factory=dict)
 
 
 def image_transforms(
@@ -165,6 +156,47 @@ def subset_indices(total: int, size: int | None, seed: int = 0) -> list[int] | N
     return sorted(torch.randperm(total, generator=generator)[:size].tolist())
 
 
+def validation_split(paths: Tensor, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Splits ``range(len(paths))`` into ``(validation, rest)``, stratified by fine class.
+
+    The fine class of a sample is its whole label path. Every class gives
+    ``fraction`` of its samples, rounded by largest remainder so that the validation
+    part has exactly ``round(fraction * N)`` samples. The split depends only on
+    ``paths``, ``fraction`` and ``seed`` (``--data-seed``), never on a training seed.
+
+    Examples:
+        >>> paths = torch.tensor([[0, 0]] * 10 + [[1, 1]] * 10)
+        >>> val, rest = validation_split(paths, 0.2, seed=0)
+        >>> len(val), len(rest), sorted(paths[val, 1].tolist())
+        (4, 16, [0, 0, 1, 1])
+    """
+    total = len(paths)
+    if fraction == 0:
+        return [], list(range(total))
+    num_val = round(fraction * total)
+    if not 1 <= num_val < total:
+        raise UserError(
+            f"--val-fraction {fraction} of {total} training samples gives {num_val} "
+            "validation samples; choose a fraction that leaves both parts non-empty."
+        )
+    _, strata_t = torch.unique(paths, dim=0, return_inverse=True)
+    strata = strata_t.numpy()
+    counts = np.bincount(strata)
+    quota = fraction * counts
+    take = np.floor(quota).astype(np.int64)
+    # A stream of its own: the subsets of --train-samples use torch's generator.
+    rng = np.random.default_rng([seed, 0x5A1])
+    by_remainder = np.lexsort((rng.random(len(counts)), -(quota - take)))
+    take[by_remainder[: num_val - int(take.sum())]] += 1
+    order = rng.permutation(total)
+    grouped = order[np.argsort(strata[order], kind="stable")]
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(total, dtype=np.int64)
+    rank[grouped] = np.arange(total) - starts[strata[grouped]]
+    is_val = rank < take[strata]
+    return np.flatnonzero(is_val).tolist(), np.flatnonzero(~is_val).tolist()
+
+
 def _maybe_subset(dataset: Dataset[Any], indices: list[int] | None) -> Dataset[Any]:
     return dataset if indices is None else Subset(dataset, indices)
 
@@ -177,28 +209,65 @@ def _label_paths(dataset: Any, indices: list[int] | None) -> Tensor | None:
 
 
 def _bundle_from_splits(
-    make: Callable[[bool, Callable[[Any], Any]], Any],
+    make: Callable[..., Any],
     args: argparse.Namespace,
     train_transform: Callable[[Any], Any],
-    eval_transform: Callable[[Any], Any],
+    eval_transform: Callable[[Any], Any] | None,
     input_size: int,
     in_chans: int = 3,
     **bundle_kwargs: Any,
 ) -> DatasetBundle:
-    """Builds the three datasets from ``make(train: bool, transform)`` and subsets them."""
+    """Builds the datasets from ``make(train: bool, transform)``: split and subsets.
+
+    The validation part (``--val-fraction`` of the train split, stratified, fixed by
+    ``--data-seed``) is never trained on. The model trains on (a ``--train-samples``
+    subset of) the rest; ``--eval-split val`` probes on the validation part,
+    ``--eval-split test`` on (a ``--test-samples`` subset of) the test split.
+    """
     train = make(True, train_transform)
     train_eval = make(True, eval_transform)
-    test_eval = make(False, eval_transform)
-    train_idx = subset_indices(len(train), args.train_samples, args.data_seed)
-    test_idx = subset_indices(len(test_eval), args.test_samples, args.data_seed)
+    paths = _label_paths(train, None)
+    if paths is None and args.val_fraction > 0:
+        raise UserError(
+            "--val-fraction needs the label paths of the training set (a label_paths "
+            "table, which every lightly_hmlc dataset has); pass --val-fraction 0."
+        )
+    val_idx, rest = (
+        validation_split(paths, args.val_fraction, args.data_seed)
+        if (paths is not None)
+        else ([], list(range(len(train))))
+    )
+    picked = subset_indices(len(rest), args.train_samples, args.data_seed)
+    train_idx = rest if picked is None else [rest[i] for i in picked]
+    if args.eval_split == "val":
+        picked = subset_indices(len(val_idx), args.test_samples, args.data_seed)
+        evaluated: Dataset[Any] = Subset(
+            train_eval, val_idx if picked is None else [val_idx[i] for i in picked]
+        )
+    else:
+        test_eval = make(False, eval_transform)
+        evaluated = _maybe_subset(
+            test_eval, subset_indices(len(test_eval), args.test_samples, args.data_seed)
+        )
+    all_train = len(train_idx) == len(train)
+    split = {
+        "eval_split": args.eval_split,
+        "val_fraction": args.val_fraction,
+        "data_seed": args.data_seed,
+        "train_split_size": len(train),
+        "val_size": len(val_idx),
+        "train_size": len(train_idx),
+        "eval_size": len(evaluated),  # type: ignore[arg-type]
+    }
     return DatasetBundle(
-        train=_maybe_subset(train, train_idx),
-        train_eval=_maybe_subset(train_eval, train_idx),
-        test_eval=_maybe_subset(test_eval, test_idx),
+        train=train if all_train else Subset(train, train_idx),
+        train_eval=train_eval if all_train else Subset(train_eval, train_idx),
+        test_eval=evaluated,
         hierarchy=train.hierarchy,
         input_size=input_size,
         in_chans=in_chans,
-        train_label_paths=_label_paths(train, train_idx),
+        train_label_paths=_label_paths(train, None if all_train else train_idx),
+        split=split,
         **bundle_kwargs,
     )
 
@@ -259,7 +328,12 @@ def build_shapes(args: argparse.Namespace) -> DatasetBundle:
 
     size = args.input_size or 16
     train_t, eval_t = image_transforms(size, {"mean": [0.5] * 3, "std": [0.25] * 3}, mild=True)
-    sizes = {True: args.train_samples or 2000, False: args.test_samples or 1000}
+    wanted = args.train_samples or 2000
+    fraction = args.val_fraction
+    sizes = {
+        True: wanted + round(wanted * fraction / (1 - fraction)),
+        False: args.test_samples or 1000,
+    }
 
     def make(train: bool, transform: Callable[[Any], Any]) -> Any:
         return ShapesDataset(
@@ -271,16 +345,8 @@ def build_shapes(args: argparse.Namespace) -> DatasetBundle:
         )
 
     make = _with_hierarchy(make, args)
-
-    train = make(True, train_t)
-    return DatasetBundle(
-        train=train,
-        train_eval=make(True, eval_t),
-        test_eval=make(False, eval_t),
-        hierarchy=train.hierarchy,
-        input_size=size,
-        train_label_paths=train.label_paths,
-    )
+    # Generated exactly: the train split is the training set plus its validation part.
+    return _bundle_from_splits(make, args, train_t, eval_t, size)
 
 
 _CIFAR_NORMALIZE = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
@@ -386,19 +452,14 @@ def build_modelnet40(args: argparse.Namespace) -> DatasetBundle:
 
     resolution = args.input_size or 32
     encoder_kwargs = {"num_views": args.num_views, "resolution": resolution, "fuse": args.view_fuse}
-    train = make(True, TwoViewPointCloudTransform(num_points=args.num_points))
-    train_eval, test_eval = make(True, None), make(False, None)
-    train_idx = subset_indices(len(train), args.train_samples, args.data_seed)
-    test_idx = subset_indices(len(test_eval), args.test_samples, args.data_seed)
-    return DatasetBundle(
-        train=_maybe_subset(train, train_idx),
-        train_eval=_maybe_subset(train_eval, train_idx),
-        test_eval=_maybe_subset(test_eval, test_idx),
-        hierarchy=train.hierarchy,
-        input_size=resolution,
+    return _bundle_from_splits(
+        make,
+        args,
+        TwoViewPointCloudTransform(num_points=args.num_points),
+        None,
+        resolution,
         encoder="depth_views",
         encoder_kwargs=encoder_kwargs,
-        train_label_paths=_label_paths(train, train_idx),
     )
 
 
@@ -457,6 +518,12 @@ class TagEpoch(Sampler[list[tuple[int, int]]]):
     def __init__(self, batch_sampler: Any) -> None:
         self.batch_sampler = batch_sampler
         self.epoch = 0
+
+    @property
+    def sampler(self) -> TagEpoch:
+        """Itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` only
+        (never on the batch sampler), so without it every epoch would repeat epoch 0."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Forwards the epoch to the wrapped sampler and tags the next batches with it."""
@@ -713,9 +780,14 @@ class RunResult:
     metrics: dict[str, Any]
 
 
+def run_label(args: argparse.Namespace, method: str) -> str:
+    """The run's name: the method, and ``--run-name`` as a suffix (``hmce-tau0.2``)."""
+    return method if not args.run_name else f"{method}-{args.run_name}"
+
+
 def run_dir_of(args: argparse.Namespace, method: str, seed: int) -> Path:
-    """``<output-dir>/<dataset>/<method>/seed<k>``."""
-    return Path(args.output_dir) / args.dataset / method / f"seed{seed}"
+    """``<output-dir>/<dataset>/<method>[-<run-name>]/seed<k>``."""
+    return Path(args.output_dir) / args.dataset / run_label(args, method) / f"seed{seed}"
 
 
 def _resume_checkpoint(args: argparse.Namespace, run_dir: Path) -> str | None:
@@ -802,7 +874,9 @@ def run_one(
     if args.hierarchical_sampler:
         _check_hierarchical_sampler(bundle, args.batch_size // world, world)
     mask_warmup, mask_refit = methods.default_mask_schedule(steps_per_epoch * args.epochs)
-    model = METHODS[method](
+    model = build_model(
+        args,
+        method,
         num_classes_per_level=bundle.hierarchy.num_classes_per_level,
         backbone=args.backbone,
         in_chans=bundle.in_chans,
@@ -837,6 +911,43 @@ def run_one(
     if not trainer.is_global_zero:
         return None
     return evaluate_run(args, bundle, model, method, seed, run_dir, trainer)
+
+
+def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods.HierarchicalMethod:
+    """The method's LightningModule with ``--loss-option``/``--head-option``; bad options
+    become a UserError naming the flag."""
+    loss_options = parse_options(args.loss_option, "--loss-option")
+    head_options = parse_options(args.head_option, "--head-option")
+    if loss_options or head_options:
+        kwargs.update(loss_options=loss_options, head_options=head_options)
+    try:
+        return methods.create_method(method, **kwargs)
+    except (TypeError, ValueError) as error:
+        given = [*args.loss_option, *args.head_option]
+        options = f" (options {given})" if given else ""
+        raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
+
+
+def parse_options(values: Sequence[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; VALUE is JSON if it parses, else a string.
+
+    Examples:
+        >>> parse_options(["temperature=0.2", "layer_penalty=exp", "x=[1, 2]"], "--loss-option")
+        {'temperature': 0.2, 'layer_penalty': 'exp', 'x': [1, 2]}
+    """
+    options: dict[str, Any] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"{flag} takes KEY=VALUE with a Python name as KEY, got {value!r}.")
+        if key in options:
+            raise UserError(f"{flag} {key} is given twice; give each key once.")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
 
 
 def _check_hierarchical_sampler(bundle: DatasetBundle, per_device: int, world: int) -> None:
@@ -897,16 +1008,23 @@ def evaluate_run(
         "run": {
             "dataset": args.dataset,
             "method": method,
+            "name": run_label(args, method),
             "seed": seed,
             "backbone": args.backbone,
             "epochs": args.epochs,
             "global_step": trainer.global_step,
+            "loss_options": parse_options(args.loss_option, "--loss-option"),
+            "head_options": parse_options(args.head_option, "--head-option"),
         },
+        "split": bundle.split,
         "train": train,
         "eval": {"eval/extract_seconds": extract_seconds, **results},
     }
     _write_json(run_dir / "metrics.json", record)
-    title = f"# {method} on {args.dataset}, seed {seed}, backbone {args.backbone}\n\n"
+    title = (
+        f"# {run_label(args, method)} on {args.dataset} ({args.eval_split} split), seed {seed}, "
+        f"backbone {args.backbone}\n\n"
+    )
     training = (
         f"\n\nTraining: {stats.get('wall_seconds', 0.0):.1f} s, "
         f"{stats.get('images_per_second', 0.0):.1f} images/s, "
@@ -962,6 +1080,7 @@ def run_suite(
     args: argparse.Namespace, extra_callbacks: Sequence[pl.Callback] = ()
 ) -> list[RunResult]:
     """Runs every method and seed of ``args``; prints and returns the results (rank 0)."""
+    check_args(args)
     names = resolve_methods(args.methods)
     seeds = _parse_seeds(args.seeds)
     if args.resume not in (None, "auto") and len(names) * len(seeds) != 1:
@@ -985,6 +1104,22 @@ def run_suite(
     return results
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuses values that no run can use, before any data is loaded."""
+    if not 0 <= args.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}.")
+    if args.eval_split == "val" and args.val_fraction == 0:
+        raise UserError("--eval-split val needs a validation part: give --val-fraction > 0.")
+    if args.run_name is not None and not re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", args.run_name
+    ):
+        raise UserError(
+            f"--run-name {args.run_name!r} names a folder: use letters, digits and '_.=+-'."
+        )
+    parse_options(args.loss_option, "--loss-option")
+    parse_options(args.head_option, "--head-option")
+
+
 def build_dataset(args: argparse.Namespace) -> DatasetBundle:
     """Calls the ``DATASETS`` builder; missing or mismatching data becomes a UserError."""
     if args.dataset not in DATASETS:
@@ -1004,12 +1139,13 @@ def build_dataset(args: argparse.Namespace) -> DatasetBundle:
 
 def resolve_methods(value: str) -> list[str]:
     """``all`` or a comma list of ``METHODS`` names."""
+    known = methods.method_names()
     if value.strip() == "all":
-        return list(METHODS)
+        return known
     names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise UserError(f"Unknown method(s) {unknown}; choose from {list(METHODS)} or 'all'.")
+        raise UserError(f"Unknown method(s) {unknown}; choose from {known} or 'all'.")
     return names
 
 
@@ -1073,7 +1209,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--preset", default="small", choices=sorted(PRESETS), help="defaults to start from")
-    add("--methods", default="all", help=f"comma list of {list(METHODS)} or 'all'")
+    add("--methods", default="all", help="comma list of methods or 'all' (see --list-methods)")
+    add("--list-methods", action="store_true", help="print the methods (baselines and losses)")
+    add("--run-name", default=None, help="suffix of the run folder: <method>-<run-name>")
+    add(
+        "--loss-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loss argument (repeatable); VALUE is JSON, else a string",
+    )
+    add(
+        "--head-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="mask-head argument of g-hmlc / a-hmlc (repeatable)",
+    )
     add("--dataset", default="shapes", help=f"one of {sorted(DATASETS)}")
     add("--data-dir", default=None, help="dataset folder or file (or $LIGHTLY_HMLC_DATA_DIR)")
     add("--hierarchy", default=None, help="hierarchy file: edge list or JSON")
@@ -1102,7 +1254,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--deterministic", default="warn", choices=["true", "warn", "false"])
     add("--hierarchical-sampler", action="store_true", help="HierarchicalBatchSampler")
     add("--train-samples", type=int, default=None, help="random training subset size")
-    add("--test-samples", type=int, default=None, help="random test subset size")
+    add("--test-samples", type=int, default=None, help="random subset of the evaluated split")
+    add(
+        "--eval-split",
+        default="test",
+        choices=["test", "val"],
+        help="probe on the test split, or on the validation part of train",
+    )
+    add(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="part of train held out as validation (never trained on); 0: none",
+    )
     add("--probe-epochs", type=int, default=30)
     add("--knn-k", type=int, default=20)
     add("--eval-batch-size", type=int, default=256)
@@ -1130,6 +1294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["compare"]:
         return compare.main(argv[1:])
     args = parse_args(argv)
+    if args.list_methods:
+        print("\n".join(methods.method_names()))
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:

@@ -38,6 +38,7 @@ biases, linear warmup for ``warmup_epochs`` then cosine decay to 0.1% per step
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -53,14 +54,8 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
-from lightly_hmlc import (
-    AHMLCLoss,
-    DepthViewEncoder,
-    GHMLCLoss,
-    HMLCLoss,
-    SupConLoss,
-    create_backbone,
-)
+from lightly_hmlc import DepthViewEncoder, create_backbone
+from lightly_hmlc.registry import component_parameters, create_loss, list_components
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 ENCODERS = ("image", "depth_views")
@@ -99,7 +94,7 @@ class HierarchicalMethod(pl.LightningModule):
         mask_refit_every: G-HMLC: steps between GMM refits (default: the head's).
 
     Examples:
-        >>> model = HMCE(num_classes_per_level=[2, 4])
+        >>> model = create_method("hmce", num_classes_per_level=[2, 4])
         >>> views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
         >>> labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
         >>> loss, logs = model.shared_step((views, labels))
@@ -109,7 +104,8 @@ class HierarchicalMethod(pl.LightningModule):
         torch.Size([4, 64])
     """
 
-    method_name: ClassVar[str] = ""
+    # A class attribute of the baselines; LabelPathMethod sets it per instance.
+    method_name: str = ""
     uses_projection_head: ClassVar[bool] = True
 
     def __init__(
@@ -450,112 +446,139 @@ class SimCLR(HierarchicalMethod):
         return loss, {}
 
 
-class _LabelPathMethod(HierarchicalMethod):
-    """Losses of two views and label paths; logs per-level terms (``train/loss_level{l}``)
-    when the loss reports them (``last_level_losses``)."""
+# The mask head of each masked method, and the GMM head's schedule options: until the
+# losses take masks from a head that the model owns, the masked losses build the head
+# from these options themselves.
+MASK_HEADS: dict[str, str] = {"g-hmlc": "gmm-mask", "a-hmlc": "attention-mask"}
+# What the suite offers every registered loss; each gets the ones its factory names.
+_SUITE_LOSS_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
+
+
+class LabelPathMethod(HierarchicalMethod):
+    """Any loss of the registry: ``create_loss(method)(z0, z1, label_paths)``.
+
+    The loss gets those of ``temperature``, ``gather_distributed``, ``num_levels`` and
+    ``dim`` (the projection width) that its factory names, then ``loss_options``. A
+    loss registered with :func:`lightly_hmlc.registry.register_loss` is therefore a
+    method of the suite with no change here. Per-level terms are logged
+    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``)
+    or keeps them (``last_level_losses``).
+
+    Args:
+        method: The registered loss name, e.g. ``"hmce"``.
+        num_classes_per_level: Classes per level, coarse to fine.
+        loss_options: Extra keyword arguments of the loss (``--loss-option``).
+        head_options: Extra keyword arguments of the mask head of ``g-hmlc`` /
+            ``a-hmlc`` (``--head-option``).
+        **kwargs: The arguments of :class:`HierarchicalMethod`.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        num_classes_per_level: Sequence[int],
+        loss_options: dict[str, Any] | None = None,
+        head_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Set before the base __init__, which checks the name and builds the loss.
+        self.method_name = method
+        self.loss_options = dict(loss_options or {})
+        self.head_options = dict(head_options or {})
+        if self.head_options and method not in MASK_HEADS:
+            raise ValueError(
+                f"head options {sorted(self.head_options)} apply only to the methods with a "
+                f"mask head, {sorted(MASK_HEADS)}; method {method!r} has none."
+            )
+        super().__init__(num_classes_per_level, **kwargs)
+
+    def build_criterion(self) -> nn.Module:
+        """The registered loss with the suite's arguments that it names, then the options."""
+        names, _ = component_parameters("loss", self.method_name)
+        offered = {
+            "temperature": self.temperature,
+            "gather_distributed": self.gather_distributed,
+            "num_levels": self.num_levels,
+            "dim": self.proj_dim,
+        }
+        kwargs = {key: offered[key] for key in _SUITE_LOSS_ARGUMENTS if key in names}
+        if MASK_HEADS.get(self.method_name) == "gmm-mask":
+            if self.mask_warmup_steps is not None:
+                kwargs["warmup_steps"] = self.mask_warmup_steps
+            if self.mask_refit_every is not None:
+                kwargs["refit_every"] = self.mask_refit_every
+        clash = sorted(set(self.head_options) & set(names))
+        if clash:
+            raise ValueError(
+                f"head options {clash} are also arguments of loss {self.method_name!r}, which "
+                "builds the head from the rest; give them as loss options."
+            )
+        kwargs.update(self.head_options)
+        kwargs.update(self.loss_options)
+        criterion = create_loss(self.method_name, **kwargs)
+        try:
+            forward = inspect.signature(criterion.forward).parameters
+        except (TypeError, ValueError):
+            forward = {}  # type: ignore[assignment]
+        self._returns_level_losses = "return_level_losses" in forward
+        return criterion
 
     def compute_loss(
         self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of the two views' projections, and its per-level terms if any."""
         assert z0 is not None and z1 is not None
-        loss: Tensor = self.criterion(z0, z1, labels)
+        level_losses: Tensor | None
+        if self._returns_level_losses:
+            loss, level_losses = self.criterion(z0, z1, labels, return_level_losses=True)
+        else:
+            loss = self.criterion(z0, z1, labels)
+            level_losses = getattr(self.criterion, "last_level_losses", None)
         logs: dict[str, Tensor] = {}
-        level_losses = getattr(self.criterion, "last_level_losses", None)
         if level_losses is not None:
             for level, value in enumerate(level_losses):
                 logs[f"loss_level{level}"] = value.detach()
         return loss, logs
 
 
-class SupCon(_LabelPathMethod):
-    """Supervised contrastive learning on the fine class (the whole label path)."""
-
-    method_name = "supcon"
-
-    def build_criterion(self) -> nn.Module:
-        """``SupConLoss``: positives share the whole label path."""
-        return SupConLoss(
-            temperature=self.temperature,
-            gather_distributed=self.gather_distributed,
-        )
+BASELINES: dict[str, type[HierarchicalMethod]] = {"ce": CrossEntropy, "simclr": SimCLR}
+# The registry lists names sorted; the paper's methods come in this order first.
+_BUILTIN_ORDER = ("supcon", "hmc", "hce", "hmce", "g-hmlc", "a-hmlc")
 
 
-class HMC(_LabelPathMethod):
-    """HMLC with ``loss_type="hmc"`` (Zhang et al., CVPR 2022)."""
+def method_names() -> list[str]:
+    """Every method of the suite: the baselines, then every registered loss.
 
-    method_name = "hmc"
+    The one table of methods: the CLI choices, ``--methods all``, ``throughput.py``
+    and the docs derive from it. Read at call time, so that a loss registered later
+    (``register_loss``, or an installed plugin) is a method too.
 
-    def build_criterion(self) -> nn.Module:
-        """``HMLCLoss`` of this method's loss type."""
-        return HMLCLoss(
-            loss_type=self.method_name,
-            temperature=self.temperature,
-            num_levels=self.num_levels,
-            gather_distributed=self.gather_distributed,
-        )
-
-
-class HCE(HMC):
-    """HMLC with ``loss_type="hce"`` (Zhang et al., CVPR 2022)."""
-
-    method_name = "hce"
+    Examples:
+        >>> method_names()[:8]
+        ['ce', 'simclr', 'supcon', 'hmc', 'hce', 'hmce', 'g-hmlc', 'a-hmlc']
+    """
+    losses = list_components()["losses"]
+    ordered = [name for name in _BUILTIN_ORDER if name in losses]
+    ordered += [name for name in losses if name not in _BUILTIN_ORDER]
+    return [*BASELINES, *ordered]
 
 
-class HMCE(HMC):
-    """HMLC with ``loss_type="hmce"`` (Zhang et al., CVPR 2022)."""
+def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
+    """The LightningModule of ``method`` (a baseline or a registered loss).
 
-    method_name = "hmce"
-
-
-class GHMLC(_LabelPathMethod):
-    """G-HMLC: HMCE on hard per-level masks from a GMM (Ott et al.)."""
-
-    method_name = "g-hmlc"
-
-    def build_criterion(self) -> nn.Module:
-        """``GHMLCLoss``; its GMM buffers are checkpointed with the module."""
-        head_kwargs: dict[str, Any] = {}
-        if self.mask_warmup_steps is not None:
-            head_kwargs["warmup_steps"] = self.mask_warmup_steps
-        if self.mask_refit_every is not None:
-            head_kwargs["refit_every"] = self.mask_refit_every
-        return GHMLCLoss(
-            num_levels=self.num_levels,
-            dim=self.proj_dim,
-            loss_type="hmce",
-            temperature=self.temperature,
-            gather_distributed=self.gather_distributed,
-            **head_kwargs,
-        )
-
-
-class AHMLC(_LabelPathMethod):
-    """A-HMLC: HMCE on soft per-level masks from attention heads (Ott et al.)."""
-
-    method_name = "a-hmlc"
-
-    def build_criterion(self) -> nn.Module:
-        """``AHMLCLoss``; its attention head is trained with the encoder."""
-        return AHMLCLoss(
-            num_levels=self.num_levels,
-            dim=self.proj_dim,
-            loss_type="hmce",
-            temperature=self.temperature,
-            gather_distributed=self.gather_distributed,
-        )
-
-
-METHOD_CLASSES: tuple[type[HierarchicalMethod], ...] = (
-    CrossEntropy,
-    SimCLR,
-    SupCon,
-    HMC,
-    HCE,
-    HMCE,
-    GHMLC,
-    AHMLC,
-)
+    Examples:
+        >>> model = create_method("hmce", num_classes_per_level=[2, 4])
+        >>> model.method_name, type(model.criterion).__name__
+        ('hmce', 'HMLCLoss')
+    """
+    if method in BASELINES:
+        for key in ("loss_options", "head_options"):
+            if kwargs.pop(key, None):
+                raise ValueError(f"method {method!r} builds no registered loss: drop {key}.")
+        return BASELINES[method](**kwargs)
+    if method not in method_names():
+        raise ValueError(f"Unknown method {method!r}; choose from {method_names()}.")
+    return LabelPathMethod(method, **kwargs)
 
 
 def default_mask_schedule(total_steps: int) -> tuple[int, int]:

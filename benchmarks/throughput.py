@@ -38,7 +38,6 @@ from torch import Tensor
 
 BASELINE = "simclr"
 DEFAULT_METHODS = ("simclr", "hmce", "g-hmlc", "a-hmlc")
-_METHODS = {cls.method_name: cls for cls in methods.METHOD_CLASSES}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -69,7 +68,8 @@ class StepRunner:
         levels = [int(n) for n in args.levels.split(",")]
         self.name = name
         self.device = device
-        self.model = _METHODS[name](
+        self.model = methods.create_method(
+            name,
             num_classes_per_level=levels,
             backbone=args.backbone,
             img_size=args.image_size,
@@ -131,9 +131,10 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Runs the benchmark; one row per method (and one for G-HMLC with refits)."""
     device = torch.device(args.device)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    unknown = [n for n in names if n not in _METHODS]
+    known = methods.method_names()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}; choose from {list(_METHODS)}.")
+        raise ValueError(f"Unknown method(s) {unknown}; choose from {known}.")
     if BASELINE not in names:
         names.insert(0, BASELINE)
     torch.manual_seed(0)

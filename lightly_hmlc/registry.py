@@ -64,6 +64,7 @@ from torch import nn
 
 __all__ = [
     "UnknownComponentError",
+    "component_parameters",
     "create_head",
     "create_loss",
     "list_components",
@@ -167,6 +168,20 @@ class _Registry:
                 f"{type(component).__name__}, expected an nn.Module."
             )
         return component
+
+    def parameters(self, name: str) -> tuple[list[str], bool]:
+        entry = self._lookup(name)
+        factory = self._resolve(name, entry)
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # some builtins have no signature
+            return [], True
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        named = [p.name for p in signature.parameters.values() if p.kind in kinds]
+        variadic = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+        )
+        return named, variadic
 
     def names(self) -> list[str]:
         self.discover()
@@ -353,6 +368,35 @@ def create_head(name: str, **kwargs: Any) -> nn.Module:
     return _HEADS.create(name, kwargs)
 
 
+def component_parameters(kind: str, name: str) -> tuple[list[str], bool]:
+    """The keyword arguments that the factory of a loss or head names.
+
+    A caller that offers a set of standard arguments (a benchmark passing
+    ``temperature``, ``num_levels``, ...) passes only those a component names, so
+    that a new component needs no entry in the caller's code.
+
+    Args:
+        kind: ``"loss"`` or ``"head"``.
+        name: The registered name.
+
+    Returns:
+        ``(names, variadic)``: the named keyword parameters of the factory (with
+        registered defaults not subtracted), and whether it also takes ``**kwargs``.
+
+    Raises:
+        ValueError: For another ``kind``; ``UnknownComponentError`` for an unknown name.
+
+    Examples:
+        >>> names, variadic = component_parameters("loss", "supcon")
+        >>> "temperature" in names, "num_levels" in names, variadic
+        (True, False, False)
+    """
+    registries = {"loss": _LOSSES, "head": _HEADS}
+    if kind not in registries:
+        raise ValueError(f"kind must be 'loss' or 'head', got {kind!r}.")
+    return registries[kind].parameters(name)
+
+
 def list_components() -> dict[str, list[str]]:
     """Returns the sorted names of all losses and heads, entry points included.
 
@@ -436,10 +480,12 @@ for _loss_type in ("hmc", "hce", "hmce"):
     _builtin(_LOSSES, _loss_type, "lightly_hmlc.loss.hmlc:HMLCLoss", loss_type=_loss_type)
 _builtin(_LOSSES, "g-hmlc", "lightly_hmlc.loss.masked:GHMLCLoss")
 _builtin(_LOSSES, "a-hmlc", "lightly_hmlc.loss.masked:AHMLCLoss")
+_builtin(_LOSSES, "masked-hmlc", "lightly_hmlc.loss.masked:RegisteredHeadHMLCLoss")
 _builtin(_HEADS, "gmm-mask", "lightly_hmlc.models.modules.gmm_mask_head:GMMFeatureMaskHead")
 _builtin(
     _HEADS, "attention-mask", "lightly_hmlc.models.modules.attention_mask_head:AttentionMaskHead"
 )
+_builtin(_HEADS, "block-mask", "lightly_hmlc.models.modules.block_mask_head:BlockMaskHead")
 _builtin(
     _HEADS,
     "query-attention",

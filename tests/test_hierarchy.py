@@ -179,3 +179,118 @@ def test_numpy_ids_are_accepted() -> None:
     expected = hierarchy.label_paths([0, 3]).tolist()
     assert hierarchy.label_paths(np.array([0, 3])).tolist() == expected
     assert hierarchy.label_paths([np.int64(0), np.int64(3)]).tolist() == expected
+
+
+# ---------------------------------------------------------------- taxonomy files (issue 9)
+EDGE_TEXT = "# parent child\nanimal cat\nanimal dog\nvehicle car\n"
+NESTED_JSON = '{"animal": ["cat", "dog"], "vehicle": ["car"]}'
+
+
+@pytest.mark.parametrize(("name", "text"), [("tree.txt", EDGE_TEXT), ("tree.json", NESTED_JSON)])
+def test_a_byte_order_mark_parses_like_the_same_file_without_one(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    plain = tmp_path / f"plain_{name}"
+    plain.write_text(text, encoding="utf-8")
+    bom = tmp_path / f"bom_{name}"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # what Notepad writes
+    expected = LabelHierarchy.load(plain)
+    loaded = LabelHierarchy.load(bom)
+    assert loaded == expected
+    assert loaded.level_names(0) == ["animal", "vehicle"]
+    assert torch.equal(loaded.leaf_paths, expected.leaf_paths)
+
+
+def test_a_bom_in_json_text_is_dropped() -> None:
+    assert LabelHierarchy.from_json("\ufeff" + NESTED_JSON) == LabelHierarchy.from_json(NESTED_JSON)
+
+
+@pytest.mark.parametrize("name", ["latin1.txt", "latin1.json"])
+def test_a_latin1_file_names_the_file_and_the_fix(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    text = EDGE_TEXT + "animal caf\u00e9\n" if name.endswith(".txt") else '{"caf\u00e9": null}'
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{name}.*not UTF-8.*Save it as UTF-8"):
+        LabelHierarchy.load(path)
+
+
+def test_duplicate_json_keys_are_an_error_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "dup.json"
+    path.write_text('{"animal": ["cat"], "vehicle": ["car"], "animal": ["dog"]}')
+    with pytest.raises(ValueError, match="key 'animal' twice"):
+        LabelHierarchy.load(path)
+    with pytest.raises(ValueError, match="key 'cat' twice"):
+        LabelHierarchy.from_json('{"animal": {"cat": null, "cat": {"tabby": null}}}')
+
+
+def test_invalid_json_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"animal": ["cat",]}')
+    with pytest.raises(ValueError, match="broken.json is not valid JSON.*line 1"):
+        LabelHierarchy.load(path)
+
+
+def test_edge_list_comments_and_names_with_spaces(tmp_path: Path) -> None:
+    path = tmp_path / "tree.txt"
+    path.write_text("animal cat  # a comment after a pair\n\tanimal\tdog\n#only a comment\n")
+    assert LabelHierarchy.load(path).leaves == ["cat", "dog"]
+    path.write_text("sea mammal sea lion\n")
+    with pytest.raises(ValueError, match="tree.txt:1: .*names with spaces.*JSON"):
+        LabelHierarchy.load(path)
+    json_path = tmp_path / "tree.json"
+    json_path.write_text('{"sea mammal": ["sea lion"]}')
+    assert LabelHierarchy.load(json_path).leaves == ["sea lion"]
+
+
+# ---------------------------------------------------------------- built-in taxonomies (issue 10)
+def test_every_builtin_taxonomy_is_reachable_by_name_and_shortcut() -> None:
+    from lightly_hmlc.data import ModelNet40Hierarchical, ShapesDataset
+    from lightly_hmlc.hierarchy import BUILTIN
+
+    shortcuts = {
+        "cifar100": LabelHierarchy.cifar100,
+        "cifar10": LabelHierarchy.cifar10,
+        "mnist": LabelHierarchy.mnist,
+        "shapes": LabelHierarchy.shapes,
+        "modelnet40": LabelHierarchy.modelnet40,
+    }
+    assert set(BUILTIN) == set(shortcuts)
+    sizes = {
+        "cifar100": [20, 100],
+        "cifar10": [2, 10],
+        "mnist": [3, 10],
+        "shapes": [3, 6, 12],
+        "modelnet40": [6, 40],
+    }
+    for name, shortcut in shortcuts.items():
+        assert LabelHierarchy.builtin(name) == shortcut()
+        assert shortcut().num_classes_per_level == sizes[name]
+    # The datasets take their default hierarchy from the same place.
+    assert ShapesDataset.build_hierarchy() == LabelHierarchy.shapes()
+    assert ModelNet40Hierarchical.build_hierarchy() == LabelHierarchy.modelnet40()
+    assert LabelHierarchy.shapes().leaves == ShapesDataset(num_samples=12).classes
+
+
+def test_unknown_builtin_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="'cifar1000'.*did you mean 'cifar100'.*modelnet40"):
+        LabelHierarchy.builtin("cifar1000")
+
+
+def test_builtin_tables_are_read_only() -> None:
+    from lightly_hmlc.hierarchy import BUILTIN, MODELNET40_GROUPS
+
+    with pytest.raises(TypeError):
+        MODELNET40_GROUPS["extra"] = ("thing",)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        BUILTIN["cifar10"]["vehicle"] = ("boat",)  # type: ignore[index]
+    assert LabelHierarchy.modelnet40().num_classes_per_level == [6, 40]
+
+
+def test_formats_module_gives_parent_maps(tmp_path: Path) -> None:
+    from lightly_hmlc.hierarchy import formats
+
+    parents = formats.parents_from_nested(tree().to_nested())
+    assert LabelHierarchy(parents) == tree()
+    path = tmp_path / "t.json"
+    formats.to_json(parents, path)
+    assert formats.load_parents(path) == tree().to_dict()["parents"]

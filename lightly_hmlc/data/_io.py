@@ -5,6 +5,7 @@ Nothing here downloads anything; every reader raises an error that names the fil
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
@@ -13,24 +14,15 @@ import struct
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-
-IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".bmp",
-    ".pgm",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.mnist import SN3_PASCALVINCENT_TYPEMAP, read_sn3_pascalvincent_tensor
+from torchvision.datasets.utils import extract_archive
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -134,37 +126,65 @@ def extract_archive_once(
 
 
 def _unpack(archive: Path, out: Path) -> None:
+    # torchvision's extract_archive does the extraction (it picks the opener by suffix).
     if zipfile.is_zipfile(archive):
+        # zipfile itself never writes outside ``out``; refuse such a member instead of
+        # silently renaming it.
         with zipfile.ZipFile(archive) as zf:
             for name in zf.namelist():
-                resolved = (out / name).resolve()
-                if not resolved.is_relative_to(out.resolve()):
+                if not (out / name).resolve().is_relative_to(out.resolve()):
                     raise ValueError(f"Archive {str(archive)!r} has an unsafe member {name!r}.")
-            zf.extractall(out)
-        return
-    try:
-        tar = tarfile.open(archive)
-    except tarfile.TarError as error:
+    elif not tarfile.is_tarfile(archive):
         raise ValueError(
-            f"{str(archive)!r} is not a tar or zip archive ({error}); give a .tar.gz, .tgz, "
-            ".tar or .zip file."
+            f"{str(archive)!r} is not a tar or zip archive; give a .tar.gz, .tgz, .tar or "
+            ".zip file."
+        )
+    elif not hasattr(tarfile, "data_filter"):  # pragma: no cover - Python < 3.10.12
+        _check_tar_members(archive, out)
+    try:
+        with _tar_data_filter():
+            extract_archive(archive, out)
+    except tarfile.FilterError as error:
+        raise ValueError(
+            f"Archive {str(archive)!r} has an unsafe member ({error}); not extracted."
         ) from error
-    with tar:
-        if hasattr(tarfile, "data_filter"):
-            try:
-                tar.extractall(out, filter="data")
-            except tarfile.FilterError as error:
-                raise ValueError(
-                    f"Archive {str(archive)!r} has an unsafe member ({error}); not extracted."
-                ) from error
-        else:  # pragma: no cover - Python < 3.10.12 without extraction filters
-            for member in tar.getmembers():
-                resolved = (out / member.name).resolve()
-                if not resolved.is_relative_to(out.resolve()) or member.issym() or member.islnk():
-                    raise ValueError(
-                        f"Archive {str(archive)!r} has an unsafe member {member.name!r}."
-                    )
-            tar.extractall(out)
+    except (RuntimeError, OSError, tarfile.TarError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"Could not extract {str(archive)!r} ({error}); give a .tar.gz, .tgz, .tar.bz2, "
+            ".tar.xz, .tar or .zip file whose name ends in its type."
+        ) from error
+
+
+@contextlib.contextmanager
+def _tar_data_filter() -> Iterator[None]:
+    """Makes tar extraction use the ``"data"`` filter while torchvision extracts.
+
+    torchvision calls ``extractall`` without a filter, which before Python 3.14 trusts
+    ``../`` paths and links (and warns on 3.12+). The class attribute is Python's
+    documented way to set the default filter; it is restored afterwards. Checking the
+    members in a pass of our own instead would read a .tar.gz twice (+5 s for CIFAR-10).
+    """
+    if not hasattr(tarfile, "data_filter"):  # pragma: no cover - checked before
+        yield
+        return
+    missing = object()
+    previous = tarfile.TarFile.__dict__.get("extraction_filter", missing)
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del tarfile.TarFile.extraction_filter
+        else:
+            tarfile.TarFile.extraction_filter = previous  # type: ignore[assignment]
+
+
+def _check_tar_members(archive: Path, out: Path) -> None:  # pragma: no cover - old Python
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            resolved = (out / member.name).resolve()
+            if not resolved.is_relative_to(out.resolve()) or member.issym() or member.islnk():
+                raise ValueError(f"Archive {str(archive)!r} has an unsafe member {member.name!r}.")
 
 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
@@ -206,26 +226,23 @@ def scan_image_folder(
             f"Image folder {str(root)!r} not found. Expected a folder with one sub-folder "
             "per class, e.g. root/cat/001.jpg, root/dog/002.jpg."
         )
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    classes = [name for name in classes if not name.startswith(".")]
+    try:
+        found_classes, _ = find_classes(root)
+    except FileNotFoundError:
+        found_classes = []
+    # Hidden folders (.ipynb_checkpoints, .DS_Store bundles) are not classes.
+    classes = [name for name in found_classes if not name.startswith(".")]
     if not classes:
         raise FileNotFoundError(
             f"Image folder {str(root)!r} has no class sub-folders. Expected one sub-folder "
             "per class, e.g. root/cat/001.jpg, root/dog/002.jpg."
         )
     suffixes = tuple(ext.lower() for ext in extensions)
-    samples: list[tuple[str, int]] = []
-    empty: list[str] = []
-    for index, name in enumerate(classes):
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.lower().endswith(suffixes):
-                    found.append(os.path.join(dirpath, filename))
-        if not found:
-            empty.append(name)
-        samples.extend((path, index) for path in found)
+    class_to_idx = {name: index for index, name in enumerate(classes)}
+    # allow_empty: the empty classes are reported below with the fix.
+    samples = make_dataset(root, class_to_idx, extensions=suffixes, allow_empty=True)
+    counts = np.bincount([index for _, index in samples], minlength=len(classes))
+    empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
     if empty:
         raise FileNotFoundError(
             f"No image files ({', '.join(suffixes)}) in class folder(s) {empty[:20]} under "
@@ -258,21 +275,16 @@ def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
-_IDX_DTYPES: dict[int, np.dtype[Any]] = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads an idx file (the MNIST raw format), optionally gzip-compressed.
 
+    The parse is torchvision's ``read_sn3_pascalvincent_tensor``; this function adds
+    gzip support and checks the header and the size first, so that a bad file gives an
+    error naming it (torchvision only asserts).
+
     Raises:
-        OSError: Naming the file if its header is not a valid idx header.
+        OSError: Naming the file if its header is not a valid idx header or its size
+            does not match the header (a truncated download).
 
     Examples:
         >>> import tempfile, pathlib, struct
@@ -282,22 +294,40 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         [7, 1, 4]
     """
     path = Path(path)
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        data = file.read()
-    if len(data) < 4:
-        raise OSError(f"{str(path)!r} is too short to be an idx file.")
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or code not in _IDX_DTYPES or ndim < 1:
-        raise OSError(f"{str(path)!r} does not start with an idx header (got {data[:4]!r}).")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape)) * dtype.itemsize
-    body = data[4 + 4 * ndim :]
-    if len(body) != expected:
+    if path.suffix != ".gz":
+        return _read_plain_idx(path, path)
+    # torchvision opens the path itself, so a compressed file is unpacked to a temporary
+    # file first (MNIST's largest file is 47 MB).
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / path.stem
+        try:
+            with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as error:
+            raise OSError(f"Cannot decompress {str(path)!r}: {error}.") from error
+        return _read_plain_idx(plain, path)
+
+
+def _read_plain_idx(path: Path, shown: Path) -> np.ndarray:
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if len(head) < 4:
+        raise OSError(f"{str(shown)!r} is too short to be an idx file.")
+    zero, code, ndim = struct.unpack(">HBB", head[:4])
+    if zero != 0 or code not in SN3_PASCALVINCENT_TYPEMAP or not 1 <= ndim <= 3:
         raise OSError(
-            f"{str(path)!r}: the header announces shape {shape} ({expected} bytes) but the "
-            f"file holds {len(body)} bytes; the file is truncated or corrupt."
+            f"{str(shown)!r} does not start with an idx header of 1 to 3 dimensions (got "
+            f"{head[:4]!r})."
         )
-    array = np.frombuffer(body, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
+    if len(head) < 4 + 4 * ndim:
+        raise OSError(f"{str(shown)!r} is too short for its {ndim}-dimensional idx header.")
+    shape = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
+    itemsize = SN3_PASCALVINCENT_TYPEMAP[code].itemsize
+    expected = int(np.prod(shape)) * itemsize
+    body = path.stat().st_size - 4 - 4 * ndim
+    if body != expected:
+        raise OSError(
+            f"{str(shown)!r}: the header announces shape {shape} ({expected} bytes) but the "
+            f"file holds {body} bytes; the file is truncated or corrupt."
+        )
+    return read_sn3_pascalvincent_tensor(str(path)).numpy()

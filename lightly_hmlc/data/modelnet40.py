@@ -14,57 +14,11 @@ from torch import Tensor
 
 from lightly_hmlc.data._base import HierarchicalDataset, check_classes_match
 from lightly_hmlc.hierarchy import LabelHierarchy
+from lightly_hmlc.hierarchy.builtin import MODELNET40_GROUPS
 
 __all__ = ["ModelNet40Hierarchical", "MODELNET40_GROUPS"]
 
 _RELEASE_DIR = "modelnet40_ply_hdf5_2048"
-
-#: Our coarse grouping of the 40 ModelNet40 categories (every category in one group).
-MODELNET40_GROUPS: dict[str, tuple[str, ...]] = {
-    # Pieces of furniture one sits, sleeps on or stores things in.
-    "furniture": (
-        "bed",
-        "bench",
-        "bookshelf",
-        "chair",
-        "desk",
-        "dresser",
-        "night_stand",
-        "sofa",
-        "stool",
-        "table",
-        "tv_stand",
-        "wardrobe",
-    ),
-    # Vessels that hold something.
-    "containers": ("bottle", "bowl", "cup", "flower_pot", "glass_box", "vase"),
-    # Vehicles, electronics and appliances.
-    "machines": (
-        "airplane",
-        "car",
-        "keyboard",
-        "laptop",
-        "monitor",
-        "radio",
-        "range_hood",
-        "xbox",
-    ),
-    # Parts and fixtures of buildings, and shelters.
-    "architecture": (
-        "bathtub",
-        "curtain",
-        "door",
-        "mantel",
-        "sink",
-        "stairs",
-        "tent",
-        "toilet",
-    ),
-    # Musical instruments and other household objects.
-    "instruments_and_objects": ("cone", "guitar", "lamp", "piano"),
-    # People and plants.
-    "living_things": ("person", "plant"),
-}
 
 
 class ModelNet40Hierarchical(HierarchicalDataset):
@@ -77,8 +31,9 @@ class ModelNet40Hierarchical(HierarchicalDataset):
     file, which are in random order), then ``transform`` (e.g.
     :class:`TwoViewPointCloudTransform`). Targets are label paths ``[group, category]``.
 
-    The default hierarchy, :meth:`build_hierarchy`, is our own grouping of the
-    categories into 6 groups, :data:`MODELNET40_GROUPS`:
+    The default hierarchy, :meth:`build_hierarchy` (``LabelHierarchy.modelnet40()``), is
+    our own grouping of the categories into 6 groups, :data:`MODELNET40_GROUPS` (defined
+    with the other built-in taxonomies in :mod:`lightly_hmlc.hierarchy.builtin`):
 
     - ``furniture``: bed, bench, bookshelf, chair, desk, dresser, night_stand, sofa,
       stool, table, tv_stand, wardrobe;
@@ -161,7 +116,7 @@ class ModelNet40Hierarchical(HierarchicalDataset):
             >>> ModelNet40Hierarchical.build_hierarchy().num_classes_per_level
             [6, 40]
         """
-        return LabelHierarchy.from_nested({g: list(c) for g, c in MODELNET40_GROUPS.items()})
+        return LabelHierarchy.modelnet40()
 
     def load_sample(self, index: int) -> Tensor:
         """The point cloud of sample ``index``, ``FloatTensor [num_points, 3]``."""

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from lightly_hmlc.label_paths import check_label_paths
+
 __all__ = ["HierarchicalBatchSampler"]
 
 
@@ -199,28 +201,15 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
 
 
 def _as_paths(label_paths: Any) -> np.ndarray:
-    tensor = torch.as_tensor(label_paths)
-    if tensor.ndim == 1:
-        tensor = tensor[:, None]
-    if tensor.ndim != 2 or tensor.shape[1] < 1:
-        raise ValueError(
-            f"label_paths must have shape [N, L], got {tuple(tensor.shape)}; pass "
-            "dataset.label_paths."
-        )
-    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-        raise ValueError(f"label_paths must hold integers, got dtype {tensor.dtype}.")
-    paths = tensor.to(torch.int64).cpu().numpy()
-    if (paths < -1).any():
-        raise ValueError("label_paths may only hold class ids >= 0 and -1 (unknown level).")
-    unknown = paths < 0
-    after = unknown[:, :-1] & ~unknown[:, 1:]
-    if after.any():
-        row = int(np.nonzero(after.any(1))[0][0])
-        raise ValueError(
-            f"Row {row} of label_paths, {paths[row].tolist()}, has a known level after an "
-            "unknown (-1) one; label paths must be known from the coarsest level down."
-        )
-    return paths
+    # The sampler runs once per epoch on the host, so it can afford the value checks.
+    tensor = check_label_paths(
+        torch.as_tensor(label_paths),
+        name="label_paths",
+        allow_class_ids=True,
+        check_values=True,
+        known_prefix=True,
+    )
+    return tensor.cpu().numpy()
 
 
 class _Tree:

@@ -12,18 +12,25 @@ from torch import Tensor
 from lightly_hmlc.data._base import HierarchicalDataset
 from lightly_hmlc.hierarchy import LabelHierarchy
 
+# The hierarchy lives with the other built-in taxonomies; the renderer reads the families.
+from lightly_hmlc.hierarchy.builtin import SHAPE_FAMILIES as _SHAPES
+
 __all__ = ["ShapesDataset"]
 
-_SHAPES = ("disc", "square", "triangle")
-_FILLS = ("hollow", "solid")
-_SIZES = ("large", "small")
 # Centre hue of each shape family (fraction of the colour circle): red, green, blue.
+# Every image's hue is drawn within +-_HUE_SPREAD of its family's centre, so neighbouring
+# families overlap in colour: hue is a hint, the outline decides.
 _HUES = {"disc": 0.0, "square": 0.33, "triangle": 0.62}
+_HUE_SPREAD = 0.22
 # Radius of a "large" shape as a fraction of the image size; "small" is 0.8 times that.
+# The per-image scale jitter (x0.86..1.14) makes the two sizes overlap: the size of a
+# shape alone does not always tell its fine class.
 _LARGE_RADIUS = 0.30
 _SMALL_FACTOR = 0.8
-# A hollow shape keeps the outer 45% of its radius.
-_HOLE_FACTOR = 0.55
+_SCALE_JITTER = (0.86, 1.14)
+# A hollow shape keeps the outer 30-55% of its radius (its hole is 45-70% of it).
+_HOLE_FACTOR = (0.45, 0.70)
+_PIXEL_NOISE = 0.10
 _CHUNK = 2048  # images rendered at once: bounds the float32 work arrays to a few MB
 
 
@@ -40,19 +47,26 @@ class ShapesDataset(HierarchicalDataset):
     ============  =====================================  ============================
     level         classes                                what tells them apart
     ============  =====================================  ============================
-    0 (coarse)    ``disc``, ``square``, ``triangle``     outline and hue family (red,
-                                                         green, blue): strong
+    0 (coarse)    ``disc``, ``square``, ``triangle``     the outline; the hue family
+                                                         (red, green, blue, +-0.22 of
+                                                         the colour circle) overlaps
+                                                         its neighbours: a hint only
     1 (middle)    ``<family>_hollow``, ``<family>_solid`` hollow (a ring or frame that
-                                                         keeps the outer 45%) or
+                                                         keeps the outer 30-55%) or
                                                          filled: moderate
     2 (fine)      ``<family>_<fill>_large``, ``_small``  radius 0.30 or 0.24 of the
-                                                         image size: subtle
+                                                         image size, jittered by
+                                                         x0.86..1.14, so the sizes
+                                                         overlap: subtle, not always
+                                                         decidable
     ============  =====================================  ============================
 
     Nuisance, drawn independently for every image: position (centre within +-12% of
-    the image size), rotation (+-20 degrees), scale (x0.92..1.08, so the two sizes are
-    6% apart at worst), hue (+-0.04), saturation and brightness of the shape, the grey
-    level and tint of the background, and Gaussian pixel noise.
+    the image size), rotation (+-20 degrees), scale, hue, saturation and brightness of
+    the shape, the grey level and tint of the background (which can be close to the
+    shape's brightness) and strong Gaussian pixel noise (sd 0.10). The data is meant
+    to be hard enough that the per-level table separates methods: no level is solved
+    by a single trivial cue.
 
     Classes are balanced (``num_samples // 12`` per class, the remainder spread over
     the first classes) and shuffled. ``classes`` equals ``hierarchy.leaves``, so the
@@ -115,21 +129,13 @@ class ShapesDataset(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The 3 x 2 x 2 hierarchy of the classes (see the class docstring).
+        """The 3 x 2 x 2 hierarchy of the classes (``LabelHierarchy.shapes()``, see above).
 
         Examples:
             >>> ShapesDataset.build_hierarchy().num_classes_per_level
             [3, 6, 12]
         """
-        return LabelHierarchy.from_nested(
-            {
-                shape: {
-                    f"{shape}_{fill}": [f"{shape}_{fill}_{size}" for size in _SIZES]
-                    for fill in _FILLS
-                }
-                for shape in _SHAPES
-            }
-        )
+        return LabelHierarchy.shapes()
 
     def load_sample(self, index: int) -> Image.Image:
         """The PIL image of sample ``index``."""
@@ -168,7 +174,7 @@ def _render_chunk(
 ) -> np.ndarray:
     n = len(shape)
     radius = size * _LARGE_RADIUS * np.where(small, _SMALL_FACTOR, 1.0)
-    radius = radius * rng.uniform(0.92, 1.08, n)
+    radius = radius * rng.uniform(*_SCALE_JITTER, n)
     centre = size / 2 + rng.uniform(-0.12, 0.12, (n, 2)) * size
     angle = np.deg2rad(rng.uniform(-20.0, 20.0, n))
     coords = np.arange(size, dtype=np.float32) + 0.5
@@ -181,20 +187,21 @@ def _render_chunk(
     v = -sin * dx + cos * dy
     r = radius.astype(np.float32)[:, None, None]
     outer = _distance(shape, u, v, r)
-    inner = _distance(shape, u, v, r * _HOLE_FACTOR)
+    hole = rng.uniform(*_HOLE_FACTOR, n).astype(np.float32)[:, None, None]
+    inner = _distance(shape, u, v, r * hole)
     # Signed distance in pixels (negative inside); a hollow shape removes the inner part.
     dist = np.where(hollow[:, None, None], np.maximum(outer, -inner), outer)
     alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]  # one-pixel anti-aliased edge
 
     fg = _hsv_to_rgb(
-        (hue + rng.uniform(-0.04, 0.04, n)) % 1.0,
-        rng.uniform(0.65, 0.95, n),
-        rng.uniform(0.75, 1.0, n),
+        (hue + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD, n)) % 1.0,
+        rng.uniform(0.45, 0.95, n),
+        rng.uniform(0.55, 1.0, n),
     ).astype(np.float32)
-    grey = rng.uniform(0.05, 0.45, (n, 1))
+    grey = rng.uniform(0.05, 0.55, (n, 1))
     bg = np.clip(grey + rng.uniform(-0.05, 0.05, (n, 3)), 0.0, 1.0).astype(np.float32)
     image = bg[:, None, None, :] * (1 - alpha) + fg[:, None, None, :] * alpha
-    image += rng.normal(0.0, 0.05, image.shape).astype(np.float32)
+    image += rng.normal(0.0, _PIXEL_NOISE, image.shape).astype(np.float32)
     return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

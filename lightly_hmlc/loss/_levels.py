@@ -401,6 +401,48 @@ def aggregate_levels(
     return total_share + (total_value - total_share).detach()
 
 
+def apply_masks(features: Tensor, masks: Tensor, num_levels: int, source: str = "masks") -> Tensor:
+    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``."""
+    return F.normalize(features.unsqueeze(1) * check_masks(features, masks, num_levels, source), 2)
+
+
+def check_masks(features: Tensor, masks: Tensor, num_levels: int, source: str = "masks") -> Tensor:
+    """Validated masks ``[1 | 2B, L, D]`` in the features' dtype (``[B]`` masks repeated).
+
+    Args:
+        features: ``[2B, D]`` L2-normalised rows of ``cat([out0, out1])``.
+        masks: ``[1, L, D]`` (shared by all rows), ``[B, L, D]`` (per sample, used for
+            both views) or ``[2B, L, D]`` (per row of ``cat([out0, out1])``).
+        num_levels: L, the depth of the label paths.
+        source: How the error message names the masks.
+
+    Raises:
+        ValueError: If ``masks`` is not a floating point tensor of one of those shapes.
+    """
+    rows, dim = features.shape
+    if not isinstance(masks, Tensor):
+        raise ValueError(f"{source} must be a torch.Tensor, got {type(masks).__name__}.")
+    if not masks.dtype.is_floating_point:
+        raise ValueError(
+            f"{source} must be a floating point tensor, got {masks.dtype}: convert hard "
+            "masks with masks.float()."
+        )
+    if (
+        masks.dim() != 3
+        or tuple(masks.shape[1:]) != (num_levels, dim)
+        or masks.shape[0] not in (1, rows // 2, rows)
+    ):
+        raise ValueError(
+            f"{source} has shape {tuple(masks.shape)}; expected [1 | {rows // 2} | {rows}, "
+            f"{num_levels}, {dim}] (shared | per sample | per row of cat([out0, out1]), "
+            "levels, dim). Check the head's num_levels and dim against the labels and the "
+            "projection width."
+        )
+    if masks.shape[0] == rows // 2 and rows // 2 != 1:
+        masks = masks.repeat(2, 1, 1)  # one mask per sample serves both of its views
+    return masks.to(device=features.device, dtype=features.dtype)
+
+
 def normalize_features(out0: Tensor, out1: Tensor) -> Tensor:
     """Both views stacked, L2-normalised, in float32 or wider (also under autocast)."""
     dtype = torch.promote_types(out0.dtype, torch.float32)

@@ -14,6 +14,7 @@ from lightly_hmlc.loss._levels import (
     normalize_features,
     validate_inputs,
 )
+from lightly_hmlc.loss._memory import append_memory, check_memory
 
 
 class SupConLoss(nn.Module):
@@ -48,6 +49,9 @@ class SupConLoss(nn.Module):
         >>> loss = loss_fn(out0, out1, labels)
         >>> loss.shape
         torch.Size([])
+        >>> _, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
+        >>> level_losses.shape
+        torch.Size([1])
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
@@ -57,20 +61,33 @@ class SupConLoss(nn.Module):
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
 
-    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+    def forward(
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        memory: tuple[Tensor, Tensor] | None = None,
+        return_level_losses: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
 
         Args:
             out0: ``[B, D]`` projections of the first view.
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B]`` class ids or ``[B, L]`` label paths; ``-1`` is unknown.
+            memory: Optional ``(features [K, D], labels [K] | [K, L])`` extra contrast
+                rows, e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
+                positives and negatives of the batch's anchors, never anchors.
+            return_level_losses: Also return the detached level terms, shape ``[1]``
+                (SupCon has one level), as :class:`HMLCLoss` does.
 
         Returns:
-            The scalar loss.
+            The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
         labels = validate_inputs(out0, out1, labels)
         features = normalize_features(out0, out1)
         batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
+        batch = append_memory(batch, check_memory(memory, features, labels.shape[1]))
         paths = batch.contrast_labels
         if paths.shape[1] > 1:
             # The whole path is the class; ids are made after gathering, so that they
@@ -80,4 +97,5 @@ class SupConLoss(nn.Module):
             paths = torch.where(unknown, -1, path_ids).unsqueeze(1)
             batch = dataclasses.replace(batch, contrast_labels=paths)
         share, value = level_terms(batch, self.temperature)
-        return aggregate_levels(share, value, "hmc", weights=None)
+        loss = aggregate_levels(share, value, "hmc", weights=None)
+        return (loss, value) if return_level_losses else loss

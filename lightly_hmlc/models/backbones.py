@@ -32,24 +32,20 @@ from __future__ import annotations
 
 import difflib
 import os
-import warnings
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import timm
-import torch
 from timm.models import (
     build_model_with_cfg,
     generate_default_cfgs,
-    get_pretrained_cfg,
     register_model,
 )
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["CifarResNet", "create_backbone"]
+from lightly_hmlc.models._weights import find_cached_weights, load_checkpoint
+
+__all__ = ["CifarResNet", "create_backbone", "feature_dim", "load_checkpoint"]
 
 # Model-name prefixes that timm resolves outside its registry.
 _LOCAL_DIR_PREFIX = "local-dir:"
@@ -126,7 +122,7 @@ def create_backbone(
         kwargs["img_size"] = img_size
 
     if pretrained is True and not name.startswith(_LOCAL_DIR_PREFIX):
-        weights = _find_cached_weights(name, cache_dir=timm_kwargs.get("cache_dir"))
+        weights = find_cached_weights(name, cache_dir=timm_kwargs.get("cache_dir"))
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, file=weights)
         model = _create(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     else:
@@ -154,72 +150,6 @@ def feature_dim(model: nn.Module) -> int:
         f"{type(model).__name__} has neither head_hidden_size nor num_features; "
         "pass a timm model or give the feature width explicitly."
     )
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Loads a local checkpoint into ``model``, dropping classifier keys.
-
-    The checkpoint is a state dict, or a dict with the state dict under
-    ``"state_dict"`` or ``"model"``; a ``"module."`` prefix (DistributedDataParallel)
-    is removed. Keys of the classifier named in ``model.pretrained_cfg`` are
-    dropped. Missing and unexpected keys are reported in a warning; tensors whose
-    shapes differ, or a checkpoint with no key in common with the model, raise.
-
-    Args:
-        model: The model to load into, in place.
-        path: A ``.pth``/``.pt``/``.bin`` file (read with ``weights_only=True``) or a
-            ``.safetensors`` file.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a state dict, no key matches, or shapes
-            differ.
-
-    Examples:
-        >>> import tempfile, pathlib, torch
-        >>> model, _ = create_backbone("resnet_tiny_cifar")
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.pth"
-        >>> torch.save({"state_dict": model.state_dict()}, path)
-        >>> load_checkpoint(create_backbone("resnet_tiny_cifar")[0], path)
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: '{path}'.")
-    state_dict = _read_state_dict(path)
-
-    classifiers = _classifier_names(model)
-    dropped = [k for k in state_dict if any(k.startswith(c + ".") for c in classifiers)]
-    for key in dropped:
-        del state_dict[key]
-
-    target = model.state_dict()
-    matched = [k for k in state_dict if k in target]
-    if not matched:
-        raise ValueError(
-            f"No key of checkpoint '{path}' matches {type(model).__name__}: checkpoint keys "
-            f"start with {_preview(list(state_dict))}, model keys with {_preview(list(target))}. "
-            "Was it saved from the same architecture?"
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in matched
-        if state_dict[k].shape != target[k].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"Checkpoint '{path}' does not fit the model ({len(mismatched)} shape mismatches: "
-            f"{_preview(mismatched)}). Create the model with the checkpoint's in_chans and "
-            "img_size, or adapt the checkpoint."
-        )
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        warnings.warn(
-            f"Loaded {len(matched)} tensors from '{path}'; {len(result.missing_keys)} model keys "
-            f"are missing from it and keep their random initialisation "
-            f"{_preview(result.missing_keys)}, {len(result.unexpected_keys)} checkpoint keys are "
-            f"unused {_preview(result.unexpected_keys)}.",
-            stacklevel=2,
-        )
 
 
 class CifarResNet(ResNet):
@@ -362,121 +292,3 @@ def _create(name: str, **kwargs: Any) -> nn.Module:
             raise ValueError(f"{err} Available tags: {timm.list_pretrained(arch + '.*')}.") from err
         raise
     return model
-
-
-def _find_cached_weights(name: str, cache_dir: str | os.PathLike[str] | None) -> str:
-    """Returns the path of timm's pretrained weights for ``name`` in the local cache."""
-    try:
-        cfg = get_pretrained_cfg(name)
-    except RuntimeError as err:
-        arch = name.split(".", 1)[0]
-        raise ValueError(f"{err} Available tags: {timm.list_pretrained(arch + '.*')}.") from err
-    how_to = (
-        "lightly_hmlc never downloads weights at run time. On a machine with internet, save "
-        f"them with `torch.save(timm.create_model('{name}', pretrained=True).state_dict(), "
-        f"'weights.pth')`, copy the file here and pass pretrained='/path/to/weights.pth' "
-        "(or copy the filled Hugging Face cache, ~/.cache/huggingface, here)."
-    )
-    if cfg is None or not cfg.has_weights:
-        raise ValueError(
-            f"timm has no pretrained weights for '{name}'. Use pretrained=False, or pass a local "
-            "checkpoint as pretrained='/path/to/weights.pth'."
-        )
-
-    looked: list[str] = []
-    if cfg.hf_hub_id:
-        found = _find_in_hf_cache(cfg.hf_hub_id, cfg.hf_hub_filename, cache_dir, looked)
-        if found is not None:
-            return found
-    url = cfg.url[0] if isinstance(cfg.url, tuple) else cfg.url
-    if url:
-        filename = os.path.basename(urlparse(url).path)
-        directory = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
-        candidate = directory / filename
-        looked.append(str(candidate))
-        if candidate.is_file():
-            return str(candidate)
-    if cfg.file and Path(cfg.file).is_file():
-        return str(cfg.file)
-    raise FileNotFoundError(
-        f"Pretrained weights for '{name}' are not in the local cache (looked for: "
-        f"{', '.join(looked) or 'nothing to look for'}). {how_to}"
-    )
-
-
-def _find_in_hf_cache(
-    hub_id: str,
-    filename: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    looked: list[str],
-) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    repo_id, _, revision = hub_id.partition("@")
-    filename = filename or "pytorch_model.bin"
-    names = [filename]
-    # timm prefers a safetensors file next to a pickled one.
-    if filename.endswith("pytorch_model.bin"):
-        names.insert(0, filename[: -len("pytorch_model.bin")] + "model.safetensors")
-    for candidate in names:
-        looked.append(f"hf://{repo_id}/{candidate}")
-        found = try_to_load_from_cache(
-            repo_id,
-            candidate,
-            cache_dir=Path(cache_dir) if cache_dir else None,
-            revision=revision or None,
-        )
-        if isinstance(found, str) and os.path.isfile(found):
-            return found
-    return None
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        checkpoint: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"Could not read checkpoint '{path}' with torch.load(weights_only=True): {err}. "
-                "Save the plain state dict, torch.save(model.state_dict(), path), and try again."
-            ) from err
-    if isinstance(checkpoint, Mapping) and not _is_state_dict(checkpoint):
-        for key in ("state_dict", "model"):
-            if key in checkpoint and isinstance(checkpoint[key], Mapping):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, Mapping) or not _is_state_dict(checkpoint):
-        raise ValueError(
-            f"Checkpoint '{path}' is not a state dict (a mapping from names to tensors), nor a "
-            "dict holding one under 'state_dict' or 'model'."
-        )
-    state_dict = dict(checkpoint)
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
-    return len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    )
-
-
-def _classifier_names(model: nn.Module) -> tuple[str, ...]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    classifier = cfg.get("classifier") if isinstance(cfg, Mapping) else None
-    if classifier is None:
-        return ()
-    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
-
-
-def _preview(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-    return f"[{shown}{more}]"

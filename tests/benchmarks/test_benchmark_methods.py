@@ -21,7 +21,7 @@ from tests.benchmarks.suite_utils import (  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("method", list(main.METHODS))
+@pytest.mark.parametrize("method", methods.method_names())
 def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method: str) -> None:
     results = main.run_suite(main.parse_args(tiny_args(tmp_path, "--methods", method)))
     assert [r.method for r in results] == [method]
@@ -46,6 +46,9 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
         "backbone": "resnet_tiny_cifar",
         "epochs": 1,
         "global_step": 2,
+        "name": method,
+        "loss_options": {},
+        "head_options": {},
     }
     for key in [*LEVEL_KEYS, "hier/mistake_severity", "hier/hdist@5"]:
         value = record["eval"][key]
@@ -84,7 +87,7 @@ def test_history_has_one_value_per_epoch(tmp_path: Path) -> None:
 
 
 def test_ce_fine_targets_handle_leaves_at_different_depths() -> None:
-    model = methods.CrossEntropy(num_classes_per_level=[2, 3])
+    model = methods.create_method("ce", num_classes_per_level=[2, 3])
     labels = torch.tensor([[0, 2], [1, -1], [-1, -1]])
     # level-1 ids are offset by the 2 level-0 classes; an all-unknown path is ignored
     assert model.fine_targets(labels).tolist() == [4, 1, -100]

@@ -61,7 +61,9 @@ def test_short_hmlc_training_beats_random_backbone(tmp_path: Path) -> None:
     # The same architecture and seed, untrained, through the same probe.
     bundle = main.build_dataset(args)
     pl.seed_everything(0)
-    model = methods.HMCE(num_classes_per_level=bundle.hierarchy.num_classes_per_level, in_chans=1)
+    model = methods.create_method(
+        "hmce", num_classes_per_level=bundle.hierarchy.num_classes_per_level, in_chans=1
+    )
     random = evaluate_features(
         *extract_features(model.backbone, bundle.train_eval),
         *extract_features(model.backbone, bundle.test_eval),

@@ -98,13 +98,13 @@ def test_checkpoint_of_another_method_or_backbone_is_refused(
 
 def test_lightning_module_refuses_checkpoint_of_another_method(hmce_checkpoint: Path) -> None:
     checkpoint = torch.load(hmce_checkpoint, weights_only=False)
-    model = methods.SupCon(num_classes_per_level=[3, 6, 12])
+    model = methods.create_method("supcon", num_classes_per_level=[3, 6, 12])
     with pytest.raises(methods.CheckpointMismatchError, match="'hmce'.*'supcon'"):
         model.on_load_checkpoint(checkpoint)
-    other = methods.HMCE(num_classes_per_level=[20, 100])
+    other = methods.create_method("hmce", num_classes_per_level=[20, 100])
     with pytest.raises(methods.CheckpointMismatchError, match=r"\[3, 6, 12\].*\[20, 100\]"):
         other.on_load_checkpoint(checkpoint)
-    methods.HMCE(num_classes_per_level=[3, 6, 12]).on_load_checkpoint(checkpoint)
+    methods.create_method("hmce", num_classes_per_level=[3, 6, 12]).on_load_checkpoint(checkpoint)
 
 
 def test_existing_run_is_not_overwritten_silently(

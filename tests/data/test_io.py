@@ -87,3 +87,76 @@ def test_load_pickle_normalises_keys_and_names(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(OSError, match="not a dict"):
         load_pickle(path)
+
+
+# ------------------------------------------------ torchvision's own code (issue 10)
+def test_image_extensions_and_scan_order_are_torchvision_s(tmp_path: Path) -> None:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS as TV_EXTENSIONS
+
+    from lightly_hmlc.data._io import IMG_EXTENSIONS, scan_image_folder
+
+    assert IMG_EXTENSIONS == TV_EXTENSIONS
+    for rel in ["cat/b.jpg", "cat/a/x.PNG", "cat/a-b/y.jpg", "dog/1.jpeg", "dog/notes.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".txt"):
+            (tmp_path / rel).write_text("not an image")
+        else:
+            Image.new("RGB", (2, 2)).save(tmp_path / rel, format="PNG")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # hidden: not a class
+    classes, samples = scan_image_folder(tmp_path)
+    assert classes == ["cat", "dog"]
+    # Same files, same order and same class ids as torchvision's ImageFolder (which,
+    # unlike us, would count the hidden folder as a class; move it out for the check).
+    (tmp_path / ".ipynb_checkpoints").rmdir()
+    assert samples == ImageFolder(str(tmp_path)).samples
+    assert [Path(p).name for p, _ in samples] == ["b.jpg", "x.PNG", "y.jpg", "1.jpeg"]
+
+
+def test_only_hidden_folders_is_no_class(tmp_path: Path) -> None:
+    from lightly_hmlc.data._io import scan_image_folder
+
+    (tmp_path / ".hidden").mkdir()
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        scan_image_folder(tmp_path)
+
+
+def test_read_idx_gz_matches_plain(tmp_path: Path) -> None:
+    import gzip
+
+    header = b"\x00\x00\x08\x03" + np.array([2, 2, 3], ">u4").tobytes()
+    data = header + bytes(range(12))
+    (tmp_path / "img-idx3-ubyte").write_bytes(data)
+    (tmp_path / "img-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    plain = read_idx(tmp_path / "img-idx3-ubyte")
+    assert plain.shape == (2, 2, 3) and plain.dtype == np.uint8
+    assert np.array_equal(read_idx(tmp_path / "img-idx3-ubyte.gz"), plain)
+    (tmp_path / "short-idx3-ubyte.gz").write_bytes(gzip.compress(data[:-1]))
+    with pytest.raises(OSError, match=r"short-idx3-ubyte\.gz.*truncated"):
+        read_idx(tmp_path / "short-idx3-ubyte.gz")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(OSError, match=r"Cannot decompress .*bad\.gz"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_tar_link_out_of_the_destination_is_refused(tmp_path: Path) -> None:
+    import tarfile as tf
+
+    archive = tmp_path / "links.tar.gz"
+    with tf.open(archive, "w:gz") as tar:
+        info = tf.TarInfo("data/link")
+        info.type = tf.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(ValueError, match="unsafe member"):
+        extract_archive_once(archive, tmp_path / "out")
+    # The default filter of tarfile is restored afterwards.
+    assert tf.TarFile.__dict__["extraction_filter"] is None
+
+
+def test_archive_with_an_unknown_suffix_says_which_names_work(tmp_path: Path) -> None:
+    archive = tmp_path / "data.archive"
+    _tar(archive, {"data/a.txt": b"one"})
+    with pytest.raises(ValueError, match="whose name ends in its type"):
+        extract_archive_once(archive, tmp_path / "out")

@@ -220,7 +220,7 @@ def test_flat_labels() -> None:
         (torch.tensor([[0, 1], [-1, 2]]), "known level after an unknown"),
         (torch.tensor([[0.0, 1.0]]), "integers"),
         (torch.tensor([[0, -2]]), "-1"),
-        (torch.zeros(2, 2, 2, dtype=torch.long), r"\[N, L\]"),
+        (torch.zeros(2, 2, 2, dtype=torch.long), r"label_paths must have shape \[B\] or \[B, L\]"),
         (torch.full((4, 2), -1), "No usable sample"),
     ],
 )

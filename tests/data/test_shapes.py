@@ -89,24 +89,25 @@ def test_other_image_sizes() -> None:
     assert ds.data.shape == (12, 64, 64, 3)
 
 
-def test_coarse_is_visibly_separable_and_fine_is_harder() -> None:
+def test_levels_are_learnable_and_harder_from_coarse_to_fine() -> None:
     train = ShapesDataset(num_samples=1200, seed=0, split="train")
     test = ShapesDataset(num_samples=600, seed=0, split="test")
     accuracy = []
     for level in range(3):
         pred, true = _nearest_mean_predictions(train, test, level)
         accuracy.append(float((pred == true).mean()))
-    # Nearest class mean on raw pixels: coarse almost perfect, then harder level by level.
-    assert accuracy[0] > 0.95, accuracy
+    # Nearest class mean on raw pixels: well above chance at every level, harder level by
+    # level, and no level solved by the pixels alone (hue only hints at the family).
+    assert 0.6 < accuracy[0] < 0.9, accuracy  # chance: 1/3
     assert accuracy[0] > accuracy[1] > accuracy[2], accuracy
-    assert accuracy[2] < 0.9, accuracy
-    assert accuracy[2] > 3 / 12, accuracy  # far above chance: the fine cue is learnable
-    # The hierarchy is visible: fine mistakes mostly stay within the right coarse class.
+    assert 2 / 12 < accuracy[2] < 0.5, accuracy  # chance: 1/12
+    # The hierarchy is visible: fine mistakes stay within the right coarse class far more
+    # often than chance (3 of the 11 wrong classes share the coarse class).
     pred, true = _nearest_mean_predictions(train, test, 2)
     leaf_paths = train.hierarchy.leaf_paths
     wrong = pred != true
     same_coarse = (leaf_paths[pred[wrong], 0] == leaf_paths[true[wrong], 0]).float().mean()
-    assert same_coarse > 0.9
+    assert same_coarse > 0.5
 
 
 def test_lightly_multiview_transform_and_dataloader() -> None:

@@ -258,3 +258,20 @@ def test_invalid_arguments() -> None:
         create_backbone("resnet_tiny_cifar", in_chans=0)
     with pytest.raises(TypeError, match="pretrained"):
         create_backbone("resnet_tiny_cifar", pretrained=1.0)  # type: ignore[arg-type]
+
+
+def test_compiled_checkpoint_prefix_is_removed(tmp_path: Path) -> None:
+    # timm's load_state_dict strips torch.compile's "_orig_mod." as well as DDP's "module.".
+    state = _classifier_state_dict("resnet_tiny_cifar")
+    torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()}, tmp_path / "w.pth")
+    model, _ = create_backbone("resnet_tiny_cifar", pretrained=tmp_path / "w.pth")
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
+
+
+def test_unreadable_checkpoint_names_file_and_fix(tmp_path: Path) -> None:
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"Could not read checkpoint .*broken\.pth.*state dict"):
+        create_backbone("resnet_tiny_cifar", pretrained=tmp_path / "broken.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="not a state dict"):
+        create_backbone("resnet_tiny_cifar", pretrained=tmp_path / "list.pth")

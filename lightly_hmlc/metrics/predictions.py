@@ -1,4 +1,4 @@
-"""Hierarchy-aware evaluation metrics on label paths and leaf ids.
+"""Metrics of predicted label paths and leaf ids, aware of the hierarchy.
 
 Label paths are ``[N, L]`` integer tensors, coarse to fine, with ``-1`` for an unknown
 level (the contract of :class:`~lightly_hmlc.hierarchy.LabelHierarchy`). Leaf ids index

@@ -1,32 +1,33 @@
-"""Label hierarchies: a rooted tree of named classes and the label paths it induces.
+"""The label tree: :class:`LabelHierarchy` and its queries.
 
 A :class:`LabelHierarchy` turns a fine class (a leaf of the tree) into its *label path*,
 the integer row ``[coarse, ..., fine]`` that every loss of this package consumes. Leaves
 that sit higher in the tree than the deepest leaf are padded with ``-1`` (unknown level).
 
 The label path ``[B, L]`` is the only contract between datasets and losses: a loss never
-sees class names and a dataset never sees a loss.
+sees class names and a dataset never sees a loss. The file formats live in
+:mod:`lightly_hmlc.hierarchy.formats` and the built-in taxonomies in
+:mod:`lightly_hmlc.hierarchy.builtin`; the ``from_*`` / ``load`` / ``cifar100`` class
+methods here are the public way to reach them.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import operator
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, SupportsIndex, cast
 
 import torch
 from torch import Tensor
 
-JSON_FORMAT = "lightly_hmlc.hierarchy/v1"
+from lightly_hmlc.hierarchy.constructors import HierarchyConstructors
+from lightly_hmlc.hierarchy.formats import check_name
 
-__all__ = ["LabelHierarchy", "JSON_FORMAT"]
+__all__ = ["LabelHierarchy"]
 
 
-class LabelHierarchy:
+class LabelHierarchy(HierarchyConstructors):
     """A rooted tree of named classes, coarse to fine.
 
     Nodes without a parent form level 0 (the coarsest level, below an implicit root).
@@ -58,9 +59,9 @@ class LabelHierarchy:
     def __init__(self, parents: Mapping[str, str | None]) -> None:
         full: dict[str, str | None] = {}
         for child, parent in parents.items():
-            _check_name(child)
+            check_name(child)
             if parent is not None:
-                _check_name(parent)
+                check_name(parent)
             full[child] = parent
         for parent in list(full.values()):
             if parent is not None and parent not in full:
@@ -102,212 +103,6 @@ class LabelHierarchy:
             seen.append(node)
             node = self._parent[node]
         return len(seen) - 1
-
-    # ------------------------------------------------------------------ builders
-    @classmethod
-    def from_edges(cls, edges: Iterable[tuple[str, str]]) -> LabelHierarchy:
-        """Builds a hierarchy from ``(parent, child)`` pairs.
-
-        Raises:
-            ValueError: If a child has two different parents.
-
-        Examples:
-            >>> LabelHierarchy.from_edges([("animal", "cat"), ("animal", "dog")]).leaves
-            ['cat', 'dog']
-        """
-        parents: dict[str, str | None] = {}
-        for parent, child in edges:
-            _check_name(parent)
-            _check_name(child)
-            if child == parent:
-                raise ValueError(f"Class {child!r} is its own parent: remove that edge.")
-            known = parents.get(child)
-            if known is not None and known != parent:
-                raise ValueError(
-                    f"Class {child!r} has two parents, {known!r} and {parent!r}: a label "
-                    "hierarchy is a tree, so keep one edge and rename the other class."
-                )
-            parents[child] = parent
-            parents.setdefault(parent, None)
-        return cls(parents)
-
-    @classmethod
-    def from_edge_list_file(cls, path: str | os.PathLike[str]) -> LabelHierarchy:
-        """Reads an edge-list text file: one ``parent child`` pair per line.
-
-        Blank lines and text after ``#`` are ignored. A line with a single name declares
-        a top-level class.
-
-        Examples:
-            >>> import tempfile, pathlib
-            >>> f = pathlib.Path(tempfile.mkdtemp()) / "tree.txt"
-            >>> _ = f.write_text("# parent child\\nanimal cat\\nanimal dog\\n")
-            >>> LabelHierarchy.from_edge_list_file(f).level_names(1)
-            ['cat', 'dog']
-        """
-        edges: list[tuple[str, str]] = []
-        roots: list[str] = []
-        text = Path(path).read_text(encoding="utf-8")
-        for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) == 1:
-                roots.append(parts[0])
-            elif len(parts) == 2:
-                edges.append((parts[0], parts[1]))
-            else:
-                raise ValueError(
-                    f"{path}:{number}: expected 'parent child' (two names without spaces), "
-                    f"got {raw.strip()!r}."
-                )
-        hierarchy_parents = cls.from_edges(edges)._parent if edges else {}
-        parents: dict[str, str | None] = dict(hierarchy_parents)
-        for root in roots:
-            if parents.get(root) is not None:
-                raise ValueError(
-                    f"{path}: {root!r} is declared top-level but also has parent "
-                    f"{parents[root]!r}; remove one of the two lines."
-                )
-            parents[root] = None
-        return cls(parents)
-
-    @classmethod
-    def from_nested(cls, tree: Mapping[str, Any] | Sequence[Any]) -> LabelHierarchy:
-        """Builds a hierarchy from a nested dict.
-
-        A value is a dict of children, a list of children (names or dicts), or
-        ``None`` / ``{}`` / ``[]`` for a leaf.
-
-        Examples:
-            >>> h = LabelHierarchy.from_nested({"animal": ["cat", "dog"], "vehicle": {"car": None}})
-            >>> h.label_paths(["car"]).tolist()
-            [[1, 0]]
-        """
-        edges: list[tuple[str, str]] = []
-        roots: list[str] = []
-
-        def visit(parent: str | None, node: Any) -> None:
-            if node is None:
-                return
-            if isinstance(node, str):
-                items: Iterable[tuple[str, Any]] = [(node, None)]
-            elif isinstance(node, Mapping):
-                items = node.items()
-            elif isinstance(node, list | tuple):
-                for item in node:
-                    visit(parent, item)
-                return
-            else:
-                raise ValueError(
-                    f"Unsupported node {node!r} under {parent!r}: use a dict, a list, a "
-                    "class name, or None for a leaf."
-                )
-            for name, sub in items:
-                _check_name(name)
-                if parent is None:
-                    roots.append(name)
-                else:
-                    edges.append((parent, name))
-                visit(name, sub)
-
-        visit(None, tree)
-        parents: dict[str, str | None] = dict(cls.from_edges(edges)._parent) if edges else {}
-        for root in roots:
-            if parents.get(root) is not None:
-                raise ValueError(
-                    f"Class {root!r} appears at the top level and under {parents[root]!r}."
-                )
-            parents[root] = None
-        return cls(parents)
-
-    @classmethod
-    def from_label_paths(cls, paths: Iterable[Sequence[str]]) -> LabelHierarchy:
-        """Builds a hierarchy from label paths of names, coarse to fine.
-
-        Examples:
-            >>> h = LabelHierarchy.from_label_paths([["animal", "cat"], ["vehicle", "car"]])
-            >>> h.parent("cat")
-            'animal'
-        """
-        edges: list[tuple[str, str]] = []
-        roots: list[str] = []
-        for path in paths:
-            names = [name for name in path if name is not None]
-            if not names:
-                raise ValueError("A label path is empty: give at least the top-level class.")
-            roots.append(names[0])
-            edges.extend(zip(names[:-1], names[1:], strict=True))
-        parents: dict[str, str | None] = dict(cls.from_edges(edges)._parent) if edges else {}
-        for root in roots:
-            _check_name(root)
-            if parents.get(root) is not None:
-                raise ValueError(
-                    f"Class {root!r} starts a label path but also has parent {parents[root]!r}."
-                )
-            parents[root] = None
-        return cls(parents)
-
-    @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike[str]) -> LabelHierarchy:
-        """Reads the JSON written by :meth:`to_json`, or a plain nested dict in JSON.
-
-        Accepts a JSON string or a path to a ``.json`` file.
-        """
-        if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip().startswith(
-            ("{", "[")
-        ):
-            text = Path(text_or_path).read_text(encoding="utf-8")
-        else:
-            text = str(text_or_path)
-        data = json.loads(text)
-        if isinstance(data, Mapping) and data.get("format") == JSON_FORMAT:
-            parents = data.get("parents")
-            if not isinstance(parents, Mapping):
-                raise ValueError(f"JSON hierarchy of format {JSON_FORMAT} needs a 'parents' dict.")
-            return cls(dict(parents))
-        if isinstance(data, Mapping | list):
-            return cls.from_nested(data)
-        raise ValueError("A JSON hierarchy must be an object (nested dict of classes).")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LabelHierarchy:
-        """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list.
-
-        Raises:
-            FileNotFoundError: If the file does not exist.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Hierarchy file {str(path)!r} not found. Write one 'parent child' pair per "
-                "line (an edge list) or a nested JSON dict, and pass its path."
-            )
-        if path.suffix.lower() == ".json":
-            return cls.from_json(path)
-        return cls.from_edge_list_file(path)
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form: the format tag and the child -> parent mapping."""
-        return {
-            "format": JSON_FORMAT,
-            "parents": {name: self._parent[name] for name in sorted(self._parent)},
-        }
-
-    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Serialises losslessly to JSON; writes it to ``path`` when given.
-
-        Examples:
-            >>> h = LabelHierarchy({"cat": "animal"})
-            >>> LabelHierarchy.from_json(h.to_json()) == h
-            True
-        """
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
 
     def to_nested(self) -> dict[str, Any]:
         """The tree as a nested dict (leaves map to ``None``)."""
@@ -504,57 +299,6 @@ class LabelHierarchy:
         height = self.num_levels - shared
         return torch.where(same, torch.zeros_like(height), height)
 
-    # ------------------------------------------------------------------ built-ins
-    @classmethod
-    def cifar100(cls) -> LabelHierarchy:
-        """CIFAR-100 with its official 20 superclasses and official class names.
-
-        Fine ids equal the official ``fine_labels`` and coarse ids the official
-        ``coarse_labels`` of the dataset files.
-
-        Examples:
-            >>> h = LabelHierarchy.cifar100()
-            >>> h.num_classes_per_level
-            [20, 100]
-            >>> h.id_to_name(0, int(h.label_paths(["whale"])[0, 0]))
-            'aquatic_mammals'
-        """
-        return cls.from_nested({coarse: list(fine) for coarse, fine in _CIFAR100.items()})
-
-    @classmethod
-    def cifar10(cls) -> LabelHierarchy:
-        """CIFAR-10 grouped into ``vehicle`` (airplane, automobile, ship, truck) and
-        ``animal`` (the other six). Fine ids equal CIFAR-10's official label ids.
-
-        Examples:
-            >>> LabelHierarchy.cifar10().label_paths([0, 3]).tolist()
-            [[1, 0], [0, 3]]
-        """
-        return cls.from_nested(
-            {
-                "vehicle": ["airplane", "automobile", "ship", "truck"],
-                "animal": ["bird", "cat", "deer", "dog", "frog", "horse"],
-            }
-        )
-
-    @classmethod
-    def mnist(cls) -> LabelHierarchy:
-        """MNIST digits grouped by stroke shape (our documented choice).
-
-        - ``loop``: 0, 6, 8, 9 (a closed loop);
-        - ``straight``: 1, 4, 7 (straight strokes only);
-        - ``curve``: 2, 3, 5 (open curves).
-
-        Digit names are ``"0"`` .. ``"9"``, so leaf ids equal the digits.
-
-        Examples:
-            >>> LabelHierarchy.mnist().label_paths([0, 1, 2]).tolist()
-            [[1, 0], [2, 1], [0, 2]]
-        """
-        return cls.from_nested(
-            {"loop": ["0", "6", "8", "9"], "straight": ["1", "4", "7"], "curve": ["2", "3", "5"]}
-        )
-
     # ------------------------------------------------------------------ helpers
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.num_levels:
@@ -571,36 +315,6 @@ class LabelHierarchy:
             )
 
 
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
-
-
 def _suggest(name: str, candidates: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=3)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
-# Official CIFAR-100 superclasses and their fine classes (the dataset's meta files).
-_CIFAR100: dict[str, tuple[str, ...]] = {
-    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
-    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
-    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
-    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
-    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
-    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
-    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
-    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
-    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
-    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
-    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
-    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
-    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
-    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
-    "people": ("baby", "boy", "girl", "man", "woman"),
-    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
-    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
-    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
-    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
-    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
-}

@@ -1,0 +1,322 @@
+"""File formats and builders of label hierarchies: every one yields a child -> parent map.
+
+Each reader returns the ``{child: parent or None}`` mapping that
+:class:`~lightly_hmlc.hierarchy.LabelHierarchy` is built from, so the tree never needs to
+know about files, and a new format is one function here. The formats:
+
+- *edges*: ``(parent, child)`` pairs (:func:`parents_from_edges`);
+- *edge list*: a text file with one ``parent child`` pair per line (:func:`read_edge_list`);
+- *nested*: a nested dict / list of classes (:func:`parents_from_nested`);
+- *label paths*: rows of names, coarse to fine (:func:`parents_from_label_paths`);
+- *JSON*: the lossless ``lightly_hmlc.hierarchy/v1`` document written by
+  :func:`to_json`, or a nested dict in JSON (:func:`read_json`).
+
+Files are read as UTF-8 with ``utf-8-sig``, so a byte-order mark (as Windows Notepad
+writes) is dropped instead of sticking to the first class name.
+
+Examples:
+    >>> parents_from_edges([("animal", "cat"), ("animal", "dog")])
+    {'cat': 'animal', 'animal': None, 'dog': 'animal'}
+    >>> parents_from_nested({"animal": ["cat"], "vehicle": None})
+    {'cat': 'animal', 'animal': None, 'vehicle': None}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "JSON_FORMAT",
+    "Parents",
+    "load_parents",
+    "parents_from_edges",
+    "parents_from_label_paths",
+    "parents_from_nested",
+    "read_edge_list",
+    "read_json",
+    "to_dict",
+    "to_json",
+]
+
+#: The format tag of the JSON that :func:`to_json` writes.
+JSON_FORMAT = "lightly_hmlc.hierarchy/v1"
+
+#: A child -> parent mapping; ``None`` marks a top-level class.
+Parents = dict[str, str | None]
+
+
+def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
+    """The parent map of ``(parent, child)`` pairs.
+
+    Raises:
+        ValueError: If a child has two different parents or is its own parent.
+
+    Examples:
+        >>> parents_from_edges([("animal", "cat")])
+        {'cat': 'animal', 'animal': None}
+    """
+    parents: Parents = {}
+    for parent, child in edges:
+        check_name(parent)
+        check_name(child)
+        if child == parent:
+            raise ValueError(f"Class {child!r} is its own parent: remove that edge.")
+        known = parents.get(child)
+        if known is not None and known != parent:
+            raise ValueError(
+                f"Class {child!r} has two parents, {known!r} and {parent!r}: a label "
+                "hierarchy is a tree, so keep one edge and rename the other class."
+            )
+        parents[child] = parent
+        parents.setdefault(parent, None)
+    return parents
+
+
+def read_edge_list(path: str | os.PathLike[str]) -> Parents:
+    """Reads an edge-list text file: one ``parent child`` pair per line.
+
+    The format, exactly:
+
+    - ``#`` starts a comment that runs to the end of the line, wherever it stands, so a
+      class name cannot contain ``#``.
+    - Names are separated by whitespace (spaces or tabs), so a name cannot contain a
+      space. A line with three or more names is an error. For names with spaces or ``#``
+      (e.g. ``"sea lion"``), write a nested JSON dict instead and load it with
+      :func:`read_json` or ``LabelHierarchy.load`` (``.json`` suffix).
+    - Blank lines are ignored. A line with a single name declares a top-level class.
+    - The file is read as UTF-8; a byte-order mark (as Notepad writes) is dropped.
+
+    Raises:
+        ValueError: If a line has more than two names, a class has two parents, or the
+            file is not UTF-8 text (the message names the file).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "tree.txt"
+        >>> _ = f.write_text("# parent child\\nanimal cat  # a comment\\nvehicle\\n")
+        >>> read_edge_list(f)
+        {'cat': 'animal', 'animal': None, 'vehicle': None}
+    """
+    edges: list[tuple[str, str]] = []
+    roots: list[str] = []
+    for number, raw in enumerate(read_text(path).splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) == 1:
+            roots.append(parts[0])
+        elif len(parts) == 2:
+            edges.append((parts[0], parts[1]))
+        else:
+            raise ValueError(
+                f"{path}:{number}: expected 'parent child' (two names without spaces), "
+                f"got {raw.strip()!r}. For class names with spaces, write the hierarchy "
+                "as a nested JSON dict in a .json file instead."
+            )
+    parents = parents_from_edges(edges)
+    for root in roots:
+        if parents.get(root) is not None:
+            raise ValueError(
+                f"{path}: {root!r} is declared top-level but also has parent "
+                f"{parents[root]!r}; remove one of the two lines."
+            )
+        parents[root] = None
+    return parents
+
+
+def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
+    """The parent map of a nested dict.
+
+    A value is a dict of children, a list of children (names or dicts), or
+    ``None`` / ``{}`` / ``[]`` for a leaf.
+
+    Examples:
+        >>> parents_from_nested({"animal": {"cat": ["tabby"]}})
+        {'cat': 'animal', 'animal': None, 'tabby': 'cat'}
+    """
+    edges: list[tuple[str, str]] = []
+    roots: list[str] = []
+
+    def visit(parent: str | None, node: Any) -> None:
+        if node is None:
+            return
+        if isinstance(node, str):
+            items: Iterable[tuple[str, Any]] = [(node, None)]
+        elif isinstance(node, Mapping):
+            items = node.items()
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(parent, item)
+            return
+        else:
+            raise ValueError(
+                f"Unsupported node {node!r} under {parent!r}: use a dict, a list, a "
+                "class name, or None for a leaf."
+            )
+        for name, sub in items:
+            check_name(name)
+            if parent is None:
+                roots.append(name)
+            else:
+                edges.append((parent, name))
+            visit(name, sub)
+
+    visit(None, tree)
+    parents = parents_from_edges(edges)
+    for root in roots:
+        if parents.get(root) is not None:
+            raise ValueError(
+                f"Class {root!r} appears at the top level and under {parents[root]!r}."
+            )
+        parents[root] = None
+    return parents
+
+
+def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
+    """The parent map of label paths of names, coarse to fine.
+
+    Examples:
+        >>> parents_from_label_paths([["animal", "cat"], ["vehicle"]])
+        {'cat': 'animal', 'animal': None, 'vehicle': None}
+    """
+    edges: list[tuple[str, str]] = []
+    roots: list[str] = []
+    for path in paths:
+        names = [name for name in path if name is not None]
+        if not names:
+            raise ValueError("A label path is empty: give at least the top-level class.")
+        roots.append(names[0])
+        edges.extend(zip(names[:-1], names[1:], strict=True))
+    parents = parents_from_edges(edges)
+    for root in roots:
+        check_name(root)
+        if parents.get(root) is not None:
+            raise ValueError(
+                f"Class {root!r} starts a label path but also has parent {parents[root]!r}."
+            )
+        parents[root] = None
+    return parents
+
+
+def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
+    """Reads the JSON written by :func:`to_json`, or a plain nested dict in JSON.
+
+    Accepts a JSON string or a path to a ``.json`` file. Files are read as UTF-8 and a
+    byte-order mark is dropped. JSON is the format for class names that contain spaces
+    or ``#``.
+
+    Raises:
+        ValueError: If the text is not valid JSON, an object has the same key twice
+            (Python's ``json`` would silently keep the last one, dropping a subtree), or
+            the file is not UTF-8 text.
+
+    Examples:
+        >>> read_json('{"sea mammal": ["sea lion"]}')
+        {'sea lion': 'sea mammal', 'sea mammal': None}
+    """
+    source = "JSON text"
+    if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip(
+        "\ufeff \t\r\n"
+    ).startswith(("{", "[")):
+        text = read_text(text_or_path)
+        source = str(text_or_path)
+    else:
+        text = str(text_or_path).removeprefix("\ufeff")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno}, column "
+            f"{error.colno}. Write a nested dict of classes, e.g. "
+            '{"animal": ["cat", "dog"]}.'
+        ) from error
+    if isinstance(data, Mapping) and data.get("format") == JSON_FORMAT:
+        parents = data.get("parents")
+        if not isinstance(parents, Mapping):
+            raise ValueError(f"JSON hierarchy of format {JSON_FORMAT} needs a 'parents' dict.")
+        return dict(parents)
+    if isinstance(data, Mapping | list):
+        return parents_from_nested(data)
+    raise ValueError("A JSON hierarchy must be an object (nested dict of classes).")
+
+
+def load_parents(path: str | os.PathLike[str]) -> Parents:
+    """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is not UTF-8 or not in the format its suffix says.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Hierarchy file {str(path)!r} not found. Write one 'parent child' pair per "
+            "line (an edge list) or a nested JSON dict, and pass its path."
+        )
+    if path.suffix.lower() == ".json":
+        return read_json(path)
+    return read_edge_list(path)
+
+
+def to_dict(parents: Mapping[str, str | None]) -> dict[str, Any]:
+    """The JSON-ready form: the format tag and the child -> parent mapping, sorted.
+
+    Examples:
+        >>> to_dict({"cat": "animal", "animal": None})["parents"]
+        {'animal': None, 'cat': 'animal'}
+    """
+    return {"format": JSON_FORMAT, "parents": {name: parents[name] for name in sorted(parents)}}
+
+
+def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | None = None) -> str:
+    """Serialises a parent map losslessly to JSON; writes it (UTF-8) to ``path`` when given.
+
+    Examples:
+        >>> read_json(to_json({"cat": "animal", "animal": None}))
+        {'animal': None, 'cat': 'animal'}
+    """
+    text = json.dumps(to_dict(parents), indent=2, ensure_ascii=False)
+    if path is not None:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The text of a hierarchy file, decoded as UTF-8 without a byte-order mark.
+
+    Raises:
+        ValueError: If the file is not UTF-8, naming the file and how to fix it.
+    """
+    # utf-8-sig drops a leading byte-order mark; with plain utf-8 it would stick to the
+    # first class name and silently create a second top-level class.
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Hierarchy file {str(path)!r} is not UTF-8 text (byte {error.start}: "
+            f"{error.reason}). Save it as UTF-8 (e.g. 'Save as... > Encoding: UTF-8' in "
+            "your editor, or `iconv -f latin1 -t utf-8`) and load it again."
+        ) from error
+
+
+def check_name(name: object) -> None:
+    """Raises a ValueError unless ``name`` is a non-empty string."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(
+                f"The JSON hierarchy has the key {key!r} twice in one object; JSON keeps "
+                "only the last one, which would drop a subtree. Merge the two entries."
+            )
+        result[key] = value
+    return result

@@ -1,0 +1,143 @@
+"""The one check of the label-path contract ``[B, L]`` shared by losses, heads and data.
+
+A label path is a row of integer class ids, coarse to fine, with ``-1`` for an unknown
+level (Zhang et al., CVPR 2022, Sec. 3: a sample is labelled at every level of the
+hierarchy). :func:`check_label_paths` is the single place that checks it, so that every
+component gives the same error for the same mistake.
+
+By default it checks only what the tensor's metadata tells (type, dtype, shape). That
+never waits for an accelerator: reading a value of a CUDA tensor on the host (``bool(...)``,
+``.item()``, ``.tolist()``) blocks until every queued kernel has run, once per training
+step. The value checks (ids ``>= -1``, ids below the class counts, no known level after
+an unknown one) read values, so they sit behind ``check_values=True``; use it where the
+labels come from a user or a file (datasets, samplers, evaluation), not in the hot loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_label_paths"]
+
+
+def check_label_paths(
+    labels: Tensor,
+    *,
+    num_levels: int | None = None,
+    batch_size: int | None = None,
+    name: str = "labels",
+    allow_class_ids: bool = False,
+    check_values: bool = False,
+    num_classes: Sequence[int] | None = None,
+    known_prefix: bool = False,
+) -> Tensor:
+    """Checks label paths and returns them as ``[B, L]`` int64, without a device sync.
+
+    Args:
+        labels: Integer tensor ``[B, L]`` of label paths (``-1`` = unknown level), or
+            ``[B]`` class ids when ``allow_class_ids`` is set.
+        num_levels: The required L, or ``None`` for any L >= 1.
+        batch_size: The required B (e.g. the number of embeddings), or ``None``.
+        name: How the argument is called in the messages.
+        allow_class_ids: Accept ``[B]`` class ids and return them as ``[B, 1]``.
+        check_values: Also check the values: every id is ``>= -1``, and below
+            ``num_classes`` when given. This reads values, so on an accelerator it waits
+            for the device.
+        num_classes: Classes per level, coarse to fine (needs ``check_values``).
+        known_prefix: Also require that no level is known below an unknown one, e.g.
+            reject ``[-1, 5]`` (needs ``check_values``). The losses accept such rows (they
+            give no positives at any level) but a hierarchy never produces them.
+
+    Returns:
+        ``labels`` as an int64 tensor ``[B, L]`` on its own device (no copy when it
+        already is one).
+
+    Raises:
+        ValueError: Naming the problem and the fix: not a tensor, not integers, wrong
+            shape, wrong depth or batch size, and (with ``check_values``) bad ids.
+
+    Examples:
+        >>> check_label_paths(torch.tensor([[0, 3], [1, -1]]), num_levels=2).tolist()
+        [[0, 3], [1, -1]]
+        >>> check_label_paths(torch.tensor([2, 5]), allow_class_ids=True).shape
+        torch.Size([2, 1])
+        >>> check_label_paths(torch.tensor([[0.0, 1.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must be integers (class ids, -1 for unknown), got dtype torch.float32. Convert them with labels.long().
+    """
+    if not isinstance(labels, Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of label paths [B, L], got {type(labels).__name__}; "
+            "convert with torch.as_tensor(...)."
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be integers (class ids, -1 for unknown), got dtype {labels.dtype}. "
+            f"Convert them with {name}.long()."
+        )
+    if labels.dim() == 1 and allow_class_ids:
+        labels = labels.unsqueeze(1)
+    if labels.dim() != 2:
+        expected = "[B] or [B, L]" if allow_class_ids else "[B, L] (one label path per row)"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(labels.shape)}.")
+    if labels.shape[1] == 0:
+        raise ValueError(f"{name} has no level (shape {tuple(labels.shape)}); L must be >= 1.")
+    if num_levels is not None and labels.shape[1] != num_levels:
+        raise ValueError(
+            f"{name} has {labels.shape[1]} levels but {num_levels} are expected. Pass label "
+            "paths of the hierarchy's depth, coarse to fine, or change num_levels."
+        )
+    if batch_size is not None and labels.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} rows but {batch_size} are expected: pass one "
+            "label path per sample."
+        )
+    labels = labels.long()
+    if check_values:
+        _check_values(labels, name, num_classes, known_prefix)
+    elif num_classes is not None or known_prefix:
+        raise ValueError(
+            "num_classes and known_prefix are checked only with check_values=True; set it too."
+        )
+    return labels
+
+
+def _check_values(
+    labels: Tensor, name: str, num_classes: Sequence[int] | None, known_prefix: bool
+) -> None:
+    if labels.numel() == 0:
+        return
+    low = labels < -1
+    if bool(low.any()):
+        raise ValueError(
+            f"{name} contain values below -1 (min {int(labels.min())}): use class ids >= 0, "
+            "and -1 only for an unknown level."
+        )
+    if num_classes is not None:
+        counts = list(num_classes)
+        if len(counts) != labels.shape[1]:
+            raise ValueError(
+                f"num_classes has {len(counts)} entries but {name} has {labels.shape[1]} levels."
+            )
+        limit = torch.tensor(counts, device=labels.device)
+        high = labels >= limit
+        if bool(high.any()):
+            level = int(high.any(0).nonzero()[0, 0])
+            raise ValueError(
+                f"{name} has class id {int(labels[:, level].max())} at level {level}, which "
+                f"has {counts[level]} classes (ids 0..{counts[level] - 1}, -1 for unknown)."
+            )
+    if not known_prefix:
+        return
+    unknown = labels < 0
+    after = unknown[:, :-1] & ~unknown[:, 1:]
+    if bool(after.any()):
+        row = int(after.any(1).nonzero()[0, 0])
+        raise ValueError(
+            f"Row {row} of {name}, {labels[row].tolist()}, has a known level after an "
+            "unknown (-1) one; label paths must be known from the coarsest level down."
+        )

@@ -1,0 +1,101 @@
+"""Fixed per-level blocks of the embedding: per-level projection heads, as a mask head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
+
+
+class BlockMaskHead(FeatureMaskHead):
+    """Hard masks that give every hierarchy level a fixed block of the embedding.
+
+    The baseline that feature identification has to beat: no statistics and nothing
+    learned, the embedding is cut into ``L`` contiguous blocks, coarse to fine, and the
+    level-``h`` term of HMLC sees only its block. With a projection head in front, this
+    is the same as ``L`` per-level projection heads that share all but the last layer
+    (the last layer's rows are the blocks), so the coarse term can pull same-coarse
+    samples together without folding the fine structure of the other blocks.
+
+    ``nested=True`` gives level ``h`` the blocks ``0..h`` instead: the coarsest level
+    sees only its own block, the finest level sees every dimension (so the finest term
+    is SupCon on the whole embedding), and a finer level's dimensions include the
+    coarser ones. This is the hard-mask analogue of Ott et al.'s per-level features [0]
+    in which the hierarchy is kept in the feature layout; the partition (default) keeps
+    the levels apart.
+
+    - [0] Ott et al., Feature Identification for Hierarchical Contrastive Learning,
+      arXiv 2510.00837
+
+    Args:
+        num_levels: L, the depth of the label paths.
+        dim: D, the width of the projections.
+        block_sizes: The width of each level's block, coarse to fine, summing to ``dim``.
+            Default: ``dim // L`` each, the remainder going to the finest block.
+        nested: Level ``h`` sees blocks ``0..h`` instead of block ``h`` alone.
+
+    Raises:
+        ValueError: If the block sizes are not ``L`` positive integers summing to ``dim``.
+
+    Examples:
+        >>> head = BlockMaskHead(num_levels=2, dim=5)
+        >>> head(torch.randn(3, 5))[0].tolist()
+        [[1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]]
+        >>> BlockMaskHead(num_levels=2, dim=4, nested=True)(torch.randn(3, 4))[0, 1].tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    masks: Tensor
+
+    def __init__(
+        self,
+        num_levels: int,
+        dim: int,
+        block_sizes: Sequence[int] | None = None,
+        nested: bool = False,
+    ) -> None:
+        super().__init__(num_levels, dim)
+        if block_sizes is None:
+            width = dim // num_levels
+            if width < 1:
+                raise ValueError(
+                    f"dim={dim} is narrower than num_levels={num_levels}: every level needs "
+                    "at least one dimension. Widen the projection."
+                )
+            block_sizes = [width] * (num_levels - 1) + [dim - width * (num_levels - 1)]
+        sizes = list(block_sizes)
+        if (
+            len(sizes) != num_levels
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)
+            or sum(sizes) != dim
+        ):
+            raise ValueError(
+                f"block_sizes must be {num_levels} positive integers summing to dim={dim}, "
+                f"got {block_sizes!r}."
+            )
+        self.block_sizes = sizes
+        self.nested = bool(nested)
+        level_of_dim = torch.repeat_interleave(torch.arange(num_levels), torch.tensor(sizes))
+        levels = torch.arange(num_levels)[:, None]
+        own = level_of_dim[None, :] <= levels if self.nested else level_of_dim[None, :] == levels
+        self.register_buffer("masks", own.float().unsqueeze(0), persistent=False)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The fixed masks ``[1, L, D]``, in ``z``'s dtype and device.
+
+        Args:
+            z: Projections ``[B, D]`` (only checked: the masks do not depend on them).
+            labels: Label paths ``[B, L]`` or None (unused).
+
+        Returns:
+            ``[1, L, D]`` 0/1 masks.
+        """
+        self.check_inputs(z, labels)
+        return self.masks.to(device=z.device, dtype=z.dtype)
+
+    def extra_repr(self) -> str:
+        """Block sizes and nesting."""
+        return f"block_sizes={self.block_sizes}, nested={self.nested}"

@@ -1,0 +1,77 @@
+"""The lab's variant syntax, paired intervals, report and long-tailed CIFAR-10 builder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lab import Variant, paired_difference, prepare_cifar10_lt3, report
+from scipy import stats
+
+from lightly_hmlc.hierarchy import LabelHierarchy
+
+
+def test_variant_parse_routes_options() -> None:
+    v = Variant.parse("hmce-u=hmce:layer_penalty=uniform:head.gate=softmax:suite.temperature=0.2")
+    assert (v.name, v.method) == ("hmce-u", "hmce")
+    assert v.loss_options == {"layer_penalty": "uniform"}
+    assert v.head_options == {"gate": "softmax"}
+    assert v.suite_options == {"temperature": 0.2}
+    assert v.suite_args() == [
+        "--methods", "hmce",
+        "--loss-option", 'layer_penalty="uniform"',
+        "--head-option", 'gate="softmax"',
+        "--temperature", "0.2",
+    ]  # fmt: skip
+    assert Variant.parse("supcon") == Variant("supcon", "supcon")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        Variant.parse("x=hmce:oops")
+
+
+def test_paired_difference_equals_scipy_paired_t_interval() -> None:
+    a = [0.91, 0.88, 0.93, 0.90, 0.87]
+    b = [0.89, 0.88, 0.90, 0.86, 0.88]
+    d = paired_difference(a, b)
+    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d.low == pytest.approx(ci.low) and d.high == pytest.approx(ci.high)
+    assert d.n == 5 and not d.significant  # the interval contains 0
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def _write_run(base: Path, variant: str, seed: int, acc: float) -> None:
+    run = base / variant / "mnist" / variant / f"seed{seed}"
+    run.mkdir(parents=True)
+    record = {"eval": {"level0/linear_acc": acc, "level1/linear_acc": acc / 2}}
+    (run / "metrics.json").write_text(json.dumps(record))
+
+
+def test_report_pairs_seeds_and_marks_significant(tmp_path: Path) -> None:
+    for seed, (a, b) in enumerate([(0.80, 0.85), (0.82, 0.88), (0.81, 0.86)]):
+        _write_run(tmp_path, "supcon", seed, a)
+        _write_run(tmp_path, "hmce", seed, b)
+    _write_run(tmp_path, "hmce", 7, 0.99)  # no baseline run for seed 7: not paired
+    text = report(tmp_path, "supcon")
+    row = next(line for line in text.splitlines() if line.startswith("| hmce"))
+    assert "| 3 |" in row  # only the 3 paired seeds
+    assert "**+5.33" in row  # level 0: +5.33 points, CI above 0
+    with pytest.raises(ValueError, match="baseline"):
+        report(tmp_path, "nope")
+
+
+def test_prepare_cifar10_lt3_builds_a_3_level_imbalanced_tree(tmp_path: Path) -> None:
+    source = tmp_path / "cifar10-jpeg"
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship"]
+    for split in ("train", "test"):
+        for name in [*names, "truck"]:
+            folder = source / split / name
+            folder.mkdir(parents=True)
+            for i in range(600 if split == "train" else 3):
+                (folder / f"{i:04d}.jpg").write_bytes(b"")
+    out = prepare_cifar10_lt3(source, tmp_path / "lt3")
+    hierarchy = LabelHierarchy.load(out / "hierarchy.txt")
+    assert hierarchy.num_classes_per_level == [2, 4, 10]
+    assert len(list((out / "train" / "truck").iterdir())) == 100
+    assert len(list((out / "train" / "cat").iterdir())) == 500
+    assert len(list((out / "test" / "cat").iterdir())) == 3
