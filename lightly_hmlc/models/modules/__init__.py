@@ -6,6 +6,7 @@ from lightly_hmlc.models.modules._gmm import (
     fit_gaussian_mixture,
     select_n_components_bic,
 )
+from lightly_hmlc.models.modules._level_estimate import select_n_components_dpgmm
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
@@ -26,4 +27,5 @@ __all__ = [
     "StaticMaskHead",
     "fit_gaussian_mixture",
     "select_n_components_bic",
+    "select_n_components_dpgmm",
 ]

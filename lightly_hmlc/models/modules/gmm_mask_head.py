@@ -1,15 +1,9 @@
 """G-HMLC's feature-mask head: a Gaussian mixture over the embedding dimensions.
 
-Ott et al. (https://arxiv.org/abs/2510.00837) use a Gaussian Mixture Model to produce one
-hard mask per hierarchy level. Their public text does not say what the GMM clusters; here
-each embedding dimension is described by its relevance to every level (a log Fisher ratio
-computed from running class statistics) and the GMM groups the dimensions by level.
-
-The head only does the schedule and the wiring; its parts live in their own modules:
-:mod:`~lightly_hmlc.models.modules.prefix_statistics` (the running statistics),
-:mod:`~lightly_hmlc.models.modules._fisher` (descriptors),
-:mod:`~lightly_hmlc.models.modules._gmm` (the EM fit) and
-:mod:`~lightly_hmlc.models.modules._assignment` (matching and masks).
+Ott et al. (https://arxiv.org/abs/2510.00837) produce one hard mask per hierarchy level with
+a GMM. The head does the schedule and the wiring; its parts are ``prefix_statistics``
+(running statistics), ``_fisher`` (descriptors), ``_gmm`` (EM fit), ``_assignment`` (matching
+and masks) and ``_level_estimate`` (how many levels: BIC or DP-GMM).
 """
 
 from __future__ import annotations
@@ -41,6 +35,13 @@ from lightly_hmlc.models.modules._gmm import (
     fit_gaussian_mixture,
     select_n_components_bic,
 )
+from lightly_hmlc.models.modules._level_estimate import (
+    DEFAULT_WEIGHT_THRESHOLD,
+    LevelEstimator,
+    check_estimate_options,
+    estimate_components,
+    select_n_components_dpgmm,
+)
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.prefix_statistics import (
     Float64BuffersMixin,
@@ -52,6 +53,7 @@ __all__ = [
     "GaussianMixtureFit",
     "fit_gaussian_mixture",
     "select_n_components_bic",
+    "select_n_components_dpgmm",
 ]
 
 # Buffers that moved into the ``statistics`` submodule; old checkpoints name them directly.
@@ -66,18 +68,12 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     sees the dimensions of mask M_h. The choices below are ours (the paper's public text
     does not give them); see ``docs/METHOD.md``.
 
-    Descriptors: running class statistics (:class:`LabelPrefixStatistics`) of ``z / |z|``
-    (``normalize_input``; the head takes raw projections, ``masks = head(z, labels)``),
-    classes = label prefixes 0..l. Dimension d becomes the point of its clamped log Fisher
-    ratios (between-class / within-class variance) at the L levels; with
-    ``relevance="conditional"`` (default) the between-class variance is taken around the
-    parent-class means, so it counts only what level l separates beyond level l-1.
-
-    Fit and masks: a GMM with L components over the D points; components are matched to
-    levels exactly (``scipy.optimize.linear_sum_assignment`` on the responsibility-weighted
-    mean descriptors); each dimension goes to the level of its most responsible component,
-    and every level keeps ``min_dims_per_level`` dimensions. ``nested=True`` makes the
-    masks cumulative from coarse to fine instead of a partition.
+    Dimension d is the point of its log Fisher ratios at the L levels, from running class
+    statistics of ``z / |z|`` (classes = label prefixes; ``relevance="conditional"``
+    measures what level l separates beyond level l-1). A GMM with L components clusters
+    the D points; components are matched to levels exactly (``linear_sum_assignment``),
+    each dimension goes to its most responsible component's level (every level keeps
+    ``min_dims_per_level``); ``nested=True`` makes the masks cumulative, coarse to fine.
 
     Schedule: every forward call in training mode with labels is one step; the masks are
     refitted after ``warmup_steps`` steps and then every ``refit_every`` steps, all ones
@@ -93,8 +89,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         step: Buffer, number of training steps seen.
         fitted: Buffer, whether the masks come from a fit.
         descriptors: Buffer [D, L], the descriptors of the last fit (NaN before).
-        estimated_num_levels: Buffer, number of levels chosen by BIC (-1 before an estimate).
+        estimated_num_levels: Buffer, the last estimate of the number of levels (-1 before).
         bic_scores: Buffer [max_levels_to_try], BIC per number of components (NaN before).
+        dpgmm_weights: Buffer [max_levels_to_try], the DP-GMM's sorted mixing weights (NaN
+            before a ``"dpgmm"`` estimate).
         last_fit: The :class:`GaussianMixtureFit` of the last refit (not saved).
         statistics: The :class:`LabelPrefixStatistics` the descriptors are computed from
             (its buffers are also readable as ``class_keys``, ``num_classes``,
@@ -118,7 +116,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     descriptors: Tensor
     estimated_num_levels: Tensor
     bic_scores: Tensor
-    _float64_buffers = ("descriptors", "bic_scores")
+    dpgmm_weights: Tensor
+    _float64_buffers = ("descriptors", "bic_scores", "dpgmm_weights")
 
     def __init__(
         self,
@@ -141,8 +140,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
         seed: int = 0,
-        estimate_levels: bool = False,
+        estimate_levels: bool | LevelEstimator = False,
         max_levels_to_try: int | None = None,
+        level_weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
         sync_distributed: bool = True,
         normalize_input: bool = True,
         nested: bool = False,
@@ -177,11 +177,14 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             tol: EM convergence threshold (change of mean log-likelihood per dimension).
             reg_covar: Added to the covariance diagonals.
             seed: Seed of the EM initialisation; fits are deterministic for a given seed.
-            estimate_levels: If True, every refit also selects a number of components by BIC
-                and stores it in ``estimated_num_levels`` (a report; the masks still use
-                ``num_levels`` components).
+            estimate_levels: ``"bic"`` (or True) or ``"dpgmm"``: every refit also estimates
+                the number of levels the embedding supports, by BIC over 1..max components
+                or by a Dirichlet-process GMM, and stores it in ``estimated_num_levels``
+                (a report; the masks still use ``num_levels`` components). False: off.
             max_levels_to_try: Largest number of components tried by the estimate
-                (default ``num_levels + 2``, at most D).
+                (default ``num_levels + 2``, at most D); the DP-GMM's truncation.
+            level_weight_threshold: A DP-GMM component counts as a level when its mixing
+                weight exceeds this, in (0, 1) (default 0.05).
             sync_distributed: All-reduce the statistics over the default process group
                 before each refit when torch.distributed runs with world size > 1.
             normalize_input: Compute the statistics on ``z / |z|`` (in float64), so raw
@@ -203,14 +206,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             assignment, assignment_threshold, min_dims_per_level, num_levels, dim
         )
         check_fit_options(covariance_type, n_init, max_iter, tol, reg_covar)
-        if max_levels_to_try is None:
-            max_levels_to_try = min(num_levels + 2, dim)
-        _check_int("max_levels_to_try", max_levels_to_try, 1)
-        if max_levels_to_try > dim:
-            raise ValueError(
-                f"max_levels_to_try must be <= dim={dim} (one dimension per component), got "
-                f"{max_levels_to_try}."
-            )
+        max_levels_to_try = check_estimate_options(
+            estimate_levels, level_weight_threshold, max_levels_to_try, num_levels, dim
+        )
 
         self.refit_every = refit_every
         self.warmup_steps = warmup_steps
@@ -229,6 +227,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.reg_covar = reg_covar
         self.seed = seed
         self.estimate_levels = estimate_levels
+        self.level_estimator: LevelEstimator = "dpgmm" if estimate_levels == "dpgmm" else "bic"
+        self.level_weight_threshold = level_weight_threshold
         self.max_levels_to_try = max_levels_to_try
         self.sync_distributed = sync_distributed
         self.normalize_input = normalize_input
@@ -243,6 +243,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_buffer("descriptors", torch.full((D, L), math.nan, dtype=f64))
         self.register_buffer("estimated_num_levels", torch.full((), -1, dtype=torch.long))
         self.register_buffer("bic_scores", torch.full((max_levels_to_try,), math.nan, dtype=f64))
+        self.register_buffer("dpgmm_weights", torch.full_like(self.bic_scores, math.nan))
         self.statistics = LabelPrefixStatistics(  # validates momentum and the capacity
             L,
             D,
@@ -293,26 +294,28 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         return self.masks.clone()
 
     @torch.no_grad()
-    def estimate_num_levels(self, max_levels: int | None = None) -> int:
-        """Estimates how many levels the embedding supports, by BIC over 1..max_levels.
+    def estimate_num_levels(
+        self, max_levels: int | None = None, method: LevelEstimator | None = None
+    ) -> int:
+        """Estimates how many levels the embedding supports, by BIC or a DP-GMM.
 
-        Fits GMMs with 1..max_levels components to the current descriptors (merging the
-        pending statistics first) and stores the choice in ``estimated_num_levels`` and the
-        scores in ``bic_scores``. The masks are not changed.
+        Merges the pending statistics, then either fits GMMs with 1..max_levels components
+        to the descriptors and keeps the lowest BIC (scores in ``bic_scores``), or fits a
+        Dirichlet-process GMM truncated at max_levels and counts the components with
+        weight > ``level_weight_threshold`` (weights in ``dpgmm_weights``). The choice is
+        stored in ``estimated_num_levels``; the masks are not changed.
 
         Args:
             max_levels: Largest number of components (default ``max_levels_to_try``).
+            method: ``"bic"`` or ``"dpgmm"`` (default: the ``estimate_levels`` choice,
+                else ``"bic"``).
 
         Returns:
-            The number of components with the lowest BIC.
+            The estimated number of levels.
         """
-        self.statistics.merge()
-        if not self.statistics.has_statistics():
-            raise RuntimeError(
-                "No labelled sample seen yet: call the head in training mode with labels first."
-            )
-        descriptors = self.compute_descriptors()
-        return self._estimate(fit_points(descriptors, self.descriptor_normalization), max_levels)
+        self._merge(explicit=True)  # raises when there is nothing to estimate from
+        points = fit_points(self.compute_descriptors(), self.descriptor_normalization)
+        return self._estimate(points, max_levels, method or self.level_estimator)
 
     @torch.no_grad()
     def compute_descriptors(self) -> Tensor:
@@ -334,25 +337,11 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         )
 
     # The statistics' buffers, under the names they had before the head was split.
-    @property
-    def class_keys(self) -> Tensor:
-        return self.statistics.class_keys
-
-    @property
-    def num_classes(self) -> Tensor:
-        return self.statistics.num_classes
-
-    @property
-    def class_count(self) -> Tensor:
-        return self.statistics.class_count
-
-    @property
-    def class_sum(self) -> Tensor:
-        return self.statistics.class_sum
-
-    @property
-    def level_sumsq(self) -> Tensor:
-        return self.statistics.level_sumsq
+    class_keys = property(lambda self: self.statistics.class_keys)
+    num_classes = property(lambda self: self.statistics.num_classes)
+    class_count = property(lambda self: self.statistics.class_count)
+    class_sum = property(lambda self: self.statistics.class_sum)
+    level_sumsq = property(lambda self: self.statistics.level_sumsq)
 
     def extra_repr(self) -> str:
         return (
@@ -368,24 +357,33 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # Checkpoints from before the split name the statistics on the head itself.
+        # Checkpoints from before the split name the statistics on the head itself, and
+        # have no DP-GMM weights.
         for name in (*_STAT_NAMES, "_extra_state"):
             old, new = prefix + name, prefix + "statistics." + name
             if old in state_dict and new not in state_dict:
                 state_dict[new] = state_dict.pop(old)
+        if prefix + "bic_scores" in state_dict:
+            state_dict.setdefault(prefix + "dpgmm_weights", self.dpgmm_weights.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------ fit
 
     @torch.no_grad()
-    def _refit(self, explicit: bool) -> None:
+    def _merge(self, explicit: bool) -> bool:
+        """Merges the statistics; whether there are any (an explicit call raises if not)."""
         self.statistics.merge()
-        if not self.statistics.has_statistics():
-            if explicit:
-                raise RuntimeError(
-                    "No labelled sample seen yet (or all labels unknown): call the head in "
-                    "training mode with labels before refit()."
-                )
+        if self.statistics.has_statistics():
+            return True
+        if explicit:
+            raise RuntimeError(
+                "No labelled sample seen yet (or all labels unknown): call the head in "
+                "training mode with labels before refit() or estimate_num_levels()."
+            )
+        return False
+
+    def _refit(self, explicit: bool) -> None:
+        if not self._merge(explicit):
             return  # nothing to fit on yet; keep the current masks
         descriptors = self.compute_descriptors()
         points = fit_points(descriptors, self.descriptor_normalization)
@@ -394,7 +392,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.masks.copy_(masks.to(self.masks.dtype))
         self.fitted.fill_(True)
         if self.estimate_levels:
-            self._estimate(points, None)
+            self._estimate(points, None, self.level_estimator)
 
     def _gmm_kwargs(self) -> dict[str, Any]:
         return {
@@ -422,15 +420,22 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             nested=self.nested,
         )
 
-    def _estimate(self, features: Tensor, max_levels: int | None) -> int:
+    def _estimate(self, points: Tensor, max_levels: int | None, method: LevelEstimator) -> int:
         k_max = self.max_levels_to_try if max_levels is None else max_levels
         if not 1 <= k_max <= self.dim:
             raise ValueError(f"max_levels must be in [1, dim={self.dim}], got {k_max}.")
-        best, bics = select_n_components_bic(features, k_max, **self._gmm_kwargs())
+        best, scores = estimate_components(
+            points,
+            k_max,
+            method,
+            weight_threshold=self.level_weight_threshold,
+            **self._gmm_kwargs(),
+        )
         self.estimated_num_levels.fill_(best)
-        self.bic_scores.fill_(math.nan)
-        n = min(bics.shape[0], self.bic_scores.shape[0])
-        self.bic_scores[:n] = bics[:n].to(self.bic_scores)
+        stored = self.dpgmm_weights if method == "dpgmm" else self.bic_scores
+        stored.fill_(math.nan)
+        n = min(scores.shape[0], stored.shape[0])
+        stored[:n] = scores[:n].to(stored)
         return best
 
 
