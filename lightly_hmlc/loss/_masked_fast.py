@@ -116,12 +116,15 @@ def partition_dims(masks: Tensor, dim: int) -> list[Tensor] | None:
     if masks.dim() != 2 or masks.shape[1] != dim or masks.requires_grad:
         return None
     binary = (masks == 0) | (masks == 1)
-    if not bool((binary.all(dim=0) & (masks.sum(dim=0) == 1)).all()):
-        return None
+    is_partition = (binary.all(dim=0) & (masks.sum(dim=0) == 1)).all()
     level_of_dim = masks.argmax(dim=0)
     order = torch.argsort(level_of_dim, stable=True)
-    counts = torch.bincount(level_of_dim, minlength=masks.shape[0]).tolist()
-    return list(torch.split(order, counts))
+    counts = torch.bincount(level_of_dim, minlength=masks.shape[0])
+    # One host synchronisation for the check and the level widths together.
+    host = torch.cat([is_partition.long().view(1), counts]).tolist()
+    if not host[0]:
+        return None
+    return list(torch.split(order, host[1:]))
 
 
 def masked_level_losses(

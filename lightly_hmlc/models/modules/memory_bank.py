@@ -35,7 +35,9 @@ class HierarchicalMemoryBank(nn.Module):
     world size > 1, every rank all-gathers the batch's features and labels (rank order)
     and enqueues the same rows, so the queues stay identical on all ranks and the queue
     content does not depend on the number of ranks. Every rank must then call the bank
-    with the same batch size. Without it, each rank keeps its own queue.
+    with the same batch size. Without it, each rank keeps its own queue; note that DDP
+    (``broadcast_buffers=True``, its default) then overwrites every rank's queue with rank
+    0's if the bank is part of the wrapped model, so use ``gather_distributed=True`` there.
 
     - [0] Momentum Contrast for Unsupervised Visual Representation Learning, He et al.,
       CVPR 2020, https://arxiv.org/abs/1911.05722
@@ -94,6 +96,11 @@ class HierarchicalMemoryBank(nn.Module):
         self.register_buffer("labels", torch.full((size, num_levels), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("num_filled", torch.zeros(1, dtype=torch.long))
+        # Host copies of ptr and num_filled: no device synchronisation per step. They are
+        # re-read from the buffers after load_state_dict.
+        self._host_ptr = 0
+        self._host_filled = 0
+        self.register_load_state_dict_post_hook(_sync_host_counters)
 
     def forward(
         self, features: Tensor, labels: Tensor, update: bool = True
@@ -116,9 +123,9 @@ class HierarchicalMemoryBank(nn.Module):
             ValueError: For a wrong shape, dtype, non-finite features or labels below -1.
         """
         labels = self._check(features, labels)
-        num_filled = int(self.num_filled)
+        num_filled = self._host_filled
         # Oldest first: once the queue is full the oldest row is the one ptr points at.
-        start = int(self.ptr) if num_filled == self.size else 0
+        start = self._host_ptr if num_filled == self.size else 0
         order = (torch.arange(num_filled, device=self.features.device) + start) % self.size
         bank_features = self.features[order].detach()  # advanced indexing copies
         bank_labels = self.labels[order]
@@ -133,6 +140,7 @@ class HierarchicalMemoryBank(nn.Module):
         self.features.zero_()
         self.ptr.zero_()
         self.num_filled.zero_()
+        self._host_ptr = self._host_filled = 0
 
     def extra_repr(self) -> str:
         return (
@@ -186,12 +194,20 @@ class HierarchicalMemoryBank(nn.Module):
         if rows > self.size:  # only the newest K rows survive the batch
             features, labels = features[-self.size :], labels[-self.size :]
             rows = self.size
-        ptr = int(self.ptr)
+        ptr = self._host_ptr
         index = (torch.arange(rows, device=self.features.device) + ptr) % self.size
         self.features.index_copy_(0, index, features)
         self.labels.index_copy_(0, index, labels)
-        self.ptr.fill_((ptr + rows) % self.size)
-        self.num_filled.fill_(min(int(self.num_filled) + rows, self.size))
+        self._host_ptr = (ptr + rows) % self.size
+        self._host_filled = min(self._host_filled + rows, self.size)
+        self.ptr.fill_(self._host_ptr)
+        self.num_filled.fill_(self._host_filled)
+
+
+def _sync_host_counters(module: nn.Module, incompatible_keys: object) -> None:
+    if isinstance(module, HierarchicalMemoryBank):
+        module._host_ptr = int(module.ptr)
+        module._host_filled = int(module.num_filled)
 
 
 def _gather_rows(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

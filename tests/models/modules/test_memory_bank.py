@@ -76,8 +76,13 @@ def test_state_dict_round_trip_continues_the_same_queue() -> None:
         bank(*_batch(3 * step, 3))
     restored = HierarchicalMemoryBank(size=4, dim=3, num_levels=2)
     restored.load_state_dict(bank.state_dict())
+    # Also inside a model, as a Lightning checkpoint restores it.
+    parent = torch.nn.ModuleDict({"bank": HierarchicalMemoryBank(size=4, dim=3, num_levels=2)})
+    parent.load_state_dict({f"bank.{key}": value for key, value in bank.state_dict().items()})
     for step in range(3, 5):
-        torch.testing.assert_close(bank(*_batch(3 * step, 3)), restored(*_batch(3 * step, 3)))
+        expected = bank(*_batch(3 * step, 3))
+        torch.testing.assert_close(restored(*_batch(3 * step, 3)), expected)
+        torch.testing.assert_close(parent["bank"](*_batch(3 * step, 3)), expected)
 
 
 def test_moves_and_casts_with_the_module_and_stores_in_its_dtype() -> None:
