@@ -82,7 +82,10 @@ def _pair_constrained(
     # An anchor is never its own negative. Its own column stays finite in pair_loss, so
     # products with the 0/1 positive mask below are never inf * 0.
     denominator_logits = logits.clone()
-    denominator_logits[:, rows, anchor_index] = -math.inf
+    # A tensor value, not a Python scalar: no host-to-device copy.
+    denominator_logits[:, rows, anchor_index] = torch.full(
+        (), -math.inf, dtype=logits.dtype, device=device
+    )
     log_denominator = torch.logsumexp(denominator_logits, dim=2, keepdim=True)
     pair_loss = log_denominator - logits  # [1 or L, Na, Nc]
 
@@ -91,14 +94,14 @@ def _pair_constrained(
     anchor_ids, anchor_valid = ids[:, anchor_index], valid[:, anchor_index]  # [L, Na]
     positive = (anchor_ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(1)
     positive &= anchor_valid.unsqueeze(2)
-    positive[:, rows, anchor_index] = False  # [L, Na, Nc]
+    positive[:, rows, anchor_index] = torch.zeros((), dtype=torch.bool, device=device)
     weight = positive.to(pair_loss.dtype)
     count = weight.sum(dim=2)
     is_anchor = count > 0
     divisor = count.clamp(min=1.0)
 
     # The worst pair of every anchor at every level, then the worst of all finer levels.
-    no_pair = torch.tensor(-math.inf, dtype=pair_loss.dtype, device=device)
+    no_pair = torch.full((), -math.inf, dtype=pair_loss.dtype, device=device)
     level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
     finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
     finer_max = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)])  # levels > l

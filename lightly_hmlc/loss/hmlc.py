@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._features import prepare_inputs
+from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
@@ -12,15 +14,11 @@ from lightly_hmlc.loss._levels import (
     LevelGroups,
     aggregate_levels,
     anchor_level_losses,
-    apply_masks,
     build_level_groups,
-    gather_for_loss,
+    check_temperature,
     layer_penalties,
     level_terms,
-    normalize_features,
-    reduce_levels,
     resolve_layer_penalty,
-    validate_inputs,
 )
 
 
@@ -41,6 +39,7 @@ class _HierarchicalLoss(nn.Module):
         base_temperature: float = 0.07,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
@@ -53,10 +52,8 @@ class _HierarchicalLoss(nn.Module):
             )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not base_temperature > 0:
-            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
+        temperature = check_temperature("temperature", temperature)
+        base_temperature = check_temperature("base_temperature", base_temperature)
         if num_levels is not None and num_levels < 1:
             raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
         self.loss_type = loss_type
@@ -68,33 +65,52 @@ class _HierarchicalLoss(nn.Module):
         self.base_temperature = float(base_temperature)
         self.gather_distributed = gather_distributed
         self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
+        self.check_values = check_values
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
-    def level_weights(self, num_levels: int) -> Tensor | None:
-        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
+    def level_weights(
+        self,
+        num_levels: int,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor | None:
+        """The weights of the level terms, coarse to fine (``None``: uniform mean).
+
+        Made on ``device`` in ``dtype`` (the loss's), so that nothing is copied to the
+        device per step and float64 inputs are weighted in float64.
+        """
         if self.loss_type == "hce" and not self.reference_compatible:
             return None
         if self.loss_type == "hce":
-            return torch.full((num_levels,), 1.0 / (num_levels + 1))
-        penalties = layer_penalties(num_levels, self.layer_penalty)
+            return torch.full((num_levels,), 1.0 / (num_levels + 1), dtype=dtype, device=device)
+        penalties = layer_penalties(
+            num_levels, self.layer_penalty, dtype, device, check=self.check_values
+        )
         if self.reference_compatible:
             return penalties / (num_levels + 1)
         if self.normalize_weights:
             return penalties / penalties.sum()
         return penalties / num_levels
 
-    def _loss(
-        self,
-        features: Tensor,
-        labels: Tensor,
-        masks: Tensor | None,
-        mask_source: str = "masks",
+    def _prepare(
+        self, out0: Tensor, out1: Tensor, labels: Tensor, masks: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``(loss, level_losses)`` of normalised ``[2B, D]`` features, ``[2B, L]`` paths."""
-        if masks is not None:
-            features = apply_masks(features, masks, labels.shape[1], mask_source)
+        """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
+        return prepare_inputs(
+            out0,
+            out1,
+            labels,
+            self.num_levels,
+            self.check_values,
+            self.gather_distributed,
+            masks,
+        )
+
+    def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of rows ``[2B, D]`` or ``[2B, L, D]``, paths ``[2B, L]``."""
         batch = gather_for_loss(features, labels, self.gather_distributed)
+        dtype, device = batch.contrast.dtype, batch.contrast.device
         if self.reference_compatible:
             share = self._reference_level_terms(
                 batch.contrast, batch.contrast_labels, batch.sample_index
@@ -116,13 +132,13 @@ class _HierarchicalLoss(nn.Module):
                 torch.cat([is_anchor, is_anchor]),
                 batch.distributed,
             )
-            weights = self.level_weights(num_levels)
+            weights = self.level_weights(num_levels, dtype, device)
             loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
             return loss, value[num_levels:]
         else:
             share, value = level_terms(batch, self.temperature)
-        loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
-        return loss, value
+        weights = self.level_weights(len(value), dtype, device)
+        return aggregate_levels(share, value, self.loss_type, weights), value
 
     def _reference_level_terms(
         self, features: Tensor, labels: Tensor, sample_index: Tensor
@@ -135,7 +151,7 @@ class _HierarchicalLoss(nn.Module):
         therefore the first sample, in batch order, of the lexicographically smallest
         full label path under that prefix; those rows take part in level ``l``.
         """
-        if bool((labels < 0).any()):
+        if self.check_values and bool((labels < 0).any()):
             raise ValueError(
                 "reference_compatible=True does not support -1 (unknown) labels: the "
                 "reference implementation has no notion of a missing level. Use the "
@@ -146,9 +162,8 @@ class _HierarchicalLoss(nn.Module):
         device = labels.device
         # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
         path_ids = groups.ids[:, -1]
-        no_sample = int(sample_index.max()) + 1
-        first_sample = torch.full(
-            (groups.num_groups,), no_sample, dtype=torch.long, device=device
+        first_sample = torch.full(  # sample ids are < num_rows: it marks "none yet"
+            (groups.num_groups,), num_rows, dtype=torch.long, device=device
         ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
         is_first_of_path = first_sample[path_ids] == sample_index
         taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
@@ -221,7 +236,7 @@ class HMLCLoss(_HierarchicalLoss):
 
     Args:
         loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
-        temperature: Scales the cosine similarities, ``> 0``.
+        temperature: Scales the cosine similarities, ``> 0`` and finite.
         layer_penalty: ``"exp"`` (default, as in the authors' training script),
             ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
             callable mapping a float tensor of ``1 / k`` values to weights.
@@ -237,10 +252,16 @@ class HMLCLoss(_HierarchicalLoss):
         hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
             or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
+        check_values: Check values as well as shapes (default): NaN/Inf embeddings or
+            masks, embeddings whose norm over- or underflows, labels below -1, bad
+            penalty values, and, with ``gather_distributed``, the same error on every
+            rank and equal batch sizes. These checks synchronise the host with an
+            accelerator once per step; ``False`` skips them, so that ``forward`` never
+            synchronises (see ``docs/METHOD.md`` for the measured cost).
 
     Raises:
         ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
-            non-positive temperature, ``num_levels < 1``, or ``hce_form="pair"`` with
+            temperature that is not finite and > 0, ``num_levels < 1``, or ``hce_form="pair"`` with
             ``reference_compatible=True``.
 
     Examples:
@@ -286,7 +307,6 @@ class HMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        labels = validate_inputs(out0, out1, labels, self.num_levels)
-        features = normalize_features(out0, out1)
-        loss, level_losses = self._loss(features, labels.repeat(2, 1), masks)
+        paths, features = self._prepare(out0, out1, labels, masks)
+        loss, level_losses = self._loss(features, paths)
         return (loss, level_losses) if return_level_losses else loss

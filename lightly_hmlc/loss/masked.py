@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._levels import LayerPenalty, normalize_features, validate_inputs
+from lightly_hmlc.loss._features import apply_masks
+from lightly_hmlc.loss._levels import LayerPenalty
 from lightly_hmlc.loss.hmlc import _HierarchicalLoss
 
 
@@ -38,7 +39,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed, hce_form: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form, check_values: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -65,6 +66,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -74,6 +76,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
             hce_form=hce_form,
+            check_values=check_values,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -96,11 +99,12 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        labels = validate_inputs(out0, out1, labels, self.num_levels)
-        features = normalize_features(out0, out1)
-        paths = labels.repeat(2, 1)
+        paths, features = self._prepare(out0, out1, labels)
         masks = self.mask_head(features, paths)
-        loss, level_losses = self._loss(features, paths, masks, "The mask head's output")
+        level_features = apply_masks(
+            features, masks, paths.shape[1], "The mask head's output", self.check_values
+        )
+        loss, level_losses = self._loss(level_features, paths)
         regularize = getattr(self.mask_head, "regularization", None)
         if callable(regularize):
             loss = loss + regularize(masks)
@@ -120,6 +124,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -131,6 +136,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
             hce_form=hce_form,
+            check_values=check_values,
         )
 
     @staticmethod
@@ -148,7 +154,7 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form: As in :class:`HMLCLoss`.
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -180,7 +186,7 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form: As in :class:`HMLCLoss`.
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
