@@ -33,35 +33,61 @@ def _inputs(seed: int = 0, batch_size: int = 10) -> tuple[Tensor, Tensor, Tensor
 
 
 def _naive_masked(
-    out0: Tensor, out1: Tensor, labels: Tensor, masks: Tensor, loss_type: str, temperature: float
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    loss_type: str,
+    temperature: float,
+    hce_form: str = "pair",
 ) -> Tensor:
     """Level h's naive term on normalize(normalize(z) * masks[:, h]); masks [2B, L, D]."""
     z = torch.cat([F.normalize(out0, dim=1), F.normalize(out1, dim=1)])
     batch_size = out0.shape[0]
-    level_terms = []
-    for level in range(labels.shape[1]):
-        masked = z * masks[:, level]
-        per_level = naive.level_means(masked[:batch_size], masked[batch_size:], labels, temperature)
-        level_terms.append(per_level[level])
-    if loss_type in ("hce", "hmce"):
-        level_terms = [torch.stack(level_terms[level:]).max() for level in range(len(level_terms))]
+    num_levels = labels.shape[1]
+    level_z = [F.normalize(z * masks[:, level], dim=1) for level in range(num_levels)]
+    if loss_type != "hmc" and hce_form == "pair":
+        level_terms = naive.hce_pair_level_means(level_z, labels, temperature)
+    else:
+        level_terms = [
+            naive.level_means(zl[:batch_size], zl[batch_size:], labels, temperature)[level]
+            for level, zl in enumerate(level_z)
+        ]
+    if loss_type in ("hce", "hmce") and hce_form == "batch_mean":
+        level_terms = [torch.stack(level_terms[level:]).max() for level in range(num_levels)]
     if loss_type == "hce":
         return torch.stack(level_terms).mean()
-    weights = naive.penalty_weights(len(level_terms), "exp")
+    weights = naive.penalty_weights(num_levels, "exp")
     return sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
 
 
-@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+@pytest.mark.parametrize(
+    ("loss_type", "hce_form"),
+    [
+        ("hmc", "pair"),
+        ("hce", "pair"),
+        ("hmce", "pair"),
+        ("hce", "batch_mean"),
+        ("hmce", "batch_mean"),
+    ],
+)
 @pytest.mark.parametrize("rows", ["shared", "per_sample", "per_row"])
-def test_masks_argument_matches_naive_per_level_masking(loss_type: str, rows: str) -> None:
-    out0, out1, labels = _inputs(1)
+def test_masks_argument_matches_naive_per_level_masking(
+    loss_type: str, hce_form: str, rows: str
+) -> None:
+    out0, out1, labels = _inputs(1, batch_size=8)
     generator = torch.Generator().manual_seed(5)
-    count = {"shared": 1, "per_sample": 10, "per_row": 20}[rows]
+    count = {"shared": 1, "per_sample": 8, "per_row": 16}[rows]
     masks = torch.rand(count, 2, 6, generator=generator, dtype=torch.float64) + 0.1
-    ours = HMLCLoss(loss_type, temperature=0.3)(out0, out1, labels, masks=masks)
-    full = masks.expand(20, -1, -1) if count == 1 else masks.repeat(20 // count, 1, 1)
-    expected = _naive_masked(out0, out1, labels, full, loss_type, 0.3)
+    masks.requires_grad_(True)
+    loss_fn = HMLCLoss(loss_type, temperature=0.3, hce_form=hce_form)
+    ours = loss_fn(out0, out1, labels, masks=masks)
+    full = masks.expand(16, -1, -1) if count == 1 else masks.repeat(16 // count, 1, 1)
+    expected = _naive_masked(out0, out1, labels, full, loss_type, 0.3, hce_form)
     torch.testing.assert_close(ours.double(), expected)
+    (grad,) = torch.autograd.grad(ours, [masks])
+    (expected_grad,) = torch.autograd.grad(expected, [masks])
+    torch.testing.assert_close(grad, expected_grad)
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
