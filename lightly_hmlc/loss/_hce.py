@@ -37,6 +37,8 @@ def pair_constrained_level_losses(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    logits: Tensor | None = None,
+    log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor level terms with HiConE applied per positive pair.
 
@@ -47,6 +49,10 @@ def pair_constrained_level_losses(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature.
+        logits: Optional ``[L, Na, Nc]`` similarities / temperature computed already
+            (the partition fast path of ``_masked_fast``); then the features only give
+            the shapes.
+        log_denominator: Optional ``[L, Na, 1]`` log-denominators of those logits.
 
     Returns:
         ``(constrained, unconstrained, is_anchor)``, each ``[L, Na]``: the mean over the
@@ -63,6 +69,8 @@ def pair_constrained_level_losses(
             anchor_index,
             groups,
             temperature,
+            logits,
+            log_denominator,
         )
 
 
@@ -72,21 +80,25 @@ def _pair_constrained(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    logits: Tensor | None = None,
+    log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     num_anchors = anchors.shape[0]
     device = anchors.device
-    anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
-    contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-    logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+    if logits is None:
+        anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
+        contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
+        logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
     rows = torch.arange(num_anchors, device=device)
     # An anchor is never its own negative. Its own column stays finite in pair_loss, so
     # products with the 0/1 positive mask below are never inf * 0.
-    denominator_logits = logits.clone()
-    # A tensor value, not a Python scalar: no host-to-device copy.
-    denominator_logits[:, rows, anchor_index] = torch.full(
-        (), -math.inf, dtype=logits.dtype, device=device
-    )
-    log_denominator = torch.logsumexp(denominator_logits, dim=2, keepdim=True)
+    if log_denominator is None:
+        denominator_logits = logits.clone()
+        # A tensor value, not a Python scalar: no host-to-device copy.
+        denominator_logits[:, rows, anchor_index] = torch.full(
+            (), -math.inf, dtype=logits.dtype, device=device
+        )
+        log_denominator = torch.logsumexp(denominator_logits, dim=2, keepdim=True)
     pair_loss = log_denominator - logits  # [1 or L, Na, Nc]
 
     ids = groups.ids.t()  # [L, Nc]

@@ -195,6 +195,38 @@ def masked_level_losses(
         return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
 
 
+def partition_logits(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    dims: list[Tensor],
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """Level similarities / temperature ``[L, Na, Nc]`` of partition masks, and their
+    log-denominators ``[L, Na, 1]`` (the anchor's own column excluded).
+
+    For the per-pair HiConE form, which needs every pair's level similarity. Level ``h``
+    is ``normalize(z[:, dims_h])``, i.e. ``normalize(z * m_h)`` on its own dimensions, so
+    the L matmuls together cost one full-width matmul; the denominators come from
+    :class:`_LevelLogSumExp` (one more such set of matmuls, but fewer passes over the
+    ``[L, N, N]`` logits than a copy and autograd's log-sum-exp).
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        same_rows = anchors is contrast
+        anchors, contrast = _wide(anchors), _wide(contrast)
+        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        logits, denominators = [], []
+        for level_dims in dims:
+            a = F.normalize(anchors[:, level_dims], dim=1)
+            c = a if same_rows else F.normalize(contrast[:, level_dims], dim=1)
+            scaled = a / temperature
+            logits.append(scaled @ c.t())
+            denominators.append(
+                _LevelLogSumExp.apply(scaled.unsqueeze(0), c.unsqueeze(0), anchor_index, shift)
+            )
+        return torch.stack(logits), torch.cat(denominators).unsqueeze(2)
+
+
 def level_feature_losses(
     anchors: Tensor,
     contrast: Tensor,

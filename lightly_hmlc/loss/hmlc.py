@@ -23,7 +23,12 @@ from lightly_hmlc.loss._levels import (
     level_terms,
     resolve_layer_penalty,
 )
-from lightly_hmlc.loss._masked_fast import level_feature_losses, masked_level_losses
+from lightly_hmlc.loss._masked_fast import (
+    level_feature_losses,
+    masked_level_losses,
+    partition_dims,
+    partition_logits,
+)
 from lightly_hmlc.loss._memory import memory_batch
 
 
@@ -160,18 +165,27 @@ class _HierarchicalLoss(nn.Module):
             )
             value = share.detach()
         elif self.loss_type != "hmc" and self.hce_form == "pair":
-            if masks is not None:  # the per-pair form runs on per-level features
-                batch = dataclasses.replace(
-                    batch,
-                    anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
-                    contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
-                )
+            logits = log_denominator = None
+            if masks is not None:  # the per-pair form needs every level's similarities
+                dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
+                if dims is not None:
+                    logits, log_denominator = partition_logits(
+                        batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
+                    )
+                else:
+                    batch = dataclasses.replace(
+                        batch,
+                        anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
+                        contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
+                    )
             constrained, unconstrained, is_anchor = pair_constrained_level_losses(
                 batch.anchors,
                 batch.contrast,
                 batch.anchor_index,
                 build_level_groups(batch.contrast_labels),
                 self.temperature,
+                logits,
+                log_denominator,
             )
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
