@@ -208,7 +208,8 @@ class HMLCLoss(_HierarchicalLoss):
       ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
       class-clustered embedding this binds (coarse-level positives that sit closer
       than the anchor's worst finer positive are raised), so ``hmce`` differs from
-      ``hmc``. Memory: a few ``[L, N, N]`` tensors.
+      ``hmc``. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with
+      per-level masks (N rows of the batch, all ranks).
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
