@@ -27,6 +27,7 @@ constant is made on the device in the embeddings' dtype (float64 inputs stay flo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,14 +61,14 @@ def resolve_layer_penalty(layer_penalty: str | LayerPenalty) -> LayerPenalty:
 
 def check_temperature(name: str, value: float) -> float:
     """``value`` as a float if it is a finite number > 0; else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number > 0, got {value!r}.")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(
             f"{name} must be > 0 and finite, got {value}: it divides the cosine "
             "similarities (0.1 is a common choice)."
         )
-    return float(value)
+    return float(value)  # a plain float: no tensor (and no device) in the arithmetic
 
 
 def layer_penalties(

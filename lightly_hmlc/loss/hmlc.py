@@ -255,8 +255,8 @@ class HMLCLoss(_HierarchicalLoss):
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
-            penalty values, and, with ``gather_distributed``, the same error on every
-            rank and equal batch sizes. These checks synchronise the host with an
+            penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
+            ``gather_distributed``, the same error on every rank and equal batch sizes. These checks synchronise the host with an
             accelerator once per step; ``False`` skips them, so that ``forward`` never
             synchronises (see ``docs/METHOD.md`` for the measured cost).
 
