@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups, level_statistics
 
-HCE_FORMS = ("pair", "batch_mean")
+HCE_FORMS = ("pair", "same_pair", "batch_mean")
 
 
 def pair_constrained_level_losses(
@@ -37,6 +37,7 @@ def pair_constrained_level_losses(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    same_pair: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor level terms with HiConE applied per positive pair.
 
@@ -47,6 +48,10 @@ def pair_constrained_level_losses(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature.
+        same_pair: Bound each pair by the SAME pair's losses at the finer levels where
+            it is a positive (``hce_form="same_pair"``), instead of by the anchor's
+            largest finer pair loss. Without masks a pair's loss is the same at every
+            level, so this bound never binds and the terms are the plain ones.
 
     Returns:
         ``(constrained, unconstrained, is_anchor)``, each ``[L, Na]``: the mean over the
@@ -59,8 +64,18 @@ def pair_constrained_level_losses(
         low = (torch.float16, torch.bfloat16)
         anchors = anchors.float() if anchors.dtype in low else anchors
         contrast = contrast.float() if contrast.dtype in low else contrast
-        compute = _pair_constrained_shared if anchors.dim() == 2 else _pair_constrained
-        return compute(anchors, contrast, anchor_index, groups, temperature)
+        if anchors.dim() == 3:
+            return _pair_constrained(
+                anchors, contrast, anchor_index, groups, temperature, same_pair
+            )
+        if same_pair:  # shared features: the same pair costs the same at every level
+            stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
+            mean = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
+            plain = torch.where(
+                stats.is_anchor, stats.log_denominator - mean, torch.zeros_like(mean)
+            )
+            return plain, plain.detach(), stats.is_anchor
+        return _pair_constrained_shared(anchors, contrast, anchor_index, groups, temperature)
 
 
 def _pair_constrained_shared(
@@ -137,6 +152,7 @@ def _pair_constrained(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    same_pair: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     num_anchors = anchors.shape[0]
     device = anchors.device
@@ -165,12 +181,18 @@ def _pair_constrained(
     is_anchor = count > 0
     divisor = count.clamp(min=1.0)
 
-    # The worst pair of every anchor at every level, then the worst of all finer levels.
     no_pair = torch.full((), -math.inf, dtype=pair_loss.dtype, device=device)
-    level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
-    finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
-    finer_max = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)])  # levels > l
-    constrained_pairs = torch.maximum(pair_loss, finer_max.unsqueeze(2))
+    if same_pair:
+        # Each pair's own largest loss over the finer levels where it is a positive.
+        own = torch.where(positive, pair_loss, no_pair)  # [L, Na, Nc]
+        finer = torch.cummax(own.flip(0), dim=0).values.flip(0)  # levels >= l
+        finer = torch.cat([finer[1:], no_pair.expand(1, *finer.shape[1:])])  # levels > l
+    else:
+        # The worst pair of every anchor at every level, then of all finer levels.
+        level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
+        finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
+        finer = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)]).unsqueeze(2)
+    constrained_pairs = torch.maximum(pair_loss, finer)
     constrained = (constrained_pairs * weight).sum(dim=2) / divisor
     with torch.no_grad():  # only reported, never differentiated
         unconstrained = (pair_loss * weight).sum(dim=2) / divisor

@@ -116,13 +116,14 @@ class _HierarchicalLoss(nn.Module):
                 batch.contrast, batch.contrast_labels, batch.sample_index
             )
             value = share.detach()
-        elif self.loss_type != "hmc" and self.hce_form == "pair":
+        elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
             constrained, unconstrained, is_anchor = pair_constrained_level_losses(
                 batch.anchors,
                 batch.contrast,
                 batch.anchor_index,
                 build_level_groups(batch.contrast_labels),
                 self.temperature,
+                same_pair=self.hce_form == "same_pair",
             )
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
@@ -210,6 +211,10 @@ class HMLCLoss(_HierarchicalLoss):
       than the anchor's worst finer positive are raised), so ``hmce`` differs from
       ``hmc``. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with
       per-level masks (N rows of the batch, all ranks).
+    - ``"same_pair"``: per pair, bounded by the SAME pair's losses at the finer levels
+      where it is a positive. A pair's loss depends on the level only through per-level
+      masks, so without masks this equals ``hmc``'s terms (with ``hce``'s weights);
+      with masks it binds.
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
@@ -250,8 +255,8 @@ class HMLCLoss(_HierarchicalLoss):
             value equals the single-process loss on the global batch on every rank, and
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
-        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
-            or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
+            ``"same_pair"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
