@@ -27,6 +27,7 @@ constant is made on the device in the embeddings' dtype (float64 inputs stay flo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,14 +61,14 @@ def resolve_layer_penalty(layer_penalty: str | LayerPenalty) -> LayerPenalty:
 
 def check_temperature(name: str, value: float) -> float:
     """``value`` as a float if it is a finite number > 0; else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number > 0, got {value!r}.")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(
             f"{name} must be > 0 and finite, got {value}: it divides the cosine "
             "similarities (0.1 is a common choice)."
         )
-    return float(value)
+    return float(value)  # a plain float: no tensor (and no device) in the arithmetic
 
 
 def layer_penalties(
@@ -305,6 +306,51 @@ def _anchor_level_losses(
     temperature: float,
     include_in_denominator: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
+    stats = level_statistics(
+        anchors, contrast, anchor_index, groups, temperature, include_in_denominator
+    )
+    mean_positive_logit = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
+    loss = torch.where(
+        stats.is_anchor,
+        stats.log_denominator - mean_positive_logit,
+        torch.zeros_like(mean_positive_logit),
+    )
+    return loss, stats.is_anchor
+
+
+@dataclass(frozen=True)
+class LevelStatistics:
+    """What every level's SupCon term is made of, per anchor.
+
+    Attributes:
+        logits: ``[1 or L, Na, Nc]`` similarities / temperature, ``-inf`` in each
+            anchor's own column (and in columns left out of the denominator).
+        log_denominator: ``[L, Na]`` log-sum-exp of each anchor's logits.
+        positive_logit_sum: ``[L, Na]`` sum of the logits over the anchor's positives.
+        positive_count: ``[L, Na]`` number of positives.
+        is_anchor: ``[L, Na]`` known prefix and at least one positive.
+    """
+
+    logits: Tensor
+    log_denominator: Tensor
+    positive_logit_sum: Tensor
+    positive_count: Tensor
+    is_anchor: Tensor
+
+
+def level_statistics(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+    include_in_denominator: Tensor | None = None,
+) -> LevelStatistics:
+    """The logits, denominators and positive sums of every anchor at every level.
+
+    Positives enter through per-group sums of the contrast rows, so no ``[N, N]`` mask
+    is built. Inputs as :func:`anchor_level_losses` (already float32 or wider).
+    """
     num_levels = groups.ids.shape[1]
     num_anchors = anchors.shape[0]
     device = anchors.device
@@ -346,12 +392,13 @@ def _anchor_level_losses(
     self_feats = contrast_per_level[:, anchor_index]  # the anchor's own contrast row
     positive_dot = (anchor_per_level * (sums[anchor_ids] - self_feats)).sum(-1)
     positive_count = counts[anchor_ids] - 1.0
-    is_anchor = anchor_valid & (positive_count > 0)
-    mean_positive_logit = positive_dot / (temperature * positive_count.clamp(min=1.0))
-    loss = torch.where(
-        is_anchor, log_denominator - mean_positive_logit, torch.zeros_like(mean_positive_logit)
+    return LevelStatistics(
+        logits=logits,
+        log_denominator=log_denominator,
+        positive_logit_sum=positive_dot / temperature,
+        positive_count=positive_count,
+        is_anchor=anchor_valid & (positive_count > 0),
     )
-    return loss, is_anchor
 
 
 def level_terms(batch: LossBatch, temperature: float) -> tuple[Tensor, Tensor]:

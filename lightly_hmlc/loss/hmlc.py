@@ -164,7 +164,7 @@ class _HierarchicalLoss(nn.Module):
                 batch.contrast, batch.contrast_labels, batch.sample_index
             )
             value = share.detach()
-        elif self.loss_type != "hmc" and self.hce_form == "pair":
+        elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
             logits = log_denominator = None
             if masks is not None:  # the per-pair form needs every level's similarities
                 dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
@@ -184,8 +184,9 @@ class _HierarchicalLoss(nn.Module):
                 batch.anchor_index,
                 build_level_groups(batch.contrast_labels),
                 self.temperature,
-                logits,
-                log_denominator,
+                same_pair=self.hce_form == "same_pair",
+                logits=logits,
+                log_denominator=log_denominator,
             )
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
@@ -284,7 +285,12 @@ class HMLCLoss(_HierarchicalLoss):
       ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
       class-clustered embedding this binds (coarse-level positives that sit closer
       than the anchor's worst finer positive are raised), so ``hmce`` differs from
-      ``hmc``. Memory: a few ``[L, N, N]`` tensors.
+      ``hmc``. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with
+      per-level masks (N rows of the batch, all ranks).
+    - ``"same_pair"``: per pair, bounded by the SAME pair's losses at the finer levels
+      where it is a positive. A pair's loss depends on the level only through per-level
+      masks, so without masks this equals ``hmc``'s terms (with ``hce``'s weights);
+      with masks it binds.
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
@@ -325,13 +331,13 @@ class HMLCLoss(_HierarchicalLoss):
             value equals the single-process loss on the global batch on every rank, and
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
-        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
-            or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
+            ``"same_pair"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
-            penalty values, and, with ``gather_distributed``, the same error on every
-            rank and equal batch sizes. These checks synchronise the host with an
+            penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
+            ``gather_distributed``, the same error on every rank and equal batch sizes. These checks synchronise the host with an
             accelerator once per step; ``False`` skips them, so that ``forward`` never
             synchronises (see ``docs/METHOD.md`` for the measured cost).
 

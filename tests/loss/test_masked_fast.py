@@ -191,7 +191,13 @@ def test_second_backward_raises_instead_of_a_wrong_gradient() -> None:
 
 @pytest.mark.parametrize(
     "loss_type, hce_form",
-    [("hmce", "pair"), ("hce", "pair"), ("hmce", "batch_mean"), ("hmc", None)],
+    [
+        ("hmce", "pair"),
+        ("hce", "pair"),
+        ("hmce", "same_pair"),
+        ("hmce", "batch_mean"),
+        ("hmc", None),
+    ],
 )
 @pytest.mark.parametrize("kind", ["partition", "overlapping", "soft"])
 def test_losses_with_masks_equal_the_general_path(
