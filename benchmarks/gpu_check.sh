@@ -48,7 +48,9 @@ if [[ $DRY_RUN == 1 ]]; then
     DEVICE=cpu; LOSS_BATCHES=16,32; REPEATS=1; MEMORY=64; PRECISION=bf16
     BACKBONE=resnet_tiny_cifar; STEP_BATCH=4; WARMUP=1; STEPS=1; ROUNDS=1
     LIMIT_LOSS=120; LIMIT_STEP=120; LIMIT_PEAK=120
+    LOSS_EXTRA=(--no-peak-memory)  # the CPU's profiler replay is slow; the GPU's is free
 else
+    LOSS_EXTRA=()
     DEVICE=cuda; LOSS_BATCHES=2048,4096; REPEATS=10; MEMORY=4096; PRECISION=bf16
     BACKBONE=resnet50_cifar; STEP_BATCH=512; WARMUP=2; STEPS=3; ROUNDS=3
     # 150 + 180 + 120 s = 7.5 min at most, leaving time for start-up.
@@ -92,7 +94,8 @@ REFERENCE_ARGS=()
 [[ -n "$REFERENCE" ]] && REFERENCE_ARGS=(--reference-repo "$REFERENCE" --reference-max-batch 4096)
 run_step loss_speed "$LIMIT_LOSS" "$PY" benchmarks/loss_speed.py --device "$DEVICE" \
     --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups core,masked,memory \
-    --memory "$MEMORY" "${REFERENCE_ARGS[@]}" --output "$OUT_DIR/loss_speed.json"
+    --memory "$MEMORY" "${REFERENCE_ARGS[@]}" "${LOSS_EXTRA[@]}" \
+    --output "$OUT_DIR/loss_speed.json"
 
 run_step throughput "$LIMIT_STEP" "$PY" benchmarks/throughput.py --methods "$METHODS" \
     --backbone "$BACKBONE" --batch-size "$STEP_BATCH" --precision "$PRECISION" \

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -48,13 +49,9 @@ from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, SupConLoss
 
 # The general masked path is internal: it is timed here only as the baseline of the fast
 # masked level terms.
-from lightly_hmlc.loss._levels import (
-    aggregate_levels,
-    apply_masks,
-    gather_for_loss,
-    level_terms,
-    normalize_features,
-)
+from lightly_hmlc.loss._features import apply_masks, normalize_features
+from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
+from lightly_hmlc.loss._levels import aggregate_levels, anchor_level_losses, build_level_groups
 
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -82,9 +79,11 @@ def per_level_loop_loss(
     return (weights * terms).sum() / weights.sum()
 
 
-def fitted_ghmlc(num_levels: int, dim: int) -> GHMLCLoss:
+def fitted_ghmlc(num_levels: int, dim: int, hce_form: str = "pair") -> GHMLCLoss:
     """G-HMLC whose head fits its partition masks on the first (warm-up) call, then never."""
-    return GHMLCLoss(num_levels=num_levels, dim=dim, warmup_steps=1, refit_every=10**9)
+    return GHMLCLoss(
+        num_levels=num_levels, dim=dim, hce_form=hce_form, warmup_steps=1, refit_every=10**9
+    )
 
 
 class GeneralMaskedPath:
@@ -98,10 +97,22 @@ class GeneralMaskedPath:
         features = normalize_features(out0, out1)
         paths = labels.repeat(2, 1)
         masks = loss_fn.mask_head(features, paths)
-        batch = gather_for_loss(apply_masks(features, masks, paths.shape[1]), paths, False)
-        share, value = level_terms(batch, loss_fn.temperature)
-        weights = loss_fn.level_weights(len(value))
-        loss = aggregate_levels(share, value, loss_fn.loss_type, weights)
+        level_features = apply_masks(features, masks, paths.shape[1])
+        batch = gather_for_loss(level_features, paths, False)
+        if loss_fn.loss_type != "hmc" and loss_fn.hce_form == "pair":
+            # HiConE per pair runs on the per-level features in either case.
+            loss = loss_fn._batch_loss(batch)[0]
+        else:
+            terms, is_anchor = anchor_level_losses(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                build_level_groups(batch.contrast_labels),
+                loss_fn.temperature,
+            )
+            share, value = reduce_levels(terms, is_anchor, False)
+            weights = loss_fn.level_weights(len(value), share.dtype, share.device)
+            loss = aggregate_levels(share, value, loss_fn.loss_type, weights)
         result: Tensor = loss + loss_fn.mask_head.regularization(masks)
         return result
 
@@ -158,8 +169,15 @@ def measure(
     device: torch.device,
     repeats: int,
     seed: int = 0,
+    cpu_time: bool = False,
+    peak_memory: bool = True,
 ) -> tuple[float, float]:
-    """Median seconds of forward + backward, and peak memory in MiB."""
+    """Median seconds of forward + backward, and peak memory in MiB (NaN if skipped).
+
+    ``cpu_time`` reads the process's CPU time instead of the wall clock: on a shared
+    CPU machine with one torch thread it counts this process's work only.
+    """
+    clock = time.process_time if cpu_time else time.perf_counter
     generator = torch.Generator().manual_seed(seed)
     out0 = torch.randn(batch_size, dim, generator=generator).to(device).requires_grad_(True)
     out1 = torch.randn(batch_size, dim, generator=generator).to(device).requires_grad_(True)
@@ -174,12 +192,12 @@ def measure(
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), peak_memory_mib(step, device)
+        times.append(clock() - start)
+    return statistics.median(times), peak_memory_mib(step, device) if peak_memory else math.nan
 
 
 def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
@@ -244,6 +262,12 @@ def main() -> None:
     )
     parser.add_argument("--memory", type=int, default=4096, help="K of the memory rows")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU time (a shared CPU machine, --threads 1)",
+    )
+    parser.add_argument("--no-peak-memory", action="store_true", help="skip peak memory")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -264,16 +288,25 @@ def main() -> None:
             candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
     if "masked" in groups:
         dim = args.dim
-        candidates += [
-            ("GHMLCLoss L=3", 3, fitted_ghmlc(3, dim).to(device)),
-            ("GHMLCLoss L=3 general path", 3, GeneralMaskedPath(fitted_ghmlc(3, dim).to(device))),
-            ("AHMLCLoss L=3", 3, AHMLCLoss(num_levels=3, dim=dim).to(device)),
-            (
-                "AHMLCLoss L=3 general path",
-                3,
-                GeneralMaskedPath(AHMLCLoss(num_levels=3, dim=dim).to(device)),
-            ),
-        ]
+        # The default hce_form is the per-pair HiConE; "batch_mean" is the group-sum form.
+        for form in ("pair", "batch_mean"):
+            tag = "" if form == "pair" else " batch_mean"
+            if form != "pair":
+                candidates.append((f"HMLCLoss hmce L=3{tag}", 3, HMLCLoss("hmce", hce_form=form)))
+            candidates += [
+                (f"GHMLCLoss L=3{tag}", 3, fitted_ghmlc(3, dim, form).to(device)),
+                (
+                    f"GHMLCLoss L=3{tag} general path",
+                    3,
+                    GeneralMaskedPath(fitted_ghmlc(3, dim, form).to(device)),
+                ),
+                (f"AHMLCLoss L=3{tag}", 3, AHMLCLoss(3, dim, hce_form=form).to(device)),
+                (
+                    f"AHMLCLoss L=3{tag} general path",
+                    3,
+                    GeneralMaskedPath(AHMLCLoss(3, dim, hce_form=form).to(device)),
+                ),
+            ]
     if "memory" in groups:
         candidates.append(
             (
@@ -288,7 +321,16 @@ def main() -> None:
         for name, levels, fn in candidates:
             if name.startswith("reference") and batch_size > args.reference_max_batch:
                 continue
-            seconds, mib = measure(fn, batch_size, args.dim, levels, device, args.repeats)
+            seconds, mib = measure(
+                fn,
+                batch_size,
+                args.dim,
+                levels,
+                device,
+                args.repeats,
+                cpu_time=args.cpu_time,
+                peak_memory=not args.no_peak_memory,
+            )
             rows.append(
                 {
                     "loss": name,
@@ -317,10 +359,11 @@ def main() -> None:
         )
     masked = [row for row in rows if "HMLCLoss L=3" in row["loss"]]
     if masked:
-        print("\n| masked loss | batch | fwd+bwd ms | time vs HMCE L=3 |")
+        print("\n| masked loss | batch | fwd+bwd ms | time vs HMCE L=3 (same hce_form) |")
         print("|---|---:|---:|---:|")
         for row in masked:
-            base = by_key[("HMLCLoss hmce L=3", row["batch_size"])]
+            tag = " batch_mean" if "batch_mean" in row["loss"] else ""
+            base = by_key[(f"HMLCLoss hmce L=3{tag}", row["batch_size"])]
             print(
                 f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | "
                 f"{row['ms'] / base['ms']:.2f}x |"
@@ -334,6 +377,7 @@ def main() -> None:
                     "commit": git_commit(),
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
+                    "clock": "process CPU time" if args.cpu_time else "wall clock",
                     "rows": rows,
                 },
                 indent=2,

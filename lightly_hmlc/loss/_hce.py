@@ -14,9 +14,9 @@ the anchor, not to ``p``: it applies to every level-``l`` positive, also one tha
 a positive at the finer level, and an anchor without known finer labels (``-1``) or
 without finer positives is not constrained.
 
-Cost: one ``[L, Na, Nc]`` tensor of pair losses (``Na`` anchors, ``Nc`` contrast rows, L
-levels), i.e. memory O(L N^2), computed in a few vectorised passes; no Python loop over
-anchors or pairs.
+Cost: no Python loop over anchors or pairs. Without masks one ``[Na, Nc]`` pass
+(:func:`_pair_constrained_shared`, memory O(N^2)); with per-level masks a few
+``[L, Na, Nc]`` tensors (:func:`_pair_constrained`, memory O(L N^2)).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import math
 import torch
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import LevelGroups
+from lightly_hmlc.loss._levels import LevelGroups, level_statistics
 
-HCE_FORMS = ("pair", "batch_mean")
+HCE_FORMS = ("pair", "same_pair", "batch_mean")
 
 
 def pair_constrained_level_losses(
@@ -37,6 +37,9 @@ def pair_constrained_level_losses(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    same_pair: bool = False,
+    logits: Tensor | None = None,
+    log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-anchor level terms with HiConE applied per positive pair.
 
@@ -47,6 +50,14 @@ def pair_constrained_level_losses(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature.
+        same_pair: Bound each pair by the SAME pair's losses at the finer levels where
+            it is a positive (``hce_form="same_pair"``), instead of by the anchor's
+            largest finer pair loss. Without masks a pair's loss is the same at every
+            level, so this bound never binds and the terms are the plain ones.
+        logits: Optional ``[L, Na, Nc]`` similarities / temperature computed already
+            (the partition fast path of ``_masked_fast``); then the features only give
+            the shapes.
+        log_denominator: Optional ``[L, Na, 1]`` log-denominators of those logits.
 
     Returns:
         ``(constrained, unconstrained, is_anchor)``, each ``[L, Na]``: the mean over the
@@ -57,13 +68,95 @@ def pair_constrained_level_losses(
     # As for the group-sum terms: under autocast the logits stay float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         low = (torch.float16, torch.bfloat16)
-        return _pair_constrained(
-            anchors.float() if anchors.dtype in low else anchors,
-            contrast.float() if contrast.dtype in low else contrast,
-            anchor_index,
-            groups,
-            temperature,
-        )
+        anchors = anchors.float() if anchors.dtype in low else anchors
+        contrast = contrast.float() if contrast.dtype in low else contrast
+        if anchors.dim() == 3 or logits is not None:
+            return _pair_constrained(
+                anchors,
+                contrast,
+                anchor_index,
+                groups,
+                temperature,
+                same_pair,
+                logits,
+                log_denominator,
+            )
+        if same_pair:  # shared features: the same pair costs the same at every level
+            stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
+            mean = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
+            plain = torch.where(
+                stats.is_anchor, stats.log_denominator - mean, torch.zeros_like(mean)
+            )
+            return plain, plain.detach(), stats.is_anchor
+        return _pair_constrained_shared(anchors, contrast, anchor_index, groups, temperature)
+
+
+def _pair_constrained_shared(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same terms for features shared by all levels, from one ``[Na, Nc]`` matrix.
+
+    With one similarity matrix ``s``, a pair's loss ``logden_i - s_ip`` is the same at
+    every level, and the finer positives nest (``P_l'(i)`` is a subset of ``P_l(i)``
+    for finer ``l'``), so the bound at level ``l`` is ``logden_i - m_l+1(i)`` with
+    ``m_l+1(i)`` the smallest similarity among the positives of the level below, and
+
+    ``sum_{p in P_l(i)} max(l(i, p), bound) = sum_{P_l(i)} l(i, p)
+    + sum_{p in P_l(i)} relu(s_ip - m_l+1(i))``.
+
+    On the finer positives the relu is linear (they are all >= m_l+1), so their part
+    comes from the group sums of :func:`level_statistics`, and only the pairs whose
+    deepest common level is exactly ``l`` need a per-pair relu. Every pair has one such
+    level, so one scatter-min and one relu pass over the matrix serve every level.
+    """
+    num_levels = groups.ids.shape[1]
+    num_anchors = anchors.shape[0]
+    stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
+    logits = stats.logits[0]  # [Na, Nc], -inf on the anchor's own column
+    device, dtype = logits.device, logits.dtype
+
+    # Deepest common known level of every pair, + 1 (0: not a positive at any level).
+    # Prefix groups nest, so the number of levels where both rows are in the same
+    # known group is that depth + 1.
+    ids, valid = groups.ids, groups.valid
+    bucket = torch.zeros(num_anchors, contrast.shape[0], dtype=torch.long, device=device)
+    for level in range(num_levels):  # a loop over levels, never over samples
+        same = ids[anchor_index, level].unsqueeze(1) == ids[:, level].unsqueeze(0)
+        bucket += same & valid[anchor_index, level].unsqueeze(1) & valid[:, level].unsqueeze(0)
+    rows = torch.arange(num_anchors, device=device)
+    bucket[rows, anchor_index] = torch.zeros((), dtype=torch.long, device=device)
+
+    # m_l(i): the smallest logit over the pairs whose deepest common level is >= l.
+    table = torch.full((num_anchors, num_levels + 1), math.inf, dtype=dtype, device=device)
+    smallest = table.scatter_reduce(1, bucket, logits, reduce="amin", include_self=False)
+    smallest = smallest[:, 1:].flip(1).cummin(1).values.flip(1)  # [Na, L]
+    inf = torch.full((num_anchors, 1), math.inf, dtype=dtype, device=device)
+    finer_smallest = torch.cat([smallest[:, 1:], inf], dim=1)  # m_l+1(i); inf: none
+    # The per-pair relu for the pairs whose deepest common level is exactly l (the
+    # bucket-0 column, the non-positives and the anchor itself, is dropped; its logit
+    # may be -inf, whose relu is 0).
+    threshold = torch.cat([inf, finer_smallest], dim=1).gather(1, bucket)
+    raised = torch.zeros_like(table).scatter_add(1, bucket, torch.relu(logits - threshold))
+
+    count = stats.positive_count.t()  # [Na, L]
+    total = stats.positive_logit_sum.t()
+    zeros = torch.zeros_like(inf)
+    finer_count = torch.cat([count[:, 1:], zeros], dim=1)
+    finer_total = torch.cat([total[:, 1:], zeros], dim=1)
+    has_finer = finer_count > 0
+    zero = torch.zeros((), dtype=dtype, device=device)
+    bound = torch.where(has_finer, finer_smallest, zero)  # never inf * 0
+    lift = torch.where(has_finer, finer_total - finer_count * bound + raised[:, 1:], zero)
+    divisor = count.clamp(min=1.0)
+    is_anchor = stats.is_anchor.t()
+    unconstrained = stats.log_denominator.t() - total / divisor
+    constrained = torch.where(is_anchor, unconstrained + lift / divisor, zero).t()
+    unconstrained = torch.where(is_anchor, unconstrained, zero).t().detach()
+    return constrained, unconstrained, is_anchor.t()
 
 
 def _pair_constrained(
@@ -72,18 +165,26 @@ def _pair_constrained(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
+    same_pair: bool = False,
+    logits: Tensor | None = None,
+    log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     num_anchors = anchors.shape[0]
     device = anchors.device
-    anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
-    contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-    logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+    if logits is None:
+        anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
+        contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
+        logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
     rows = torch.arange(num_anchors, device=device)
     # An anchor is never its own negative. Its own column stays finite in pair_loss, so
     # products with the 0/1 positive mask below are never inf * 0.
-    denominator_logits = logits.clone()
-    denominator_logits[:, rows, anchor_index] = -math.inf
-    log_denominator = torch.logsumexp(denominator_logits, dim=2, keepdim=True)
+    if log_denominator is None:
+        denominator_logits = logits.clone()
+        # A tensor value, not a Python scalar: no host-to-device copy.
+        denominator_logits[:, rows, anchor_index] = torch.full(
+            (), -math.inf, dtype=logits.dtype, device=device
+        )
+        log_denominator = torch.logsumexp(denominator_logits, dim=2, keepdim=True)
     pair_loss = log_denominator - logits  # [1 or L, Na, Nc]
 
     ids = groups.ids.t()  # [L, Nc]
@@ -91,18 +192,24 @@ def _pair_constrained(
     anchor_ids, anchor_valid = ids[:, anchor_index], valid[:, anchor_index]  # [L, Na]
     positive = (anchor_ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(1)
     positive &= anchor_valid.unsqueeze(2)
-    positive[:, rows, anchor_index] = False  # [L, Na, Nc]
+    positive[:, rows, anchor_index] = torch.zeros((), dtype=torch.bool, device=device)
     weight = positive.to(pair_loss.dtype)
     count = weight.sum(dim=2)
     is_anchor = count > 0
     divisor = count.clamp(min=1.0)
 
-    # The worst pair of every anchor at every level, then the worst of all finer levels.
-    no_pair = torch.tensor(-math.inf, dtype=pair_loss.dtype, device=device)
-    level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
-    finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
-    finer_max = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)])  # levels > l
-    constrained_pairs = torch.maximum(pair_loss, finer_max.unsqueeze(2))
+    no_pair = torch.full((), -math.inf, dtype=pair_loss.dtype, device=device)
+    if same_pair:
+        # Each pair's own largest loss over the finer levels where it is a positive.
+        own = torch.where(positive, pair_loss, no_pair)  # [L, Na, Nc]
+        finer = torch.cummax(own.flip(0), dim=0).values.flip(0)  # levels >= l
+        finer = torch.cat([finer[1:], no_pair.expand(1, *finer.shape[1:])])  # levels > l
+    else:
+        # The worst pair of every anchor at every level, then of all finer levels.
+        level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
+        finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
+        finer = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)]).unsqueeze(2)
+    constrained_pairs = torch.maximum(pair_loss, finer)
     constrained = (constrained_pairs * weight).sum(dim=2) / divisor
     with torch.no_grad():  # only reported, never differentiated
         unconstrained = (pair_loss * weight).sum(dim=2) / divisor

@@ -56,9 +56,11 @@ class _LevelLogSumExp(torch.autograd.Function):
         ctx: Any, anchors: Tensor, contrast: Tensor, anchor_index: Tensor, shift: float | None
     ) -> Tensor:
         rows = torch.arange(anchors.shape[1], device=anchors.device)
+        # A tensor value, not a Python scalar: no host-to-device copy.
+        minus_inf = torch.full((), -math.inf, dtype=anchors.dtype, device=anchors.device)
         if shift is None:
             logits = torch.bmm(anchors, contrast.transpose(1, 2))
-            logits[:, rows, anchor_index] = -math.inf  # an anchor is never its own negative
+            logits[:, rows, anchor_index] = minus_inf  # an anchor is never its own negative
             offset = logits.amax(dim=2, keepdim=True)
             logits.sub_(offset)
             offset = offset.squeeze(2)
@@ -67,7 +69,7 @@ class _LevelLogSumExp(torch.autograd.Function):
             logits = torch.baddbmm(
                 anchors.new_full((1, 1, 1), -shift), anchors, contrast.transpose(1, 2)
             )
-            logits[:, rows, anchor_index] = -math.inf
+            logits[:, rows, anchor_index] = minus_inf
             offset = anchors.new_full((1, 1), shift)
         probs = logits.exp_()  # in place: the logits are not needed any more
         total = probs.sum(dim=2)
@@ -135,6 +137,7 @@ def masked_level_losses(
     temperature: float,
     anchor_masks: Tensor,
     contrast_masks: Tensor,
+    allow_sync: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The SupCon term of every anchor at every level, on masked features.
 
@@ -153,6 +156,9 @@ def masked_level_losses(
         anchor_masks: ``[1 | Na, L, D]`` masks of the anchors.
         contrast_masks: ``[1 | Nc, L, D]`` masks of the contrast rows (the same tensor as
             ``anchor_masks`` when they are shared or the rows are the same).
+        allow_sync: Look for partition masks (one host synchronisation). ``False``
+            (the losses' ``check_values=False``) always takes the batched path, which
+            never synchronises.
 
     Returns:
         ``(loss, is_anchor)``, both ``[L, Na]``, as ``anchor_level_losses``.
@@ -163,7 +169,7 @@ def masked_level_losses(
         anchor_masks = anchor_masks.to(anchors.dtype)
         contrast_masks = anchor_masks if same_rows else contrast_masks.to(contrast.dtype)
         dims = None
-        if anchor_masks.shape[0] == 1 and contrast_masks.shape[0] == 1:
+        if allow_sync and anchor_masks.shape[0] == 1 and contrast_masks.shape[0] == 1:
             if same_rows or torch.equal(anchor_masks, contrast_masks):
                 dims = partition_dims(anchor_masks, anchors.shape[1])
         shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
@@ -187,6 +193,38 @@ def masked_level_losses(
             log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
             level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
         return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
+def partition_logits(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    dims: list[Tensor],
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """Level similarities / temperature ``[L, Na, Nc]`` of partition masks, and their
+    log-denominators ``[L, Na, 1]`` (the anchor's own column excluded).
+
+    For the per-pair HiConE form, which needs every pair's level similarity. Level ``h``
+    is ``normalize(z[:, dims_h])``, i.e. ``normalize(z * m_h)`` on its own dimensions, so
+    the L matmuls together cost one full-width matmul; the denominators come from
+    :class:`_LevelLogSumExp` (one more such set of matmuls, but fewer passes over the
+    ``[L, N, N]`` logits than a copy and autograd's log-sum-exp).
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        same_rows = anchors is contrast
+        anchors, contrast = _wide(anchors), _wide(contrast)
+        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        logits, denominators = [], []
+        for level_dims in dims:
+            a = F.normalize(anchors[:, level_dims], dim=1)
+            c = a if same_rows else F.normalize(contrast[:, level_dims], dim=1)
+            scaled = a / temperature
+            logits.append(scaled @ c.t())
+            denominators.append(
+                _LevelLogSumExp.apply(scaled.unsqueeze(0), c.unsqueeze(0), anchor_index, shift)
+            )
+        return torch.stack(logits), torch.cat(denominators).unsqueeze(2)
 
 
 def level_feature_losses(
@@ -235,12 +273,13 @@ def _add_positives(
     valid = groups.valid
     positive_dots, positive_counts = [], []
     for level, (a, c) in enumerate(level_features):
-        level_valid = valid[:, level]
-        ids = groups.ids[level_valid, level]
+        ids = groups.ids[:, level]
+        # Unknown prefixes add zero rows (no boolean indexing: that would synchronise).
+        weight = valid[:, level].to(c.dtype)
         sums = torch.zeros(groups.num_groups, c.shape[1], dtype=c.dtype, device=device)
-        sums = sums.index_add(0, ids, c[level_valid])
-        counts = torch.zeros(groups.num_groups, dtype=torch.float32, device=device)
-        counts = counts.index_add(0, ids, torch.ones_like(ids, dtype=torch.float32))
+        sums = sums.index_add(0, ids, c * weight.unsqueeze(1))
+        counts = torch.zeros(groups.num_groups, dtype=c.dtype, device=device)
+        counts = counts.index_add(0, ids, weight)
         anchor_ids = groups.ids[anchor_index, level]
         own = c[anchor_index] if a is not c else a
         positive_dots.append((a * (sums[anchor_ids] - own)).sum(dim=1))

@@ -15,23 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import (
-    LossBatch,
-    anchor_level_losses,
-    build_level_groups,
-    check_masks,
-    gather_for_loss,
-    reduce_levels,
-)
-from lightly_hmlc.loss._masked_fast import level_feature_losses, masked_level_losses
+from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 
 Memory = tuple[Tensor, Tensor]
 
 
-def check_memory(memory: object, features: Tensor, num_levels: int) -> Memory | None:
+def check_memory(
+    memory: object, features: Tensor, num_levels: int, check_values: bool = True
+) -> Memory | None:
     """Validated memory rows: ``(normalised features [K, D], labels [K, L])``.
 
-    An empty memory (``K = 0``, e.g. a bank's first step) is returned as ``None``.
+    An empty memory (``K = 0``, e.g. a bank's first step) is returned as ``None``. With
+    ``check_values=False`` only shapes and dtypes are checked (no host synchronisation).
 
     Raises:
         ValueError: Naming the problem (not a pair, shapes, dtype, NaN, labels < -1).
@@ -68,9 +63,9 @@ def check_memory(memory: object, features: Tensor, num_levels: int) -> Memory | 
         )
     if bank_features.shape[0] == 0:
         return None
-    if bool((bank_labels < -1).any()):
+    if check_values and bool((bank_labels < -1).any()):
         raise ValueError("memory labels contain values below -1: use -1 only for unknown.")
-    if not bool(torch.isfinite(bank_features).all()):
+    if check_values and not bool(torch.isfinite(bank_features).all()):
         raise ValueError("memory features contain NaN or Inf.")
     unit = F.normalize(bank_features.to(device=features.device, dtype=features.dtype), dim=1)
     return unit, bank_labels.to(device=features.device, dtype=torch.long)
@@ -81,7 +76,7 @@ def append_memory(batch: LossBatch, memory: Memory | None) -> LossBatch:
     if memory is None:
         return batch
     bank_features, bank_labels = memory
-    offset = int(batch.sample_index.max()) + 1
+    offset = batch.contrast.shape[0]  # sample ids are below the number of rows
     sample_index = torch.arange(bank_features.shape[0], device=bank_features.device) + offset
     return dataclasses.replace(
         batch,
@@ -91,85 +86,63 @@ def append_memory(batch: LossBatch, memory: Memory | None) -> LossBatch:
     )
 
 
-def memory_level_terms(
+def memory_batch(
     features: Tensor,
     labels: Tensor,
-    temperature: float,
+    masks: Tensor | None,
+    memory: object,
+    memory_masks: Tensor | None,
     gather_distributed: bool,
-    masks: Tensor | None = None,
-    memory: object = None,
-    memory_masks: Tensor | None = None,
-    mask_source: str = "masks",
-) -> tuple[Tensor, Tensor]:
-    """Per-level ``(share, value)`` (see ``reduce_levels``) of batch rows ∪ memory rows.
+    check_values: bool = True,
+) -> tuple[LossBatch, Tensor | None]:
+    """The loss batch of batch rows ∪ memory rows, and the masks shared by all its rows.
 
     Args:
         features: ``[2B, D]`` normalised rows of ``cat([out0, out1])``.
         labels: ``[2B, L]`` their label paths.
-        temperature: Softmax temperature.
-        gather_distributed: Gather the batch rows of all ranks (the memory rows are not
-            gathered: a bank with ``gather_distributed=True`` holds the same rows on
-            every rank already).
-        masks: ``None`` or ``[1 | B | 2B, L, D]`` batch masks.
+        masks: ``None`` or checked batch masks ``[1 | 2B, L, D]``.
         memory: ``None`` or ``(features [K, D], labels [K, L])``.
         memory_masks: ``None`` or ``[1 | K, L, D]``; ``None`` reuses shared ``[1, L, D]``
             batch masks.
-        mask_source: How error messages name the batch masks.
+        gather_distributed: Gather the batch rows of all ranks (the memory rows are not
+            gathered: a bank with ``gather_distributed=True`` holds the same rows on
+            every rank already).
+        check_values: Check the memory's values too (a host synchronisation).
+
+    Returns:
+        ``(batch, shared_masks)``. With ``shared_masks`` (``[1, L, D]``, one set for
+        every row) the batch holds ``[N, D]`` rows and the masks are still to be applied
+        (so the partition fast path can); otherwise the rows are ``[N, D]`` without
+        masks, or ``[N, L, D]`` per-level features with the per-row masks applied.
 
     Raises:
-        ValueError: For invalid memory or masks, or per-row batch masks with memory rows
-            but no ``memory_masks``.
+        ValueError: For invalid memory or memory masks, or per-row batch masks with
+            memory rows but no ``memory_masks``.
     """
-    num_levels = labels.shape[1]
-    bank = check_memory(memory, features, num_levels)
-    if masks is not None:
-        masks = check_masks(features, masks, num_levels, mask_source)
-    elif memory_masks is not None:
+    bank = check_memory(memory, features, labels.shape[1], check_values)
+    if masks is None and memory_masks is not None:
         raise ValueError(
             "memory_masks were given without masks: pass the batch's masks too (or neither)."
         )
     if bank is not None and masks is not None:
-        memory_masks = _memory_masks(masks, memory_masks, bank[0])
-    if memory_masks is not None and masks is not None and memory_masks is not masks:
-        if memory_masks.shape[0] == 1 and masks.shape[0] == 1:
-            if not (memory_masks.requires_grad or masks.requires_grad):
-                if torch.equal(memory_masks, masks):  # equal hard masks: keep the fast path
-                    memory_masks = masks
-    shared = masks is None or (
-        masks.shape[0] == 1 and (memory_masks is None or memory_masks is masks)
-    )
-    if shared:
-        # One set of masks for every row: gather z, and the partition fast path may apply.
+        memory_masks = _memory_masks(masks, memory_masks, bank[0], check_values)
+    if masks is None or (masks.shape[0] == 1 and (memory_masks is None or memory_masks is masks)):
+        # One set of masks for every row (or none): gather z, mask later.
         batch = append_memory(gather_for_loss(features, labels, gather_distributed), bank)
-        groups = build_level_groups(batch.contrast_labels)
-        if masks is None:
-            loss, is_anchor = anchor_level_losses(
-                batch.anchors, batch.contrast, batch.anchor_index, groups, temperature
-            )
-        else:
-            loss, is_anchor = masked_level_losses(
-                batch.anchors, batch.contrast, batch.anchor_index, groups, temperature, masks, masks
-            )
-        return reduce_levels(loss, is_anchor, batch.distributed)
+        return batch, masks
     # Per-row masks: gather the per-level features (they carry the masks' gradient).
-    assert masks is not None
     level_features = F.normalize(features.unsqueeze(1) * masks, dim=2)
     batch = gather_for_loss(level_features, labels, gather_distributed)
     if bank is not None:
         assert memory_masks is not None
         bank_levels = F.normalize(bank[0].unsqueeze(1) * memory_masks, dim=2)
         batch = append_memory(batch, (bank_levels, bank[1]))
-    loss, is_anchor = level_feature_losses(
-        batch.anchors,
-        batch.contrast,
-        batch.anchor_index,
-        build_level_groups(batch.contrast_labels),
-        temperature,
-    )
-    return reduce_levels(loss, is_anchor, batch.distributed)
+    return batch, None
 
 
-def _memory_masks(masks: Tensor, memory_masks: Tensor | None, bank_features: Tensor) -> Tensor:
+def _memory_masks(
+    masks: Tensor, memory_masks: Tensor | None, bank_features: Tensor, allow_sync: bool
+) -> Tensor:
     rows, num_levels, dim = bank_features.shape[0], masks.shape[1], masks.shape[2]
     if memory_masks is None:
         if masks.shape[0] != 1:
@@ -178,6 +151,8 @@ def _memory_masks(masks: Tensor, memory_masks: Tensor | None, bank_features: Ten
                 f"None: pass memory_masks=[{rows} | 1, {num_levels}, {dim}] for the memory "
                 "rows, e.g. mask_head(memory_features)."
             )
+        return masks
+    if memory_masks is masks:
         return masks
     if not isinstance(memory_masks, Tensor) or not memory_masks.dtype.is_floating_point:
         raise ValueError("memory_masks must be a floating point torch.Tensor.")
@@ -190,4 +165,11 @@ def _memory_masks(masks: Tensor, memory_masks: Tensor | None, bank_features: Ten
             f"memory_masks has shape {tuple(memory_masks.shape)}; expected "
             f"[1 | {rows}, {num_levels}, {dim}] (shared | per memory row, levels, dim)."
         )
-    return memory_masks.to(device=masks.device, dtype=masks.dtype)
+    if allow_sync and not bool(torch.isfinite(memory_masks).all()):
+        raise ValueError("memory_masks contain NaN or Inf: check the mask head.")
+    memory_masks = memory_masks.to(device=masks.device, dtype=masks.dtype)
+    shared = memory_masks.shape[0] == 1 and masks.shape[0] == 1
+    if allow_sync and shared and not (memory_masks.requires_grad or masks.requires_grad):
+        if torch.equal(memory_masks, masks):  # the same hard masks: keep the fast path
+            return masks
+    return memory_masks

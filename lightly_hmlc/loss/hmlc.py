@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._features import check_masks, prepare_inputs
+from lightly_hmlc.loss._gather import LossBatch, gather_for_loss, reduce_levels
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
@@ -12,17 +17,19 @@ from lightly_hmlc.loss._levels import (
     LevelGroups,
     aggregate_levels,
     anchor_level_losses,
-    apply_masks,
     build_level_groups,
-    gather_for_loss,
+    check_temperature,
     layer_penalties,
     level_terms,
-    normalize_features,
-    reduce_levels,
     resolve_layer_penalty,
-    validate_inputs,
 )
-from lightly_hmlc.loss._memory import memory_level_terms
+from lightly_hmlc.loss._masked_fast import (
+    level_feature_losses,
+    masked_level_losses,
+    partition_dims,
+    partition_logits,
+)
+from lightly_hmlc.loss._memory import memory_batch
 
 
 class _HierarchicalLoss(nn.Module):
@@ -42,6 +49,7 @@ class _HierarchicalLoss(nn.Module):
         base_temperature: float = 0.07,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
@@ -54,10 +62,8 @@ class _HierarchicalLoss(nn.Module):
             )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not base_temperature > 0:
-            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
+        temperature = check_temperature("temperature", temperature)
+        base_temperature = check_temperature("base_temperature", base_temperature)
         if num_levels is not None and num_levels < 1:
             raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
         self.loss_type = loss_type
@@ -69,83 +75,147 @@ class _HierarchicalLoss(nn.Module):
         self.base_temperature = float(base_temperature)
         self.gather_distributed = gather_distributed
         self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
+        self.check_values = check_values
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
-    def level_weights(self, num_levels: int) -> Tensor | None:
-        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
+    def level_weights(
+        self,
+        num_levels: int,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor | None:
+        """The weights of the level terms, coarse to fine (``None``: uniform mean).
+
+        Made on ``device`` in ``dtype`` (the loss's), so that nothing is copied to the
+        device per step and float64 inputs are weighted in float64.
+        """
         if self.loss_type == "hce" and not self.reference_compatible:
             return None
         if self.loss_type == "hce":
-            return torch.full((num_levels,), 1.0 / (num_levels + 1))
-        penalties = layer_penalties(num_levels, self.layer_penalty)
+            return torch.full((num_levels,), 1.0 / (num_levels + 1), dtype=dtype, device=device)
+        penalties = layer_penalties(
+            num_levels, self.layer_penalty, dtype, device, check=self.check_values
+        )
         if self.reference_compatible:
             return penalties / (num_levels + 1)
         if self.normalize_weights:
             return penalties / penalties.sum()
         return penalties / num_levels
 
-    def _loss(
+    def _prepare(
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        keep_masks_apart: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
+        return prepare_inputs(
+            out0,
+            out1,
+            labels,
+            self.num_levels,
+            self.check_values,
+            self.gather_distributed,
+            masks,
+            keep_masks_apart,
+        )
+
+    def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of rows ``[2B, D]`` or ``[2B, L, D]``, paths ``[2B, L]``."""
+        return self._batch_loss(gather_for_loss(features, labels, self.gather_distributed))
+
+    def _memory_loss(
         self,
         features: Tensor,
         labels: Tensor,
         masks: Tensor | None,
-        mask_source: str = "masks",
-        memory: object = None,
-        memory_masks: Tensor | None = None,
+        memory: object,
+        memory_masks: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        """``(loss, level_losses)`` of normalised ``[2B, D]`` features, ``[2B, L]`` paths."""
-        extra = masks is not None or memory is not None or memory_masks is not None
-        if not self.reference_compatible and extra:
-            # Masks take the fast masked level terms; memory rows join the contrast set.
-            share, value = memory_level_terms(
-                features,
-                labels,
-                self.temperature,
-                self.gather_distributed,
-                masks,
-                memory,
-                memory_masks,
-                mask_source,
-            )
-            loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
-            return loss, value
-        if memory is not None or memory_masks is not None:
-            raise ValueError(
-                "reference_compatible=True takes no memory rows: the reference "
-                "implementation has no memory bank. Use the default mode with a memory."
-            )
-        if masks is not None:
-            features = apply_masks(features, masks, labels.shape[1], mask_source)
-        batch = gather_for_loss(features, labels, self.gather_distributed)
+        """``_loss`` of normalised rows ``[2B, D]`` with checked masks and memory rows."""
+        if self.reference_compatible:
+            if memory is not None or memory_masks is not None:
+                raise ValueError(
+                    "reference_compatible=True takes no memory rows: the reference "
+                    "implementation has no memory bank. Use the default mode with a memory."
+                )
+            if masks is not None:
+                features = F.normalize(features.unsqueeze(1) * masks, dim=2)
+            return self._loss(features, labels)
+        batch, shared_masks = memory_batch(
+            features,
+            labels,
+            masks,
+            memory,
+            memory_masks,
+            self.gather_distributed,
+            self.check_values,
+        )
+        return self._batch_loss(batch, shared_masks)
+
+    def _batch_loss(self, batch: LossBatch, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of a loss batch; ``masks`` ``[1, L, D]`` still to apply."""
+        dtype, device = batch.contrast.dtype, batch.contrast.device
         if self.reference_compatible:
             share = self._reference_level_terms(
                 batch.contrast, batch.contrast_labels, batch.sample_index
             )
             value = share.detach()
-        elif self.loss_type != "hmc" and self.hce_form == "pair":
+        elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
+            logits = log_denominator = None
+            if masks is not None:  # the per-pair form needs every level's similarities
+                dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
+                if dims is not None:
+                    logits, log_denominator = partition_logits(
+                        batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
+                    )
+                else:
+                    batch = dataclasses.replace(
+                        batch,
+                        anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
+                        contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
+                    )
             constrained, unconstrained, is_anchor = pair_constrained_level_losses(
                 batch.anchors,
                 batch.contrast,
                 batch.anchor_index,
                 build_level_groups(batch.contrast_labels),
                 self.temperature,
+                same_pair=self.hce_form == "same_pair",
+                logits=logits,
+                log_denominator=log_denominator,
             )
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
-            num_levels = labels.shape[1]
+            num_levels = batch.contrast_labels.shape[1]
             share, value = reduce_levels(
                 torch.cat([constrained, unconstrained]),
                 torch.cat([is_anchor, is_anchor]),
                 batch.distributed,
             )
-            weights = self.level_weights(num_levels)
+            weights = self.level_weights(num_levels, dtype, device)
             loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
             return loss, value[num_levels:]
         else:
-            share, value = level_terms(batch, self.temperature)
-        loss = aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
-        return loss, value
+            share, value = self._level_terms(batch, masks)
+        weights = self.level_weights(len(value), dtype, device)
+        return aggregate_levels(share, value, self.loss_type, weights), value
+
+    def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The group-sum level terms; masked rows take the fast masked level terms."""
+        if masks is None and batch.anchors.dim() == 2:
+            return level_terms(batch, self.temperature)
+        args = (batch.anchor_index, build_level_groups(batch.contrast_labels), self.temperature)
+        if masks is None:
+            loss, is_anchor = level_feature_losses(batch.anchors, batch.contrast, *args)
+        else:
+            loss, is_anchor = masked_level_losses(
+                batch.anchors, batch.contrast, *args, masks, masks, self.check_values
+            )
+        return reduce_levels(loss, is_anchor, batch.distributed)
 
     def _reference_level_terms(
         self, features: Tensor, labels: Tensor, sample_index: Tensor
@@ -158,7 +228,7 @@ class _HierarchicalLoss(nn.Module):
         therefore the first sample, in batch order, of the lexicographically smallest
         full label path under that prefix; those rows take part in level ``l``.
         """
-        if bool((labels < 0).any()):
+        if self.check_values and bool((labels < 0).any()):
             raise ValueError(
                 "reference_compatible=True does not support -1 (unknown) labels: the "
                 "reference implementation has no notion of a missing level. Use the "
@@ -169,9 +239,8 @@ class _HierarchicalLoss(nn.Module):
         device = labels.device
         # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
         path_ids = groups.ids[:, -1]
-        no_sample = int(sample_index.max()) + 1
-        first_sample = torch.full(
-            (groups.num_groups,), no_sample, dtype=torch.long, device=device
+        first_sample = torch.full(  # sample ids are < num_rows: it marks "none yet"
+            (groups.num_groups,), num_rows, dtype=torch.long, device=device
         ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
         is_first_of_path = first_sample[path_ids] == sample_index
         taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
@@ -216,7 +285,12 @@ class HMLCLoss(_HierarchicalLoss):
       ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
       class-clustered embedding this binds (coarse-level positives that sit closer
       than the anchor's worst finer positive are raised), so ``hmce`` differs from
-      ``hmc``. Memory: a few ``[L, N, N]`` tensors.
+      ``hmc``. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with
+      per-level masks (N rows of the batch, all ranks).
+    - ``"same_pair"``: per pair, bounded by the SAME pair's losses at the finer levels
+      where it is a positive. A pair's loss depends on the level only through per-level
+      masks, so without masks this equals ``hmc``'s terms (with ``hce``'s weights);
+      with masks it binds.
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
@@ -244,7 +318,7 @@ class HMLCLoss(_HierarchicalLoss):
 
     Args:
         loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
-        temperature: Scales the cosine similarities, ``> 0``.
+        temperature: Scales the cosine similarities, ``> 0`` and finite.
         layer_penalty: ``"exp"`` (default, as in the authors' training script),
             ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
             callable mapping a float tensor of ``1 / k`` values to weights.
@@ -257,13 +331,19 @@ class HMLCLoss(_HierarchicalLoss):
             value equals the single-process loss on the global batch on every rank, and
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
-        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
-            or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
+            ``"same_pair"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
+        check_values: Check values as well as shapes (default): NaN/Inf embeddings or
+            masks, embeddings whose norm over- or underflows, labels below -1, bad
+            penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
+            ``gather_distributed``, the same error on every rank and equal batch sizes. These checks synchronise the host with an
+            accelerator once per step; ``False`` skips them, so that ``forward`` never
+            synchronises (see ``docs/METHOD.md`` for the measured cost).
 
     Raises:
         ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
-            non-positive temperature, ``num_levels < 1``, or ``hce_form="pair"`` with
+            temperature that is not finite and > 0, ``num_levels < 1``, or ``hce_form="pair"`` with
             ``reference_compatible=True``.
 
     Examples:
@@ -317,9 +397,14 @@ class HMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        labels = validate_inputs(out0, out1, labels, self.num_levels)
-        features = normalize_features(out0, out1)
-        loss, level_losses = self._loss(
-            features, labels.repeat(2, 1), masks, memory=memory, memory_masks=memory_masks
-        )
+        if masks is None and memory is None and memory_masks is None:
+            paths, features = self._prepare(out0, out1, labels)
+            loss, level_losses = self._loss(features, paths)
+        else:
+            # Masks are checked with the inputs (one error decision for all ranks) but
+            # applied later: the fast masked level terms take the rows and masks apart.
+            paths, features = self._prepare(out0, out1, labels, masks, keep_masks_apart=True)
+            if masks is not None:
+                masks = check_masks(features, masks, paths.shape[1], check_values=False)
+            loss, level_losses = self._memory_loss(features, paths, masks, memory, memory_masks)
         return (loss, level_losses) if return_level_losses else loss

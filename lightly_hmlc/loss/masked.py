@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._levels import LayerPenalty, normalize_features, validate_inputs
+from lightly_hmlc.loss._features import check_masks
+from lightly_hmlc.loss._levels import LayerPenalty
 from lightly_hmlc.loss._memory import check_memory
 from lightly_hmlc.loss.hmlc import _HierarchicalLoss
 
@@ -39,7 +40,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed, hce_form: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form, check_values: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -66,6 +67,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -75,6 +77,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
             hce_form=hce_form,
+            check_values=check_values,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -108,17 +111,16 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        labels = validate_inputs(out0, out1, labels, self.num_levels)
-        features = normalize_features(out0, out1)
-        paths = labels.repeat(2, 1)
+        paths, features = self._prepare(out0, out1, labels)
         masks = self.mask_head(features, paths)
-        bank = check_memory(memory, features, paths.shape[1])
-        if bank is not None and memory_masks is None and masks.dim() == 3 and len(masks) > 1:
+        checked = check_masks(
+            features, masks, paths.shape[1], "The mask head's output", self.check_values
+        )
+        bank = check_memory(memory, features, paths.shape[1], self.check_values)
+        if bank is not None and memory_masks is None and checked.shape[0] > 1:
             # Per-row masks: the memory rows get theirs from the same head.
             memory_masks = self.mask_head(bank[0])
-        loss, level_losses = self._loss(
-            features, paths, masks, "The mask head's output", memory, memory_masks
-        )
+        loss, level_losses = self._memory_loss(features, paths, checked, memory, memory_masks)
         regularize = getattr(self.mask_head, "regularization", None)
         if callable(regularize):
             loss = loss + regularize(masks)
@@ -138,6 +140,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
+        check_values: bool = True,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -149,6 +152,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
             hce_form=hce_form,
+            check_values=check_values,
         )
 
     @staticmethod
@@ -166,7 +170,7 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form: As in :class:`HMLCLoss`.
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -198,7 +202,7 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form: As in :class:`HMLCLoss`.
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:

@@ -74,12 +74,15 @@ def pair_loss(z: Tensor, i: int, p: int, temperature: float) -> Tensor:
     return log_denominator - z[i] @ z[p] / temperature
 
 
-def hce_pair_level_means(level_z: list[Tensor], labels: Tensor, temperature: float) -> list[Tensor]:
+def hce_pair_level_means(
+    level_z: list[Tensor], labels: Tensor, temperature: float, same_pair: bool = False
+) -> list[Tensor]:
     """Per-level means of HiConE applied per pair, one plain loop per anchor and pair.
 
     ``level_z[l]`` are the ``[2B, D]`` features level l sees. The pair (i, p) at level l
     costs ``max(loss_l(i, p), largest loss_l'(i, p') over finer levels l' and their
-    positives p' of the same anchor i)``.
+    positives p' of the same anchor i)``; with ``same_pair``, of the pair (i, p)
+    itself at the finer levels where p is a positive.
     """
     paths = labels.tolist() * 2
     num_levels = labels.shape[1]
@@ -98,6 +101,12 @@ def hce_pair_level_means(level_z: list[Tensor], labels: Tensor, temperature: flo
             pair_terms = []
             for p in positives:
                 loss = pair_loss(level_z[level], i, p, temperature)
+                if same_pair:
+                    finer = [
+                        pair_loss(level_z[finer_level], i, p, temperature)
+                        for finer_level in range(level + 1, num_levels)
+                        if p in positives_of(paths, i, finer_level)
+                    ]
                 for bound in finer:
                     loss = torch.maximum(loss, bound)
                 pair_terms.append(loss)

@@ -46,8 +46,10 @@ def _naive_masked(
     batch_size = out0.shape[0]
     num_levels = labels.shape[1]
     level_z = [F.normalize(z * masks[:, level], dim=1) for level in range(num_levels)]
-    if loss_type != "hmc" and hce_form == "pair":
-        level_terms = naive.hce_pair_level_means(level_z, labels, temperature)
+    if loss_type != "hmc" and hce_form in ("pair", "same_pair"):
+        level_terms = naive.hce_pair_level_means(
+            level_z, labels, temperature, same_pair=hce_form == "same_pair"
+        )
     else:
         level_terms = [
             naive.level_means(zl[:batch_size], zl[batch_size:], labels, temperature)[level]
@@ -67,6 +69,8 @@ def _naive_masked(
         ("hmc", "pair"),
         ("hce", "pair"),
         ("hmce", "pair"),
+        ("hce", "same_pair"),
+        ("hmce", "same_pair"),
         ("hce", "batch_mean"),
         ("hmce", "batch_mean"),
     ],
@@ -88,6 +92,16 @@ def test_masks_argument_matches_naive_per_level_masking(
     (grad,) = torch.autograd.grad(ours, [masks])
     (expected_grad,) = torch.autograd.grad(expected, [masks])
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_same_pair_binds_with_masks_only() -> None:
+    out0, out1, labels = _inputs(3, batch_size=8)
+    plain = HMLCLoss("hmce", hce_form="same_pair")(out0, out1, labels)
+    # Without masks a pair costs the same at every level: the bound never binds.
+    torch.testing.assert_close(plain, HMLCLoss("hmc")(out0, out1, labels))
+    masks = torch.rand(1, labels.shape[1], 6, dtype=torch.float64) + 0.1
+    masked = HMLCLoss("hmce", hce_form="same_pair")(out0, out1, labels, masks=masks)
+    assert masked > HMLCLoss("hmc")(out0, out1, labels, masks=masks) + 1e-6
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])

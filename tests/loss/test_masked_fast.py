@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_hmlc.loss import _masked_fast
+from lightly_hmlc.loss import HMLCLoss, _masked_fast
+from lightly_hmlc.loss._features import apply_masks, normalize_features
 from lightly_hmlc.loss._levels import anchor_level_losses, build_level_groups
 from lightly_hmlc.loss._masked_fast import masked_level_losses, partition_dims
 from tests.loss import naive
@@ -186,3 +187,43 @@ def test_second_backward_raises_instead_of_a_wrong_gradient() -> None:
     loss.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward"):
         loss.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "loss_type, hce_form",
+    [
+        ("hmce", "pair"),
+        ("hce", "pair"),
+        ("hmce", "same_pair"),
+        ("hmce", "batch_mean"),
+        ("hmc", None),
+    ],
+)
+@pytest.mark.parametrize("kind", ["partition", "overlapping", "soft"])
+def test_losses_with_masks_equal_the_general_path(
+    loss_type: str, hce_form: str | None, kind: str
+) -> None:
+    """HMLCLoss(masks=...) (fast paths, per-pair HiConE included) == per-level features."""
+    generator = torch.Generator().manual_seed(11)
+    out0 = torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)
+    out1 = torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)
+    labels = naive.random_tree_labels(BATCH, [2, 2, 3], generator, unknown=0.2)
+    masks = _masks(kind, 2 * BATCH, generator, torch.float64)
+    loss_fn = HMLCLoss(loss_type, temperature=0.2, hce_form=hce_form)
+
+    def fast(z0: Tensor, z1: Tensor) -> Tensor:
+        return loss_fn(z0, z1, labels, masks=masks)  # type: ignore[no-any-return]
+
+    def general(z0: Tensor, z1: Tensor) -> Tensor:
+        z = normalize_features(z0, z1)
+        return loss_fn._loss(apply_masks(z, masks, LEVELS), labels.repeat(2, 1))[0]
+
+    results = []
+    for compute in (fast, general):
+        z0, z1 = out0.clone().requires_grad_(True), out1.clone().requires_grad_(True)
+        loss = compute(z0, z1)
+        results.append((loss.detach(), torch.autograd.grad(loss, [z0, z1])))
+    (got, got_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    for got_grad, expected_grad in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got_grad, expected_grad, atol=1e-10, rtol=0)

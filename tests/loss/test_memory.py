@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lightly_hmlc.loss import HMLCLoss, SupConLoss
 from lightly_hmlc.loss.masked import AHMLCLoss, MaskedHMLCLoss
 from lightly_hmlc.models.modules import HierarchicalMemoryBank
 from tests.loss import naive
+from tests.loss.test_checks import _SyncRecorder
 
 BATCH, MEMORY, DIM = 6, 9, 5
 
@@ -55,10 +57,51 @@ def plain_level_means(
     return means
 
 
+def plain_pair_level_means(
+    level_rows: list[Tensor], paths: list[list[int]], num_anchors: int, temperature: float
+) -> list[Tensor]:
+    """As :func:`plain_level_means` with HiConE per pair: pair (i, p) at level l costs at
+    least the worst pair loss of the same anchor at every finer level."""
+
+    def positives(i: int, level: int) -> list[int]:
+        prefix = paths[i][: level + 1]
+        if any(value < 0 for value in prefix):
+            return []
+        return [j for j in range(len(paths)) if j != i and paths[j][: level + 1] == prefix]
+
+    def pair(level: int, i: int, p: int) -> Tensor:
+        z = level_rows[level]
+        others = torch.stack([z[i] @ z[a] / temperature for a in range(len(z)) if a != i])
+        return torch.logsumexp(others, dim=0) - z[i] @ z[p] / temperature
+
+    num_levels = len(level_rows)
+    means = []
+    for level in range(num_levels):
+        terms = []
+        for i in range(num_anchors):
+            finer = [pair(f, i, q) for f in range(level + 1, num_levels) for q in positives(i, f)]
+            pairs = []
+            for p in positives(i, level):
+                loss = pair(level, i, p)
+                for bound in finer:
+                    loss = torch.maximum(loss, bound)
+                pairs.append(loss)
+            if pairs:
+                terms.append(torch.stack(pairs).mean())
+        means.append(torch.stack(terms).mean() if terms else level_rows[0].sum() * 0.0)
+    return means
+
+
 def plain_hmce(means: list[Tensor]) -> Tensor:
+    """HMCE with the constraint on the batch-mean level terms (hce_form="batch_mean")."""
     num_levels = len(means)
     means = [torch.stack(means[level:]).max() for level in range(num_levels)]
     weights = naive.penalty_weights(num_levels, "exp")
+    return sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+
+
+def plain_weighted(means: list[Tensor]) -> Tensor:
+    weights = naive.penalty_weights(len(means), "exp")
     return sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
 
 
@@ -80,6 +123,7 @@ def _plain(
     temperature: float,
     masks: Tensor | None = None,
     bank_masks: Tensor | None = None,
+    pair: bool = False,
 ) -> list[Tensor]:
     rows = torch.cat([F.normalize(torch.cat([out0, out1]), dim=1), F.normalize(bank, dim=1)])
     num_levels = labels.shape[1]
@@ -91,25 +135,35 @@ def _plain(
         )
         level_rows = [F.normalize(rows * all_masks[:, h], dim=1) for h in range(num_levels)]
     paths = labels.tolist() * 2 + bank_labels.tolist()
-    return plain_level_means(level_rows, paths, 2 * BATCH, temperature)
+    means = plain_pair_level_means if pair else plain_level_means
+    return means(level_rows, paths, 2 * BATCH, temperature)
 
 
-def test_hmlc_with_memory_equals_plain_computation_over_batch_and_queue() -> None:
+@pytest.mark.parametrize("hce_form", ["pair", "batch_mean"])
+def test_hmlc_with_memory_equals_plain_computation_over_batch_and_queue(hce_form: str) -> None:
     out0, out1, labels, bank, bank_labels = _data()
     assert bool((bank_labels < 0).any()) and bool((labels < 0).any())  # -1 on both sides
-    loss, level_losses = HMLCLoss("hmce", temperature=0.3)(
+    out0.requires_grad_(True)
+    loss, level_losses = HMLCLoss("hmce", temperature=0.3, hce_form=hce_form)(
         out0, out1, labels, memory=(bank, bank_labels), return_level_losses=True
     )
     means = _plain(out0, out1, labels, bank, bank_labels, 0.3)
     torch.testing.assert_close(level_losses, torch.stack(means).detach())
-    torch.testing.assert_close(loss, plain_hmce(means))
+    if hce_form == "pair":
+        expected = plain_weighted(_plain(out0, out1, labels, bank, bank_labels, 0.3, pair=True))
+    else:
+        expected = plain_hmce(means)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, [out0])
+    (expected_grad,) = torch.autograd.grad(expected, [out0])
+    torch.testing.assert_close(grad, expected_grad)
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce"])
 def test_memory_changes_the_loss_and_gradients_match(loss_type: str) -> None:
     out0, out1, labels, bank, bank_labels = _data(1)
     out0.requires_grad_(True)
-    loss_fn = HMLCLoss(loss_type, temperature=0.5)
+    loss_fn = HMLCLoss(loss_type, temperature=0.5, hce_form="batch_mean")
     loss = loss_fn(out0, out1, labels, memory=(bank, bank_labels))
     (grad,) = torch.autograd.grad(loss, [out0])
     means = _plain(out0, out1, labels, bank, bank_labels, 0.5)
@@ -157,8 +211,9 @@ class FixedMaskHead(nn.Module):
         return self.masks.unsqueeze(0)
 
 
+@pytest.mark.parametrize("hce_form", ["pair", "batch_mean"])
 @pytest.mark.parametrize("kind", ["partition", "overlapping"])
-def test_shared_masks_apply_to_memory_rows(kind: str) -> None:
+def test_shared_masks_apply_to_memory_rows(kind: str, hce_form: str) -> None:
     out0, out1, labels, bank, bank_labels = _data(4)
     if kind == "partition":
         masks = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0, 1.0]])
@@ -166,13 +221,15 @@ def test_shared_masks_apply_to_memory_rows(kind: str) -> None:
         masks = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0, 1.0]])
     masks = masks.double()
     memory = (bank, bank_labels)
-    chain = HMLCLoss("hmce", temperature=0.3)(out0, out1, labels, masks=masks[None], memory=memory)
-    convenience = MaskedHMLCLoss(FixedMaskHead(masks), temperature=0.3)(
+    chain = HMLCLoss("hmce", temperature=0.3, hce_form=hce_form)(
+        out0, out1, labels, masks=masks[None], memory=memory
+    )
+    convenience = MaskedHMLCLoss(FixedMaskHead(masks), temperature=0.3, hce_form=hce_form)(
         out0, out1, labels, memory=memory
     )
-    expected = plain_hmce(
-        _plain(out0, out1, labels, bank, bank_labels, 0.3, masks[None], masks[None])
-    )
+    pair = hce_form == "pair"
+    means = _plain(out0, out1, labels, bank, bank_labels, 0.3, masks[None], masks[None], pair)
+    expected = plain_weighted(means) if pair else plain_hmce(means)
     torch.testing.assert_close(chain, expected)
     torch.testing.assert_close(convenience, expected)
 
@@ -184,7 +241,7 @@ def test_per_row_soft_masks_with_memory_masks_and_their_gradients() -> None:
     bank_masks = torch.rand(MEMORY, 2, DIM, generator=generator, dtype=torch.float64)
     masks.requires_grad_(True)
     bank_masks.requires_grad_(True)
-    loss = HMLCLoss("hmce", temperature=0.3)(
+    loss = HMLCLoss("hmce", temperature=0.3, hce_form="batch_mean")(
         out0, out1, labels, masks=masks, memory=(bank, bank_labels), memory_masks=bank_masks
     )
     grads = torch.autograd.grad(loss, [masks, bank_masks])
@@ -356,3 +413,35 @@ def test_two_ranks_share_the_queue_and_the_global_loss(tmp_path: Path) -> None:
                 torch.testing.assert_close(local1 / WORLD_SIZE, grad1[rows])
             index += 1
         assert len(memory[0]) == 8  # the queue filled up (and wrapped) during the test
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (SupConLoss(check_values=False), None),
+        lambda: (HMLCLoss("hmc", check_values=False), "partition"),
+        lambda: (HMLCLoss("hmce", check_values=False), "partition"),
+        lambda: (HMLCLoss("hmce", hce_form="batch_mean", check_values=False), "soft"),
+        lambda: (AHMLCLoss(2, DIM, hce_form="batch_mean", check_values=False).double(), None),
+    ],
+)
+def test_memory_and_masks_without_value_checks_never_sync(make: Any) -> None:
+    loss_fn, kind = make()
+    out0, out1, labels, bank, bank_labels = _data(8)
+    out0.requires_grad_(True)
+    kwargs: dict[str, Any] = {"memory": (bank, bank_labels)}
+    if isinstance(loss_fn, SupConLoss):
+        labels, kwargs["memory"] = labels[:, -1], (bank, bank_labels[:, -1])
+    elif kind is not None:
+        kwargs["masks"] = _masks(kind, 2 * BATCH)
+        if kind == "soft":
+            kwargs["memory_masks"] = _masks(kind, MEMORY)
+    recorder = _SyncRecorder()
+    with recorder:
+        loss = loss_fn(out0, out1, labels, **kwargs)
+        loss.backward()
+    assert recorder.syncs == []
+    # The recorder does see the syncs of the value checks (and of the partition check).
+    with _SyncRecorder() as checked:
+        HMLCLoss("hmc")(out0, out1, _data(8)[2], masks=_masks("partition", 0))
+    assert checked.syncs

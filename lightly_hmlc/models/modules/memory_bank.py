@@ -47,6 +47,9 @@ class HierarchicalMemoryBank(nn.Module):
         dim: D, the width of the embeddings.
         num_levels: L, the depth of the label paths.
         gather_distributed: Enqueue the rows of all ranks (see above).
+        check_values: Reject NaN/Inf features and labels below -1 (a host-device
+            synchronisation per call); ``False`` checks shapes only, like the losses'
+            ``check_values=False``, so that a step never synchronises.
 
     Attributes:
         features: Buffer ``[K, D]``, the queued embeddings (rows past ``num_filled`` unused).
@@ -78,7 +81,12 @@ class HierarchicalMemoryBank(nn.Module):
     num_filled: Tensor
 
     def __init__(
-        self, size: int, dim: int, num_levels: int, gather_distributed: bool = False
+        self,
+        size: int,
+        dim: int,
+        num_levels: int,
+        gather_distributed: bool = False,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
         for name, value, meaning in (
@@ -92,6 +100,7 @@ class HierarchicalMemoryBank(nn.Module):
         self.dim = dim
         self.num_levels = num_levels
         self.gather_distributed = gather_distributed
+        self.check_values = check_values
         self.register_buffer("features", torch.zeros(size, dim))
         self.register_buffer("labels", torch.full((size, num_levels), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
@@ -171,6 +180,8 @@ class HierarchicalMemoryBank(nn.Module):
                 f"labels must have shape [{features.shape[0]}, {self.num_levels}] (one label "
                 f"path per row of features), got {tuple(labels.shape)}."
             )
+        if not self.check_values:
+            return labels
         if labels.numel() and bool((labels < -1).any()):
             raise ValueError(
                 f"labels contain values below -1 (min {int(labels.min())}): use class ids "

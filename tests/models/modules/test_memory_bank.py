@@ -156,3 +156,10 @@ def test_gathered_queues_are_identical_and_equal_the_global_queue(tmp_path: Path
         for rank in range(WORLD_SIZE):
             torch.testing.assert_close(per_rank[rank][step], expected)
     assert per_rank[0][3][0].shape == (7, 3)  # the queue did fill up
+
+
+def test_without_value_checks_only_shapes_are_checked() -> None:
+    bank = HierarchicalMemoryBank(size=4, dim=3, num_levels=2, check_values=False)
+    bank(torch.full((1, 3), float("nan")), torch.full((1, 2), -5))  # values are not checked
+    with pytest.raises(ValueError, match=r"shape \[1, 2\]"):
+        bank(torch.randn(1, 3), torch.zeros(1, 3, dtype=torch.long))
