@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="replace existing runs")
     add("--max-time", default=None, help="stop training after DD:HH:MM:SS")
-    add("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--progress-bar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on a terminal; else one line per epoch)",
+    )
     add("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNGs")
     add("--traceback", action="store_true", help="show the traceback of bad-input errors")
     return p

@@ -278,6 +278,19 @@ class HierarchicalMethod(pl.LightningModule):
         )
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
+    def on_train_start(self) -> None:
+        """Fits the schedule to this run's length: a resume with more ``--epochs`` restores
+        the scheduler of the shorter run, whose cosine would end at the old last step."""
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, CosineWarmupScheduler) and scheduler.max_epochs != total_steps:
+                scheduler.warmup_epochs = min(
+                    total_steps, round(total_steps * self.warmup_epochs / max_epochs)
+                )
+                scheduler.max_epochs = total_steps
+
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint of another method, backbone or hierarchy, naming both."""
