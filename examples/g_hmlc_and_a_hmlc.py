@@ -2,22 +2,31 @@
 
 Ott et al. (https://arxiv.org/abs/2510.00837) compute each level's contrastive term of
 HMLC (Zhang et al., CVPR 2022) on a masked copy of the embedding, ``normalize(z * m_h)``,
-so that every level of the hierarchy can use its own features:
+so that every level of the hierarchy can use its own features. The mask head is a part
+of the model, like a Lightly projection head, and the loss takes its masks::
 
-- G-HMLC (``GHMLCLoss``): hard 0/1 masks. A Gaussian mixture, refitted every few steps
-  from running per-level class statistics, assigns every embedding dimension to one
-  level. The masks are a buffer, ``loss_fn.mask_head.masks`` ``[L, D]``; before the
-  first fit they are all ones (plain HMLC).
-- A-HMLC (``AHMLCLoss``): soft masks in (0, 1) from one small attention MLP per level,
-  trained jointly with the network, so the loss has parameters: give them to the
-  optimiser. Read the masks of any batch with ``loss_fn.mask_head(z)`` ``[B, L, D]``.
+    z0, z1 = model(x0), model(x1)                     # projections [B, D]
+    z = torch.cat([z0, z1])                           # [2B, D], view 0 then view 1
+    masks = mask_head(z, labels.repeat(2, 1))         # [2B | 1, L, D]
+    loss = criterion(z0, z1, labels, masks=masks)     # criterion = HMLCLoss("hmce")
+    loss = loss + mask_head.regularization(masks)     # the head's own term
 
-Both losses keep the masks of the last step in ``loss_fn.last_masks``.
+- G-HMLC (``GMMFeatureMaskHead``): hard 0/1 masks ``[1, L, D]``. A Gaussian mixture,
+  refitted every few steps from running per-level class statistics, assigns every
+  embedding dimension to one level. The masks are a buffer, ``mask_head.masks``
+  ``[L, D]``; before the first fit they are all ones (plain HMLC).
+- A-HMLC (``AttentionMaskHead``): soft masks in (0, 1) ``[2B, L, D]`` from one small
+  attention MLP per level, trained jointly with the network: its parameters are the
+  model's, so the optimiser gets them with ``model.parameters()``.
 
-The script trains each loss twice, in a plain PyTorch loop and in a LightningModule
-(CPU, a few steps), and prints the masks it reads back. To show a fit within a few
-steps it refits the GMM every 2 steps; for real runs keep the head's defaults
-(``warmup_steps=100, refit_every=100``), so that each fit sees enough batches.
+``GHMLCLoss`` and ``AHMLCLoss`` are one-line conveniences that own such a head and run the
+same chain; the LightningModule below uses them.
+
+The script trains each method twice, with the explicit chain in a plain PyTorch loop and
+with the convenience loss in a LightningModule (CPU, a few steps), and prints the masks
+it reads back. To show a fit within a few steps it refits the GMM every 2 steps; for real
+runs keep the head's defaults (``warmup_steps=100, refit_every=100``), so that each fit
+sees enough batches.
 
 Run (CPU, a few seconds)::
 
@@ -33,6 +42,7 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from torch import Tensor, nn
@@ -40,8 +50,10 @@ from torch.utils.data import DataLoader
 
 from lightly_hmlc import (
     AHMLCLoss,
+    AttentionMaskHead,
     GHMLCLoss,
     GMMFeatureMaskHead,
+    HMLCLoss,
     MaskedHMLCLoss,
     create_backbone,
 )
@@ -50,10 +62,19 @@ from lightly_hmlc.data import ShapesDataset
 NUM_LEVELS = 3  # ShapesDataset: family -> fill -> size
 
 
-def make_loss(method: str, dim: int, refit_every: int) -> MaskedHMLCLoss:
-    """The masked loss; ``dim`` is the width of the projections."""
+def make_head(method: str, dim: int, refit_every: int) -> nn.Module:
+    """The mask head; ``dim`` is the width of the projections."""
     if method == "g-hmlc":
         # Fit the GMM after `refit_every` steps, then every `refit_every` steps.
+        return GMMFeatureMaskHead(
+            num_levels=NUM_LEVELS, dim=dim, warmup_steps=refit_every, refit_every=refit_every
+        )
+    return AttentionMaskHead(num_levels=NUM_LEVELS, dim=dim, separation_weight=0.1)
+
+
+def make_convenience_loss(method: str, dim: int, refit_every: int) -> MaskedHMLCLoss:
+    """The same head and loss in one module (for one-line use)."""
+    if method == "g-hmlc":
         return GHMLCLoss(
             num_levels=NUM_LEVELS,
             dim=dim,
@@ -77,15 +98,33 @@ class Encoder(nn.Module):
         return z
 
 
+class MaskedModel(nn.Module):
+    """Backbone -> projection head -> mask head: the mask head is a model part."""
+
+    def __init__(self, backbone: str, proj_dim: int, method: str, refit_every: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(backbone, proj_dim)
+        self.mask_head = make_head(method, proj_dim, refit_every)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z: Tensor = self.encoder(x)
+        return z
+
+    def masks(self, z: Tensor, labels: Tensor) -> Tensor:
+        """Per-level masks of the rows of ``z`` (both views stacked)."""
+        # The heads see the directions of z, as the loss does (it normalises z first).
+        masks: Tensor = self.mask_head(F.normalize(z, dim=1), labels)
+        return masks
+
+
 def make_dataloader(args: argparse.Namespace) -> DataLoader:
     transform = SimCLRTransform(input_size=32, gaussian_blur=0.0)
     dataset = ShapesDataset(num_samples=args.num_samples, seed=args.seed, transform=transform)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
 
 
-def show_masks(loss_fn: MaskedHMLCLoss, z: Tensor) -> None:
-    """Prints the masks a trained loss holds, level by level (coarse -> fine)."""
-    head = loss_fn.mask_head
+def show_masks(head: nn.Module, z: Tensor) -> None:
+    """Prints the masks a trained head holds, level by level (coarse -> fine)."""
     if isinstance(head, GMMFeatureMaskHead):  # G-HMLC
         masks = head.masks  # [L, D] hard 0/1 masks, identical for all samples
         print(f"  GMM fitted: {bool(head.fitted)}, masks {tuple(masks.shape)}")
@@ -96,7 +135,7 @@ def show_masks(loss_fn: MaskedHMLCLoss, z: Tensor) -> None:
     else:  # A-HMLC
         head.eval()
         with torch.no_grad():
-            masks = head(z)  # [B, L, D] soft masks, one per sample
+            masks = head(F.normalize(z, dim=1))  # [B, L, D] soft masks, one per sample
         head.train()
         # The heads start near a constant mask (plain HMLC) and drift apart with training.
         print(f"  attention masks {tuple(masks.shape)}")
@@ -107,46 +146,48 @@ def show_masks(loss_fn: MaskedHMLCLoss, z: Tensor) -> None:
                 f"  level {level}: mean {mean.mean():.3f}, range [{mean.min():.3f}, "
                 f"{mean.max():.3f}], top dims {top}"
             )
-    if loss_fn.last_masks is not None:
-        print(f"  last_masks of the last step: {tuple(loss_fn.last_masks.shape)}")
 
 
 def train_plain(args: argparse.Namespace, method: str) -> float:
-    """A plain PyTorch loop."""
+    """A plain PyTorch loop with the explicit chain: head, then loss with ``masks=``."""
     torch.manual_seed(args.seed)
-    model = Encoder(args.backbone, args.proj_dim)
-    loss_fn = make_loss(method, args.proj_dim, args.refit_every)
-    # A-HMLC's attention heads live in the loss: optimise them with the model.
-    optimizer = torch.optim.SGD([*model.parameters(), *loss_fn.parameters()], lr=0.05)
+    model = MaskedModel(args.backbone, args.proj_dim, method, args.refit_every)
+    criterion = HMLCLoss(loss_type="hmce", temperature=0.1)  # stateless, no parameters
+    # A-HMLC's attention heads are part of the model: model.parameters() includes them.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = make_dataloader(args)
     loss = torch.tensor(math.nan)
     step = 0
     while step < args.steps:
         for (x0, x1), labels in loader:
-            loss = loss_fn(model(x0), model(x1), labels)
+            z0, z1 = model(x0), model(x1)
+            masks = model.masks(torch.cat([z0, z1]), labels.repeat(2, 1))
+            loss = criterion(z0, z1, labels, masks=masks)
+            loss = loss + model.mask_head.regularization(masks)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             step += 1
-            print(f"  step {step}: loss {loss.item():.4f}")
+            print(f"  step {step}: loss {loss.item():.4f}, masks {tuple(masks.shape)}")
             if step == args.steps:
                 break
     with torch.no_grad():
         (x0, _), _ = next(iter(loader))
         z = model.eval()(x0)
-    show_masks(loss_fn, z)
+    show_masks(model.mask_head, z)
     return float(loss.item())
 
 
 class HierarchicalModule(pl.LightningModule):
-    """The same model as a LightningModule; the loss is a submodule, so
-    ``self.parameters()`` includes A-HMLC's heads and the GMM masks are saved in
-    checkpoints."""
+    """The same model as a LightningModule with the one-line convenience loss.
+
+    The convenience loss owns the head and is a submodule, so ``self.parameters()``
+    includes A-HMLC's heads and the GMM masks are saved in checkpoints."""
 
     def __init__(self, backbone: str, proj_dim: int, method: str, refit_every: int) -> None:
         super().__init__()
         self.encoder = Encoder(backbone, proj_dim)
-        self.criterion = make_loss(method, proj_dim, refit_every)
+        self.criterion = make_convenience_loss(method, proj_dim, refit_every)
         self.last_loss = math.nan
 
     def forward(self, x: Tensor) -> Tensor:
@@ -181,7 +222,7 @@ def train_lightning(args: argparse.Namespace, method: str) -> float:
     with torch.no_grad():
         (x0, _), _ = next(iter(make_dataloader(args)))
         z = module.eval()(x0)
-    show_masks(module.criterion, z)
+    show_masks(module.criterion.mask_head, z)
     return module.last_loss
 
 

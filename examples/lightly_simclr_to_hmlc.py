@@ -89,6 +89,7 @@ def main(args: argparse.Namespace) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
 
     loss = torch.tensor(math.nan)
+    per_level: Tensor | None = None
     for epoch in range(args.epochs):
         total_loss = 0.0
         for (x0, x1), labels in dataloader:  # HMLC: labels are label paths [B, L]
@@ -97,19 +98,17 @@ def main(args: argparse.Namespace) -> float:
             if args.loss == "simclr":
                 loss = criterion(z0, z1)
             else:
-                loss = criterion(z0, z1, labels)  # HMLC: pass the label paths
+                # HMLC: pass the label paths; the per-level terms come back on request.
+                loss, per_level = criterion(z0, z1, labels, return_level_losses=True)
             total_loss += loss.item()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
         avg_loss = total_loss / max(1, len(dataloader))
         print(f"epoch: {epoch:>02}, loss: {avg_loss:.5f}")
-    if args.loss != "simclr":
-        assert isinstance(criterion, HMLCLoss)
-        per_level = criterion.last_level_losses
-        if per_level is not None:
-            levels = ", ".join(f"{value:.4f}" for value in per_level.tolist())
-            print(f"per-level terms (coarse -> fine): [{levels}]")
+    if per_level is not None:
+        levels = ", ".join(f"{value:.4f}" for value in per_level.tolist())
+        print(f"per-level terms (coarse -> fine): [{levels}]")
     print(f"final loss ({args.loss}): {loss.item():.5f}")
     return float(loss.item())
 

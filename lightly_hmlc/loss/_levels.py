@@ -3,19 +3,25 @@
 Every loss of the package (``SupConLoss``, ``HMLCLoss``, the masked losses) is built from
 the parts in this module, so that a fix or a speed-up lands everywhere:
 
-- :func:`validate_inputs`: the checks every loss applies to ``out0, out1, labels``.
+- :func:`validate_inputs`: the checks every loss applies to ``out0, out1, labels``;
+  the value checks (NaN, labels below -1) are optional (``check_values``), because they
+  synchronise the host with the device.
 - :func:`build_level_groups`: label paths ``[N, L]`` -> prefix-group ids per level, from
-  one ``torch.unique`` over the full paths (coarser groups are unions of finer ones, so
-  the sorted unique paths give every level's groups at once).
-- :func:`gather_for_loss`: the local anchors, and the contrast set gathered from all
-  ranks together with its labels.
+  one lexicographic sort of the full paths (coarser groups are unions of finer ones, so
+  the sorted paths give every level's groups at once), with no data-dependent shape.
 - :func:`anchor_level_losses`: the supervised contrastive term of every anchor at every
   level from ONE similarity matrix (or one per level, for per-level masked features).
   Positives enter only through per-group sums of embeddings:
   ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``, so no level needs an
   ``[N, N]`` positive mask.
-- :func:`reduce_levels` and :func:`aggregate_levels`: the per-level means (exact across
-  ranks) and the HMC / HCE / HMCE aggregation.
+- :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation.
+
+The distributed parts (one error decision for all ranks, gathering, exact means) are in
+``_gather.py``; the rows every level sees (normalised, masked) and ``prepare_inputs``,
+the one entry of every loss (checks, normalisation, masks, the distributed error
+decision), in ``_features.py``. Nothing here synchronises the host with the device unless a value check
+is asked for: group ids, positives and counts are computed with fixed shapes, and every
+constant is made on the device in the embeddings' dtype (float64 inputs stay float64).
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as torch_dist
-import torch.nn.functional as F
-from lightly.utils import dist
 from torch import Tensor
+
+from lightly_hmlc.loss._gather import LossBatch, reduce_levels
 
 LOSS_TYPES = ("hmc", "hce", "hmce")
 
@@ -53,29 +58,77 @@ def resolve_layer_penalty(layer_penalty: str | LayerPenalty) -> LayerPenalty:
     return _PENALTIES[layer_penalty]
 
 
-def layer_penalties(num_levels: int, layer_penalty: LayerPenalty) -> Tensor:
+def check_temperature(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite number > 0; else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{name} must be > 0 and finite, got {value}: it divides the cosine "
+            "similarities (0.1 is a common choice)."
+        )
+    return float(value)
+
+
+def layer_penalties(
+    num_levels: int,
+    layer_penalty: LayerPenalty,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    check: bool = True,
+) -> Tensor:
     """lambda of every level, coarse to fine: ``layer_penalty(1 / k)`` with ``k = L - l``.
 
     ``k`` counts from the finest level (k = 1) up to the coarsest (k = L), as the layer
     index of the reference implementation does, so an increasing penalty favours finer
-    levels.
+    levels. The weights are made on ``device`` in ``dtype`` (the embeddings' device and
+    dtype, so that nothing is copied to the device per step and float64 stays float64).
+
+    Args:
+        num_levels: L.
+        layer_penalty: The penalty function.
+        dtype: Floating dtype of the weights.
+        device: Their device.
+        check: Raise a ValueError for weights that are not finite, negative, all zero
+            or of the wrong shape (a host-device synchronisation on an accelerator).
     """
-    k = torch.arange(num_levels, 0, -1, dtype=torch.float32)
-    weights = layer_penalty(1.0 / k).to(torch.float32).reshape(-1)
-    if weights.shape != (num_levels,) or not bool(torch.isfinite(weights).all()):
+    k = torch.arange(num_levels, 0, -1, dtype=dtype, device=device)
+    weights = layer_penalty(1.0 / k)
+    if not isinstance(weights, Tensor) or weights.numel() != num_levels:
+        raise ValueError(
+            f"layer_penalty must map a [{num_levels}] tensor to a tensor of the same shape, "
+            f"got {weights!r}."
+        )
+    weights = weights.to(dtype).reshape(-1)
+    if not check:
+        return weights
+    if not bool(torch.isfinite(weights).all()):
         raise ValueError(
             f"layer_penalty must map a [{num_levels}] tensor to finite values of the same "
             f"shape, got {weights.tolist()}."
         )
     if bool((weights < 0).any()):
         raise ValueError(f"layer_penalty gave negative weights {weights.tolist()}.")
+    if not bool((weights > 0).any()):
+        raise ValueError(
+            f"layer_penalty gave all-zero weights {weights.tolist()}: the weighted mean of "
+            "the level terms is undefined. Give at least one level a weight > 0."
+        )
     return weights
 
 
 def validate_inputs(
-    out0: Tensor, out1: Tensor, labels: Tensor, num_levels: int | None = None
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    num_levels: int | None = None,
+    check_values: bool = True,
 ) -> Tensor:
     """Checks the two views and the labels; returns labels as ``[B, L]`` int64.
+
+    The one label-path check of the losses. Shapes and dtypes are always checked (free);
+    with ``check_values`` also the values (NaN/Inf embeddings, labels below -1), which
+    synchronises the host with an accelerator.
 
     Raises:
         ValueError: Naming the problem (dimensions, batch sizes, dtype, depth, non-finite
@@ -128,17 +181,29 @@ def validate_inputs(
             f"num_levels={num_levels}. Pass label paths of the hierarchy's depth, coarse "
             "to fine, or change num_levels."
         )
+    if check_values:
+        check_label_values(labels)
+        check_finite(out0, out1)
+    return labels.to(device=out0.device, dtype=torch.long)
+
+
+def check_label_values(labels: Tensor) -> None:
+    """Raises a ValueError for labels below -1 (a host-device synchronisation)."""
     if bool((labels < -1).any()):
         raise ValueError(
             f"labels contain values below -1 (min {int(labels.min())}): use class ids >= 0, "
             "and -1 only for an unknown level."
         )
-    if not bool(torch.isfinite(out0).all()) or not bool(torch.isfinite(out1).all()):
+
+
+def check_finite(*embeddings: Tensor) -> None:
+    """Raises a ValueError for NaN or Inf embeddings (a host-device synchronisation)."""
+    finite = torch.stack([torch.isfinite(out).all() for out in embeddings]).all()
+    if not bool(finite):
         raise ValueError(
             "The embeddings contain NaN or Inf. Check the model's outputs (e.g. a diverged "
             "training step or a too-large learning rate)."
         )
-    return labels.to(device=out0.device, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -149,8 +214,8 @@ class LevelGroups:
         ids: ``[N, L]`` id of each row's label prefix at each level. Rows with the same
             id at level ``l`` agree from the root down to ``l``.
         valid: ``[N, L]`` whether the prefix down to level ``l`` is fully known (no -1).
-        num_groups: An upper bound on the ids of every level (the number of distinct
-            full label paths).
+        num_groups: An upper bound on the ids of every level (here the number of rows,
+            so that no shape depends on the data).
     """
 
     ids: Tensor
@@ -159,88 +224,33 @@ class LevelGroups:
 
 
 def build_level_groups(labels: Tensor) -> LevelGroups:
-    """Prefix-group ids of every level from one grouped pass over the full paths.
+    """Prefix-group ids of every level from one lexicographic sort of the full paths.
 
-    ``torch.unique(dim=0)`` sorts the distinct paths lexicographically, so rows that share
-    a prefix are contiguous: a new group at level ``l`` starts where a path differs from
-    the previous one anywhere in columns ``0..l``.
+    Sorted lexicographically, rows that share a prefix are contiguous: a new group at
+    level ``l`` starts where a path differs from the previous one anywhere in columns
+    ``0..l``. The ids are dense ranks in lexicographic order; ``-1`` is sorted like any
+    value (``valid`` marks the known prefixes). No shape depends on the data, so nothing
+    synchronises with the device; ``num_groups`` is the number of rows.
 
     Examples:
         >>> groups = build_level_groups(torch.tensor([[0, 1], [0, 2], [1, 3], [0, 1]]))
         >>> groups.ids.tolist()
         [[0, 0], [0, 1], [1, 2], [0, 0]]
     """
-    unique_paths, inverse = torch.unique(labels, dim=0, sorted=True, return_inverse=True)
-    num_levels = labels.shape[1]
-    differs = unique_paths[1:] != unique_paths[:-1]
+    num_rows, num_levels = labels.shape
+    # Lexicographic order: stable sorts from the last column to the first.
+    order = torch.arange(num_rows, device=labels.device)
+    for level in range(num_levels - 1, -1, -1):
+        order = order[torch.sort(labels[order, level], stable=True).indices]
+    sorted_paths = labels[order]
+    differs = sorted_paths[1:] != sorted_paths[:-1]
     new_group = torch.cumsum(differs.long(), dim=1) > 0
-    offsets = torch.cat(
+    sorted_ids = torch.cat(
         [new_group.new_zeros(1, num_levels, dtype=torch.long), new_group.long()], dim=0
     ).cumsum(dim=0)
+    ids = torch.empty_like(sorted_ids).index_copy_(0, order, sorted_ids)
     valid = torch.cumprod((labels >= 0).long(), dim=1).bool()
-    return LevelGroups(ids=offsets[inverse], valid=valid, num_groups=int(unique_paths.shape[0]))
-
-
-@dataclass(frozen=True)
-class LossBatch:
-    """Anchors and contrast set of one loss call.
-
-    Attributes:
-        anchors: ``[Na, D]`` or ``[Na, L, D]`` local features (both views stacked).
-        contrast: ``[Nc, D]`` or ``[Nc, L, D]`` features of all ranks.
-        anchor_index: ``[Na]`` position of every anchor in ``contrast``.
-        contrast_labels: ``[Nc, L]`` label paths of the contrast rows.
-        sample_index: ``[Nc]`` global sample id of each contrast row (both views of one
-            sample share it).
-        distributed: Whether the contrast set spans several ranks.
-    """
-
-    anchors: Tensor
-    contrast: Tensor
-    anchor_index: Tensor
-    contrast_labels: Tensor
-    sample_index: Tensor
-    distributed: bool
-
-
-def gather_for_loss(features: Tensor, labels: Tensor, gather_distributed: bool) -> LossBatch:
-    """Builds the anchors and the (gathered) contrast set.
-
-    Args:
-        features: ``[2B, ...]`` both views stacked, view 0 first.
-        labels: ``[2B, L]`` the label paths of those rows.
-        gather_distributed: Gather features AND labels from all ranks. Every rank must
-            hold the same batch size.
-    """
-    rows = features.shape[0]
-    batch_size = rows // 2
-    device = features.device
-    local_index = torch.arange(rows, device=device)
-    local_sample = local_index % batch_size
-    world_size = dist.world_size() if gather_distributed else 1
-    if world_size == 1:
-        return LossBatch(features, features, local_index, labels, local_sample, False)
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
-    torch_dist.all_gather(sizes, torch.tensor([rows], dtype=torch.long, device=device))
-    if len({int(size) for size in sizes}) != 1:
-        raise ValueError(
-            f"gather_distributed needs the same batch size on every rank, got "
-            f"{[int(size) // 2 for size in sizes]}. Use drop_last=True in the DataLoader "
-            "(or a DistributedSampler with drop_last=True)."
-        )
-    rank = dist.rank()
-    contrast = torch.cat(dist.gather(features), dim=0)
-    gathered_labels = [torch.empty_like(labels) for _ in range(world_size)]
-    torch_dist.all_gather(gathered_labels, labels.contiguous())
-    sample_index = torch.cat([local_sample + r * batch_size for r in range(world_size)])
-    return LossBatch(
-        anchors=features,
-        contrast=contrast,
-        anchor_index=local_index + rank * rows,
-        contrast_labels=torch.cat(gathered_labels, dim=0),
-        sample_index=sample_index,
-        distributed=True,
-    )
+    return LevelGroups(ids=ids, valid=valid, num_groups=num_rows)
 
 
 def anchor_level_losses(
@@ -305,7 +315,9 @@ def _anchor_level_losses(
     logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
     rows = torch.arange(num_anchors, device=device)
     # In place is safe: bmm saves its inputs, not its output, for the backward pass.
-    logits[:, rows, anchor_index] = -math.inf  # an anchor is never its own negative
+    # An anchor is never its own negative. A tensor value, not a Python scalar: no
+    # host-to-device copy.
+    logits[:, rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=device)
     if include_in_denominator is not None:
         keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
         logits = logits.masked_fill(~keep, -math.inf)
@@ -318,12 +330,16 @@ def _anchor_level_losses(
     valid = groups.valid.t()  # [L, Nc]
     contrast_per_level = contrast_feats.expand(num_levels, -1, -1)  # [L, Nc, D]
     dim = contrast_per_level.shape[-1]
+    # Unknown prefixes add zero rows (no boolean indexing: that would synchronise).
+    valid_weight = valid.to(contrast_per_level.dtype)
     sums = torch.zeros(
         num_levels * groups.num_groups, dim, dtype=contrast_per_level.dtype, device=device
-    ).index_add(0, flat_ids[valid], contrast_per_level[valid])
-    counts = torch.zeros(num_levels * groups.num_groups, device=device).index_add(
-        0, flat_ids[valid], torch.ones_like(flat_ids[valid], dtype=torch.float32)
+    ).index_add(
+        0, flat_ids.flatten(), (contrast_per_level * valid_weight.unsqueeze(2)).flatten(0, 1)
     )
+    counts = torch.zeros(
+        num_levels * groups.num_groups, dtype=contrast_per_level.dtype, device=device
+    ).index_add(0, flat_ids.flatten(), valid_weight.flatten())
     anchor_ids = flat_ids[:, anchor_index]  # [L, Na]
     anchor_valid = valid[:, anchor_index]
     anchor_per_level = anchor_feats.expand(num_levels, -1, -1)  # [L, Na, D]
@@ -336,27 +352,6 @@ def _anchor_level_losses(
         is_anchor, log_denominator - mean_positive_logit, torch.zeros_like(mean_positive_logit)
     )
     return loss, is_anchor
-
-
-def reduce_levels(loss: Tensor, is_anchor: Tensor, distributed: bool) -> tuple[Tensor, Tensor]:
-    """Per-level mean over anchors, exact across ranks.
-
-    Returns:
-        ``(share, value)``, both ``[L]``. ``value`` is the detached per-level mean over
-        the anchors of ALL ranks. ``share`` carries the gradient: its mean over ranks is
-        ``value``, so DDP's gradient averaging gives the global-batch gradient. A level
-        without any anchor contributes 0.
-    """
-    local_sum = loss.sum(dim=1)
-    local_count = is_anchor.sum(dim=1).to(local_sum.dtype)
-    if not distributed:
-        share = local_sum / local_count.clamp(min=1.0)
-        return share, share.detach()
-    stats = torch.stack([local_sum.detach(), local_count])
-    torch_dist.all_reduce(stats)
-    global_sum, global_count = stats[0], stats[1].clamp(min=1.0)
-    share = local_sum * dist.world_size() / global_count
-    return share, global_sum / global_count
 
 
 def level_terms(batch: LossBatch, temperature: float) -> tuple[Tensor, Tensor]:
@@ -394,15 +389,10 @@ def aggregate_levels(
         source = (num_levels - 1 - reversed_index).flip(0)
         share, value = share[source], value[source]
     if weights is None:
-        weights = torch.full((num_levels,), 1.0 / num_levels, device=share.device)
+        weights = torch.full(
+            (num_levels,), 1.0 / num_levels, dtype=share.dtype, device=share.device
+        )
     weights = weights.to(device=share.device, dtype=share.dtype)
     total_share = (weights * share).sum()
     total_value = (weights * value).sum()
     return total_share + (total_value - total_share).detach()
-
-
-def normalize_features(out0: Tensor, out1: Tensor) -> Tensor:
-    """Both views stacked, L2-normalised, in float32 or wider (also under autocast)."""
-    dtype = torch.promote_types(out0.dtype, torch.float32)
-    with torch.autocast(device_type=out0.device.type, enabled=False):
-        return F.normalize(torch.cat([out0, out1], dim=0).to(dtype), dim=1)

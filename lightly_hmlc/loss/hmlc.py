@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._features import prepare_inputs
+from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
+from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
     LayerPenalty,
@@ -12,76 +15,17 @@ from lightly_hmlc.loss._levels import (
     aggregate_levels,
     anchor_level_losses,
     build_level_groups,
-    gather_for_loss,
+    check_temperature,
     layer_penalties,
     level_terms,
-    normalize_features,
     resolve_layer_penalty,
-    validate_inputs,
 )
 
 
-class HMLCLoss(nn.Module):
-    """Hierarchical multi-label contrastive loss of Zhang et al. [0]: HMC, HCE and HMCE.
+class _HierarchicalLoss(nn.Module):
+    """Options and level terms shared by :class:`HMLCLoss` and the masked losses.
 
-    Labels are label paths ``[B, L]``, coarse to fine (``-1`` = unknown level). At level
-    ``l`` two samples are positives when their paths agree from the root down to ``l``;
-    the instance level is implicit, because the other view of a sample is always a
-    positive, so never append an instance-id column. Every level gets a supervised
-    contrastive term (the L_out form of SupCon) and the terms are aggregated:
-
-    - ``hmc``: weighted by ``lambda_l = layer_penalty(1 / k)``, ``k = L - l`` counting from
-      the finest level (k = 1), so an increasing penalty favours finer levels;
-    - ``hce``: each level's term is raised to the largest term of the finer levels (the
-      hierarchy constraint: pairs that share less may never cost less), then averaged;
-    - ``hmce``: both.
-
-    The default follows the paper's formula: every anchor counts at every level and the
-    level terms are averaged (``normalize_weights=True`` divides by ``sum(lambda)``, so
-    one level gives exactly ``SupConLoss``; ``False`` divides by ``L`` as written in the
-    paper, which only rescales the loss). One similarity matrix serves every level, and
-    positives of all levels come from one grouped pass over the label paths.
-
-    ``reference_compatible=True`` reproduces the public reference implementation of the
-    authors instead, given the same normalised features (the reference additionally
-    needs an instance-id column, which this loss adds implicitly). It differs from the
-    paper's formula in three ways: after each level (finest first) only one sample per
-    distinct label prefix is kept for the coarser levels (anchors, positives and
-    denominators; the first sample, in batch order, of the smallest label path under the
-    prefix, because the reference re-orders the kept samples by label), each term is multiplied by ``temperature / base_temperature``, and the
-    sum is divided by ``L + 1`` (the label columns including the instance id) instead of
-    being a weighted mean. ``-1`` labels are not supported in that mode.
-
-    - [0] Use All The Labels: A Hierarchical Multi-Label Contrastive Learning Framework,
-      Zhang et al., CVPR 2022, https://arxiv.org/abs/2204.13207
-
-    Args:
-        loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
-        temperature: Scales the cosine similarities, ``> 0``.
-        layer_penalty: ``"exp"`` (default, as in the authors' training script),
-            ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
-            callable mapping a float tensor of ``1 / k`` values to weights.
-        num_levels: If given, labels must have exactly this many levels.
-        normalize_weights: Divide by ``sum(lambda)`` (default) rather than by ``L``.
-        reference_compatible: Reproduce the reference implementation (see above).
-        base_temperature: The reference's base temperature (only used when
-            ``reference_compatible``).
-        gather_distributed: Gather embeddings AND labels from all ranks. The returned
-            value equals the single-process loss on the global batch on every rank, and
-            after DDP's gradient averaging so do the gradients. Every rank needs the
-            same batch size.
-
-    Raises:
-        ValueError: For an unknown ``loss_type`` or ``layer_penalty``, a non-positive
-            temperature or ``num_levels < 1``.
-
-    Examples:
-        >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)
-        >>> out0, out1 = torch.randn(6, 16), torch.randn(6, 16)
-        >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
-        >>> loss = loss_fn(out0, out1, labels)
-        >>> loss_fn.last_level_losses.shape  # detached per-level terms, for logging
-        torch.Size([2])
+    Stateless: no attribute changes on a call.
     """
 
     def __init__(
@@ -94,14 +38,22 @@ class HMLCLoss(nn.Module):
         reference_compatible: bool = False,
         base_temperature: float = 0.07,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
+        if hce_form is not None and hce_form not in HCE_FORMS:
+            raise ValueError(f"Unknown hce_form {hce_form!r}: use one of {list(HCE_FORMS)}.")
+        if reference_compatible and hce_form == "pair":
+            raise ValueError(
+                "reference_compatible=True applies the hierarchy constraint to the batch-mean "
+                "level terms, as the reference code does: leave hce_form unset (or "
+                "'batch_mean'), or use reference_compatible=False for the per-pair form."
+            )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not base_temperature > 0:
-            raise ValueError(f"base_temperature must be > 0, got {base_temperature}.")
+        temperature = check_temperature("temperature", temperature)
+        base_temperature = check_temperature("base_temperature", base_temperature)
         if num_levels is not None and num_levels < 1:
             raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
         self.loss_type = loss_type
@@ -112,58 +64,81 @@ class HMLCLoss(nn.Module):
         self.reference_compatible = reference_compatible
         self.base_temperature = float(base_temperature)
         self.gather_distributed = gather_distributed
-        self.last_level_losses: Tensor | None = None
+        self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
+        self.check_values = check_values
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
-    def level_weights(self, num_levels: int) -> Tensor | None:
-        """The weights of the level terms, coarse to fine (``None``: uniform mean)."""
+    def level_weights(
+        self,
+        num_levels: int,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> Tensor | None:
+        """The weights of the level terms, coarse to fine (``None``: uniform mean).
+
+        Made on ``device`` in ``dtype`` (the loss's), so that nothing is copied to the
+        device per step and float64 inputs are weighted in float64.
+        """
         if self.loss_type == "hce" and not self.reference_compatible:
             return None
         if self.loss_type == "hce":
-            return torch.full((num_levels,), 1.0 / (num_levels + 1))
-        penalties = layer_penalties(num_levels, self.layer_penalty)
+            return torch.full((num_levels,), 1.0 / (num_levels + 1), dtype=dtype, device=device)
+        penalties = layer_penalties(
+            num_levels, self.layer_penalty, dtype, device, check=self.check_values
+        )
         if self.reference_compatible:
             return penalties / (num_levels + 1)
         if self.normalize_weights:
             return penalties / penalties.sum()
         return penalties / num_levels
 
-    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
-        """Computes the loss.
+    def _prepare(
+        self, out0: Tensor, out1: Tensor, labels: Tensor, masks: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
+        return prepare_inputs(
+            out0,
+            out1,
+            labels,
+            self.num_levels,
+            self.check_values,
+            self.gather_distributed,
+            masks,
+        )
 
-        Args:
-            out0: ``[B, D]`` projections of the first view.
-            out1: ``[B, D]`` projections of the second view.
-            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown
-                (``[B]`` is one level).
-
-        Returns:
-            The scalar loss.
-        """
-        labels = validate_inputs(out0, out1, labels, self.num_levels)
-        features = normalize_features(out0, out1)
-        level_features, extra = self._level_features(features, labels.repeat(2, 1))
-        return self._hierarchical_loss(level_features, labels.repeat(2, 1)) + extra
-
-    def _level_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Hook for subclasses: features for the level terms and an extra loss term.
-
-        Returns ``[2B, D]`` (shared by all levels) or ``[2B, L, D]`` (one per level).
-        """
-        return features, features.new_zeros(())
-
-    def _hierarchical_loss(self, features: Tensor, labels: Tensor) -> Tensor:
+    def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of rows ``[2B, D]`` or ``[2B, L, D]``, paths ``[2B, L]``."""
         batch = gather_for_loss(features, labels, self.gather_distributed)
+        dtype, device = batch.contrast.dtype, batch.contrast.device
         if self.reference_compatible:
             share = self._reference_level_terms(
                 batch.contrast, batch.contrast_labels, batch.sample_index
             )
             value = share.detach()
+        elif self.loss_type != "hmc" and self.hce_form == "pair":
+            constrained, unconstrained, is_anchor = pair_constrained_level_losses(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                build_level_groups(batch.contrast_labels),
+                self.temperature,
+            )
+            # One reduction for both: the constrained terms carry the loss, the plain
+            # SupCon terms are the reported level losses.
+            num_levels = labels.shape[1]
+            share, value = reduce_levels(
+                torch.cat([constrained, unconstrained]),
+                torch.cat([is_anchor, is_anchor]),
+                batch.distributed,
+            )
+            weights = self.level_weights(num_levels, dtype, device)
+            loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
+            return loss, value[num_levels:]
         else:
             share, value = level_terms(batch, self.temperature)
-        self.last_level_losses = value
-        return aggregate_levels(share, value, self.loss_type, self.level_weights(len(value)))
+        weights = self.level_weights(len(value), dtype, device)
+        return aggregate_levels(share, value, self.loss_type, weights), value
 
     def _reference_level_terms(
         self, features: Tensor, labels: Tensor, sample_index: Tensor
@@ -176,7 +151,7 @@ class HMLCLoss(nn.Module):
         therefore the first sample, in batch order, of the lexicographically smallest
         full label path under that prefix; those rows take part in level ``l``.
         """
-        if bool((labels < 0).any()):
+        if self.check_values and bool((labels < 0).any()):
             raise ValueError(
                 "reference_compatible=True does not support -1 (unknown) labels: the "
                 "reference implementation has no notion of a missing level. Use the "
@@ -187,9 +162,8 @@ class HMLCLoss(nn.Module):
         device = labels.device
         # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
         path_ids = groups.ids[:, -1]
-        no_sample = int(sample_index.max()) + 1
-        first_sample = torch.full(
-            (groups.num_groups,), no_sample, dtype=torch.long, device=device
+        first_sample = torch.full(  # sample ids are < num_rows: it marks "none yet"
+            (groups.num_groups,), num_rows, dtype=torch.long, device=device
         ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
         is_first_of_path = first_sample[path_ids] == sample_index
         taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
@@ -209,3 +183,130 @@ class HMLCLoss(nn.Module):
         )
         count = taking_part.sum(dim=0).to(loss.dtype)
         return loss.sum(dim=1) / count * (self.temperature / self.base_temperature)
+
+
+class HMLCLoss(_HierarchicalLoss):
+    """Hierarchical multi-label contrastive loss of Zhang et al. [0]: HMC, HCE and HMCE.
+
+    Labels are label paths ``[B, L]``, coarse to fine (``-1`` = unknown level). At level
+    ``l`` two samples are positives when their paths agree from the root down to ``l``;
+    the instance level is implicit, because the other view of a sample is always a
+    positive, so never append an instance-id column. Every level gets a supervised
+    contrastive term (the L_out form of SupCon) and the terms are aggregated:
+
+    - ``hmc``: weighted by ``lambda_l = layer_penalty(1 / k)``, ``k = L - l`` counting from
+      the finest level (k = 1), so an increasing penalty favours finer levels;
+    - ``hce``: the hierarchy constraint (HiConE: pairs that share fewer labels may never
+      cost less), then averaged;
+    - ``hmce``: both.
+
+    ``hce_form`` says where the constraint acts:
+
+    - ``"pair"`` (default, the paper's HiConE equation): inside the sum over positive
+      pairs. The loss of anchor ``i``'s pair ``(i, p)`` at level ``l`` is raised to the
+      largest pair loss of the same anchor at any finer level,
+      ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
+      class-clustered embedding this binds (coarse-level positives that sit closer
+      than the anchor's worst finer positive are raised), so ``hmce`` differs from
+      ``hmc``. Memory: a few ``[L, N, N]`` tensors.
+    - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
+      of the finer levels, as the reference code does. On a class-clustered embedding
+      the coarse terms are already the larger ones, so this form rarely binds.
+
+    The default follows the paper's formula: every anchor counts at every level and the
+    level terms are averaged (``normalize_weights=True`` divides by ``sum(lambda)``, so
+    one level gives exactly ``SupConLoss``; ``False`` divides by ``L`` as written in the
+    paper, which only rescales the loss). One similarity matrix serves every level, and
+    positives of all levels come from one grouped pass over the label paths.
+
+    ``reference_compatible=True`` reproduces the public reference implementation of the
+    authors instead, given the same normalised features (the reference additionally
+    needs an instance-id column, which this loss adds implicitly). It differs from the
+    paper's formula in three ways: after each level (finest first) only one sample per
+    distinct label prefix is kept for the coarser levels (anchors, positives and
+    denominators; the first sample, in batch order, of the smallest label path under the
+    prefix, because the reference re-orders the kept samples by label), each term is
+    multiplied by ``temperature / base_temperature``, the constraint acts on the
+    batch-mean terms (``hce_form="batch_mean"``), and the sum is divided by ``L + 1``
+    (the label columns including the instance id) instead of being a weighted mean.
+    ``-1`` labels are not supported in that mode.
+
+    - [0] Use All The Labels: A Hierarchical Multi-Label Contrastive Learning Framework,
+      Zhang et al., CVPR 2022, https://arxiv.org/abs/2204.13207
+
+    Args:
+        loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
+        temperature: Scales the cosine similarities, ``> 0`` and finite.
+        layer_penalty: ``"exp"`` (default, as in the authors' training script),
+            ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
+            callable mapping a float tensor of ``1 / k`` values to weights.
+        num_levels: If given, labels must have exactly this many levels.
+        normalize_weights: Divide by ``sum(lambda)`` (default) rather than by ``L``.
+        reference_compatible: Reproduce the reference implementation (see above).
+        base_temperature: The reference's base temperature (only used when
+            ``reference_compatible``).
+        gather_distributed: Gather embeddings AND labels from all ranks. The returned
+            value equals the single-process loss on the global batch on every rank, and
+            after DDP's gradient averaging so do the gradients. Every rank needs the
+            same batch size.
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default)
+            or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+            ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
+        check_values: Check values as well as shapes (default): NaN/Inf embeddings or
+            masks, embeddings whose norm over- or underflows, labels below -1, bad
+            penalty values, and, with ``gather_distributed``, the same error on every
+            rank and equal batch sizes. These checks synchronise the host with an
+            accelerator once per step; ``False`` skips them, so that ``forward`` never
+            synchronises (see ``docs/METHOD.md`` for the measured cost).
+
+    Raises:
+        ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
+            temperature that is not finite and > 0, ``num_levels < 1``, or ``hce_form="pair"`` with
+            ``reference_compatible=True``.
+
+    Examples:
+        >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)
+        >>> out0, out1 = torch.randn(6, 16), torch.randn(6, 16)
+        >>> labels = torch.tensor([[0, 0], [0, 0], [0, 1], [1, 2], [1, 2], [1, 3]])
+        >>> loss = loss_fn(out0, out1, labels)
+        >>> loss, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
+        >>> level_losses.shape  # detached per-level terms, coarse to fine, for logging
+        torch.Size([2])
+
+        Per-level feature masks (G-HMLC / A-HMLC, Ott et al.) come from a mask head, a
+        part of the model; all-ones masks give the unmasked loss:
+
+        >>> masks = torch.ones(1, 2, 16)  # [1 | B | 2B, L, D]
+        >>> torch.allclose(loss_fn(out0, out1, labels, masks=masks), loss)
+        True
+    """
+
+    def forward(
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        return_level_losses: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Computes the loss.
+
+        Args:
+            out0: ``[B, D]`` projections of the first view.
+            out1: ``[B, D]`` projections of the second view.
+            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown
+                (``[B]`` is one level).
+            masks: Optional per-level feature masks from a mask head: ``[1, L, D]``
+                (shared by all rows), ``[B, L, D]`` (per sample, both views) or
+                ``[2B, L, D]`` (per row of ``cat([out0, out1])``). Level h's term is
+                computed on ``normalize(normalize(z) * masks[:, h])``. Gradients flow
+                through the masks. ``None`` (or all ones) is the unmasked loss.
+            return_level_losses: Also return the detached ``[L]`` per-level terms
+                (coarse to fine, before the HCE constraint), e.g. for logging.
+
+        Returns:
+            The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
+        """
+        paths, features = self._prepare(out0, out1, labels, masks)
+        loss, level_losses = self._loss(features, paths)
+        return (loss, level_losses) if return_level_losses else loss

@@ -4,28 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._features import apply_masks
 from lightly_hmlc.loss._levels import LayerPenalty
-from lightly_hmlc.loss.hmlc import HMLCLoss
+from lightly_hmlc.loss.hmlc import _HierarchicalLoss
 
 
-class MaskedHMLCLoss(HMLCLoss):
+class MaskedHMLCLoss(_HierarchicalLoss):
     """HMLC with a feature-mask head in front of the level terms (Ott et al. [0]).
 
-    The head maps the normalised projections ``z`` of both views (and, while training,
-    their label paths) to per-level masks ``m_h``. Level ``h``'s supervised contrastive
-    term is computed on ``normalize(z * m_h)``; the terms are aggregated exactly as in
-    :class:`HMLCLoss` (``hmc``, ``hce`` or ``hmce``), and the head's regularisation term
-    is added. With all-ones masks the loss equals :class:`HMLCLoss`. Gradients flow
-    through soft masks; hard masks pass none. Any ``nn.Module`` following the mask-head
-    contract works (``forward(z, labels) -> [B | 1, L, D]`` and
-    ``regularization(masks) -> scalar``), so a new head needs no change here.
+    A convenience for one-line use: the loss owns ``mask_head`` and runs the chain
+
+    ``masks = mask_head(z, labels.repeat(2, 1))`` on ``z = normalize(cat([out0, out1]))``,
+    ``loss = HMLCLoss(...)(out0, out1, labels, masks=masks) + mask_head.regularization(masks)``.
+
+    Level ``h``'s supervised contrastive term is computed on ``normalize(z * m_h)``; the
+    terms are aggregated exactly as in :class:`HMLCLoss` (``hmc``, ``hce`` or ``hmce``).
+    With all-ones masks the loss equals :class:`HMLCLoss`. Gradients flow through soft
+    masks; hard masks pass none. Any ``nn.Module`` following the mask-head contract works
+    (``forward(z, labels) -> [2B | 1, L, D]`` and optionally
+    ``regularization(masks) -> scalar``), so a new head needs no change here. The head
+    gets the L2-normalised projections, so the GMM head's statistics do not depend on
+    the scale of ``z``. In a model of your own, call the head and pass ``masks=`` to
+    :class:`HMLCLoss` instead: the chain is the same.
 
     The head is a submodule: a trainable head (A-HMLC) must be in the optimizer, e.g.
     keep the loss as an attribute of the LightningModule or pass
-    ``loss_fn.parameters()`` to the optimizer.
+    ``loss_fn.parameters()`` to the optimizer. The loss itself keeps no per-call state.
 
     - [0] Feature Identification for Hierarchical Contrastive Learning, Ott et al.,
       arXiv 2510.00837
@@ -33,10 +39,11 @@ class MaskedHMLCLoss(HMLCLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form, check_values: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
+        >>> from lightly_hmlc.loss import HMLCLoss
         >>> class OnesHead(nn.Module):
         ...     def forward(self, z, labels=None):
         ...         return torch.ones(1, 2, z.shape[1])
@@ -58,6 +65,8 @@ class MaskedHMLCLoss(HMLCLoss):
         num_levels: int | None = None,
         normalize_weights: bool = True,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
+        check_values: bool = True,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -66,6 +75,8 @@ class MaskedHMLCLoss(HMLCLoss):
             num_levels=num_levels,
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
+            hce_form=hce_form,
+            check_values=check_values,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -73,31 +84,31 @@ class MaskedHMLCLoss(HMLCLoss):
                 "lightly_hmlc.models.modules.FeatureMaskHead for the contract."
             )
         self.mask_head = mask_head
-        self.last_masks: Tensor | None = None
 
-    def _level_features(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        masks = self.mask_head(features, labels)
-        expected = (labels.shape[1], features.shape[1])
-        if (
-            masks.dim() != 3
-            or tuple(masks.shape[1:]) != expected
-            or masks.shape[0]
-            not in (
-                1,
-                features.shape[0],
-            )
-        ):
-            raise ValueError(
-                f"The mask head returned masks of shape {tuple(masks.shape)}; expected "
-                f"[{features.shape[0]} or 1, {expected[0]}, {expected[1]}] (batch, levels, "
-                "dim). Check the head's num_levels and dim against the labels and "
-                "the projection width."
-            )
-        self.last_masks = masks.detach()
-        level_features = F.normalize(features.unsqueeze(1) * masks.to(features.dtype), dim=2)
+    def forward(
+        self, out0: Tensor, out1: Tensor, labels: Tensor, return_level_losses: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Runs the head on both views and computes the masked loss plus its regulariser.
+
+        Args:
+            out0: ``[B, D]`` projections of the first view.
+            out1: ``[B, D]`` projections of the second view.
+            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown.
+            return_level_losses: Also return the detached ``[L]`` per-level terms.
+
+        Returns:
+            The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
+        """
+        paths, features = self._prepare(out0, out1, labels)
+        masks = self.mask_head(features, paths)
+        level_features = apply_masks(
+            features, masks, paths.shape[1], "The mask head's output", self.check_values
+        )
+        loss, level_losses = self._loss(level_features, paths)
         regularize = getattr(self.mask_head, "regularization", None)
-        regularization = regularize(masks) if callable(regularize) else masks.new_zeros(())
-        return level_features, regularization
+        if callable(regularize):
+            loss = loss + regularize(masks)
+        return (loss, level_losses) if return_level_losses else loss
 
 
 class _HeadBuildingLoss(MaskedHMLCLoss):
@@ -112,6 +123,8 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         layer_penalty: str | LayerPenalty = "exp",
         normalize_weights: bool = True,
         gather_distributed: bool = False,
+        hce_form: str | None = None,
+        check_values: bool = True,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -122,6 +135,8 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             num_levels=num_levels,
             normalize_weights=normalize_weights,
             gather_distributed=gather_distributed,
+            hce_form=hce_form,
+            check_values=check_values,
         )
 
     @staticmethod
@@ -138,17 +153,19 @@ class GHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
         >>> import torch
         >>> loss_fn = GHMLCLoss(num_levels=2, dim=8)
         >>> labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 2]])
-        >>> loss = loss_fn(torch.randn(4, 8), torch.randn(4, 8), labels)
-        >>> loss_fn.mask_head.masks.shape
-        torch.Size([2, 8])
+        >>> loss, level_losses = loss_fn(
+        ...     torch.randn(4, 8), torch.randn(4, 8), labels, return_level_losses=True
+        ... )
+        >>> loss_fn.mask_head.masks.shape, level_losses.shape
+        (torch.Size([2, 8]), torch.Size([2]))
     """
 
     @staticmethod
@@ -168,8 +185,8 @@ class AHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+        hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:

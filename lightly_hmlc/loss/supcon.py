@@ -7,12 +7,13 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._features import prepare_inputs
+from lightly_hmlc.loss._gather import gather_for_loss
 from lightly_hmlc.loss._levels import (
     aggregate_levels,
-    gather_for_loss,
+    build_level_groups,
+    check_temperature,
     level_terms,
-    normalize_features,
-    validate_inputs,
 )
 
 
@@ -28,18 +29,21 @@ class SupConLoss(nn.Module):
       https://arxiv.org/abs/2004.11362
 
     Args:
-        temperature: Scales the cosine similarities, ``> 0``.
+        temperature: Scales the cosine similarities, ``> 0`` and finite.
         gather_distributed: Gather embeddings AND labels from all ranks before the loss,
             so that every rank contrasts against the global batch. The value equals the
             single-process loss on the global batch on every rank, and after DDP's
             gradient averaging so do the gradients. Every rank needs the same batch size.
+        check_values: Check values as well as shapes (NaN/Inf, norms that over- or
+            underflow, labels below -1, and the same error on every rank); ``False``
+            skips these host-device synchronisations, as in :class:`HMLCLoss`.
 
     Labels are ``[B]`` class ids, or ``[B, L]`` label paths, in which case two samples
     are positives when their whole paths are equal. ``-1`` marks an unknown label: such a
     sample is neither an anchor nor a positive (it stays a negative for the others).
 
     Raises:
-        ValueError: If ``temperature <= 0``.
+        ValueError: If ``temperature`` is not finite and > 0.
 
     Examples:
         >>> loss_fn = SupConLoss(temperature=0.1)
@@ -48,36 +52,46 @@ class SupConLoss(nn.Module):
         >>> loss = loss_fn(out0, out1, labels)
         >>> loss.shape
         torch.Size([])
+        >>> _, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
+        >>> level_losses.shape
+        torch.Size([1])
     """
 
-    def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
+    def __init__(
+        self, temperature: float = 0.1, gather_distributed: bool = False, check_values: bool = True
+    ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature("temperature", temperature)
         self.gather_distributed = gather_distributed
+        self.check_values = check_values
 
-    def forward(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+    def forward(
+        self, out0: Tensor, out1: Tensor, labels: Tensor, return_level_losses: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
 
         Args:
             out0: ``[B, D]`` projections of the first view.
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B]`` class ids or ``[B, L]`` label paths; ``-1`` is unknown.
+            return_level_losses: Also return the detached level terms, shape ``[1]``
+                (SupCon has one level), as :class:`HMLCLoss` does.
 
         Returns:
-            The scalar loss.
+            The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        labels = validate_inputs(out0, out1, labels)
-        features = normalize_features(out0, out1)
-        batch = gather_for_loss(features, labels.repeat(2, 1), self.gather_distributed)
+        paths, features = prepare_inputs(
+            out0, out1, labels, None, self.check_values, self.gather_distributed
+        )
+        batch = gather_for_loss(features, paths, self.gather_distributed)
         paths = batch.contrast_labels
         if paths.shape[1] > 1:
             # The whole path is the class; ids are made after gathering, so that they
             # mean the same on every rank. A row that is entirely unknown stays unknown.
-            _, path_ids = torch.unique(paths, dim=0, return_inverse=True)
+            path_ids = build_level_groups(paths).ids[:, -1]
             unknown = (paths < 0).all(dim=1)
             paths = torch.where(unknown, -1, path_ids).unsqueeze(1)
             batch = dataclasses.replace(batch, contrast_labels=paths)
         share, value = level_terms(batch, self.temperature)
-        return aggregate_levels(share, value, "hmc", weights=None)
+        loss = aggregate_levels(share, value, "hmc", weights=None)
+        return (loss, value) if return_level_losses else loss

@@ -57,6 +57,55 @@ def penalty_weights(num_levels: int, penalty: str) -> list[float]:
     return [functions[penalty](1.0 / (num_levels - level)) for level in range(num_levels)]
 
 
+def positives_of(paths: list[list[int]], i: int, level: int) -> list[int]:
+    """Rows that share anchor i's fully known prefix down to ``level`` (i excluded)."""
+    prefix = paths[i][: level + 1]
+    if any(value < 0 for value in prefix):
+        return []
+    return [j for j in range(len(paths)) if j != i and paths[j][: level + 1] == prefix]
+
+
+def pair_loss(z: Tensor, i: int, p: int, temperature: float) -> Tensor:
+    """-log softmax of pair (i, p) over all rows but i."""
+    others = [a for a in range(z.shape[0]) if a != i]
+    log_denominator = torch.logsumexp(
+        torch.stack([z[i] @ z[a] / temperature for a in others]), dim=0
+    )
+    return log_denominator - z[i] @ z[p] / temperature
+
+
+def hce_pair_level_means(level_z: list[Tensor], labels: Tensor, temperature: float) -> list[Tensor]:
+    """Per-level means of HiConE applied per pair, one plain loop per anchor and pair.
+
+    ``level_z[l]`` are the ``[2B, D]`` features level l sees. The pair (i, p) at level l
+    costs ``max(loss_l(i, p), largest loss_l'(i, p') over finer levels l' and their
+    positives p' of the same anchor i)``.
+    """
+    paths = labels.tolist() * 2
+    num_levels = labels.shape[1]
+    means = []
+    for level in range(num_levels):
+        terms = []
+        for i in range(len(paths)):
+            positives = positives_of(paths, i, level)
+            if not positives:
+                continue
+            finer = [
+                pair_loss(level_z[finer_level], i, q, temperature)
+                for finer_level in range(level + 1, num_levels)
+                for q in positives_of(paths, i, finer_level)
+            ]
+            pair_terms = []
+            for p in positives:
+                loss = pair_loss(level_z[level], i, p, temperature)
+                for bound in finer:
+                    loss = torch.maximum(loss, bound)
+                pair_terms.append(loss)
+            terms.append(torch.stack(pair_terms).mean())
+        means.append(torch.stack(terms).mean() if terms else level_z[0].sum() * 0.0)
+    return means
+
+
 def hmlc(
     out0: Tensor,
     out1: Tensor,
@@ -65,10 +114,14 @@ def hmlc(
     temperature: float,
     penalty: str = "exp",
     normalize_weights: bool = True,
+    hce_form: str = "pair",
 ) -> Tensor:
-    means = level_means(out0, out1, labels, temperature)
-    num_levels = len(means)
-    if loss_type in ("hce", "hmce"):
+    num_levels = labels.shape[1]
+    if loss_type != "hmc" and hce_form == "pair":
+        means = hce_pair_level_means([stacked_views(out0, out1)] * num_levels, labels, temperature)
+    else:
+        means = level_means(out0, out1, labels, temperature)
+    if loss_type in ("hce", "hmce") and hce_form == "batch_mean":
         means = [torch.stack(means[level:]).max() for level in range(num_levels)]
     if loss_type == "hce":
         return torch.stack(means).mean()

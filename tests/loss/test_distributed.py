@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("hmlc", {"loss_type": "hmc"}),
     ("hmlc", {"loss_type": "hce"}),
     ("hmlc", {"loss_type": "hmce"}),
+    ("hmlc", {"loss_type": "hmce", "hce_form": "batch_mean"}),
     ("hmlc", {"loss_type": "hmce", "reference_compatible": True}),
 ]
 
@@ -93,3 +96,81 @@ def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
             torch.testing.assert_close(
                 local_grad1 / WORLD_SIZE, grad1[rows], msg=f"{kind} {kwargs}"
             )
+
+
+# A data error on one rank: every rank raises the same ValueError, and none hangs.
+
+ERROR_CASES: list[tuple[str, int, str]] = [
+    # (what goes wrong, on which rank, a piece of the message every rank must show)
+    ("nan", 1, "rank 1 of 2: The embeddings contain NaN or Inf"),
+    ("label_below_minus_one", 0, "rank 0 of 2: labels contain values below -1"),
+    ("wrong_depth", 1, "rank 1 of 2: labels has 3 levels"),
+    ("overflow", 0, "rank 0 of 2: 1 embedding row(s) cannot be L2-normalised"),
+    ("batch_size", 1, "same batch size on every rank, got [6, 5]"),
+]
+
+
+def _error_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch_dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=60),  # a hang fails the test instead of blocking CI
+    )
+    try:
+        messages = []
+        for kind, bad_rank, _ in ERROR_CASES:
+            out0, out1, labels = _global_batch(0.0)
+            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            local0, local1 = out0[rows].float().clone(), out1[rows].float().clone()
+            local_labels = labels[rows].clone()
+            if rank == bad_rank:
+                if kind == "nan":
+                    local0[2, 1] = float("nan")
+                elif kind == "label_below_minus_one":
+                    local_labels[0, 1] = -3
+                elif kind == "wrong_depth":
+                    local_labels = torch.cat([local_labels, local_labels[:, :1]], dim=1)
+                elif kind == "overflow":
+                    local0[1] = 1e30
+                else:
+                    local0, local1, local_labels = local0[:-1], local1[:-1], local_labels[:-1]
+            loss_fn = HMLCLoss("hmce", num_levels=2, gather_distributed=True)
+            try:
+                loss_fn(local0, local1, local_labels)
+                messages.append("no error")
+            except ValueError as error:
+                messages.append(str(error))
+        # Still in step after all of them: one more good call works on both ranks.
+        out0, out1, labels = _global_batch(0.0)
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        value = HMLCLoss("hmce", gather_distributed=True)(out0[rows], out1[rows], labels[rows])
+        torch.save((messages, value), Path(out_dir) / f"errors{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_data_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
+    context = mp.spawn(
+        _error_worker,
+        args=(str(tmp_path / "init"), str(tmp_path)),
+        nprocs=WORLD_SIZE,
+        join=False,
+    )
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            pytest.fail("the ranks hung after a data error on one of them")
+    results = [torch.load(tmp_path / f"errors{rank}.pt") for rank in range(WORLD_SIZE)]
+    for index, (kind, _, expected) in enumerate(ERROR_CASES):
+        messages = [messages[index] for messages, _ in results]
+        assert messages[0] == messages[1], f"{kind}: ranks raised different errors {messages}"
+        assert expected in messages[0], f"{kind}: {messages[0]}"
+    out0, out1, labels = _global_batch(0.0)
+    expected_value = HMLCLoss("hmce")(out0, out1, labels)
+    for _, value in results:
+        torch.testing.assert_close(value, expected_value)

@@ -35,15 +35,80 @@ def test_value_and_gradients_match_naive(
         out0.requires_grad_(True)
         out1.requires_grad_(True)
         loss_fn = HMLCLoss(
-            loss_type, temperature=0.3, layer_penalty=penalty, normalize_weights=normalize_weights
+            loss_type,
+            temperature=0.3,
+            layer_penalty=penalty,
+            normalize_weights=normalize_weights,
+            hce_form="batch_mean",
         )
         ours = loss_fn(out0, out1, labels)
         grads = torch.autograd.grad(ours, [out0, out1])
-        expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, penalty, normalize_weights)
+        expected = naive.hmlc(
+            out0, out1, labels, loss_type, 0.3, penalty, normalize_weights, "batch_mean"
+        )
         expected_grads = torch.autograd.grad(expected, [out0, out1])
         torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["hce", "hmce"])
+@pytest.mark.parametrize("unknown", [0.0, 0.3])
+def test_per_pair_hce_matches_naive_pair_loop(loss_type: str, unknown: float) -> None:
+    out0, out1, labels = _inputs(11, batch_size=8, unknown=unknown)
+    out0.requires_grad_(True)
+    out1.requires_grad_(True)
+    ours, level_losses = HMLCLoss(loss_type, temperature=0.3)(
+        out0, out1, labels, return_level_losses=True
+    )
+    expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, "exp", True, "pair")
+    torch.testing.assert_close(ours.double(), expected)
+    for got, want in zip(
+        torch.autograd.grad(ours, [out0, out1]),
+        torch.autograd.grad(expected, [out0, out1]),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.double(), want)
+    # The reported level losses are the plain SupCon terms, before the constraint.
+    plain = torch.stack(naive.level_means(out0, out1, labels, 0.3))
+    torch.testing.assert_close(level_losses.double(), plain.detach())
+
+
+def _clustered(seed: int, batch_size: int = 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class centroid + noise: coarse classes far apart, fine classes closer together."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = naive.random_tree_labels(batch_size, [2, 3], generator)
+    coarse_centres = 4.0 * torch.randn(6, 16, generator=generator, dtype=torch.float64)
+    fine_offsets = 1.0 * torch.randn(6, 16, generator=generator, dtype=torch.float64)
+    centres = coarse_centres[labels[:, 0]] + fine_offsets[labels[:, 1]]
+
+    def view() -> torch.Tensor:
+        return centres + 0.3 * torch.randn(batch_size, 16, generator=generator).double()
+
+    return view(), view(), labels
+
+
+def test_per_pair_hmce_differs_from_hmc_on_a_clustered_embedding() -> None:
+    out0, out1, labels = _clustered(0)
+    hmc = HMLCLoss("hmc")(out0, out1, labels)
+    hmce, level_losses = HMLCLoss("hmce")(out0, out1, labels, return_level_losses=True)
+    batch_mean = HMLCLoss("hmce", hce_form="batch_mean")(out0, out1, labels)
+    # The batch-mean constraint never binds here: the coarse term is the larger one...
+    assert level_losses[0] > level_losses[1]
+    torch.testing.assert_close(batch_mean, hmc)
+    # ...but per pair it does: coarse positives closer than the worst fine one are raised.
+    assert hmce > hmc + 1e-3
+    expected = naive.hmlc(out0, out1, labels, "hmce", 0.1, "exp", True, "pair")
+    torch.testing.assert_close(hmce, expected)
+
+
+def test_hce_form_validation() -> None:
+    with pytest.raises(ValueError, match="Unknown hce_form"):
+        HMLCLoss("hce", hce_form="per_anchor")
+    with pytest.raises(ValueError, match="reference_compatible=True applies"):
+        HMLCLoss("hce", reference_compatible=True, hce_form="pair")
+    assert HMLCLoss("hce").hce_form == "pair"
+    assert HMLCLoss("hce", reference_compatible=True).hce_form == "batch_mean"
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
@@ -95,13 +160,38 @@ def test_unknown_everywhere_gives_zero_not_nan() -> None:
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
 
 
-def test_last_level_losses_are_per_level_means() -> None:
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+def test_level_losses_are_per_level_means(loss_type: str) -> None:
     out0, out1, labels = _inputs(5)
-    loss_fn = HMLCLoss("hmc", temperature=0.3)
-    loss_fn(out0, out1, labels)
+    loss_fn = HMLCLoss(loss_type, temperature=0.3)
+    loss, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
     expected = torch.stack(naive.level_means(out0, out1, labels, 0.3))
-    assert loss_fn.last_level_losses is not None
-    torch.testing.assert_close(loss_fn.last_level_losses.double(), expected)
+    torch.testing.assert_close(level_losses.double(), expected)
+    assert not level_losses.requires_grad
+    torch.testing.assert_close(loss, loss_fn(out0, out1, labels))
+
+
+def test_losses_keep_no_per_call_state() -> None:
+    out0, out1, labels = _inputs(6)
+
+    def snapshot(module: torch.nn.Module) -> dict[str, object]:
+        # Copies the module's dicts (buffers, submodules, ...) so that a change shows.
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in vars(module).items()}
+
+    for loss_fn in (HMLCLoss("hmce"), SupConLoss()):
+        before = snapshot(loss_fn)
+        loss_fn(out0, out1, labels)
+        loss_fn(out0, out1, labels, return_level_losses=True)
+        assert snapshot(loss_fn) == before
+
+
+def test_supcon_level_losses_have_one_level() -> None:
+    out0, out1, labels = _inputs(6)
+    loss, level_losses = SupConLoss(temperature=0.3)(
+        out0, out1, labels[:, -1], return_level_losses=True
+    )
+    assert level_losses.shape == (1,)
+    torch.testing.assert_close(level_losses[0], loss.detach())
 
 
 def test_hce_never_lets_a_coarser_level_cost_less() -> None:

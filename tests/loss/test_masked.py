@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc.loss import HMLCLoss
 from lightly_hmlc.loss.masked import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
+from lightly_hmlc.models.modules import AttentionMaskHead
 from tests.loss import naive
 
 
@@ -24,53 +25,130 @@ class FixedMaskHead(nn.Module):
         return masks.new_zeros(())
 
 
-def _inputs(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def _inputs(seed: int = 0, batch_size: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    out0 = torch.randn(10, 6, generator=generator, dtype=torch.float64)
-    out1 = torch.randn(10, 6, generator=generator, dtype=torch.float64)
-    return out0, out1, naive.random_tree_labels(10, [2, 3], generator, unknown=0.2)
+    out0 = torch.randn(batch_size, 6, generator=generator, dtype=torch.float64)
+    out1 = torch.randn(batch_size, 6, generator=generator, dtype=torch.float64)
+    return out0, out1, naive.random_tree_labels(batch_size, [2, 3], generator, unknown=0.2)
 
 
-@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
-def test_all_ones_masks_equal_hmlc(loss_type: str) -> None:
-    out0, out1, labels = _inputs()
-    masked = MaskedHMLCLoss(FixedMaskHead(torch.ones(2, 6)), loss_type=loss_type)
-    torch.testing.assert_close(masked(out0, out1, labels), HMLCLoss(loss_type)(out0, out1, labels))
+def _naive_masked(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    loss_type: str,
+    temperature: float,
+    hce_form: str = "pair",
+) -> Tensor:
+    """Level h's naive term on normalize(normalize(z) * masks[:, h]); masks [2B, L, D]."""
+    z = torch.cat([F.normalize(out0, dim=1), F.normalize(out1, dim=1)])
+    batch_size = out0.shape[0]
+    num_levels = labels.shape[1]
+    level_z = [F.normalize(z * masks[:, level], dim=1) for level in range(num_levels)]
+    if loss_type != "hmc" and hce_form == "pair":
+        level_terms = naive.hce_pair_level_means(level_z, labels, temperature)
+    else:
+        level_terms = [
+            naive.level_means(zl[:batch_size], zl[batch_size:], labels, temperature)[level]
+            for level, zl in enumerate(level_z)
+        ]
+    if loss_type in ("hce", "hmce") and hce_form == "batch_mean":
+        level_terms = [torch.stack(level_terms[level:]).max() for level in range(num_levels)]
+    if loss_type == "hce":
+        return torch.stack(level_terms).mean()
+    weights = naive.penalty_weights(num_levels, "exp")
+    return sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
 
 
-@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
-def test_level_terms_use_each_levels_masked_features(loss_type: str) -> None:
-    out0, out1, labels = _inputs(1)
-    masks = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 1.0, 1.0, 2.0]])
-    ours = MaskedHMLCLoss(FixedMaskHead(masks), loss_type=loss_type, temperature=0.3)(
-        out0, out1, labels
-    )
-    z0, z1 = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
-    level_terms = []
-    for level in range(2):
-        per_level = naive.level_means(z0 * masks[level], z1 * masks[level], labels, 0.3)
-        level_terms.append(per_level[level])
-    if loss_type in ("hce", "hmce"):
-        level_terms = [torch.stack(level_terms[level:]).max() for level in range(2)]
-    weights = naive.penalty_weights(2, "exp")
-    expected = (
-        torch.stack(level_terms).mean()
-        if loss_type == "hce"
-        else sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
-    )
+@pytest.mark.parametrize(
+    ("loss_type", "hce_form"),
+    [
+        ("hmc", "pair"),
+        ("hce", "pair"),
+        ("hmce", "pair"),
+        ("hce", "batch_mean"),
+        ("hmce", "batch_mean"),
+    ],
+)
+@pytest.mark.parametrize("rows", ["shared", "per_sample", "per_row"])
+def test_masks_argument_matches_naive_per_level_masking(
+    loss_type: str, hce_form: str, rows: str
+) -> None:
+    out0, out1, labels = _inputs(1, batch_size=8)
+    generator = torch.Generator().manual_seed(5)
+    count = {"shared": 1, "per_sample": 8, "per_row": 16}[rows]
+    masks = torch.rand(count, 2, 6, generator=generator, dtype=torch.float64) + 0.1
+    masks.requires_grad_(True)
+    loss_fn = HMLCLoss(loss_type, temperature=0.3, hce_form=hce_form)
+    ours = loss_fn(out0, out1, labels, masks=masks)
+    full = masks.expand(16, -1, -1) if count == 1 else masks.repeat(16 // count, 1, 1)
+    expected = _naive_masked(out0, out1, labels, full, loss_type, 0.3, hce_form)
     torch.testing.assert_close(ours.double(), expected)
+    (grad,) = torch.autograd.grad(ours, [masks])
+    (expected_grad,) = torch.autograd.grad(expected, [masks])
+    torch.testing.assert_close(grad, expected_grad)
 
 
-def test_gradients_flow_through_soft_masks_only() -> None:
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+def test_all_ones_masks_equal_no_masks(loss_type: str) -> None:
+    out0, out1, labels = _inputs()
+    loss_fn = HMLCLoss(loss_type)
+    expected = loss_fn(out0, out1, labels)
+    for count in (1, 10, 20):
+        ones = torch.ones(count, 2, 6, dtype=torch.float64)
+        torch.testing.assert_close(loss_fn(out0, out1, labels, masks=ones), expected)
+    masked = MaskedHMLCLoss(FixedMaskHead(torch.ones(2, 6)), loss_type=loss_type)
+    torch.testing.assert_close(masked(out0, out1, labels), expected)
+
+
+@pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
+def test_convenience_equals_the_chain(loss_type: str) -> None:
     out0, out1, labels = _inputs(2)
+    torch.manual_seed(0)
+    head = AttentionMaskHead(num_levels=2, dim=6, init_std=0.5, separation_weight=0.3).double()
+    masked = MaskedHMLCLoss(head, loss_type=loss_type, temperature=0.2)
+    got, got_levels = masked(out0, out1, labels, return_level_losses=True)
+    z = torch.cat([out0, out1])
+    masks = head(F.normalize(z, dim=1), labels.repeat(2, 1))
+    assert masks.shape == (20, 2, 6)
+    chain, chain_levels = HMLCLoss(loss_type, temperature=0.2)(
+        out0, out1, labels, masks=masks, return_level_losses=True
+    )
+    torch.testing.assert_close(got, chain + head.regularization(masks))
+    torch.testing.assert_close(got_levels, chain_levels)
+    assert head.regularization(masks) > 0  # the regulariser really is part of the sum
+
+
+def test_gradients_flow_through_soft_masks() -> None:
+    out0, out1, labels = _inputs(2)
+    masks = (torch.rand(20, 2, 6, dtype=torch.float64) + 0.5).requires_grad_(True)
+    HMLCLoss()(out0, out1, labels, masks=masks).backward()
+    assert masks.grad is not None and masks.grad.abs().sum() > 0
     soft = FixedMaskHead(torch.rand(2, 6, dtype=torch.float64) + 0.5, trainable=True)
     MaskedHMLCLoss(soft)(out0, out1, labels).backward()
     assert soft.masks.grad is not None and soft.masks.grad.abs().sum() > 0
 
 
-def test_wrong_mask_shape_is_reported() -> None:
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [
+        (torch.ones(3, 2, 6), r"masks has shape \(3, 2, 6\); expected \[1 \| 10 \| 20, 2, 6\]"),
+        (torch.ones(1, 3, 6), r"masks has shape \(1, 3, 6\)"),
+        (torch.ones(1, 2, 5), r"masks has shape \(1, 2, 5\)"),
+        (torch.ones(2, 6), r"masks has shape \(2, 6\)"),
+        (torch.ones(1, 2, 6, dtype=torch.long), "floating point tensor"),
+    ],
+)
+def test_wrong_masks_are_reported(masks: Tensor, message: str) -> None:
     out0, out1, labels = _inputs()
-    with pytest.raises(ValueError, match="mask head returned masks of shape"):
+    with pytest.raises(ValueError, match=message):
+        HMLCLoss()(out0, out1, labels, masks=masks)
+
+
+def test_wrong_head_output_is_reported() -> None:
+    out0, out1, labels = _inputs()
+    with pytest.raises(ValueError, match="mask head's output has shape"):
         MaskedHMLCLoss(FixedMaskHead(torch.ones(3, 6)))(out0, out1, labels)
 
 
@@ -83,10 +161,12 @@ def test_ghmlc_trains_masks_and_passes_no_gradient_through_them() -> None:
     out0, out1, labels = _inputs(3)
     out0 = out0.float().requires_grad_(True)
     loss_fn = GHMLCLoss(num_levels=2, dim=6, refit_every=1, warmup_steps=0)
-    loss = loss_fn(out0, out1.float(), labels)
+    loss, level_losses = loss_fn(out0, out1.float(), labels, return_level_losses=True)
     loss.backward()
-    assert torch.isfinite(loss)
-    assert loss_fn.last_masks is not None and not loss_fn.last_masks.requires_grad
+    assert torch.isfinite(loss) and level_losses.shape == (2,)
+    assert bool(loss_fn.mask_head.fitted)
+    masks = loss_fn.mask_head.masks
+    assert not masks.requires_grad and not torch.equal(masks, torch.ones_like(masks))
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
 
 

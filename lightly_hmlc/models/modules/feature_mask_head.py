@@ -10,9 +10,11 @@ class FeatureMaskHead(nn.Module):
     """Base class of the heads that map projections to one feature mask per hierarchy level.
 
     Ott et al. [0] weight the embedding with a mask M_h before computing the level-h term of
-    HMLC [1]. A masked loss calls the head exactly once per training step on both views
-    concatenated, ``head(torch.cat([z0, z1]), labels.repeat(2, 1))``, computes the level-h term
-    on ``normalize(z * masks[:, h])`` and adds ``head.regularization(masks)`` to the loss.
+    HMLC [1]. The head is a model part, called once per training step on both views
+    concatenated: ``masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))``, then
+    ``loss = HMLCLoss(...)(z0, z1, labels, masks=masks) + head.regularization(masks)``; the
+    loss computes the level-h term on ``normalize(normalize(z) * masks[:, h])``. The
+    convenience losses (``GHMLCLoss``, ``AHMLCLoss``, ``MaskedHMLCLoss``) run the same chain.
     A new head only has to implement :meth:`forward` (and optionally :meth:`regularization`),
     no loss needs to change.
 
@@ -71,7 +73,8 @@ class FeatureMaskHead(nn.Module):
             labels: Label paths of shape [B, L] (coarse -> fine, negative = unknown) or None.
 
         Returns:
-            Float masks of shape [B, L, D] or [1, L, D], level order coarse -> fine.
+            Float masks of shape [B, L, D] (one per row of ``z``) or [1, L, D] (shared),
+            level order coarse -> fine.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")
 

@@ -1,0 +1,150 @@
+"""The rows every level sees: L2-normalised embeddings, optionally per-level masked.
+
+:func:`prepare_inputs` is the one entry of every loss: the checks of
+:func:`~lightly_hmlc.loss._levels.validate_inputs`, the normalisation, the masks, and,
+under ``gather_distributed``, one error decision for all ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightly.utils import dist
+from torch import Tensor
+
+from lightly_hmlc.loss._gather import share_errors
+from lightly_hmlc.loss._levels import validate_inputs
+
+
+def apply_masks(
+    features: Tensor,
+    masks: Tensor,
+    num_levels: int,
+    source: str = "masks",
+    check_values: bool = True,
+) -> Tensor:
+    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``.
+
+    Args:
+        features: ``[2B, D]`` L2-normalised rows of ``cat([out0, out1])``.
+        masks: ``[1, L, D]`` (shared by all rows), ``[B, L, D]`` (per sample, used for
+            both views) or ``[2B, L, D]`` (per row of ``cat([out0, out1])``).
+        num_levels: L, the depth of the label paths.
+        source: How the error message names the masks.
+        check_values: Also reject NaN/Inf masks (a host-device synchronisation).
+
+    Raises:
+        ValueError: If ``masks`` is not a floating point tensor of one of those shapes,
+            or (with ``check_values``) holds NaN or Inf.
+    """
+    rows, dim = features.shape
+    if not isinstance(masks, Tensor):
+        raise ValueError(f"{source} must be a torch.Tensor, got {type(masks).__name__}.")
+    if not masks.dtype.is_floating_point:
+        raise ValueError(
+            f"{source} must be a floating point tensor, got {masks.dtype}: convert hard "
+            "masks with masks.float()."
+        )
+    if (
+        masks.dim() != 3
+        or tuple(masks.shape[1:]) != (num_levels, dim)
+        or masks.shape[0] not in (1, rows // 2, rows)
+    ):
+        raise ValueError(
+            f"{source} has shape {tuple(masks.shape)}; expected [1 | {rows // 2} | {rows}, "
+            f"{num_levels}, {dim}] (shared | per sample | per row of cat([out0, out1]), "
+            "levels, dim). Check the head's num_levels and dim against the labels and the "
+            "projection width."
+        )
+    if check_values and not bool(torch.isfinite(masks).all()):
+        raise ValueError(
+            f"{source} contain NaN or Inf: check the mask head (e.g. a diverged attention "
+            "head, or a gate temperature that is too small)."
+        )
+    if masks.shape[0] == rows // 2 and rows // 2 != 1:
+        masks = masks.repeat(2, 1, 1)  # one mask per sample serves both of its views
+    masks = masks.to(device=features.device, dtype=features.dtype)
+    return F.normalize(features.unsqueeze(1) * masks, dim=2)
+
+
+# F.normalize's default: rows with a smaller norm are not scaled to unit length.
+_NORM_EPS = 1e-12
+
+
+def normalize_features(out0: Tensor, out1: Tensor, check_values: bool = True) -> Tensor:
+    """Both views stacked, L2-normalised, in float32 or wider (also under autocast).
+
+    With ``check_values``, a row whose norm cannot be computed in that dtype (its
+    squared norm overflows to Inf, or underflows below F.normalize's eps of 1e-12, which
+    includes an all-zero row) raises a ValueError: such a row would otherwise become a
+    zero or Inf-scaled vector and give a constant loss with no error.
+    """
+    dtype = torch.promote_types(out0.dtype, torch.float32)
+    with torch.autocast(device_type=out0.device.type, enabled=False):
+        features = torch.cat([out0, out1], dim=0).to(dtype)
+        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
+        if check_values:
+            check_norms(norms, dtype)
+        # The same arithmetic as F.normalize, reusing the norms.
+        return features / norms.clamp_min(_NORM_EPS)
+
+
+def check_norms(norms: Tensor, dtype: torch.dtype) -> None:
+    """Raises a ValueError if a row's norm is Inf or below 1e-12 (a host-device sync)."""
+    ok = torch.isfinite(norms) & (norms >= _NORM_EPS)
+    if not bool(ok.all()):
+        bad = ~ok.flatten()
+        raise ValueError(
+            f"{int(bad.sum())} embedding row(s) cannot be L2-normalised in {dtype}: their "
+            f"norm is {'Inf (it overflows)' if bool(torch.isinf(norms).any()) else 'zero or below 1e-12'}. "
+            "Check the model's outputs (a diverged or collapsed projection); for "
+            "legitimately huge or tiny values, rescale them or pass float64."
+        )
+
+
+def prepare_inputs(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    num_levels: int | None,
+    check_values: bool,
+    gather_distributed: bool,
+    masks: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The one entry of every loss: checked ``[2B, L]`` labels and the rows to contrast.
+
+    Returns the labels of both views and the L2-normalised rows ``[2B, D]`` (or
+    ``[2B, L, D]`` with ``masks``, see :func:`apply_masks`).
+
+    With ``gather_distributed`` on several ranks and ``check_values``, a data error found
+    on any rank is raised on every rank with the same message (see
+    :func:`~lightly_hmlc.loss._gather.share_errors`), before any other collective. With
+    ``check_values=False`` nothing is exchanged: shape errors are still raised, but only
+    by the rank that finds them.
+    """
+    if not (check_values and gather_distributed and dist.world_size() > 1):
+        return _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+    rows = 2 * out0.shape[0] if isinstance(out0, Tensor) and out0.dim() >= 1 else 0
+    device = out0.device if isinstance(out0, Tensor) else torch.device("cpu")
+    try:
+        prepared = _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+    except ValueError as error:
+        share_errors(str(error), rows, device)  # raises on every rank
+        raise
+    share_errors(None, rows, device)
+    return prepared
+
+
+def _prepare_local(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    num_levels: int | None,
+    check_values: bool,
+    masks: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
+    features = normalize_features(out0, out1, check_values)
+    if masks is not None:
+        features = apply_masks(features, masks, paths.shape[1], check_values=check_values)
+    return paths, features
