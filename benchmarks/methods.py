@@ -14,8 +14,8 @@ method     objective
 ``hmc``    ``HMLCLoss(loss_type="hmc")``, Zhang et al. [2]
 ``hce``    ``HMLCLoss(loss_type="hce")`` [2]
 ``hmce``   ``HMLCLoss(loss_type="hmce")`` [2]
-``g-hmlc`` ``GHMLCLoss``: HMCE on hard per-level masks from a GMM, Ott et al. [3]
-``a-hmlc`` ``AHMLCLoss``: HMCE on soft per-level masks from attention heads [3]
+``g-hmlc`` HMCE on hard per-level masks of the GMM head (``gmm-mask``), Ott et al. [3]
+``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3]
 =========  =====================================================================
 
 Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
@@ -25,9 +25,9 @@ registered with ``register_loss`` (or an entry point) is a method with no change
 
 The contrastive methods project the backbone features with Lightly's
 ``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). The mask
-heads of G-HMLC and A-HMLC live inside their losses, which are submodules of the
-LightningModule (``self.criterion``), so that A-HMLC's attention parameters are
-optimised and G-HMLC's statistics buffers are checkpointed.
+heads of G-HMLC and A-HMLC are model parts (``self.mask_head``, from ``create_head``),
+so that A-HMLC's attention parameters are optimised as model parameters and G-HMLC's
+statistics are checkpointed with the model; the loss gets ``masks=``.
 
 Optimisation (shared): SGD with momentum 0.9 (or LARS, or AdamW), the learning rate
 ``lr * global_batch_size / 256`` (linear scaling), no weight decay on norm layers and
@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
@@ -60,7 +61,12 @@ from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
-from lightly_hmlc.registry import component_parameters, create_loss, list_components
+from lightly_hmlc.registry import (
+    component_parameters,
+    create_head,
+    create_loss,
+    list_components,
+)
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 ENCODERS = ("image", "depth_views")
@@ -464,12 +470,15 @@ class SimCLR(HierarchicalMethod):
         return loss, {}
 
 
-# The mask head of each masked method, and the GMM head's schedule options: until the
-# losses take masks from a head that the model owns, the masked losses build the head
-# from these options themselves.
-MASK_HEADS: dict[str, str] = {"g-hmlc": "gmm-mask", "a-hmlc": "attention-mask"}
-# What the suite offers every registered loss; each gets the ones its factory names.
-_SUITE_LOSS_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
+# The methods of Ott et al. [3]: a loss of the registry on the masks of a mask head of
+# the registry, ``(loss, head)``. The head is a part of the model (``self.mask_head``),
+# as a head is in Lightly; the loss is stateless and takes ``masks=``.
+MASKED_METHODS: dict[str, tuple[str, str]] = {
+    "g-hmlc": ("hmce", "gmm-mask"),
+    "a-hmlc": ("hmce", "attention-mask"),
+}
+# What the suite offers every registered loss and head; each gets the ones it names.
+_SUITE_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
 
 
 class LabelPathMethod(HierarchicalMethod):
@@ -479,17 +488,25 @@ class LabelPathMethod(HierarchicalMethod):
     ``dim`` (the projection width) that its factory names, then ``loss_options``. A
     loss registered with :func:`lightly_hmlc.registry.register_loss` is therefore a
     method of the suite with no change here. Per-level terms are logged
-    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``)
-    or keeps them (``last_level_losses``).
+    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``,
+    asked only of a loss whose ``forward`` names it).
+
+    The methods of ``MASKED_METHODS`` (G-HMLC, A-HMLC) run the chain of Ott et al. [3]
+    with the mask head as a model part: ``masks = self.mask_head(normalize(z), paths)``
+    on ``z = cat([z0, z1])``, ``loss = criterion(z0, z1, paths, masks=masks)`` plus the
+    head's ``regularization(masks)``. So A-HMLC's attention parameters are optimised as
+    model parameters and G-HMLC's statistics are checkpointed with the model. The head
+    gets L2-normalised rows, as in ``GHMLCLoss``/``AHMLCLoss``, whose chain this is.
 
     Args:
-        method: The registered loss name, e.g. ``"hmce"``.
+        method: The registered loss name, e.g. ``"hmce"``, or a ``MASKED_METHODS`` name.
         num_classes_per_level: Classes per level, coarse to fine.
         loss_options: Extra keyword arguments of the loss (``--loss-option``).
-        head_options: Extra keyword arguments of the mask head of ``g-hmlc`` /
-            ``a-hmlc`` (``--head-option``).
+        head_options: Extra keyword arguments of the mask head (``--head-option``).
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
+
+    mask_head: nn.Module | None
 
     def __init__(
         self,
@@ -503,42 +520,45 @@ class LabelPathMethod(HierarchicalMethod):
         self.method_name = method
         self.loss_options = dict(loss_options or {})
         self.head_options = dict(head_options or {})
-        if self.head_options and method not in MASK_HEADS:
+        if self.head_options and method not in MASKED_METHODS:
             raise ValueError(
                 f"head options {sorted(self.head_options)} apply only to the methods with a "
-                f"mask head, {sorted(MASK_HEADS)}; method {method!r} has none."
+                f"mask head, {sorted(MASKED_METHODS)}; method {method!r} has none."
             )
         super().__init__(num_classes_per_level, **kwargs)
 
-    def build_criterion(self) -> nn.Module:
-        """The registered loss with the suite's arguments that it names, then the options."""
-        names, _ = component_parameters("loss", self.method_name)
+    def _offered(self, kind: str, name: str) -> dict[str, Any]:
+        names, _ = component_parameters(kind, name)
         offered = {
             "temperature": self.temperature,
             "gather_distributed": self.gather_distributed,
             "num_levels": self.num_levels,
             "dim": self.proj_dim,
         }
-        kwargs = {key: offered[key] for key in _SUITE_LOSS_ARGUMENTS if key in names}
-        if MASK_HEADS.get(self.method_name) == "gmm-mask":
-            if self.mask_warmup_steps is not None:
-                kwargs["warmup_steps"] = self.mask_warmup_steps
-            if self.mask_refit_every is not None:
-                kwargs["refit_every"] = self.mask_refit_every
-        clash = sorted(set(self.head_options) & set(names))
-        if clash:
-            raise ValueError(
-                f"head options {clash} are also arguments of loss {self.method_name!r}, which "
-                "builds the head from the rest; give them as loss options."
-            )
-        kwargs.update(self.head_options)
-        kwargs.update(self.loss_options)
-        criterion = create_loss(self.method_name, **kwargs)
+        return {key: offered[key] for key in _SUITE_ARGUMENTS if key in names}
+
+    def build_criterion(self) -> nn.Module:
+        """The registered loss (and the mask head) with the suite's arguments they name."""
+        loss_name, head_name = MASKED_METHODS.get(self.method_name, (self.method_name, None))
+        self.mask_head = None
+        if head_name is not None:
+            head_kwargs = self._offered("head", head_name)
+            head_kwargs.pop("temperature", None)  # a head's temperature is not the loss's
+            if head_name == "gmm-mask":
+                if self.mask_warmup_steps is not None:
+                    head_kwargs["warmup_steps"] = self.mask_warmup_steps
+                if self.mask_refit_every is not None:
+                    head_kwargs["refit_every"] = self.mask_refit_every
+            self.mask_head = create_head(head_name, **{**head_kwargs, **self.head_options})
+        kwargs = {**self._offered("loss", loss_name), **self.loss_options}
+        criterion = create_loss(loss_name, **kwargs)
         try:
             forward = inspect.signature(criterion.forward).parameters
-        except (TypeError, ValueError):
+        except (TypeError, ValueError):  # no signature: ask for the loss only
             forward = {}  # type: ignore[assignment]
-        self._returns_level_losses = "return_level_losses" in forward
+        self._level_kwargs = (
+            {"return_level_losses": True} if "return_level_losses" in forward else {}
+        )
         return criterion
 
     def compute_loss(
@@ -546,13 +566,20 @@ class LabelPathMethod(HierarchicalMethod):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of the two views' projections, and its per-level terms if any."""
         assert z0 is not None and z1 is not None
-        level_losses: Tensor | None
-        if self._returns_level_losses:
-            loss, level_losses = self.criterion(z0, z1, labels, return_level_losses=True)
-        else:
-            loss = self.criterion(z0, z1, labels)
-            level_losses = getattr(self.criterion, "last_level_losses", None)
         logs: dict[str, Tensor] = {}
+        if self.mask_head is None:
+            result = self.criterion(z0, z1, labels, **self._level_kwargs)
+        else:
+            rows = F.normalize(torch.cat([z0, z1]), dim=1)
+            masks = self.mask_head(rows, labels.repeat(2, 1))
+            result = self.criterion(z0, z1, labels, masks=masks, **self._level_kwargs)
+            regularize = getattr(self.mask_head, "regularization", None)
+            if callable(regularize):
+                penalty = regularize(masks)
+                result = (result[0] + penalty, result[1])
+                logs["mask_regularization"] = penalty.detach()
+        # A loss without per-level terms returns only the loss.
+        loss, level_losses = result if isinstance(result, tuple) else (result, None)
         if level_losses is not None:
             for level, value in enumerate(level_losses):
                 logs[f"loss_level{level}"] = value.detach()
