@@ -8,7 +8,15 @@ Compares, at dim 128 and several batch sizes:
   per level, written the usual way (the baseline the shared level core replaces);
 - optionally the public reference implementation of Zhang et al., loaded at run time
   from a local clone given with ``--reference-repo`` (its ``losses/losses.py``; nothing
-  of it is part of this package).
+  of it is part of this package);
+- the masked losses (group ``masked``): ``GHMLCLoss`` with fitted partition masks and
+  ``AHMLCLoss``, each with its head in training mode (the GMM statistics update and the
+  attention MLPs are part of the step), against the same masks through the general
+  per-level path (full-width masked features and autograd's log-sum-exp), which is what
+  the masked losses ran before the fast masked level terms;
+- a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``).
+
+The summary tables give every row against SupCon, and the masked rows against HMCE L=3.
 
 Peak memory on the CPU is the peak of the allocated total during one forward and
 backward, replayed from ``torch.profiler``'s memory timeline; on CUDA it is
@@ -17,6 +25,7 @@ backward, replayed from ``torch.profiler``'s memory timeline; on CUDA it is
 Usage:
     python benchmarks/loss_speed.py --batch-sizes 256,1024,4096 --output runs/loss_speed.json
     python benchmarks/loss_speed.py --reference-repo /path/to/hierarchicalContrastiveLearning
+    python benchmarks/loss_speed.py --groups masked --batch-sizes 1024 --threads 1
 """
 
 from __future__ import annotations
@@ -35,7 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, SupConLoss
+
+# The general masked path is internal: it is timed here only as the baseline of the fast
+# masked level terms.
+from lightly_hmlc.loss._levels import (
+    aggregate_levels,
+    apply_masks,
+    gather_for_loss,
+    level_terms,
+    normalize_features,
+)
 
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -61,6 +80,46 @@ def per_level_loop_loss(
     terms = torch.flip(torch.cummax(torch.flip(terms, [0]), 0).values, [0])
     weights = torch.exp(1.0 / torch.arange(num_levels, 0, -1, device=z.device, dtype=torch.float32))
     return (weights * terms).sum() / weights.sum()
+
+
+def fitted_ghmlc(num_levels: int, dim: int) -> GHMLCLoss:
+    """G-HMLC whose head fits its partition masks on the first (warm-up) call, then never."""
+    return GHMLCLoss(num_levels=num_levels, dim=dim, warmup_steps=1, refit_every=10**9)
+
+
+class GeneralMaskedPath:
+    """A masked loss's head and aggregation, with the level terms of the general path."""
+
+    def __init__(self, loss_fn: GHMLCLoss | AHMLCLoss) -> None:
+        self.loss_fn = loss_fn
+
+    def __call__(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        loss_fn = self.loss_fn
+        features = normalize_features(out0, out1)
+        paths = labels.repeat(2, 1)
+        masks = loss_fn.mask_head(features, paths)
+        batch = gather_for_loss(apply_masks(features, masks, paths.shape[1]), paths, False)
+        share, value = level_terms(batch, loss_fn.temperature)
+        weights = loss_fn.level_weights(len(value))
+        loss = aggregate_levels(share, value, loss_fn.loss_type, weights)
+        result: Tensor = loss + loss_fn.mask_head.regularization(masks)
+        return result
+
+
+class WithMemory:
+    """HMCE with ``size`` random memory rows (a full queue) as extra contrast rows."""
+
+    def __init__(self, size: int, dim: int, num_levels: int, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.memory = (
+            torch.randn(size, dim, generator=generator).to(device),
+            tree_labels(size, num_levels, generator).to(device),
+        )
+        self.loss_fn = HMLCLoss("hmce", temperature=0.1)
+
+    def __call__(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        result: Tensor = self.loss_fn(out0, out1, labels, memory=self.memory)
+        return result
 
 
 def load_reference(repo: Path, loss_type: str = "hmce") -> LossCall:
@@ -178,16 +237,51 @@ def main() -> None:
         default=1024,
         help="the reference loops over samples in Python; skip it above this",
     )
+    parser.add_argument(
+        "--groups",
+        default="core,masked",
+        help="comma list of row groups: core (SupCon, HMLC, loop, reference), masked, memory",
+    )
+    parser.add_argument("--memory", type=int, default=4096, help="K of the memory rows")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    groups = set(args.groups.split(","))
+    unknown = groups - {"core", "masked", "memory"}
+    if unknown:
+        parser.error(f"unknown --groups {sorted(unknown)}; use core, masked, memory")
 
+    # SupCon and HMCE L=3 are the baselines of the summaries: always measured.
     candidates: list[tuple[str, int, LossCall]] = [("SupConLoss", 1, SupConLoss(temperature=0.1))]
-    for levels in (2, 3, 4):
+    for levels in (2, 3, 4) if "core" in groups else (3,):
         candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce", temperature=0.1)))
-    candidates.append(("per-level loop L=3", 3, per_level_loop_loss))
-    if args.reference_repo is not None:
-        candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
+    if "core" in groups:
+        candidates.append(("per-level loop L=3", 3, per_level_loop_loss))
+        if args.reference_repo is not None:
+            candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
+    if "masked" in groups:
+        dim = args.dim
+        candidates += [
+            ("GHMLCLoss L=3", 3, fitted_ghmlc(3, dim).to(device)),
+            ("GHMLCLoss L=3 general path", 3, GeneralMaskedPath(fitted_ghmlc(3, dim).to(device))),
+            ("AHMLCLoss L=3", 3, AHMLCLoss(num_levels=3, dim=dim).to(device)),
+            (
+                "AHMLCLoss L=3 general path",
+                3,
+                GeneralMaskedPath(AHMLCLoss(num_levels=3, dim=dim).to(device)),
+            ),
+        ]
+    if "memory" in groups:
+        candidates.append(
+            (
+                f"HMLCLoss hmce L=3 memory K={args.memory}",
+                3,
+                WithMemory(args.memory, args.dim, 3, device),
+            )
+        )
 
     rows = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
@@ -221,6 +315,16 @@ def main() -> None:
             f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | {row['peak_mib']:.1f} | "
             f"{row['ms'] / base['ms']:.2f}x | {row['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |"
         )
+    masked = [row for row in rows if "HMLCLoss L=3" in row["loss"]]
+    if masked:
+        print("\n| masked loss | batch | fwd+bwd ms | time vs HMCE L=3 |")
+        print("|---|---:|---:|---:|")
+        for row in masked:
+            base = by_key[("HMLCLoss hmce L=3", row["batch_size"])]
+            print(
+                f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | "
+                f"{row['ms'] / base['ms']:.2f}x |"
+            )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(
@@ -229,6 +333,7 @@ def main() -> None:
                     "device": str(device),
                     "commit": git_commit(),
                     "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
                     "rows": rows,
                 },
                 indent=2,

@@ -23,7 +23,19 @@ def apply_masks(
     source: str = "masks",
     check_values: bool = True,
 ) -> Tensor:
-    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``.
+    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``."""
+    masks = check_masks(features, masks, num_levels, source, check_values)
+    return F.normalize(features.unsqueeze(1) * masks, dim=2)
+
+
+def check_masks(
+    features: Tensor,
+    masks: Tensor,
+    num_levels: int,
+    source: str = "masks",
+    check_values: bool = True,
+) -> Tensor:
+    """Checked masks ``[1 | 2B, L, D]`` in the features' dtype (``[B]`` masks repeated).
 
     Args:
         features: ``[2B, D]`` L2-normalised rows of ``cat([out0, out1])``.
@@ -63,8 +75,7 @@ def apply_masks(
         )
     if masks.shape[0] == rows // 2 and rows // 2 != 1:
         masks = masks.repeat(2, 1, 1)  # one mask per sample serves both of its views
-    masks = masks.to(device=features.device, dtype=features.dtype)
-    return F.normalize(features.unsqueeze(1) * masks, dim=2)
+    return masks.to(device=features.device, dtype=features.dtype)
 
 
 # F.normalize's default: rows with a smaller norm are not scaled to unit length.
@@ -110,11 +121,13 @@ def prepare_inputs(
     check_values: bool,
     gather_distributed: bool,
     masks: Tensor | None = None,
+    keep_masks_apart: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The one entry of every loss: checked ``[2B, L]`` labels and the rows to contrast.
 
     Returns the labels of both views and the L2-normalised rows ``[2B, D]`` (or
-    ``[2B, L, D]`` with ``masks``, see :func:`apply_masks`).
+    ``[2B, L, D]`` with ``masks``, see :func:`apply_masks`; with ``keep_masks_apart``
+    the masks are only checked and the rows stay ``[2B, D]``, for the fast masked terms).
 
     With ``gather_distributed`` on several ranks and ``check_values``, a data error found
     on any rank is raised on every rank with the same message (see
@@ -123,11 +136,13 @@ def prepare_inputs(
     by the rank that finds them.
     """
     if not (check_values and gather_distributed and dist.world_size() > 1):
-        return _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+        return _prepare_local(out0, out1, labels, num_levels, check_values, masks, keep_masks_apart)
     rows = 2 * out0.shape[0] if isinstance(out0, Tensor) and out0.dim() >= 1 else 0
     device = out0.device if isinstance(out0, Tensor) else torch.device("cpu")
     try:
-        prepared = _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+        prepared = _prepare_local(
+            out0, out1, labels, num_levels, check_values, masks, keep_masks_apart
+        )
     except ValueError as error:
         share_errors(str(error), rows, device)  # raises on every rank
         raise
@@ -142,9 +157,12 @@ def _prepare_local(
     num_levels: int | None,
     check_values: bool,
     masks: Tensor | None,
+    keep_masks_apart: bool = False,
 ) -> tuple[Tensor, Tensor]:
     paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
     features = normalize_features(out0, out1, check_values)
     if masks is not None:
-        features = apply_masks(features, masks, paths.shape[1], check_values=check_values)
+        checked = check_masks(features, masks, paths.shape[1], check_values=check_values)
+        if not keep_masks_apart:
+            features = F.normalize(features.unsqueeze(1) * checked, dim=2)
     return paths, features

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._features import prepare_inputs
-from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
+from lightly_hmlc.loss._features import check_masks, prepare_inputs
+from lightly_hmlc.loss._gather import LossBatch, gather_for_loss, reduce_levels
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
@@ -20,6 +23,8 @@ from lightly_hmlc.loss._levels import (
     level_terms,
     resolve_layer_penalty,
 )
+from lightly_hmlc.loss._masked_fast import level_feature_losses, masked_level_losses
+from lightly_hmlc.loss._memory import memory_batch
 
 
 class _HierarchicalLoss(nn.Module):
@@ -94,7 +99,12 @@ class _HierarchicalLoss(nn.Module):
         return penalties / num_levels
 
     def _prepare(
-        self, out0: Tensor, out1: Tensor, labels: Tensor, masks: Tensor | None = None
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        keep_masks_apart: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
         return prepare_inputs(
@@ -105,11 +115,44 @@ class _HierarchicalLoss(nn.Module):
             self.check_values,
             self.gather_distributed,
             masks,
+            keep_masks_apart,
         )
 
     def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss, level_losses)`` of rows ``[2B, D]`` or ``[2B, L, D]``, paths ``[2B, L]``."""
-        batch = gather_for_loss(features, labels, self.gather_distributed)
+        return self._batch_loss(gather_for_loss(features, labels, self.gather_distributed))
+
+    def _memory_loss(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        masks: Tensor | None,
+        memory: object,
+        memory_masks: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """``_loss`` of normalised rows ``[2B, D]`` with checked masks and memory rows."""
+        if self.reference_compatible:
+            if memory is not None or memory_masks is not None:
+                raise ValueError(
+                    "reference_compatible=True takes no memory rows: the reference "
+                    "implementation has no memory bank. Use the default mode with a memory."
+                )
+            if masks is not None:
+                features = F.normalize(features.unsqueeze(1) * masks, dim=2)
+            return self._loss(features, labels)
+        batch, shared_masks = memory_batch(
+            features,
+            labels,
+            masks,
+            memory,
+            memory_masks,
+            self.gather_distributed,
+            self.check_values,
+        )
+        return self._batch_loss(batch, shared_masks)
+
+    def _batch_loss(self, batch: LossBatch, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(loss, level_losses)`` of a loss batch; ``masks`` ``[1, L, D]`` still to apply."""
         dtype, device = batch.contrast.dtype, batch.contrast.device
         if self.reference_compatible:
             share = self._reference_level_terms(
@@ -117,6 +160,12 @@ class _HierarchicalLoss(nn.Module):
             )
             value = share.detach()
         elif self.loss_type != "hmc" and self.hce_form == "pair":
+            if masks is not None:  # the per-pair form runs on per-level features
+                batch = dataclasses.replace(
+                    batch,
+                    anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
+                    contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
+                )
             constrained, unconstrained, is_anchor = pair_constrained_level_losses(
                 batch.anchors,
                 batch.contrast,
@@ -126,7 +175,7 @@ class _HierarchicalLoss(nn.Module):
             )
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
-            num_levels = labels.shape[1]
+            num_levels = batch.contrast_labels.shape[1]
             share, value = reduce_levels(
                 torch.cat([constrained, unconstrained]),
                 torch.cat([is_anchor, is_anchor]),
@@ -136,9 +185,22 @@ class _HierarchicalLoss(nn.Module):
             loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
             return loss, value[num_levels:]
         else:
-            share, value = level_terms(batch, self.temperature)
+            share, value = self._level_terms(batch, masks)
         weights = self.level_weights(len(value), dtype, device)
         return aggregate_levels(share, value, self.loss_type, weights), value
+
+    def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The group-sum level terms; masked rows take the fast masked level terms."""
+        if masks is None and batch.anchors.dim() == 2:
+            return level_terms(batch, self.temperature)
+        args = (batch.anchor_index, build_level_groups(batch.contrast_labels), self.temperature)
+        if masks is None:
+            loss, is_anchor = level_feature_losses(batch.anchors, batch.contrast, *args)
+        else:
+            loss, is_anchor = masked_level_losses(
+                batch.anchors, batch.contrast, *args, masks, masks, self.check_values
+            )
+        return reduce_levels(loss, is_anchor, batch.distributed)
 
     def _reference_level_terms(
         self, features: Tensor, labels: Tensor, sample_index: Tensor
@@ -287,6 +349,8 @@ class HMLCLoss(_HierarchicalLoss):
         out1: Tensor,
         labels: Tensor,
         masks: Tensor | None = None,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_masks: Tensor | None = None,
         return_level_losses: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
@@ -301,12 +365,26 @@ class HMLCLoss(_HierarchicalLoss):
                 ``[2B, L, D]`` (per row of ``cat([out0, out1])``). Level h's term is
                 computed on ``normalize(normalize(z) * masks[:, h])``. Gradients flow
                 through the masks. ``None`` (or all ones) is the unmasked loss.
+            memory: Optional ``(features [K, D], labels [K, L])`` extra contrast rows,
+                e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
+                positives and negatives of the batch's anchors at every level, never
+                anchors themselves (``-1`` labels allowed; ``K = 0`` is no memory).
+            memory_masks: Masks of the memory rows, ``[1 | K, L, D]``; ``None`` reuses
+                shared ``[1, L, D]`` masks (per-row masks need memory masks).
             return_level_losses: Also return the detached ``[L]`` per-level terms
                 (coarse to fine, before the HCE constraint), e.g. for logging.
 
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        paths, features = self._prepare(out0, out1, labels, masks)
-        loss, level_losses = self._loss(features, paths)
+        if masks is None and memory is None and memory_masks is None:
+            paths, features = self._prepare(out0, out1, labels)
+            loss, level_losses = self._loss(features, paths)
+        else:
+            # Masks are checked with the inputs (one error decision for all ranks) but
+            # applied later: the fast masked level terms take the rows and masks apart.
+            paths, features = self._prepare(out0, out1, labels, masks, keep_masks_apart=True)
+            if masks is not None:
+                masks = check_masks(features, masks, paths.shape[1], check_values=False)
+            loss, level_losses = self._memory_loss(features, paths, masks, memory, memory_masks)
         return (loss, level_losses) if return_level_losses else loss

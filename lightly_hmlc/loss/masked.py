@@ -6,8 +6,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._features import apply_masks
+from lightly_hmlc.loss._features import check_masks
 from lightly_hmlc.loss._levels import LayerPenalty
+from lightly_hmlc.loss._memory import check_memory
 from lightly_hmlc.loss.hmlc import _HierarchicalLoss
 
 
@@ -86,7 +87,13 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         self.mask_head = mask_head
 
     def forward(
-        self, out0: Tensor, out1: Tensor, labels: Tensor, return_level_losses: bool = False
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_masks: Tensor | None = None,
+        return_level_losses: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Runs the head on both views and computes the masked loss plus its regulariser.
 
@@ -94,6 +101,11 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             out0: ``[B, D]`` projections of the first view.
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown.
+            memory: Optional ``(features [K, D], labels [K, L])`` extra contrast rows
+                (see :class:`HMLCLoss`).
+            memory_masks: Masks of the memory rows; ``None`` uses shared masks as they
+                are and, for per-row masks, runs the head on the memory rows (without
+                labels, so the head's statistics see only the batch).
             return_level_losses: Also return the detached ``[L]`` per-level terms.
 
         Returns:
@@ -101,10 +113,14 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         """
         paths, features = self._prepare(out0, out1, labels)
         masks = self.mask_head(features, paths)
-        level_features = apply_masks(
+        checked = check_masks(
             features, masks, paths.shape[1], "The mask head's output", self.check_values
         )
-        loss, level_losses = self._loss(level_features, paths)
+        bank = check_memory(memory, features, paths.shape[1], self.check_values)
+        if bank is not None and memory_masks is None and checked.shape[0] > 1:
+            # Per-row masks: the memory rows get theirs from the same head.
+            memory_masks = self.mask_head(bank[0])
+        loss, level_losses = self._memory_loss(features, paths, checked, memory, memory_masks)
         regularize = getattr(self.mask_head, "regularization", None)
         if callable(regularize):
             loss = loss + regularize(masks)

@@ -15,6 +15,7 @@ from lightly_hmlc.loss._levels import (
     check_temperature,
     level_terms,
 )
+from lightly_hmlc.loss._memory import append_memory, check_memory
 
 
 class SupConLoss(nn.Module):
@@ -66,7 +67,12 @@ class SupConLoss(nn.Module):
         self.check_values = check_values
 
     def forward(
-        self, out0: Tensor, out1: Tensor, labels: Tensor, return_level_losses: bool = False
+        self,
+        out0: Tensor,
+        out1: Tensor,
+        labels: Tensor,
+        memory: tuple[Tensor, Tensor] | None = None,
+        return_level_losses: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Computes the loss.
 
@@ -74,6 +80,9 @@ class SupConLoss(nn.Module):
             out0: ``[B, D]`` projections of the first view.
             out1: ``[B, D]`` projections of the second view.
             labels: ``[B]`` class ids or ``[B, L]`` label paths; ``-1`` is unknown.
+            memory: Optional ``(features [K, D], labels [K] | [K, L])`` extra contrast
+                rows, e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
+                positives and negatives of the batch's anchors, never anchors.
             return_level_losses: Also return the detached level terms, shape ``[1]``
                 (SupCon has one level), as :class:`HMLCLoss` does.
 
@@ -84,6 +93,8 @@ class SupConLoss(nn.Module):
             out0, out1, labels, None, self.check_values, self.gather_distributed
         )
         batch = gather_for_loss(features, paths, self.gather_distributed)
+        bank = check_memory(memory, features, paths.shape[1], self.check_values)
+        batch = append_memory(batch, bank)
         paths = batch.contrast_labels
         if paths.shape[1] > 1:
             # The whole path is the class; ids are made after gathering, so that they

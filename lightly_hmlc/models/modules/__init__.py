@@ -1,4 +1,4 @@
-"""Feature-mask heads: G-HMLC's Gaussian mixture head and A-HMLC's attention head."""
+"""Feature-mask heads (G-HMLC's Gaussian mixture head, A-HMLC's attention head) and the memory bank."""
 
 from lightly_hmlc.models.modules._gmm import (
     GaussianMixtureFit,
@@ -8,12 +8,14 @@ from lightly_hmlc.models.modules._gmm import (
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
+from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 
 __all__ = [
     "AttentionMaskHead",
     "FeatureMaskHead",
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
+    "HierarchicalMemoryBank",
     "fit_gaussian_mixture",
     "select_n_components_bic",
 ]

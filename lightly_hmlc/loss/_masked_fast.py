@@ -1,0 +1,262 @@
+"""Fast per-level SupCon terms on masked features (G-HMLC hard masks, A-HMLC soft masks).
+
+The general path turns the normalised embeddings ``z`` and masks ``m`` into per-level
+features ``normalize(z * m_h)`` of full width ``D`` and runs
+:func:`~lightly_hmlc.loss._levels.anchor_level_losses` on them: one full-width
+similarity matrix per level, and autograd's generic log-sum-exp. This module computes the
+same terms (values and gradients equal within float rounding, see
+``tests/loss/test_masked_fast.py``) with less work:
+
+- **Partition masks** (G-HMLC with ``assignment="argmax"``): 0/1 masks shared by all rows
+  ``[1, L, D]`` in which every dimension belongs to exactly one level. Level ``h`` only
+  sees its own ``d_h`` dimensions, so its similarity matrix is a matmul over those
+  dimensions, renormalised by the per-level norms: ``normalize(z[:, dims_h])``. The L
+  matmuls together cost one full-width matmul. Anything else (overlapping threshold
+  masks, non-binary or per-row masks, masks that carry a gradient) takes the next path.
+- **Any other masks** (A-HMLC's soft per-row masks): the per-level features are built
+  directly in ``[L, N, D]`` layout and all levels go through ONE batched ``bmm``.
+
+Both paths share :class:`_LevelLogSumExp`, the denominator ``log sum_{a != i} exp(s_ia)``
+of every level with a hand-written backward: the exponentials computed in the forward
+pass are kept and turned into ``d lse / d s`` in place, so each ``[N, N]`` matrix is
+touched a few times instead of the ~10 passes of autograd's composite log-sum-exp,
+self-exclusion and copy. Positives enter through per-group sums of the level features,
+as in the general path, so no level needs an ``[N, N]`` positive mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightly_hmlc.loss._levels import LevelGroups
+
+# With unit-norm features every logit lies in [-1/T, 1/T]. Shifting by the constant 1/T
+# (instead of each row's maximum) saves a pass over the logits and never overflows; it is
+# used only while the smallest shifted logit, -2/T, keeps exp() far from float32's
+# underflow (e^-87), i.e. for T >= 1/30. Below that, each row's maximum is subtracted.
+_MAX_FIXED_SHIFT_RANGE = 60.0
+
+
+class _LevelLogSumExp(torch.autograd.Function):
+    """``log sum_{a != anchor} exp(anchors_i . contrast_a)`` for every level and anchor.
+
+    Inputs are ``anchors [G, Na, d]`` (already divided by the temperature), ``contrast
+    [G, Nc, d]``, ``anchor_index [Na]`` (the anchor's own row in ``contrast``, excluded)
+    and ``shift``: a constant bound on every logit, or ``None`` to subtract each row's
+    maximum. Returns ``[G, Na]``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, anchors: Tensor, contrast: Tensor, anchor_index: Tensor, shift: float | None
+    ) -> Tensor:
+        rows = torch.arange(anchors.shape[1], device=anchors.device)
+        # A tensor value, not a Python scalar: no host-to-device copy.
+        minus_inf = torch.full((), -math.inf, dtype=anchors.dtype, device=anchors.device)
+        if shift is None:
+            logits = torch.bmm(anchors, contrast.transpose(1, 2))
+            logits[:, rows, anchor_index] = minus_inf  # an anchor is never its own negative
+            offset = logits.amax(dim=2, keepdim=True)
+            logits.sub_(offset)
+            offset = offset.squeeze(2)
+        else:
+            # The shift is folded into the matmul: logits - shift in one pass.
+            logits = torch.baddbmm(
+                anchors.new_full((1, 1, 1), -shift), anchors, contrast.transpose(1, 2)
+            )
+            logits[:, rows, anchor_index] = minus_inf
+            offset = anchors.new_full((1, 1), shift)
+        probs = logits.exp_()  # in place: the logits are not needed any more
+        total = probs.sum(dim=2)
+        ctx.save_for_backward(anchors, contrast, probs, total)
+        ctx.consumed = False
+        return total.log() + offset
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if ctx.consumed:
+            raise RuntimeError(
+                "The masked level terms reuse their saved buffer in backward, so a second "
+                "backward through the same loss (retain_graph=True) is not supported: "
+                "compute the loss again instead."
+            )
+        ctx.consumed = True
+        anchors, contrast, probs, total = ctx.saved_tensors
+        # d lse_i / d s_ia = exp(s_ia - lse_i); the saved exponentials become it in place.
+        scale = torch.where(total > 0, grad / total, torch.zeros_like(grad))
+        weights = probs.mul_(scale.unsqueeze(2))
+        grad_anchors = torch.bmm(weights, contrast) if ctx.needs_input_grad[0] else None
+        grad_contrast = (
+            torch.bmm(weights.transpose(1, 2), anchors) if ctx.needs_input_grad[1] else None
+        )
+        return grad_anchors, grad_contrast, None, None
+
+
+def partition_dims(masks: Tensor, dim: int) -> list[Tensor] | None:
+    """The dimensions of every level if ``masks`` partition them, else ``None``.
+
+    ``masks`` partition the dimensions when they are one ``[1, L, D]`` (or ``[L, D]``)
+    set shared by all rows, carry no gradient, are 0/1, and every dimension is 1 in
+    exactly one level. The check costs O(L D) and one host synchronisation.
+
+    Examples:
+        >>> masks = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]])
+        >>> [dims.tolist() for dims in partition_dims(masks, 3)]
+        [[0, 2], [1]]
+        >>> partition_dims(torch.ones(1, 2, 3), 3) is None  # overlapping masks
+        True
+    """
+    if masks.dim() == 3:
+        if masks.shape[0] != 1:
+            return None
+        masks = masks[0]
+    if masks.dim() != 2 or masks.shape[1] != dim or masks.requires_grad:
+        return None
+    binary = (masks == 0) | (masks == 1)
+    is_partition = (binary.all(dim=0) & (masks.sum(dim=0) == 1)).all()
+    level_of_dim = masks.argmax(dim=0)
+    order = torch.argsort(level_of_dim, stable=True)
+    counts = torch.bincount(level_of_dim, minlength=masks.shape[0])
+    # One host synchronisation for the check and the level widths together.
+    host = torch.cat([is_partition.long().view(1), counts]).tolist()
+    if not host[0]:
+        return None
+    return list(torch.split(order, host[1:]))
+
+
+def masked_level_losses(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+    anchor_masks: Tensor,
+    contrast_masks: Tensor,
+    allow_sync: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The SupCon term of every anchor at every level, on masked features.
+
+    Equal to ``anchor_level_losses(normalize(anchors[:, None] * anchor_masks),
+    normalize(contrast[:, None] * contrast_masks), ...)``, with the fast paths of the
+    module docstring.
+
+    Args:
+        anchors: ``[Na, D]`` L2-normalised embeddings of the anchors.
+        contrast: ``[Nc, D]`` L2-normalised embeddings of the contrast rows (containing
+            the anchors at ``anchor_index``; pass the same tensor as ``anchors`` when
+            every contrast row is an anchor).
+        anchor_index: ``[Na]`` position of each anchor in ``contrast``.
+        groups: Prefix groups of the contrast rows.
+        temperature: Softmax temperature.
+        anchor_masks: ``[1 | Na, L, D]`` masks of the anchors.
+        contrast_masks: ``[1 | Nc, L, D]`` masks of the contrast rows (the same tensor as
+            ``anchor_masks`` when they are shared or the rows are the same).
+        allow_sync: Look for partition masks (one host synchronisation). ``False``
+            (the losses' ``check_values=False``) always takes the batched path, which
+            never synchronises.
+
+    Returns:
+        ``(loss, is_anchor)``, both ``[L, Na]``, as ``anchor_level_losses``.
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        anchors, contrast = _wide(anchors), _wide(contrast)
+        same_rows = anchors is contrast
+        anchor_masks = anchor_masks.to(anchors.dtype)
+        contrast_masks = anchor_masks if same_rows else contrast_masks.to(contrast.dtype)
+        dims = None
+        if allow_sync and anchor_masks.shape[0] == 1 and contrast_masks.shape[0] == 1:
+            if same_rows or torch.equal(anchor_masks, contrast_masks):
+                dims = partition_dims(anchor_masks, anchors.shape[1])
+        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        if dims is not None:
+            level_features = []
+            for level_dims in dims:
+                # Renormalising the level's own dimensions == normalize(z * m_h).
+                a = F.normalize(anchors[:, level_dims], dim=1)
+                c = a if same_rows else F.normalize(contrast[:, level_dims], dim=1)
+                level_features.append((a, c))
+            denominators = [
+                _LevelLogSumExp.apply(
+                    (a / temperature).unsqueeze(0), c.unsqueeze(0), anchor_index, shift
+                )
+                for a, c in level_features
+            ]
+            log_denominator = torch.cat(denominators, dim=0)
+        else:
+            a_all = _level_major(anchors, anchor_masks)
+            c_all = a_all if same_rows else _level_major(contrast, contrast_masks)
+            log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
+            level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
+        return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
+def level_feature_losses(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """The general path's ``anchor_level_losses`` on ``[N, L, D]`` level features, faster.
+
+    For level features that were built (and e.g. gathered from all ranks) already:
+    ``anchors [Na, L, D]`` and ``contrast [Nc, L, D]``, L2-normalised per level (pass the
+    same tensor when every contrast row is an anchor). All levels run in one ``bmm``.
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        same_rows = anchors is contrast
+        a_all = _wide(anchors).transpose(0, 1).contiguous()
+        c_all = a_all if same_rows else _wide(contrast).transpose(0, 1).contiguous()
+        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
+        level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
+        return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
+def _wide(features: Tensor) -> Tensor:
+    return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+
+
+def _level_major(features: Tensor, masks: Tensor) -> Tensor:
+    """``normalize(features * masks[:, h])`` of every level, contiguous ``[L, N, D]``."""
+    level_masks = masks.transpose(0, 1)  # [L, 1 | N, D]
+    masked = (features.unsqueeze(0) * level_masks).contiguous()
+    return F.normalize(masked, dim=2)
+
+
+def _add_positives(
+    log_denominator: Tensor,
+    level_features: list[tuple[Tensor, Tensor]],
+    anchor_index: Tensor,
+    groups: LevelGroups,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """Turns the ``[L, Na]`` denominators into the per-anchor terms (see ``_levels``)."""
+    device = log_denominator.device
+    valid = groups.valid
+    positive_dots, positive_counts = [], []
+    for level, (a, c) in enumerate(level_features):
+        ids = groups.ids[:, level]
+        # Unknown prefixes add zero rows (no boolean indexing: that would synchronise).
+        weight = valid[:, level].to(c.dtype)
+        sums = torch.zeros(groups.num_groups, c.shape[1], dtype=c.dtype, device=device)
+        sums = sums.index_add(0, ids, c * weight.unsqueeze(1))
+        counts = torch.zeros(groups.num_groups, dtype=c.dtype, device=device)
+        counts = counts.index_add(0, ids, weight)
+        anchor_ids = groups.ids[anchor_index, level]
+        own = c[anchor_index] if a is not c else a
+        positive_dots.append((a * (sums[anchor_ids] - own)).sum(dim=1))
+        positive_counts.append(counts[anchor_ids] - 1.0)
+    positive_dot = torch.stack(positive_dots)
+    positive_count = torch.stack(positive_counts)
+    is_anchor = valid[anchor_index].t() & (positive_count > 0)
+    mean_positive_logit = positive_dot / (temperature * positive_count.clamp(min=1.0))
+    loss = torch.where(
+        is_anchor, log_denominator - mean_positive_logit, torch.zeros_like(mean_positive_logit)
+    )
+    return loss, is_anchor

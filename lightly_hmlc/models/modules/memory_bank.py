@@ -1,0 +1,239 @@
+"""A label-aware FIFO memory bank: projected embeddings together with their label paths."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+from lightly.utils import dist
+from torch import Tensor, nn
+
+
+class HierarchicalMemoryBank(nn.Module):
+    """FIFO queue of projected embeddings and their label paths, for the contrastive losses.
+
+    MoCo (He et al. [0]) keeps the embeddings of past batches in a queue and contrasts the
+    current batch against them; Lightly's ``MemoryBankModule`` implements that queue for
+    features only. Supervised and hierarchical contrastive losses also need the labels of
+    the queued rows, to know which of them are positives at each level (the motivation of
+    the label-aware bank asked for in lightly-ai/lightly PR #1877, SupCon). This module
+    mirrors ``MemoryBankModule`` and stores, beside each embedding, its label path
+    ``[L]`` (coarse to fine, ``-1`` for an unknown level).
+
+    :meth:`forward` returns the queue as it was BEFORE this batch is enqueued (MoCo
+    semantics: a batch is never contrasted against itself through the queue) and only
+    the rows filled so far, so the first call returns an empty queue. The returned rows
+    are detached copies: a later enqueue never changes them. Pass them to a loss as
+    ``memory=(bank_features, bank_labels)``; the losses use them as extra contrast rows
+    and positives at every level, never as anchors.
+
+    The queue is a set of registered buffers, so it is saved in ``state_dict`` (a resumed
+    run continues with the same queue) and follows ``.to(device)``. The features are stored
+    as given (the losses and mask heads normalise internally) in the bank's dtype
+    (float32 unless the module is cast).
+
+    Distributed: with ``gather_distributed=True`` and ``torch.distributed`` running with
+    world size > 1, every rank all-gathers the batch's features and labels (rank order)
+    and enqueues the same rows, so the queues stay identical on all ranks and the queue
+    content does not depend on the number of ranks. Every rank must then call the bank
+    with the same batch size. Without it, each rank keeps its own queue; note that DDP
+    (``broadcast_buffers=True``, its default) then overwrites every rank's queue with rank
+    0's if the bank is part of the wrapped model, so use ``gather_distributed=True`` there.
+
+    - [0] Momentum Contrast for Unsupervised Visual Representation Learning, He et al.,
+      CVPR 2020, https://arxiv.org/abs/1911.05722
+
+    Args:
+        size: K, the number of rows the queue holds (>= 1).
+        dim: D, the width of the embeddings.
+        num_levels: L, the depth of the label paths.
+        gather_distributed: Enqueue the rows of all ranks (see above).
+        check_values: Reject NaN/Inf features and labels below -1 (a host-device
+            synchronisation per call); ``False`` checks shapes only, like the losses'
+            ``check_values=False``, so that a step never synchronises.
+
+    Attributes:
+        features: Buffer ``[K, D]``, the queued embeddings (rows past ``num_filled`` unused).
+        labels: Buffer ``[K, L]``, their label paths (``-1`` in unused rows).
+        ptr: Buffer ``[1]``, the row the next enqueue writes first.
+        num_filled: Buffer ``[1]``, how many rows hold data (``<= K``).
+
+    Raises:
+        ValueError: If ``size``, ``dim`` or ``num_levels`` is not a positive int.
+
+    Examples:
+        >>> bank = HierarchicalMemoryBank(size=4, dim=2, num_levels=2)
+        >>> labels = torch.tensor([[0, 0], [1, -1]])  # -1: fine level unknown
+        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels)  # before it: empty
+        >>> bank_z.shape, bank_labels.shape
+        (torch.Size([0, 2]), torch.Size([0, 2]))
+        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 1)
+        >>> bank_labels.tolist()  # the first batch
+        [[0, 0], [1, -1]]
+        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 2)
+        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 3)
+        >>> bank_labels.tolist()  # full: the first batch was dequeued, oldest first
+        [[1, 1], [2, 0], [2, 2], [3, 1]]
+    """
+
+    features: Tensor
+    labels: Tensor
+    ptr: Tensor
+    num_filled: Tensor
+
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        num_levels: int,
+        gather_distributed: bool = False,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value, meaning in (
+            ("size", size, "the number of queued rows K"),
+            ("dim", dim, "the width of the projections D"),
+            ("num_levels", num_levels, "the depth of the label paths L"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int ({meaning}), got {value!r}.")
+        self.size = size
+        self.dim = dim
+        self.num_levels = num_levels
+        self.gather_distributed = gather_distributed
+        self.check_values = check_values
+        self.register_buffer("features", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.full((size, num_levels), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("num_filled", torch.zeros(1, dtype=torch.long))
+        # Host copies of ptr and num_filled: no device synchronisation per step. They are
+        # re-read from the buffers after load_state_dict.
+        self._host_ptr = 0
+        self._host_filled = 0
+        self.register_load_state_dict_post_hook(_sync_host_counters)
+
+    def forward(
+        self, features: Tensor, labels: Tensor, update: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Returns the queue before this batch, then enqueues the batch.
+
+        Args:
+            features: ``[B, D]`` projected embeddings (detached before they are stored).
+                In a two-view setup pass one view (e.g. ``z1.detach()``) or a momentum
+                encoder's keys.
+            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown (``[B]``
+                when ``L = 1``).
+            update: Enqueue the batch (set False, e.g., in validation).
+
+        Returns:
+            ``(bank_features [K', D], bank_labels [K', L])``: detached copies of the
+            ``K' = min(rows seen, K)`` filled rows, oldest first.
+
+        Raises:
+            ValueError: For a wrong shape, dtype, non-finite features or labels below -1.
+        """
+        labels = self._check(features, labels)
+        num_filled = self._host_filled
+        # Oldest first: once the queue is full the oldest row is the one ptr points at.
+        start = self._host_ptr if num_filled == self.size else 0
+        order = (torch.arange(num_filled, device=self.features.device) + start) % self.size
+        bank_features = self.features[order].detach()  # advanced indexing copies
+        bank_labels = self.labels[order]
+        if update:
+            self._enqueue(features.detach(), labels)
+        return bank_features, bank_labels
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empties the queue."""
+        self.labels.fill_(-1)
+        self.features.zero_()
+        self.ptr.zero_()
+        self.num_filled.zero_()
+        self._host_ptr = self._host_filled = 0
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, dim={self.dim}, num_levels={self.num_levels}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
+
+    def _check(self, features: Tensor, labels: Tensor) -> Tensor:
+        if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
+            raise ValueError("features and labels must be torch.Tensors.")
+        if features.dim() != 2 or features.shape[1] != self.dim:
+            raise ValueError(
+                f"features must have shape [batch_size, {self.dim}], got "
+                f"{tuple(features.shape)}. Pass the projections, flattened, of the width "
+                "the bank was built with."
+            )
+        if not features.dtype.is_floating_point:
+            raise ValueError(f"features must be floating point, got {features.dtype}.")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(
+                f"labels must be integers (class ids, -1 for unknown), got {labels.dtype}. "
+                "Convert them with labels.long()."
+            )
+        if labels.dim() == 1 and self.num_levels == 1:
+            labels = labels.unsqueeze(1)
+        if labels.dim() != 2 or labels.shape != (features.shape[0], self.num_levels):
+            raise ValueError(
+                f"labels must have shape [{features.shape[0]}, {self.num_levels}] (one label "
+                f"path per row of features), got {tuple(labels.shape)}."
+            )
+        if not self.check_values:
+            return labels
+        if labels.numel() and bool((labels < -1).any()):
+            raise ValueError(
+                f"labels contain values below -1 (min {int(labels.min())}): use class ids "
+                ">= 0 and -1 only for an unknown level."
+            )
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError(
+                "features contain NaN or Inf; a diverged step must not enter the queue."
+            )
+        return labels
+
+    @torch.no_grad()
+    def _enqueue(self, features: Tensor, labels: Tensor) -> None:
+        if self.gather_distributed and dist.world_size() > 1:
+            features, labels = _gather_rows(features, labels)
+        features = features.to(device=self.features.device, dtype=self.features.dtype)
+        labels = labels.to(device=self.labels.device, dtype=torch.long)
+        rows = features.shape[0]
+        if rows == 0:
+            return
+        if rows > self.size:  # only the newest K rows survive the batch
+            features, labels = features[-self.size :], labels[-self.size :]
+            rows = self.size
+        ptr = self._host_ptr
+        index = (torch.arange(rows, device=self.features.device) + ptr) % self.size
+        self.features.index_copy_(0, index, features)
+        self.labels.index_copy_(0, index, labels)
+        self._host_ptr = (ptr + rows) % self.size
+        self._host_filled = min(self._host_filled + rows, self.size)
+        self.ptr.fill_(self._host_ptr)
+        self.num_filled.fill_(self._host_filled)
+
+
+def _sync_host_counters(module: nn.Module, incompatible_keys: object) -> None:
+    if isinstance(module, HierarchicalMemoryBank):
+        module._host_ptr = int(module.ptr)
+        module._host_filled = int(module.num_filled)
+
+
+def _gather_rows(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """All-gathers features and labels in rank order; every rank must send as many rows."""
+    world_size = dist.world_size()
+    rows = torch.tensor([features.shape[0]], device=features.device)
+    sizes = [torch.zeros_like(rows) for _ in range(world_size)]
+    torch_dist.all_gather(sizes, rows)
+    if len({int(size) for size in sizes}) != 1:
+        raise ValueError(
+            f"gather_distributed needs the same batch size on every rank, got "
+            f"{[int(size) for size in sizes]}. Use drop_last=True in the DataLoader."
+        )
+    gathered_features = [torch.empty_like(features) for _ in range(world_size)]
+    torch_dist.all_gather(gathered_features, features.contiguous())
+    gathered_labels = [torch.empty_like(labels) for _ in range(world_size)]
+    torch_dist.all_gather(gathered_labels, labels.contiguous())
+    return torch.cat(gathered_features), torch.cat(gathered_labels)
