@@ -61,6 +61,7 @@ from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
+from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 from lightly_hmlc.registry import (
     component_parameters,
     create_head,
@@ -503,10 +504,15 @@ class LabelPathMethod(HierarchicalMethod):
         num_classes_per_level: Classes per level, coarse to fine.
         loss_options: Extra keyword arguments of the loss (``--loss-option``).
         head_options: Extra keyword arguments of the mask head (``--head-option``).
+        memory_bank_size: K > 0: a ``HierarchicalMemoryBank`` of the last K projections
+            of view 1 and their label paths (MoCo order: the queue before this batch),
+            passed to the loss as ``memory=`` (extra contrast rows, never anchors). With
+            per-row masks (A-HMLC) the head also masks the memory rows.
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
 
     mask_head: nn.Module | None
+    memory_bank: HierarchicalMemoryBank | None
 
     def __init__(
         self,
@@ -514,9 +520,13 @@ class LabelPathMethod(HierarchicalMethod):
         num_classes_per_level: Sequence[int],
         loss_options: dict[str, Any] | None = None,
         head_options: dict[str, Any] | None = None,
+        memory_bank_size: int = 0,
         **kwargs: Any,
     ) -> None:
         # Set before the base __init__, which checks the name and builds the loss.
+        if isinstance(memory_bank_size, bool) or memory_bank_size < 0:
+            raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}.")
+        self.memory_bank_size = int(memory_bank_size)
         self.method_name = method
         self.loss_options = dict(loss_options or {})
         self.head_options = dict(head_options or {})
@@ -559,6 +569,19 @@ class LabelPathMethod(HierarchicalMethod):
         self._level_kwargs = (
             {"return_level_losses": True} if "return_level_losses" in forward else {}
         )
+        self.memory_bank = None
+        if self.memory_bank_size:
+            if "memory" not in forward:
+                raise ValueError(
+                    f"loss {loss_name!r} takes no memory= rows, so it cannot use a memory bank; "
+                    "drop --memory-bank."
+                )
+            self.memory_bank = HierarchicalMemoryBank(
+                self.memory_bank_size,
+                self.proj_dim,
+                self.num_levels,
+                gather_distributed=self.gather_distributed,
+            )
         return criterion
 
     def compute_loss(
@@ -567,12 +590,21 @@ class LabelPathMethod(HierarchicalMethod):
         """The loss of the two views' projections, and its per-level terms if any."""
         assert z0 is not None and z1 is not None
         logs: dict[str, Tensor] = {}
+        extra: dict[str, Any] = dict(self._level_kwargs)
+        if self.memory_bank is not None:
+            extra["memory"] = self.memory_bank(z1.detach(), labels)
         if self.mask_head is None:
-            result = self.criterion(z0, z1, labels, **self._level_kwargs)
+            result = self.criterion(z0, z1, labels, **extra)
         else:
             rows = F.normalize(torch.cat([z0, z1]), dim=1)
             masks = self.mask_head(rows, labels.repeat(2, 1))
-            result = self.criterion(z0, z1, labels, masks=masks, **self._level_kwargs)
+            memory = extra.get("memory")
+            if memory is not None and masks.shape[0] != 1 and memory[0].shape[0] > 0:
+                # Per-row masks (A-HMLC): the memory rows get their own. A shared mask
+                # ([1, L, D], G-HMLC) also applies to them, and the GMM head, whose forward
+                # updates its statistics, never sees the memory rows.
+                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1), memory[1])
+            result = self.criterion(z0, z1, labels, masks=masks, **extra)
             regularize = getattr(self.mask_head, "regularization", None)
             if callable(regularize):
                 penalty = regularize(masks)
@@ -617,7 +649,7 @@ def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
         ('hmce', 'HMLCLoss')
     """
     if method in BASELINES:
-        for key in ("loss_options", "head_options"):
+        for key in ("loss_options", "head_options", "memory_bank_size"):
             if kwargs.pop(key, None):
                 raise ValueError(f"method {method!r} builds no registered loss: drop {key}.")
         return BASELINES[method](**kwargs)

@@ -466,10 +466,14 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
     head_options = parse_options(args.head_option, "--head-option")
     if loss_options or head_options:
         kwargs.update(loss_options=loss_options, head_options=head_options)
+    if args.memory_bank:
+        kwargs.update(memory_bank_size=args.memory_bank)
     try:
         return methods.create_method(method, **kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
         given = [*args.loss_option, *args.head_option]
+        if args.memory_bank:
+            given.append(f"--memory-bank {args.memory_bank}")
         options = f" (options {given})" if given else ""
         raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
 

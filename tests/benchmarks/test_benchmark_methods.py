@@ -126,3 +126,32 @@ def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
         decay, no_decay = get_weight_decay_parameters([model])
         ids = {id(p) for p in decay + no_decay}
         assert all(id(p) in ids for p in model.mask_head.parameters())
+
+
+@pytest.mark.parametrize("method", ["hmce", "a-hmlc"])
+def test_memory_bank_adds_the_queue_to_the_loss(method: str) -> None:
+    torch.manual_seed(0)
+    model = methods.create_method(
+        method, num_classes_per_level=[2, 4], proj_dim=8, memory_bank_size=32
+    )
+    plain = methods.create_method(method, num_classes_per_level=[2, 4], proj_dim=8)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 2)
+    z0, z1 = torch.randn(8, 8), torch.randn(8, 8)
+    first, _ = model.compute_loss(torch.zeros(16, 4), z0, z1, labels)  # the queue is empty
+    assert torch.allclose(first, plain.compute_loss(torch.zeros(16, 4), z0, z1, labels)[0])
+    second, _ = model.compute_loss(torch.zeros(16, 4), z0, z1, labels)  # 8 queued rows
+    assert not torch.allclose(second, first)
+    assert int(model.memory_bank.num_filled) == 16
+    assert "memory_bank.features" in model.state_dict()  # checkpointed, resumes the queue
+
+
+def test_memory_bank_in_the_suite_and_refused_without_a_label_path_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = tiny_args(tmp_path, "--methods", "g-hmlc", "--memory-bank", "48", "--no-plots")
+    assert main.main(args) == 0
+    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
+    assert int(state["state_dict"]["memory_bank.num_filled"]) == 48
+    assert main.main(tiny_args(tmp_path, "--methods", "simclr", "--memory-bank", "8")) == 2
+    assert "memory_bank_size" in capsys.readouterr().err
