@@ -426,7 +426,9 @@ def build_dataset(args: argparse.Namespace) -> DatasetBundle:
     except UserError:
         raise
     except (OSError, ValueError) as error:  # missing files, hierarchy mismatches
-        raise UserError(f"Cannot load dataset {args.dataset!r}: {error}") from error
+        # The loaders' advice names their argument; the CLI's is the flag.
+        message = str(error).replace("pass strict=False", "pass --no-strict")
+        raise UserError(f"Cannot load dataset {args.dataset!r}: {message}") from error
     except ImportError as error:
         raise UserError(
             f"Dataset {args.dataset!r} needs a loader that this installation of lightly_hmlc "
