@@ -486,7 +486,8 @@ class LabelPathMethod(HierarchicalMethod):
     """Any loss of the registry: ``create_loss(method)(z0, z1, label_paths)``.
 
     The loss gets those of ``temperature``, ``gather_distributed``, ``num_levels`` and
-    ``dim`` (the projection width) that its factory names, then ``loss_options``. A
+    ``dim`` (the projection width) that its factory names (all of them if it takes
+    ``**kwargs``), then ``loss_options``. A
     loss registered with :func:`lightly_hmlc.registry.register_loss` is therefore a
     method of the suite with no change here. Per-level terms are logged
     (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``,
@@ -538,7 +539,11 @@ class LabelPathMethod(HierarchicalMethod):
         super().__init__(num_classes_per_level, **kwargs)
 
     def _offered(self, kind: str, name: str) -> dict[str, Any]:
-        names, _ = component_parameters(kind, name)
+        # A factory with **kwargs gets them all: it may forward them to a loss that
+        # needs gather_distributed (else a DDP run would silently compute per rank).
+        names, variadic = component_parameters(kind, name)
+        if variadic:
+            names = [*names, *_SUITE_ARGUMENTS]
         offered = {
             "temperature": self.temperature,
             "gather_distributed": self.gather_distributed,

@@ -77,3 +77,27 @@ def test_the_docs_list_every_builtin_method() -> None:
     for name in methods.method_names():
         assert f"``{name}``" in (methods.__doc__ or ""), name
         assert f"`{name}`" in presets, name
+
+
+class KwargsLoss(nn.Module):
+    """A loss whose factory takes **kwargs (it forwards them, e.g. to HMLCLoss)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+
+def test_a_factory_with_kwargs_gets_every_suite_argument() -> None:
+    register_loss("test-kwargs-loss", KwargsLoss)
+    try:
+        model = methods.create_method(
+            "test-kwargs-loss", num_classes_per_level=[2, 4], proj_dim=8, gather_distributed=True
+        )
+    finally:
+        _LOSSES._entries.pop("test-kwargs-loss")
+    assert model.criterion.kwargs == {
+        "temperature": 0.1,
+        "gather_distributed": True,
+        "num_levels": 2,
+        "dim": 8,
+    }
