@@ -625,7 +625,7 @@ class LabelPathMethod(HierarchicalMethod):
 
 BASELINES: dict[str, type[HierarchicalMethod]] = {"ce": CrossEntropy, "simclr": SimCLR}
 # The registry lists names sorted; the paper's methods come in this order first.
-_BUILTIN_ORDER = ("supcon", "hmc", "hce", "hmce", "g-hmlc", "a-hmlc")
+BUILTIN_ORDER = ("supcon", "hmc", "hce", "hmce", "g-hmlc", "a-hmlc")
 
 
 def method_names() -> list[str]:
@@ -640,8 +640,8 @@ def method_names() -> list[str]:
         ['ce', 'simclr', 'supcon', 'hmc', 'hce', 'hmce', 'g-hmlc', 'a-hmlc']
     """
     losses = list_components()["losses"]
-    ordered = [name for name in _BUILTIN_ORDER if name in losses]
-    ordered += [name for name in losses if name not in _BUILTIN_ORDER]
+    ordered = [name for name in BUILTIN_ORDER if name in losses]
+    ordered += [name for name in losses if name not in BUILTIN_ORDER]
     return [*BASELINES, *ordered]
 
 
