@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="mask-head argument of g-hmlc / a-hmlc (repeatable)",
     )
+    add(
+        "--memory-bank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="queue of the last K projections and label paths: extra contrast rows",
+    )
     add("--dataset", default="shapes", help=f"one of {sorted(DATASETS)}")
     add("--data-dir", default=None, help="dataset folder or file (or $LIGHTLY_HMLC_DATA_DIR)")
     add("--hierarchy", default=None, help="hierarchy file: edge list or JSON")
@@ -147,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="replace existing runs")
     add("--max-time", default=None, help="stop training after DD:HH:MM:SS")
-    add("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--progress-bar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on a terminal; else one line per epoch)",
+    )
     add("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNGs")
     add("--traceback", action="store_true", help="show the traceback of bad-input errors")
     return p
@@ -175,6 +187,7 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("knn_k", 1, True),
     ("eval_batch_size", 1, True),
     ("num_workers", 0, True),
+    ("memory_bank", 0, True),
     ("threads", 1, True),
     ("num_nodes", 1, True),
     ("checkpoint_every_n_steps", 1, True),

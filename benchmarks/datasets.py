@@ -426,7 +426,9 @@ def build_dataset(args: argparse.Namespace) -> DatasetBundle:
     except UserError:
         raise
     except (OSError, ValueError) as error:  # missing files, hierarchy mismatches
-        raise UserError(f"Cannot load dataset {args.dataset!r}: {error}") from error
+        # The loaders' advice names their argument; the CLI's is the flag.
+        message = str(error).replace("pass strict=False", "pass --no-strict")
+        raise UserError(f"Cannot load dataset {args.dataset!r}: {message}") from error
     except ImportError as error:
         raise UserError(
             f"Dataset {args.dataset!r} needs a loader that this installation of lightly_hmlc "
@@ -595,11 +597,17 @@ class SuiteDataModule(pl.LightningDataModule):
         self._resume_position: dict[str, int] | None = None
 
     def position(self) -> dict[str, int]:
-        """The epoch and the number of its batches that the trainer has finished."""
+        """Where a resumed run starts: the epoch and how many of its batches are trained.
+
+        An epoch that has ended (all batches, or stopped by ``should_stop``, e.g.
+        ``--max-time``, which Lightning counts as a finished epoch) gives the next one.
+        """
         trainer = self.trainer
         assert trainer is not None, "the DataModule is used by a Trainer"
-        completed = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return {"epoch": int(trainer.current_epoch), "batches": int(completed)}
+        completed = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        if completed >= trainer.num_training_batches or trainer.should_stop:
+            return {"epoch": int(trainer.current_epoch) + 1, "batches": 0}
+        return {"epoch": int(trainer.current_epoch), "batches": completed}
 
     def state_dict(self) -> dict[str, Any]:
         """The position inside the epoch (saved in every checkpoint)."""
@@ -636,11 +644,15 @@ class SuiteDataModule(pl.LightningDataModule):
                 rank=rank,
             )
         tagged = TagEpoch(batch_sampler)
-        # On resume Lightning creates the iterator before it sets the epoch.
-        tagged.set_epoch(trainer.current_epoch)
+        # On resume Lightning creates this loader (and, with workers, starts prefetching)
+        # in configure_optimizers, before it restores the epoch counter, and keeps its
+        # iterator for the resumed epoch: the epoch must come from the saved position.
+        epoch = trainer.current_epoch
         if self._resume_position is not None:
-            tagged.skip(self._resume_position["epoch"], self._resume_position["batches"])
+            epoch = self._resume_position["epoch"]
+            tagged.skip(epoch, self._resume_position["batches"])
             self._resume_position = None
+        tagged.set_epoch(epoch)
         return ResumableLoader(
             SeededViews(self.bundle.train, self.seed),
             batch_sampler=tagged,

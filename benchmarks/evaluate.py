@@ -62,8 +62,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from lightly.utils.benchmarking import knn_predict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from lightly_hmlc.hierarchy import LabelHierarchy
 from lightly_hmlc.metrics import (
@@ -73,7 +75,6 @@ from lightly_hmlc.metrics import (
     leaf_ids_from_paths,
     level_separation,
     mistake_severity,
-    normalized_mutual_info,
     per_level_accuracy,
 )
 
@@ -96,8 +97,9 @@ def extract_features(
     batch_size: int = 256,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Runs a frozen backbone once over a dataset.
+    """Runs a frozen backbone once over a dataset (``progress``: a tqdm bar).
 
     The backbone runs in eval mode, under ``torch.no_grad`` and with autocast disabled
     (float32 features). Every module's train/eval flag, and the backbone's device, are
@@ -139,7 +141,7 @@ def extract_features(
         backbone.to(device)
         backbone.eval()
         with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-            for batch in loader:
+            for batch in tqdm(loader, desc="features", leave=False, disable=not progress):
                 images, labels = batch[0], batch[1]
                 if isinstance(labels, list | tuple):  # paths given as lists: L tensors [B]
                     labels = torch.stack([torch.as_tensor(level) for level in labels], dim=1)
@@ -227,6 +229,7 @@ def train_linear_probe(
     seed: int = 0,
     device: str | torch.device = "cpu",
     cpu_threads: int | None = 1,
+    progress: bool = False,
 ) -> LinearProbe:
     """Trains the per-level linear probe of the module docstring's protocol.
 
@@ -240,6 +243,7 @@ def train_linear_probe(
         batch_size: Mini-batch size.
         seed: Seeds the shuffling (the weights start at zero).
         device: Where to train.
+        progress: Show a tqdm bar over the epochs.
         cpu_threads: Torch threads while training on the CPU (restored afterwards);
             ``None`` keeps the current setting.
 
@@ -274,7 +278,9 @@ def train_linear_probe(
     if device.type == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
-        final_loss = _fit(linear, optimizer, scheduler, x, y, sizes, epochs, batch_size, seed)
+        final_loss = _fit(
+            linear, optimizer, scheduler, x, y, sizes, epochs, batch_size, seed, progress
+        )
     finally:
         torch.set_num_threads(threads)
     linear.eval()
@@ -291,13 +297,14 @@ def _fit(
     epochs: int,
     batch_size: int,
     seed: int,
+    progress: bool = False,
 ) -> float:
     """The probe's training loop; returns the mean loss of the last epoch."""
     num = x.shape[0]
     generator = torch.Generator().manual_seed(seed)
     offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
     final_loss = math.nan
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="linear probe", leave=False, disable=not progress):
         order = torch.randperm(num, generator=generator).to(x.device)
         epoch_loss = torch.zeros((), device=x.device)
         for start in range(0, num, batch_size):
@@ -336,54 +343,51 @@ def knn_predict_levels(
 ) -> Tensor:
     """Weighted-kNN top-1 prediction at every level, ``[N_test, L]``.
 
-    The kNN of Wu et al. (Lightly's ``knn_predict``): cosine similarity of L2-normalised
-    features, the ``k`` nearest train samples vote with ``exp(sim / temperature)``. At a
-    level, train samples with label ``-1`` are left out; a level without any known train
-    label predicts ``-1``. The nearest neighbours are computed once for all levels whose
-    train labels are all known.
+    Lightly's ``knn_predict`` (the kNN of Wu et al.: cosine similarity of L2-normalised
+    features, the ``k`` nearest train samples vote with ``exp(sim / temperature)``),
+    applied per level. At a level, train samples with label ``-1`` are left out of the
+    bank; a level without any known train label predicts ``-1``.
     """
     if k < 1 or not temperature > 0:
         raise ValueError(f"Need k >= 1 and temperature > 0, got k={k}, temperature={temperature}.")
     bank = F.normalize(train_features.float(), dim=1)
     queries = F.normalize(test_features.float().to(bank.device), dim=1)
     labels = train_paths.to(bank.device)
-    num_levels = len(num_classes_per_level)
-    preds = torch.full((queries.shape[0], num_levels), -1, dtype=torch.long)
-    for start in range(0, queries.shape[0], chunk_size):
-        sim = queries[start : start + chunk_size] @ bank.T
-        shared: tuple[Tensor, Tensor] | None = None
-        for level, num_classes in enumerate(num_classes_per_level):
-            known = labels[:, level] >= 0
-            num_known = int(known.sum())
-            if num_known == 0:
-                continue
-            kk = min(k, num_known)
-            if num_known == labels.shape[0]:
-                if shared is None or shared[0].shape[1] != kk:
-                    shared = sim.topk(kk, dim=1)
-                weights, indices = shared
-            else:
-                weights, indices = sim.masked_fill(~known, -math.inf).topk(kk, dim=1)
-            votes = labels[:, level][indices]
-            scores = torch.zeros(sim.shape[0], num_classes, device=sim.device)
-            scores.scatter_add_(1, votes, (weights / temperature).exp())
-            preds[start : start + sim.shape[0], level] = scores.argmax(dim=1).cpu()
+    preds = torch.full((queries.shape[0], len(num_classes_per_level)), -1, dtype=torch.long)
+    for level, num_classes in enumerate(num_classes_per_level):
+        known = labels[:, level] >= 0
+        num_known = int(known.sum())
+        if num_known == 0:
+            continue
+        level_bank = bank[known].T.contiguous()  # knn_predict takes the bank as [D, N]
+        level_labels = labels[known, level]
+        for start in range(0, queries.shape[0], chunk_size):
+            ranked = knn_predict(
+                queries[start : start + chunk_size],
+                level_bank,
+                level_labels,
+                num_classes,
+                knn_k=min(k, num_known),
+                knn_t=temperature,
+            )
+            preds[start : start + ranked.shape[0], level] = ranked[:, 0].cpu()
     return preds
 
 
 # ---------------------------------------------------------------------- NMI
 def _kmeans_nmi(features: Tensor, labels: Tensor, num_clusters: int, seed: int) -> float:
     from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
 
     known = labels >= 0
     x = F.normalize(features[known].float(), dim=1).cpu().numpy()
-    y = labels[known].cpu()
+    y = labels[known].cpu().numpy()
     if x.shape[0] == 0:
         warnings.warn("No test sample has a known label at a level: its NMI is NaN.", stacklevel=3)
         return math.nan
     k = min(num_clusters, x.shape[0])
     kmeans = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
-    return normalized_mutual_info(torch.as_tensor(kmeans.labels_).long(), y)
+    return float(normalized_mutual_info_score(y, kmeans.labels_))
 
 
 # ---------------------------------------------------------------------- all metrics
@@ -403,6 +407,7 @@ def evaluate_features(
     hdist_k: int = 5,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> dict[str, float]:
     """All frozen-feature metrics of the protocol in the module docstring.
 
@@ -421,6 +426,7 @@ def evaluate_features(
         hdist_k: ``k`` of the hierarchical distance at k (at most the number of leaves).
         seed: Seeds the probe's shuffling and k-means.
         device: Where the probe and the kNN run.
+        progress: Show a tqdm bar over the probe's epochs.
 
     Returns:
         Flat dict: ``level{l}/linear_acc``, ``level{l}/knn_acc``, ``level{l}/nmi`` for
@@ -458,6 +464,7 @@ def evaluate_features(
         batch_size=probe_batch_size,
         seed=seed,
         device=device,
+        progress=progress,
     )
     results["probe/train_seconds"] = time.perf_counter() - begin
     results["probe/final_loss"] = probe.final_loss

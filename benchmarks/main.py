@@ -59,7 +59,15 @@ from datasets import (
     build_dataset,
     validation_split,
 )
-from run import RunInterrupted, RunResult, build_model, parse_options, run_dir_of, run_one
+from run import (
+    RunInterrupted,
+    RunResult,
+    build_model,
+    parse_options,
+    quiet_lightning,
+    run_dir_of,
+    run_one,
+)
 
 __all__ = [
     "DATASETS",
@@ -138,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["compare"]:
         return compare.main(argv[1:])
     args = parse_args(argv)
+    quiet_lightning()
     if args.list_methods:
         print("\n".join(methods.method_names()))
         return 0

@@ -14,8 +14,8 @@ method     objective
 ``hmc``    ``HMLCLoss(loss_type="hmc")``, Zhang et al. [2]
 ``hce``    ``HMLCLoss(loss_type="hce")`` [2]
 ``hmce``   ``HMLCLoss(loss_type="hmce")`` [2]
-``g-hmlc`` ``GHMLCLoss``: HMCE on hard per-level masks from a GMM, Ott et al. [3]
-``a-hmlc`` ``AHMLCLoss``: HMCE on soft per-level masks from attention heads [3]
+``g-hmlc`` HMCE on hard per-level masks of the GMM head (``gmm-mask``), Ott et al. [3]
+``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3]
 =========  =====================================================================
 
 Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
@@ -25,9 +25,9 @@ registered with ``register_loss`` (or an entry point) is a method with no change
 
 The contrastive methods project the backbone features with Lightly's
 ``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). The mask
-heads of G-HMLC and A-HMLC live inside their losses, which are submodules of the
-LightningModule (``self.criterion``), so that A-HMLC's attention parameters are
-optimised and G-HMLC's statistics buffers are checkpointed.
+heads of G-HMLC and A-HMLC are model parts (``self.mask_head``, from ``create_head``),
+so that A-HMLC's attention parameters are optimised as model parameters and G-HMLC's
+statistics are checkpointed with the model; the loss gets ``masks=``.
 
 Optimisation (shared): SGD with momentum 0.9 (or LARS, or AdamW), the learning rate
 ``lr * global_batch_size / 256`` (linear scaling), no weight decay on norm layers and
@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
@@ -60,7 +61,13 @@ from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
-from lightly_hmlc.registry import component_parameters, create_loss, list_components
+from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
+from lightly_hmlc.registry import (
+    component_parameters,
+    create_head,
+    create_loss,
+    list_components,
+)
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 ENCODERS = ("image", "depth_views")
@@ -278,6 +285,19 @@ class HierarchicalMethod(pl.LightningModule):
         )
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
+    def on_train_start(self) -> None:
+        """Fits the schedule to this run's length: a resume with more ``--epochs`` restores
+        the scheduler of the shorter run, whose cosine would end at the old last step."""
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        max_epochs = max(1, int(self.trainer.max_epochs or 1))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, CosineWarmupScheduler) and scheduler.max_epochs != total_steps:
+                scheduler.warmup_epochs = min(
+                    total_steps, round(total_steps * self.warmup_epochs / max_epochs)
+                )
+                scheduler.max_epochs = total_steps
+
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint of another method, backbone or hierarchy, naming both."""
@@ -451,32 +471,49 @@ class SimCLR(HierarchicalMethod):
         return loss, {}
 
 
-# The mask head of each masked method, and the GMM head's schedule options: until the
-# losses take masks from a head that the model owns, the masked losses build the head
-# from these options themselves.
-MASK_HEADS: dict[str, str] = {"g-hmlc": "gmm-mask", "a-hmlc": "attention-mask"}
-# What the suite offers every registered loss; each gets the ones its factory names.
-_SUITE_LOSS_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
+# The methods of Ott et al. [3]: a loss of the registry on the masks of a mask head of
+# the registry, ``(loss, head)``. The head is a part of the model (``self.mask_head``),
+# as a head is in Lightly; the loss is stateless and takes ``masks=``.
+MASKED_METHODS: dict[str, tuple[str, str]] = {
+    "g-hmlc": ("hmce", "gmm-mask"),
+    "a-hmlc": ("hmce", "attention-mask"),
+}
+# What the suite offers every registered loss and head; each gets the ones it names.
+_SUITE_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
 
 
 class LabelPathMethod(HierarchicalMethod):
     """Any loss of the registry: ``create_loss(method)(z0, z1, label_paths)``.
 
     The loss gets those of ``temperature``, ``gather_distributed``, ``num_levels`` and
-    ``dim`` (the projection width) that its factory names, then ``loss_options``. A
+    ``dim`` (the projection width) that its factory names (all of them if it takes
+    ``**kwargs``), then ``loss_options``. A
     loss registered with :func:`lightly_hmlc.registry.register_loss` is therefore a
     method of the suite with no change here. Per-level terms are logged
-    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``)
-    or keeps them (``last_level_losses``).
+    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``,
+    asked only of a loss whose ``forward`` names it).
+
+    The methods of ``MASKED_METHODS`` (G-HMLC, A-HMLC) run the chain of Ott et al. [3]
+    with the mask head as a model part: ``masks = self.mask_head(normalize(z), paths)``
+    on ``z = cat([z0, z1])``, ``loss = criterion(z0, z1, paths, masks=masks)`` plus the
+    head's ``regularization(masks)``. So A-HMLC's attention parameters are optimised as
+    model parameters and G-HMLC's statistics are checkpointed with the model. The head
+    gets L2-normalised rows, as in ``GHMLCLoss``/``AHMLCLoss``, whose chain this is.
 
     Args:
-        method: The registered loss name, e.g. ``"hmce"``.
+        method: The registered loss name, e.g. ``"hmce"``, or a ``MASKED_METHODS`` name.
         num_classes_per_level: Classes per level, coarse to fine.
         loss_options: Extra keyword arguments of the loss (``--loss-option``).
-        head_options: Extra keyword arguments of the mask head of ``g-hmlc`` /
-            ``a-hmlc`` (``--head-option``).
+        head_options: Extra keyword arguments of the mask head (``--head-option``).
+        memory_bank_size: K > 0: a ``HierarchicalMemoryBank`` of the last K projections
+            of view 1 and their label paths (MoCo order: the queue before this batch),
+            passed to the loss as ``memory=`` (extra contrast rows, never anchors). With
+            per-row masks (A-HMLC) the head also masks the memory rows.
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
+
+    mask_head: nn.Module | None
+    memory_bank: HierarchicalMemoryBank | None
 
     def __init__(
         self,
@@ -484,48 +521,72 @@ class LabelPathMethod(HierarchicalMethod):
         num_classes_per_level: Sequence[int],
         loss_options: dict[str, Any] | None = None,
         head_options: dict[str, Any] | None = None,
+        memory_bank_size: int = 0,
         **kwargs: Any,
     ) -> None:
         # Set before the base __init__, which checks the name and builds the loss.
+        if isinstance(memory_bank_size, bool) or memory_bank_size < 0:
+            raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}.")
+        self.memory_bank_size = int(memory_bank_size)
         self.method_name = method
         self.loss_options = dict(loss_options or {})
         self.head_options = dict(head_options or {})
-        if self.head_options and method not in MASK_HEADS:
+        if self.head_options and method not in MASKED_METHODS:
             raise ValueError(
                 f"head options {sorted(self.head_options)} apply only to the methods with a "
-                f"mask head, {sorted(MASK_HEADS)}; method {method!r} has none."
+                f"mask head, {sorted(MASKED_METHODS)}; method {method!r} has none."
             )
         super().__init__(num_classes_per_level, **kwargs)
 
-    def build_criterion(self) -> nn.Module:
-        """The registered loss with the suite's arguments that it names, then the options."""
-        names, _ = component_parameters("loss", self.method_name)
+    def _offered(self, kind: str, name: str) -> dict[str, Any]:
+        # A factory with **kwargs gets them all: it may forward them to a loss that
+        # needs gather_distributed (else a DDP run would silently compute per rank).
+        names, variadic = component_parameters(kind, name)
+        if variadic:
+            names = [*names, *_SUITE_ARGUMENTS]
         offered = {
             "temperature": self.temperature,
             "gather_distributed": self.gather_distributed,
             "num_levels": self.num_levels,
             "dim": self.proj_dim,
         }
-        kwargs = {key: offered[key] for key in _SUITE_LOSS_ARGUMENTS if key in names}
-        if MASK_HEADS.get(self.method_name) == "gmm-mask":
-            if self.mask_warmup_steps is not None:
-                kwargs["warmup_steps"] = self.mask_warmup_steps
-            if self.mask_refit_every is not None:
-                kwargs["refit_every"] = self.mask_refit_every
-        clash = sorted(set(self.head_options) & set(names))
-        if clash:
-            raise ValueError(
-                f"head options {clash} are also arguments of loss {self.method_name!r}, which "
-                "builds the head from the rest; give them as loss options."
-            )
-        kwargs.update(self.head_options)
-        kwargs.update(self.loss_options)
-        criterion = create_loss(self.method_name, **kwargs)
+        return {key: offered[key] for key in _SUITE_ARGUMENTS if key in names}
+
+    def build_criterion(self) -> nn.Module:
+        """The registered loss (and the mask head) with the suite's arguments they name."""
+        loss_name, head_name = MASKED_METHODS.get(self.method_name, (self.method_name, None))
+        self.mask_head = None
+        if head_name is not None:
+            head_kwargs = self._offered("head", head_name)
+            head_kwargs.pop("temperature", None)  # a head's temperature is not the loss's
+            if head_name == "gmm-mask":
+                if self.mask_warmup_steps is not None:
+                    head_kwargs["warmup_steps"] = self.mask_warmup_steps
+                if self.mask_refit_every is not None:
+                    head_kwargs["refit_every"] = self.mask_refit_every
+            self.mask_head = create_head(head_name, **{**head_kwargs, **self.head_options})
+        kwargs = {**self._offered("loss", loss_name), **self.loss_options}
+        criterion = create_loss(loss_name, **kwargs)
         try:
             forward = inspect.signature(criterion.forward).parameters
-        except (TypeError, ValueError):
+        except (TypeError, ValueError):  # no signature: ask for the loss only
             forward = {}  # type: ignore[assignment]
-        self._returns_level_losses = "return_level_losses" in forward
+        self._level_kwargs = (
+            {"return_level_losses": True} if "return_level_losses" in forward else {}
+        )
+        self.memory_bank = None
+        if self.memory_bank_size:
+            if "memory" not in forward:
+                raise ValueError(
+                    f"loss {loss_name!r} takes no memory= rows, so it cannot use a memory bank; "
+                    "drop --memory-bank."
+                )
+            self.memory_bank = HierarchicalMemoryBank(
+                self.memory_bank_size,
+                self.proj_dim,
+                self.num_levels,
+                gather_distributed=self.gather_distributed,
+            )
         return criterion
 
     def compute_loss(
@@ -533,13 +594,29 @@ class LabelPathMethod(HierarchicalMethod):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of the two views' projections, and its per-level terms if any."""
         assert z0 is not None and z1 is not None
-        level_losses: Tensor | None
-        if self._returns_level_losses:
-            loss, level_losses = self.criterion(z0, z1, labels, return_level_losses=True)
-        else:
-            loss = self.criterion(z0, z1, labels)
-            level_losses = getattr(self.criterion, "last_level_losses", None)
         logs: dict[str, Tensor] = {}
+        extra: dict[str, Any] = dict(self._level_kwargs)
+        if self.memory_bank is not None:
+            extra["memory"] = self.memory_bank(z1.detach(), labels)
+        if self.mask_head is None:
+            result = self.criterion(z0, z1, labels, **extra)
+        else:
+            rows = F.normalize(torch.cat([z0, z1]), dim=1)
+            masks = self.mask_head(rows, labels.repeat(2, 1))
+            memory = extra.get("memory")
+            if memory is not None and masks.shape[0] != 1 and memory[0].shape[0] > 0:
+                # Per-row masks (A-HMLC): the memory rows get their own. A shared mask
+                # ([1, L, D], G-HMLC) also applies to them, and the GMM head, whose forward
+                # updates its statistics, never sees the memory rows.
+                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1), memory[1])
+            result = self.criterion(z0, z1, labels, masks=masks, **extra)
+            regularize = getattr(self.mask_head, "regularization", None)
+            if callable(regularize):
+                penalty = regularize(masks)
+                result = (result[0] + penalty, result[1])
+                logs["mask_regularization"] = penalty.detach()
+        # A loss without per-level terms returns only the loss.
+        loss, level_losses = result if isinstance(result, tuple) else (result, None)
         if level_losses is not None:
             for level, value in enumerate(level_losses):
                 logs[f"loss_level{level}"] = value.detach()
@@ -548,7 +625,7 @@ class LabelPathMethod(HierarchicalMethod):
 
 BASELINES: dict[str, type[HierarchicalMethod]] = {"ce": CrossEntropy, "simclr": SimCLR}
 # The registry lists names sorted; the paper's methods come in this order first.
-_BUILTIN_ORDER = ("supcon", "hmc", "hce", "hmce", "g-hmlc", "a-hmlc")
+BUILTIN_ORDER = ("supcon", "hmc", "hce", "hmce", "g-hmlc", "a-hmlc")
 
 
 def method_names() -> list[str]:
@@ -563,8 +640,8 @@ def method_names() -> list[str]:
         ['ce', 'simclr', 'supcon', 'hmc', 'hce', 'hmce', 'g-hmlc', 'a-hmlc']
     """
     losses = list_components()["losses"]
-    ordered = [name for name in _BUILTIN_ORDER if name in losses]
-    ordered += [name for name in losses if name not in _BUILTIN_ORDER]
+    ordered = [name for name in BUILTIN_ORDER if name in losses]
+    ordered += [name for name in losses if name not in BUILTIN_ORDER]
     return [*BASELINES, *ordered]
 
 
@@ -577,7 +654,7 @@ def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
         ('hmce', 'HMLCLoss')
     """
     if method in BASELINES:
-        for key in ("loss_options", "head_options"):
+        for key in ("loss_options", "head_options", "memory_bank_size"):
             if kwargs.pop(key, None):
                 raise ValueError(f"method {method!r} builds no registered loss: drop {key}.")
         return BASELINES[method](**kwargs)

@@ -26,9 +26,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import signal
+import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +137,8 @@ class LastCheckpoint(pl.Callback):
         if trainer.global_step == self._saved_step:
             return
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)  # every rank calls it; rank 0 writes
+        # Every rank calls it, rank 0 writes; the full state (not only the weights).
+        trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         trainer.strategy.barrier("LastCheckpoint.save")
@@ -179,6 +183,57 @@ class LastCheckpoint(pl.Callback):
         if isinstance(exception, SIGTERMException):
             self.signal_name = self.signal_name or "SIGTERM"
             self.save(trainer)
+
+
+class EpochLines(pl.Callback):
+    """One line per epoch (for logs and non-terminals, instead of progress-bar redraws)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Starts the epoch's clock."""
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prints ``<run> epoch e/E: train/loss ... (s)`` on rank 0."""
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
+        shown = f"loss {float(loss):.4f}, " if loss is not None else ""
+        print(
+            f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}"
+            f"step {trainer.global_step}, {time.perf_counter() - self._start:.1f} s",
+            flush=True,
+        )
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Drops Lightning's advert for its cloud logger (issue 10: quiet output)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """No Lightning advert and no deprecation warnings of the dependencies in a run's output."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_DropLitLoggerTip())
+    # Lightning 2.6 uses torch's LeafSpec, which torch 2.9 deprecates (not our code).
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="pytorch_lightning")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="lightning_fabric")
+
+
+def show_progress_bar(args: argparse.Namespace) -> bool:
+    """``--progress-bar`` / ``--no-progress-bar``; by default a bar on a terminal only."""
+    if args.progress_bar is None:
+        return sys.stdout.isatty()
+    return bool(args.progress_bar)
 
 
 def run_label(args: argparse.Namespace, method: str) -> str:
@@ -299,7 +354,10 @@ def run_one(
     last = LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", args.checkpoint_every_n_steps)
     recorder = RunRecorder(run_dir, args.batch_size)
     # The recorder adds an epoch to the history before that epoch's checkpoint is written.
-    trainer = build_trainer(args, run_dir, [*extra_callbacks, recorder, last])
+    callbacks: list[pl.Callback] = [*extra_callbacks, recorder, last]
+    if not show_progress_bar(args):
+        callbacks.append(EpochLines(f"{run_label(args, method)} seed {seed}"))
+    trainer = build_trainer(args, run_dir, callbacks)
     world = trainer.world_size
     config = result_config(args, method, seed, world, trainer.strategy.root_device.type, bundle)
     if checkpoint is not None:
@@ -352,7 +410,8 @@ def run_one(
         write_json(run_dir / "config.json", record)
         write_json(run_dir / "environment.json", environment_info(seed))
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only=False: the checkpoint is this suite's own (it holds Python objects).
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     except SIGTERMException as stop:
         raise RunInterrupted(
             last.signal_name or "SIGTERM", last.path, trainer.global_step
@@ -387,7 +446,7 @@ def build_trainer(
             default_root_dir=run_dir,
             use_distributed_sampler=False,  # SuiteDataModule shards by rank itself
             enable_checkpointing=False,  # LastCheckpoint writes last.ckpt
-            enable_progress_bar=args.progress_bar,
+            enable_progress_bar=show_progress_bar(args),
             enable_model_summary=False,
             log_every_n_steps=1,
             limit_val_batches=0,
@@ -407,10 +466,14 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
     head_options = parse_options(args.head_option, "--head-option")
     if loss_options or head_options:
         kwargs.update(loss_options=loss_options, head_options=head_options)
+    if args.memory_bank:
+        kwargs.update(memory_bank_size=args.memory_bank)
     try:
         return methods.create_method(method, **kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
         given = [*args.loss_option, *args.head_option]
+        if args.memory_bank:
+            given.append(f"--memory-bank {args.memory_bank}")
         options = f" (options {given})" if given else ""
         raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
 
@@ -466,13 +529,14 @@ def evaluate_run(
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     history = stats.pop("history", {})
     device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
+    bar = show_progress_bar(args)
     begin = time.perf_counter()
     try:
         train_x, train_y = extract_features(
-            model.backbone, bundle.train_eval, args.eval_batch_size, args.num_workers, device
+            model.backbone, bundle.train_eval, args.eval_batch_size, args.num_workers, device, bar
         )
         test_x, test_y = extract_features(
-            model.backbone, bundle.test_eval, args.eval_batch_size, args.num_workers, device
+            model.backbone, bundle.test_eval, args.eval_batch_size, args.num_workers, device, bar
         )
     except OSError as error:
         raise UserError(_last_line(error)) from error
@@ -488,6 +552,7 @@ def evaluate_run(
         hdist_k=min(5, len(bundle.hierarchy.leaves)),
         seed=seed,
         device=device,
+        progress=bar,
     )
     train = {f"train/{key}": value for key, value in stats.items()}
     train["train/complete"] = int(stats.get("epochs_completed", 0)) >= args.epochs

@@ -109,7 +109,7 @@ class StepRunner:
 
     def time_refit(self, repeats: int = 3) -> float | None:
         """Seconds of one G-HMLC mask refit (``None`` for other methods)."""
-        head = getattr(self.model.criterion, "mask_head", None)
+        head = getattr(self.model, "mask_head", None)
         if head is None or not hasattr(head, "refit"):
             return None
         times = []

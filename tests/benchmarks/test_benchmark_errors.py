@@ -139,3 +139,27 @@ def test_seeded_views_repeat_augmentations_and_restore_the_rng() -> None:
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(views[(0, 1)], first)
     assert not torch.equal(views[(1, 1)], first) and not torch.equal(views[(0, 2)], first)
+
+
+def test_leaves_without_data_need_no_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _needs_image_folder()
+    _image_folder(tmp_path / "data", ["cat", "dog", "car", "bus"])
+    tree = tmp_path / "tree.txt"
+    tree.write_text("animal cat\nanimal dog\nvehicle car\nvehicle bus\nvehicle truck\n")
+    args = tiny_args(
+        tmp_path,
+        "--dataset", "imagefolder",
+        "--data-dir", str(tmp_path / "data"),
+        "--hierarchy", str(tree),
+        "--train-samples", "16",
+        "--batch-size", "8",
+        "--methods", "hmce",
+        "--no-plots",
+        "--val-fraction", "0",
+    )  # fmt: skip
+    assert main.main(args) == 2
+    err = capsys.readouterr().err
+    assert "truck" in err and "--no-strict" in err and "strict=False" not in err
+    assert main.main([*args, "--no-strict"]) == 0

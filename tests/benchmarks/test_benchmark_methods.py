@@ -70,9 +70,9 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
     assert checkpoint["hyper_parameters"]["backbone"] == "resnet_tiny_cifar"
     state = checkpoint["state_dict"]
     if method == "a-hmlc":  # the attention head is a submodule and trained
-        assert state["criterion.mask_head.bias2"].abs().sum() > 0
+        assert state["mask_head.bias2"].abs().sum() > 0
     if method == "g-hmlc":  # the GMM buffers are checkpointed, and the masks were fitted
-        assert bool(state["criterion.mask_head.fitted"])
+        assert bool(state["mask_head.fitted"])
     if method == "ce":
         assert "classifier.weight" in state and not any(k.startswith("projection") for k in state)
     summary = (tmp_path / "shapes" / "summary.md").read_text()
@@ -91,3 +91,67 @@ def test_ce_fine_targets_handle_leaves_at_different_depths() -> None:
     labels = torch.tensor([[0, 2], [1, -1], [-1, -1]])
     # level-1 ids are offset by the 2 level-0 classes; an all-unknown path is ignored
     assert model.fine_targets(labels).tolist() == [4, 1, -100]
+
+
+@pytest.mark.parametrize("method", ["a-hmlc", "g-hmlc"])
+def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
+    method: str,
+) -> None:
+    from lightly_hmlc import AHMLCLoss, GHMLCLoss
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes_per_level": [2, 4], "proj_dim": 8}
+    if method == "g-hmlc":  # fit the GMM at once, so that its masks are not all ones
+        kwargs.update(mask_warmup_steps=1, mask_refit_every=1)
+    model = methods.create_method(method, **kwargs)
+    assert model.mask_head is not None and not hasattr(model.criterion, "mask_head")
+    convenience = (AHMLCLoss if method == "a-hmlc" else GHMLCLoss)(
+        num_levels=2, dim=8, **({"warmup_steps": 1, "refit_every": 1} if method == "g-hmlc" else {})
+    )
+    convenience.mask_head.load_state_dict(model.mask_head.state_dict())
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 4)
+    for _ in range(3):  # several steps: G-HMLC fits its masks from the statistics
+        z0, z1 = torch.randn(16, 8), torch.randn(16, 8)
+        ours, logs = model.compute_loss(torch.zeros(32, 4), z0, z1, labels)
+        theirs = convenience(z0, z1, labels)
+        assert torch.allclose(ours, theirs, atol=1e-6), (ours, theirs)
+    assert {"loss_level0", "loss_level1"} <= set(logs)
+    if method == "g-hmlc":  # the masks compared were fitted ones
+        assert bool(model.mask_head.fitted)
+    if method == "a-hmlc":  # the attention head is optimised as a model parameter
+        trainer_free = dict(model.named_parameters())
+        assert any(name.startswith("mask_head.") for name in trainer_free)
+        from lightly.models.utils import get_weight_decay_parameters
+
+        decay, no_decay = get_weight_decay_parameters([model])
+        ids = {id(p) for p in decay + no_decay}
+        assert all(id(p) in ids for p in model.mask_head.parameters())
+
+
+@pytest.mark.parametrize("method", ["hmce", "a-hmlc"])
+def test_memory_bank_adds_the_queue_to_the_loss(method: str) -> None:
+    torch.manual_seed(0)
+    model = methods.create_method(
+        method, num_classes_per_level=[2, 4], proj_dim=8, memory_bank_size=32
+    )
+    plain = methods.create_method(method, num_classes_per_level=[2, 4], proj_dim=8)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 2)
+    z0, z1 = torch.randn(8, 8), torch.randn(8, 8)
+    first, _ = model.compute_loss(torch.zeros(16, 4), z0, z1, labels)  # the queue is empty
+    assert torch.allclose(first, plain.compute_loss(torch.zeros(16, 4), z0, z1, labels)[0])
+    second, _ = model.compute_loss(torch.zeros(16, 4), z0, z1, labels)  # 8 queued rows
+    assert not torch.allclose(second, first)
+    assert int(model.memory_bank.num_filled) == 16
+    assert "memory_bank.features" in model.state_dict()  # checkpointed, resumes the queue
+
+
+def test_memory_bank_in_the_suite_and_refused_without_a_label_path_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = tiny_args(tmp_path, "--methods", "g-hmlc", "--memory-bank", "48", "--no-plots")
+    assert main.main(args) == 0
+    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
+    assert int(state["state_dict"]["memory_bank.num_filled"]) == 48
+    assert main.main(tiny_args(tmp_path, "--methods", "simclr", "--memory-bank", "8")) == 2
+    assert "memory_bank_size" in capsys.readouterr().err

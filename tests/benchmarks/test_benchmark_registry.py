@@ -72,8 +72,35 @@ def test_unregistered_losses_are_no_methods(
 
 
 def test_the_docs_list_every_builtin_method() -> None:
-    # The table in methods.py's docstring and PRESETS.md name what method_names() holds.
+    # The table in methods.py's docstring and PRESETS.md name the paper's methods, which
+    # method_names() lists first (a plugin loss is listed by --list-methods only).
     presets = (Path(main.__file__).parent / "PRESETS.md").read_text()
-    for name in methods.method_names():
+    paper = [*methods.BASELINES, *methods.BUILTIN_ORDER]
+    assert methods.method_names()[: len(paper)] == paper
+    for name in paper:
         assert f"``{name}``" in (methods.__doc__ or ""), name
         assert f"`{name}`" in presets, name
+
+
+class KwargsLoss(nn.Module):
+    """A loss whose factory takes **kwargs (it forwards them, e.g. to HMLCLoss)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+
+def test_a_factory_with_kwargs_gets_every_suite_argument() -> None:
+    register_loss("test-kwargs-loss", KwargsLoss)
+    try:
+        model = methods.create_method(
+            "test-kwargs-loss", num_classes_per_level=[2, 4], proj_dim=8, gather_distributed=True
+        )
+    finally:
+        _LOSSES._entries.pop("test-kwargs-loss")
+    assert model.criterion.kwargs == {
+        "temperature": 0.1,
+        "gather_distributed": True,
+        "num_levels": 2,
+        "dim": 8,
+    }

@@ -76,6 +76,7 @@ def test_validation_split_of_a_real_loader_subsets_train_after_the_carve() -> No
         (("--eval-split", "val", "--val-fraction", "0"), "needs a validation part"),
         (("--loss-option", "temperature"), "KEY=VALUE"),
         (("--methods", "hmce", "--loss-option", "no_such=1"), "no_such"),
+        (("--methods", "a-hmlc", "--head-option", "no_such=1"), "no_such"),
         (("--methods", "hmce", "--head-option", "hidden_dim=8"), "mask head"),
         (("--methods", "ce", "--loss-option", "temperature=0.2"), "builds no registered loss"),
         (("--run-name", "a/b"), "--run-name"),
@@ -98,7 +99,7 @@ def test_options_reach_the_loss_and_the_head() -> None:
     assert model.hparams["loss_options"] == {"temperature": 0.35, "layer_penalty": "pow2"}
     args = main.parse_args(["--head-option", "separation_weight=0.5"])
     model = main.build_model(args, "a-hmlc", num_classes_per_level=[2, 4], proj_dim=16)
-    assert model.criterion.mask_head.separation_weight == 0.5
+    assert model.mask_head.separation_weight == 0.5
     assert model.hparams["head_options"] == {"separation_weight": 0.5}
 
 
