@@ -6,39 +6,23 @@ Components are created by name::
     head = create_head("gmm-mask", ...)
     list_components()  # {"losses": [...], "heads": [...]}
 
-Built-in losses: ``supcon`` (SupConLoss), ``hmc``, ``hce``, ``hmce`` (HMLCLoss with
-``loss_type`` set to the name, which an explicit ``loss_type=`` overrides),
-``g-hmlc`` (GHMLCLoss), ``a-hmlc`` (AHMLCLoss). Built-in heads: ``gmm-mask``
-(GMMFeatureMaskHead), ``attention-mask`` (AttentionMaskHead), ``query-attention``
-(QueryAttentionMaskHead), ``static`` (StaticMaskHead). They are recorded as
-import strings and imported on first use, so importing this module imports no
+The built-in components are the ``_builtin(...)`` table at the end of this module
+(``hmc``, ``hce`` and ``hmce`` are HMLCLoss with that ``loss_type``). They are recorded
+as import strings and imported on first use, so importing this module imports no
 loss or head.
 
-Registering in code
--------------------
-``register_loss`` and ``register_head`` work as decorators or as plain calls. The
-factory is any callable returning an ``nn.Module`` (usually the class itself), or
-an import string ``"package.module:attr"`` that is imported on first use::
+Registering in code: ``register_loss`` and ``register_head`` work as decorators
+(``@register_loss("my-loss")``) or plain calls (``register_head("my-head", MyHead,
+defaults={"num_levels": 3})``). The factory is any callable returning an ``nn.Module``
+(usually the class), or an import string ``"package.module:attr"`` imported on first
+use. A name that is already registered raises ``ValueError`` unless ``overwrite=True``.
 
-    @register_loss("my-loss")
-    class MyLoss(nn.Module): ...
-
-    register_head("my-head", MyHead, defaults={"num_levels": 3})
-
-A name that is already registered raises ``ValueError`` unless ``overwrite=True``.
-
-Plugins (entry points)
-----------------------
-Installed packages add components through two entry-point groups, one per kind:
-``lightly_hmlc.losses`` and ``lightly_hmlc.heads``. The entry-point name is the
-component name, the value is ``"module:attr"`` of the factory. In
-``pyproject.toml``::
+Plugins: installed packages add components through the entry-point groups
+``lightly_hmlc.losses`` and ``lightly_hmlc.heads`` (name = component name, value =
+``"module:attr"`` of the factory). In ``pyproject.toml``::
 
     [project.entry-points."lightly_hmlc.losses"]
     my-loss = "my_package.losses:MyLoss"
-
-    [project.entry-points."lightly_hmlc.heads"]
-    my-head = "my_package.heads:MyHead"
 
 Entry points are discovered once, on the first lookup or listing, and imported
 only when the component is created. An entry point that fails to import raises
@@ -149,10 +133,7 @@ class _Registry:
         entry = self._lookup(name)
         factory = self._resolve(name, entry)
         arguments = {**entry.defaults, **kwargs}
-        try:
-            signature = inspect.signature(factory)
-        except (TypeError, ValueError):  # some builtins have no signature
-            signature = None
+        signature = _signature(factory)
         if signature is not None:
             try:
                 signature.bind(**arguments)
@@ -170,11 +151,8 @@ class _Registry:
         return component
 
     def parameters(self, name: str) -> tuple[list[str], bool]:
-        entry = self._lookup(name)
-        factory = self._resolve(name, entry)
-        try:
-            signature = inspect.signature(factory)
-        except (TypeError, ValueError):  # some builtins have no signature
+        signature = _signature(self._resolve(name, self._lookup(name)))
+        if signature is None:
             return [], True
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         named = [p.name for p in signature.parameters.values() if p.kind in kinds]
@@ -307,21 +285,7 @@ def register_head(
     defaults: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Registers a mask head under ``name``; usable as a decorator or a plain call.
-
-    Args:
-        name: Component name used by ``create_head``.
-        factory: A callable returning an ``nn.Module`` (usually the class), or an
-            import string ``"module:attr"`` imported on first use. Omit it to use
-            the function as a decorator.
-        defaults: Keyword arguments passed to the factory unless overridden.
-        overwrite: Replace an existing registration of the same name.
-
-    Returns:
-        The factory when called with one, else a decorator returning its argument.
-
-    Raises:
-        ValueError: For an invalid or already registered name.
+    """Registers a mask head under ``name``: :func:`register_loss`, for heads.
 
     Examples:
         >>> from torch import nn
@@ -353,12 +317,7 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
 
 
 def create_head(name: str, **kwargs: Any) -> nn.Module:
-    """Creates the mask head registered under ``name`` with ``kwargs``.
-
-    Raises:
-        UnknownComponentError: A ``KeyError``/``ValueError`` listing the known
-            heads and close matches, for an unknown name.
-        ImportError: If the head's module, or its plugin, cannot be imported.
+    """Creates the mask head registered under ``name``: :func:`create_loss`, for heads.
 
     Examples:
         >>> head = create_head("attention-mask", num_levels=2, dim=16)
@@ -369,22 +328,12 @@ def create_head(name: str, **kwargs: Any) -> nn.Module:
 
 
 def component_parameters(kind: str, name: str) -> tuple[list[str], bool]:
-    """The keyword arguments that the factory of a loss or head names.
+    """``(names, variadic)``: the keyword parameters a loss's or head's factory names,
+    and whether it also takes ``**kwargs``.
 
-    A caller that offers a set of standard arguments (a benchmark passing
-    ``temperature``, ``num_levels``, ...) passes only those a component names, so
-    that a new component needs no entry in the caller's code.
-
-    Args:
-        kind: ``"loss"`` or ``"head"``.
-        name: The registered name.
-
-    Returns:
-        ``(names, variadic)``: the named keyword parameters of the factory (with
-        registered defaults not subtracted), and whether it also takes ``**kwargs``.
-
-    Raises:
-        ValueError: For another ``kind``; ``UnknownComponentError`` for an unknown name.
+    A caller that offers standard arguments (a benchmark passing ``temperature``,
+    ``num_levels``, ...) passes only those a component names, so that a new component
+    needs no entry in the caller's code. ``kind`` is ``"loss"`` or ``"head"``.
 
     Examples:
         >>> names, variadic = component_parameters("loss", "supcon")
@@ -469,26 +418,30 @@ def _describe(ep: metadata.EntryPoint) -> str:
     return f"'{ep.name} = {ep.value}' (group '{ep.group}', distribution {source})"
 
 
+def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+
+
 def _builtin(registry: _Registry, name: str, target: str, **defaults: Any) -> None:
     registry.register(
         name, target, defaults=defaults, overwrite=False, origin=f"built-in: {target}"
     )
 
 
-_builtin(_LOSSES, "supcon", "lightly_hmlc.loss.supcon:SupConLoss")
+# The built-in components: the one table of them (the suite's methods derive from it).
+_LOSS = "lightly_hmlc.loss."
+_HEAD = "lightly_hmlc.models.modules."
+_builtin(_LOSSES, "supcon", _LOSS + "supcon:SupConLoss")
 for _loss_type in ("hmc", "hce", "hmce"):
-    _builtin(_LOSSES, _loss_type, "lightly_hmlc.loss.hmlc:HMLCLoss", loss_type=_loss_type)
-_builtin(_LOSSES, "g-hmlc", "lightly_hmlc.loss.masked:GHMLCLoss")
-_builtin(_LOSSES, "a-hmlc", "lightly_hmlc.loss.masked:AHMLCLoss")
-_builtin(_LOSSES, "masked-hmlc", "lightly_hmlc.loss.masked:RegisteredHeadHMLCLoss")
-_builtin(_HEADS, "gmm-mask", "lightly_hmlc.models.modules.gmm_mask_head:GMMFeatureMaskHead")
-_builtin(
-    _HEADS, "attention-mask", "lightly_hmlc.models.modules.attention_mask_head:AttentionMaskHead"
-)
-_builtin(_HEADS, "block-mask", "lightly_hmlc.models.modules.block_mask_head:BlockMaskHead")
-_builtin(
-    _HEADS,
-    "query-attention",
-    "lightly_hmlc.models.modules.learned_mask_heads:QueryAttentionMaskHead",
-)
-_builtin(_HEADS, "static", "lightly_hmlc.models.modules.learned_mask_heads:StaticMaskHead")
+    _builtin(_LOSSES, _loss_type, _LOSS + "hmlc:HMLCLoss", loss_type=_loss_type)
+_builtin(_LOSSES, "g-hmlc", _LOSS + "masked:GHMLCLoss")
+_builtin(_LOSSES, "a-hmlc", _LOSS + "masked:AHMLCLoss")
+_builtin(_LOSSES, "masked-hmlc", _LOSS + "masked:RegisteredHeadHMLCLoss")
+_builtin(_HEADS, "gmm-mask", _HEAD + "gmm_mask_head:GMMFeatureMaskHead")
+_builtin(_HEADS, "attention-mask", _HEAD + "attention_mask_head:AttentionMaskHead")
+_builtin(_HEADS, "block-mask", _HEAD + "block_mask_head:BlockMaskHead")
+_builtin(_HEADS, "query-attention", _HEAD + "learned_mask_heads:QueryAttentionMaskHead")
+_builtin(_HEADS, "static", _HEAD + "learned_mask_heads:StaticMaskHead")
