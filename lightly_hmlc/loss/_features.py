@@ -104,11 +104,11 @@ def check_norms(norms: Tensor, dtype: torch.dtype) -> None:
     """Raises a ValueError if a row's norm is Inf or below 1e-12 (a host-device sync)."""
     ok = torch.isfinite(norms) & (norms >= _NORM_EPS)
     if not bool(ok.all()):
-        bad = ~ok.flatten()
+        bad = int((~ok).sum())
+        why = "Inf (it overflows)" if bool(torch.isinf(norms).any()) else "zero or below 1e-12"
         raise ValueError(
-            f"{int(bad.sum())} embedding row(s) cannot be L2-normalised in {dtype}: their "
-            f"norm is {'Inf (it overflows)' if bool(torch.isinf(norms).any()) else 'zero or below 1e-12'}. "
-            "Check the model's outputs (a diverged or collapsed projection); for "
+            f"{bad} embedding row(s) cannot be L2-normalised in {dtype}: their norm is "
+            f"{why}. Check the model's outputs (a diverged or collapsed projection); for "
             "legitimately huge or tiny values, rescale them or pass float64."
         )
 
