@@ -12,8 +12,10 @@ Compares, at dim 128 and several batch sizes:
 - the masked losses (group ``masked``): ``GHMLCLoss`` with fitted partition masks and
   ``AHMLCLoss``, each with its head in training mode (the GMM statistics update and the
   attention MLPs are part of the step), against the same masks through the general
-  per-level path (full-width masked features and autograd's log-sum-exp), which is what
-  the masked losses ran before the fast masked level terms;
+  per-level path (full-width masked features, autograd's log-sum-exp, and for the
+  per-pair form the dense ``[L, N, N]`` pair losses), which is what the masked losses
+  ran before the fast masked level terms; both ``hce_form``s are measured (``pair``,
+  the default, and ``batch_mean``);
 - a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``).
 
 The summary tables give every row against SupCon, and the masked rows against HMCE L=3.
@@ -51,6 +53,7 @@ from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, SupConLoss
 # masked level terms.
 from lightly_hmlc.loss._features import apply_masks, normalize_features
 from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
+from lightly_hmlc.loss._hce import pair_constrained_level_losses
 from lightly_hmlc.loss._levels import aggregate_levels, anchor_level_losses, build_level_groups
 
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -99,16 +102,18 @@ class GeneralMaskedPath:
         masks = loss_fn.mask_head(features, paths)
         level_features = apply_masks(features, masks, paths.shape[1])
         batch = gather_for_loss(level_features, paths, False)
+        groups = build_level_groups(batch.contrast_labels)
         if loss_fn.loss_type != "hmc" and loss_fn.hce_form == "pair":
-            # HiConE per pair runs on the per-level features in either case.
-            loss = loss_fn._batch_loss(batch)[0]
+            # The dense per-pair form: [L, N, N] pair losses on the per-level features.
+            constrained, _, is_anchor = pair_constrained_level_losses(
+                batch.anchors, batch.contrast, batch.anchor_index, groups, loss_fn.temperature
+            )
+            share, value = reduce_levels(constrained, is_anchor, False)
+            weights = loss_fn.level_weights(len(value), share.dtype, share.device)
+            loss = aggregate_levels(share, value, "hmc", weights)
         else:
             terms, is_anchor = anchor_level_losses(
-                batch.anchors,
-                batch.contrast,
-                batch.anchor_index,
-                build_level_groups(batch.contrast_labels),
-                loss_fn.temperature,
+                batch.anchors, batch.contrast, batch.anchor_index, groups, loss_fn.temperature
             )
             share, value = reduce_levels(terms, is_anchor, False)
             weights = loss_fn.level_weights(len(value), share.dtype, share.device)

@@ -164,15 +164,40 @@ def masked_level_losses(
         ``(loss, is_anchor)``, both ``[L, Na]``, as ``anchor_level_losses``.
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        anchors, contrast = _wide(anchors), _wide(contrast)
-        same_rows = anchors is contrast
+        log_denominator, level_features = level_inputs(
+            anchors, contrast, anchor_index, temperature, anchor_masks, contrast_masks, allow_sync
+        )
+        return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
+def level_inputs(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    temperature: float,
+    anchor_masks: Tensor | None = None,
+    contrast_masks: Tensor | None = None,
+    allow_sync: bool = True,
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """``[L, Na]`` log-denominators and every level's ``(anchor, contrast)`` features.
+
+    Either ``[N, D]`` rows with masks (the partition path when they partition the
+    dimensions, else one batched computation), or ``[N, L, D]`` per-level features
+    without masks (batched).
+    """
+    anchors, contrast = _wide(anchors), _wide(contrast)
+    same_rows = anchors is contrast
+    shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+    if anchor_masks is None or contrast_masks is None:
+        a_all = anchors.transpose(0, 1).contiguous()
+        c_all = a_all if same_rows else contrast.transpose(0, 1).contiguous()
+    else:
         anchor_masks = anchor_masks.to(anchors.dtype)
         contrast_masks = anchor_masks if same_rows else contrast_masks.to(contrast.dtype)
         dims = None
         if allow_sync and anchor_masks.shape[0] == 1 and contrast_masks.shape[0] == 1:
             if same_rows or torch.equal(anchor_masks, contrast_masks):
                 dims = partition_dims(anchor_masks, anchors.shape[1])
-        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
         if dims is not None:
             level_features = []
             for level_dims in dims:
@@ -186,13 +211,11 @@ def masked_level_losses(
                 )
                 for a, c in level_features
             ]
-            log_denominator = torch.cat(denominators, dim=0)
-        else:
-            a_all = _level_major(anchors, anchor_masks)
-            c_all = a_all if same_rows else _level_major(contrast, contrast_masks)
-            log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
-            level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
-        return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+            return torch.cat(denominators, dim=0), level_features
+        a_all = _level_major(anchors, anchor_masks)
+        c_all = a_all if same_rows else _level_major(contrast, contrast_masks)
+    log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
+    return log_denominator, list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
 
 
 def partition_logits(
@@ -241,12 +264,7 @@ def level_feature_losses(
     same tensor when every contrast row is an anchor). All levels run in one ``bmm``.
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        same_rows = anchors is contrast
-        a_all = _wide(anchors).transpose(0, 1).contiguous()
-        c_all = a_all if same_rows else _wide(contrast).transpose(0, 1).contiguous()
-        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
-        log_denominator = _LevelLogSumExp.apply(a_all / temperature, c_all, anchor_index, shift)
-        level_features = list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
+        log_denominator, level_features = level_inputs(anchors, contrast, anchor_index, temperature)
         return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
 
 

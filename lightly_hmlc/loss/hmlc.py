@@ -29,6 +29,7 @@ from lightly_hmlc.loss._masked_fast import (
     partition_dims,
     partition_logits,
 )
+from lightly_hmlc.loss._masked_pair import masked_pair_level_losses
 from lightly_hmlc.loss._memory import memory_batch
 
 
@@ -165,29 +166,7 @@ class _HierarchicalLoss(nn.Module):
             )
             value = share.detach()
         elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
-            logits = log_denominator = None
-            if masks is not None:  # the per-pair form needs every level's similarities
-                dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
-                if dims is not None:
-                    logits, log_denominator = partition_logits(
-                        batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
-                    )
-                else:
-                    batch = dataclasses.replace(
-                        batch,
-                        anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
-                        contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
-                    )
-            constrained, unconstrained, is_anchor = pair_constrained_level_losses(
-                batch.anchors,
-                batch.contrast,
-                batch.anchor_index,
-                build_level_groups(batch.contrast_labels),
-                self.temperature,
-                same_pair=self.hce_form == "same_pair",
-                logits=logits,
-                log_denominator=log_denominator,
-            )
+            constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
             num_levels = batch.contrast_labels.shape[1]
@@ -203,6 +182,44 @@ class _HierarchicalLoss(nn.Module):
             share, value = self._level_terms(batch, masks)
         weights = self.level_weights(len(value), dtype, device)
         return aggregate_levels(share, value, self.loss_type, weights), value
+
+    def _pair_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-pair HiConE terms; masked rows take the fast masked forms."""
+        groups = build_level_groups(batch.contrast_labels)
+        masked = masks is not None or batch.anchors.dim() == 3
+        if masked and self.hce_form == "pair":
+            return masked_pair_level_losses(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                groups,
+                self.temperature,
+                masks,
+                self.check_values,
+            )
+        logits = log_denominator = None
+        if masks is not None:  # same_pair needs every pair's level similarities
+            dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
+            if dims is not None:
+                logits, log_denominator = partition_logits(
+                    batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
+                )
+            else:
+                batch = dataclasses.replace(
+                    batch,
+                    anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
+                    contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
+                )
+        return pair_constrained_level_losses(
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            groups,
+            self.temperature,
+            same_pair=self.hce_form == "same_pair",
+            logits=logits,
+            log_denominator=log_denominator,
+        )
 
     def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         """The group-sum level terms; masked rows take the fast masked level terms."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_hmlc.loss import HMLCLoss, _masked_fast
+from lightly_hmlc.loss import HMLCLoss, _masked_fast, hmlc
 from lightly_hmlc.loss._features import apply_masks, normalize_features
+from lightly_hmlc.loss._hce import pair_constrained_level_losses
 from lightly_hmlc.loss._levels import anchor_level_losses, build_level_groups
 from lightly_hmlc.loss._masked_fast import masked_level_losses, partition_dims
 from tests.loss import naive
@@ -201,7 +203,7 @@ def test_second_backward_raises_instead_of_a_wrong_gradient() -> None:
 )
 @pytest.mark.parametrize("kind", ["partition", "overlapping", "soft"])
 def test_losses_with_masks_equal_the_general_path(
-    loss_type: str, hce_form: str | None, kind: str
+    loss_type: str, hce_form: str | None, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HMLCLoss(masks=...) (fast paths, per-pair HiConE included) == per-level features."""
     generator = torch.Generator().manual_seed(11)
@@ -214,9 +216,18 @@ def test_losses_with_masks_equal_the_general_path(
     def fast(z0: Tensor, z1: Tensor) -> Tensor:
         return loss_fn(z0, z1, labels, masks=masks)  # type: ignore[no-any-return]
 
+    def dense_pair(
+        anchors: Tensor, contrast: Tensor, index: Tensor, groups: Any, t: float, *rest: Any
+    ) -> Any:  # noqa: E501
+        return pair_constrained_level_losses(anchors, contrast, index, groups, t)
+
     def general(z0: Tensor, z1: Tensor) -> Tensor:
+        # Per-level features through the dense per-pair form and the general group sums.
         z = normalize_features(z0, z1)
-        return loss_fn._loss(apply_masks(z, masks, LEVELS), labels.repeat(2, 1))[0]
+        with monkeypatch.context() as patch:
+            patch.setattr(hmlc, "masked_pair_level_losses", dense_pair)
+            patch.setattr(hmlc, "level_feature_losses", anchor_level_losses)
+            return loss_fn._loss(apply_masks(z, masks, LEVELS), labels.repeat(2, 1))[0]
 
     results = []
     for compute in (fast, general):

@@ -73,6 +73,15 @@ class HierarchicalMemoryBank(nn.Module):
         >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 3)
         >>> bank_labels.tolist()  # full: the first batch was dequeued, oldest first
         [[1, 1], [2, 0], [2, 2], [3, 1]]
+
+        In a training step, the queue before the batch joins the loss's contrast set:
+
+        >>> from lightly_hmlc.loss import HMLCLoss
+        >>> z0, z1 = torch.randn(2, 2), torch.randn(2, 2)
+        >>> memory = bank(z1.detach(), labels)  # (features [4, 2], labels [4, 2])
+        >>> loss = HMLCLoss("hmce")(z0, z1, labels, memory=memory)
+        >>> loss.shape
+        torch.Size([])
     """
 
     features: Tensor
