@@ -116,7 +116,9 @@ def _error_worker(rank: int, init_file: str, out_dir: str) -> None:
         init_method=f"file://{init_file}",
         rank=rank,
         world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),  # a hang fails the test instead of blocking CI
+        # A hang fails the test instead of blocking CI; generous, as a loaded 2-core CI
+        # machine can be slow to start the second process.
+        timeout=timedelta(seconds=240),
     )
     try:
         messages = []
@@ -159,7 +161,7 @@ def test_a_data_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> Non
         nprocs=WORLD_SIZE,
         join=False,
     )
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 400  # far above the gloo timeout, for a loaded machine
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
