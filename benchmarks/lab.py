@@ -289,6 +289,11 @@ def default_metrics(results: dict[str, dict[int, dict[str, float]]]) -> list[str
     return sorted(k for k in keys if k.endswith("/linear_acc"))
 
 
+def _is_fraction(metric: str) -> bool:
+    """Accuracies and NMI are reported in %; other metrics as they are."""
+    return metric.endswith(("_acc", "/nmi")) or "implied_acc" in metric
+
+
 def report(base: Path, baseline: str, metrics: Sequence[str] | None = None) -> str:
     """The experiment's table: per variant and metric, mean and paired difference + CI."""
     results = collect(base)
@@ -296,8 +301,9 @@ def report(base: Path, baseline: str, metrics: Sequence[str] | None = None) -> s
         raise ValueError(f"No finished run of the baseline {baseline!r} in {base}.")
     metrics = list(metrics or default_metrics(results))
     lines = [
-        f"Experiment `{base.name}`, baseline `{baseline}`; metric values in %, paired "
-        "difference against the baseline as mean [95% CI] over the seeds both have.",
+        f"Experiment `{base.name}`, baseline `{baseline}`; accuracies in %, paired "
+        "difference against the baseline as mean [95% CI] over the seeds both have "
+        "(bold: the interval excludes 0).",
         "",
         "| variant | seeds | " + " | ".join(metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
@@ -306,18 +312,26 @@ def report(base: Path, baseline: str, metrics: Sequence[str] | None = None) -> s
         seeds = sorted(set(runs) & set(results[baseline]))
         cells = []
         for metric in metrics:
-            values = [100 * runs[s][metric] for s in seeds if metric in runs[s]]
+            scale = 100.0 if _is_fraction(metric) else 1.0
+            values = [scale * runs[s][metric] for s in seeds if metric in runs[s]]
             if not values:
                 cells.append("-")
                 continue
             mean = sum(values) / len(values)
             if variant == baseline or len(values) < 2:
+                cells.append(f"{mean:.{2 if scale == 100.0 else 3}f}")
+                continue
+            base_values = [scale * results[baseline][s][metric] for s in seeds]
+            if len(values) != len(base_values):
                 cells.append(f"{mean:.2f}")
                 continue
-            base_values = [100 * results[baseline][s][metric] for s in seeds]
             d = paired_difference(values, base_values)
             mark = "**" if d.significant else ""
-            cells.append(f"{mean:.2f} ({mark}{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{mark})")
+            digits = 2 if scale == 100.0 else 3
+            cells.append(
+                f"{mean:.{digits}f} ({mark}{d.mean:+.{digits}f} "
+                f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]{mark})"
+            )
         lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
