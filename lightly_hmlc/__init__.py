@@ -9,7 +9,15 @@ from lightly_hmlc import data, metrics
 from lightly_hmlc.hierarchy import LabelHierarchy
 from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, MaskedHMLCLoss, SupConLoss
 from lightly_hmlc.models import DepthViewEncoder, create_backbone, render_depth_views
-from lightly_hmlc.models.modules import AttentionMaskHead, FeatureMaskHead, GMMFeatureMaskHead
+from lightly_hmlc.models.modules import (
+    AttentionMaskHead,
+    BlockMaskHead,
+    FeatureMaskHead,
+    GMMFeatureMaskHead,
+    HierarchicalMemoryBank,
+    QueryAttentionMaskHead,
+    StaticMaskHead,
+)
 from lightly_hmlc.registry import (
     create_head,
     create_loss,
@@ -23,13 +31,17 @@ __version__ = "0.1.0"
 __all__ = [
     "AHMLCLoss",
     "AttentionMaskHead",
+    "BlockMaskHead",
     "DepthViewEncoder",
     "FeatureMaskHead",
     "GHMLCLoss",
     "GMMFeatureMaskHead",
     "HMLCLoss",
+    "HierarchicalMemoryBank",
     "LabelHierarchy",
     "MaskedHMLCLoss",
+    "QueryAttentionMaskHead",
+    "StaticMaskHead",
     "SupConLoss",
     "create_backbone",
     "create_head",
