@@ -3,9 +3,8 @@
 Every loss of the package (``SupConLoss``, ``HMLCLoss``, the masked losses) is built from
 the parts in this module, so that a fix or a speed-up lands everywhere:
 
-- :func:`validate_inputs`: the checks every loss applies to ``out0, out1, labels``;
-  the value checks (NaN, labels below -1) are optional (``check_values``), because they
-  synchronise the host with the device.
+- :func:`validate_inputs`: the checks every loss applies to ``out0, out1, labels``; the
+  value checks (NaN, labels below -1, a host-device sync) only with ``check_values``.
 - :func:`build_level_groups`: label paths ``[N, L]`` -> prefix-group ids per level, from
   one lexicographic sort of the full paths (coarser groups are unions of finer ones, so
   the sorted paths give every level's groups at once), with no data-dependent shape.
@@ -16,19 +15,18 @@ the parts in this module, so that a fix or a speed-up lands everywhere:
   ``[N, N]`` positive mask.
 - :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation.
 
-The distributed parts (one error decision for all ranks, gathering, exact means) are in
-``_gather.py``; the rows every level sees (normalised, masked) and ``prepare_inputs``,
-the one entry of every loss (checks, normalisation, masks, the distributed error
-decision), in ``_features.py``. Nothing here synchronises the host with the device unless a value check
-is asked for: group ids, positives and counts are computed with fixed shapes, and every
-constant is made on the device in the embeddings' dtype (float64 inputs stay float64).
+Distributed parts (one error decision for all ranks, gathering, exact means) are in
+``_gather.py``; the rows every level sees and ``prepare_inputs``, every loss's entry, in
+``_features.py``. Nothing here synchronises host and device unless a value check is asked
+for: shapes are fixed, constants are made on the device in the embeddings' dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,16 +45,23 @@ _PENALTIES: dict[str, LayerPenalty] = {
 }
 
 
-def resolve_layer_penalty(layer_penalty: str | LayerPenalty) -> LayerPenalty:
-    """Returns the penalty function for a name (``exp``, ``pow2``, ``uniform``) or a callable."""
+def resolve_layer_penalty(layer_penalty: str | Sequence[float] | LayerPenalty) -> LayerPenalty:
+    """The penalty function of a name (``exp``, ``pow2``, ``uniform``), a callable, or the
+    weights themselves, coarse to fine (``[0.5, 1.0]``: the finest level counts twice)."""
     if callable(layer_penalty):
         return layer_penalty
+    if isinstance(layer_penalty, list | tuple):
+        return functools.partial(_fixed_weights, [float(w) for w in layer_penalty])
     if layer_penalty not in _PENALTIES:
         raise ValueError(
-            f"Unknown layer_penalty {layer_penalty!r}: use one of {sorted(_PENALTIES)} or a "
-            "callable mapping a float tensor to a float tensor."
+            f"Unknown layer_penalty {layer_penalty!r}: use one of {sorted(_PENALTIES)}, a list "
+            "of weights (coarse to fine) or a callable mapping a float tensor to one."
         )
     return _PENALTIES[layer_penalty]
+
+
+def _fixed_weights(weights: list[float], k_inverse: Tensor) -> Tensor:
+    return torch.tensor(weights, dtype=k_inverse.dtype, device=k_inverse.device)
 
 
 def check_temperature(name: str, value: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class _HierarchicalLoss(nn.Module):
         self,
         loss_type: str = "hmce",
         temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
+        layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         num_levels: int | None = None,
         normalize_weights: bool = True,
         reference_compatible: bool = False,
@@ -337,8 +338,9 @@ class HMLCLoss(_HierarchicalLoss):
         loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
         temperature: Scales the cosine similarities, ``> 0`` and finite.
         layer_penalty: ``"exp"`` (default, as in the authors' training script),
-            ``"pow2"`` (the reference implementation's default), ``"uniform"``, or a
-            callable mapping a float tensor of ``1 / k`` values to weights.
+            ``"pow2"`` (the reference implementation's default), ``"uniform"``, a
+            callable mapping a float tensor of ``1 / k`` values to weights, or the
+            weights themselves, coarse to fine (``[0.0, 1.0]``: the finest level only).
         num_levels: If given, labels must have exactly this many levels.
         normalize_weights: Divide by ``sum(lambda)`` (default) rather than by ``L``.
         reference_compatible: Reproduce the reference implementation (see above).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -62,7 +63,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         mask_head: nn.Module,
         loss_type: str = "hmce",
         temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
+        layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         num_levels: int | None = None,
         normalize_weights: bool = True,
         gather_distributed: bool = False,
@@ -136,7 +137,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         dim: int,
         loss_type: str = "hmce",
         temperature: float = 0.1,
-        layer_penalty: str | LayerPenalty = "exp",
+        layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
