@@ -123,6 +123,24 @@ class Variant:
         return out
 
 
+def split_variants(text: str) -> list[str]:
+    """Splits a comma list of variants, keeping commas inside JSON brackets.
+
+    Examples:
+        >>> split_variants("supcon,w=hmc:layer_penalty=[1.0,2.0],hmce")
+        ['supcon', 'w=hmc:layer_penalty=[1.0,2.0]', 'hmce']
+    """
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [p for p in [*parts, current] if p]
+
+
 def _parse_value(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -145,7 +163,7 @@ def experiment_dir(output_dir: Path, dataset: str, split: str) -> Path:
 
 def run_experiment(args: argparse.Namespace) -> Path:
     """Runs every (variant, seed) that has no metrics yet, one at a time."""
-    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    variants = [Variant.parse(v) for v in split_variants(args.variants)]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"Variant names must be unique, got {names}.")

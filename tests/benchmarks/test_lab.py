@@ -75,3 +75,12 @@ def test_prepare_cifar10_lt3_builds_a_3_level_imbalanced_tree(tmp_path: Path) ->
     assert len(list((out / "train" / "truck").iterdir())) == 100
     assert len(list((out / "train" / "cat").iterdir())) == 500
     assert len(list((out / "test" / "cat").iterdir())) == 3
+
+
+def test_variant_list_keeps_json_lists_whole() -> None:
+    from lab import split_variants
+
+    text = "supcon,aux=hmc:layer_penalty=[1.0,2.0]:normalize_weights=false,hmce"
+    names = [Variant.parse(v).name for v in split_variants(text)]
+    assert names == ["supcon", "aux", "hmce"]
+    assert Variant.parse(split_variants(text)[1]).loss_options["layer_penalty"] == [1.0, 2.0]
