@@ -187,3 +187,28 @@ def test_new_heads_are_registered(name: str, head_type: type) -> None:
     head = create_head(name, num_levels=2, dim=8)
     assert type(head) is head_type
     assert head(torch.randn(3, 8)).shape[1:] == (2, 8)
+
+
+@pytest.mark.parametrize("name", ["query-attention", "static"])
+def test_new_heads_train_in_the_masked_loss_chain(name: str) -> None:
+    from lightly_hmlc.loss import HMLCLoss
+    from lightly_hmlc.registry import create_loss
+
+    torch.manual_seed(0)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 2], [1, 3], [0, 0]])
+    z0 = torch.randn(6, 8, requires_grad=True)
+    z1 = torch.randn(6, 8)
+    head = create_head(name, num_levels=2, dim=8)
+    masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))
+    loss = HMLCLoss("hmce")(z0, z1, labels, masks=masks) + head.regularization(masks)
+    # At init the masks are constant, so the chain equals plain HMLC. (Checked with "hmc":
+    # on this commit HMLCLoss applies the per-pair HiConE of "hmce" only without masks.)
+    torch.testing.assert_close(
+        HMLCLoss("hmc")(z0, z1, labels, masks=masks), HMLCLoss("hmc")(z0, z1, labels)
+    )
+    loss.backward()
+    assert z0.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    # The convenience loss that owns a registered head builds the same thing.
+    owned = create_loss("masked-hmlc", head=name, num_levels=2, dim=8)
+    torch.testing.assert_close(owned(z0, z1, labels), loss.detach(), rtol=1e-5, atol=1e-6)
