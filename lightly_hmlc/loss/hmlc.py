@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
 from lightly_hmlc.loss._features import check_masks, prepare_inputs
-from lightly_hmlc.loss._gather import LossBatch, gather_for_loss, reduce_levels
+from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
@@ -21,7 +22,6 @@ from lightly_hmlc.loss._levels import (
     build_level_groups,
     check_temperature,
     layer_penalties,
-    level_terms,
     resolve_layer_penalty,
 )
 from lightly_hmlc.loss._masked_fast import (
@@ -52,6 +52,7 @@ class _HierarchicalLoss(nn.Module):
         gather_distributed: bool = False,
         hce_form: str | None = None,
         check_values: bool = True,
+        level_balance: str = "none",
     ) -> None:
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
@@ -78,6 +79,7 @@ class _HierarchicalLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
         self.check_values = check_values
+        self.level_balance = check_level_balance(level_balance, reference_compatible)
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
@@ -171,10 +173,11 @@ class _HierarchicalLoss(nn.Module):
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
             num_levels = batch.contrast_labels.shape[1]
-            share, value = reduce_levels(
+            share, value = reduce_level_terms(
                 torch.cat([constrained, unconstrained]),
                 torch.cat([is_anchor, is_anchor]),
-                batch.distributed,
+                batch,
+                self.level_balance,
             )
             weights = self.level_weights(num_levels, dtype, device)
             loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
@@ -224,16 +227,16 @@ class _HierarchicalLoss(nn.Module):
 
     def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         """The group-sum level terms; masked rows take the fast masked level terms."""
-        if masks is None and batch.anchors.dim() == 2:
-            return level_terms(batch, self.temperature)
         args = (batch.anchor_index, build_level_groups(batch.contrast_labels), self.temperature)
-        if masks is None:
+        if masks is None and batch.anchors.dim() == 2:
+            loss, is_anchor = anchor_level_losses(batch.anchors, batch.contrast, *args)
+        elif masks is None:
             loss, is_anchor = level_feature_losses(batch.anchors, batch.contrast, *args)
         else:
             loss, is_anchor = masked_level_losses(
                 batch.anchors, batch.contrast, *args, masks, masks, self.check_values
             )
-        return reduce_levels(loss, is_anchor, batch.distributed)
+        return reduce_level_terms(loss, is_anchor, batch, self.level_balance)
 
     def _reference_level_terms(
         self, features: Tensor, labels: Tensor, sample_index: Tensor
@@ -356,13 +359,19 @@ class HMLCLoss(_HierarchicalLoss):
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
             penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
-            ``gather_distributed``, the same error on every rank and equal batch sizes. These checks synchronise the host with an
-            accelerator once per step; ``False`` skips them, so that ``forward`` never
-            synchronises (see ``docs/METHOD.md`` for the measured cost).
+            ``gather_distributed``, the same error on every rank and equal batch sizes.
+            These checks synchronise the host with an accelerator once per step;
+            ``False`` skips them, so that ``forward`` never synchronises (see METHOD.md).
+        level_balance: ``"none"`` (default): each level's term is the mean over its
+            anchors. ``"class"`` (ours, our reading of the imbalanced coarse classes
+            that Ott et al. model): the mean over the level's classes (label prefixes with an anchor)
+            of the mean over each class's anchors, so a rare coarse class weighs as much
+            as a frequent one; counts over the global batch, memory rows never count.
 
     Raises:
         ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
-            temperature that is not finite and > 0, ``num_levels < 1``, or ``hce_form="pair"`` with
+            temperature that is not finite and > 0, ``num_levels < 1``, an unknown
+            ``level_balance``, or ``hce_form="pair"`` or ``level_balance="class"`` with
             ``reference_compatible=True``.
 
     Examples:
@@ -373,6 +382,13 @@ class HMLCLoss(_HierarchicalLoss):
         >>> loss, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
         >>> level_losses.shape  # detached per-level terms, coarse to fine, for logging
         torch.Size([2])
+
+        With as many anchors in every class, ``level_balance="class"`` changes nothing:
+
+        >>> even = torch.tensor([[0, 0], [0, 0], [1, 1], [1, 1], [2, 2], [2, 2]])
+        >>> balanced = HMLCLoss("hmce", level_balance="class")(out0, out1, even)
+        >>> torch.allclose(balanced, loss_fn(out0, out1, even))
+        True
 
         Per-level feature masks (G-HMLC / A-HMLC, Ott et al.) come from a mask head, a
         part of the model; all-ones masks give the unmasked loss:

@@ -41,7 +41,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed, hce_form, check_values: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -69,6 +69,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         gather_distributed: bool = False,
         hce_form: str | None = None,
         check_values: bool = True,
+        level_balance: str = "none",
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -79,6 +80,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             gather_distributed=gather_distributed,
             hce_form=hce_form,
             check_values=check_values,
+            level_balance=level_balance,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -142,6 +144,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         gather_distributed: bool = False,
         hce_form: str | None = None,
         check_values: bool = True,
+        level_balance: str = "none",
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -154,6 +157,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             gather_distributed=gather_distributed,
             hce_form=hce_form,
             check_values=check_values,
+            level_balance=level_balance,
         )
 
     @staticmethod
@@ -171,7 +175,7 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -203,7 +207,7 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
@@ -235,8 +239,8 @@ class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         head: The head's registry name (``lightly_hmlc.registry.list_components()``).
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to the head.
 
     Examples:
