@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -378,37 +377,6 @@ def check_checkpoint_hparams(
                 f"{list(num_classes_per_level)}. Use the same --dataset and --hierarchy, "
                 "or drop --resume."
             )
-
-
-def check_checkpoint_file(
-    path: str | os.PathLike[str],
-    *,
-    method: str,
-    backbone: str,
-    num_classes_per_level: Sequence[int] | None = None,
-) -> None:
-    """Reads a Lightning checkpoint's hyperparameters and checks them (see above).
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        CheckpointMismatchError: If it belongs to another method, backbone or hierarchy.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Checkpoint {str(path)!r} not found. Pass the path of a .ckpt file written by "
-            "this suite (<output-dir>/<dataset>/<method>/seed<k>/checkpoints/last.ckpt), or "
-            "--resume auto."
-        )
-    # A Lightning checkpoint holds plain Python objects next to the tensors; the user
-    # named this file, so it is trusted like any resumed checkpoint.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    check_checkpoint_hparams(
-        checkpoint.get("hyper_parameters", {}),
-        method=method,
-        backbone=backbone,
-        num_classes_per_level=num_classes_per_level,
-        source=f"Checkpoint {str(path)!r}",
-    )
 
 
 # ---------------------------------------------------------------------- methods
