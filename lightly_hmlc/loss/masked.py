@@ -235,8 +235,8 @@ class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         head: The head's registry name (``lightly_hmlc.registry.list_components()``).
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed:
-            As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
+            hce_form, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to the head.
 
     Examples:
