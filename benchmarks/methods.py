@@ -573,10 +573,11 @@ class LabelPathMethod(HierarchicalMethod):
             masks = self.mask_head(rows, labels.repeat(2, 1))
             memory = extra.get("memory")
             if memory is not None and masks.shape[0] != 1 and memory[0].shape[0] > 0:
-                # Per-row masks (A-HMLC): the memory rows get their own. A shared mask
-                # ([1, L, D], G-HMLC) also applies to them, and the GMM head, whose forward
-                # updates its statistics, never sees the memory rows.
-                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1), memory[1])
+                # Per-row masks (A-HMLC): the memory rows get their own, from the head
+                # without labels, as in MaskedHMLCLoss, so that a head's statistics see only
+                # the batch. A shared mask ([1, L, D], G-HMLC) also applies to them, and the
+                # GMM head, whose forward updates its statistics, never sees the memory rows.
+                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1))
             result = self.criterion(z0, z1, labels, masks=masks, **extra)
             regularize = getattr(self.mask_head, "regularization", None)
             if callable(regularize):
