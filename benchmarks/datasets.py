@@ -80,10 +80,10 @@ def image_transforms(
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Lightly's ``SimCLRTransform`` for training and resize + normalise for evaluation.
 
-    ``mild=True`` is for datasets whose labels live in colour and size (the synthetic
-    shapes): crops keep at least 85% of the image (so the size classes survive), and
-    there is no colour jitter and no grayscale (colour tells the coarse classes apart);
-    flips stay. Small images get no Gaussian blur and half-strength colour jitter, as in
+    ``mild=True`` is for datasets whose labels live in outline, fill and size (the
+    synthetic shapes): crops keep at least 85% of the image (so the size classes
+    survive), and there is no colour jitter and no grayscale (each shape family has its
+    own, overlapping, hue: a hint that they would erase); flips stay. Small images get no Gaussian blur and half-strength colour jitter, as in
     Lightly's CIFAR-10 benchmark.
     """
     kwargs: dict[str, Any] = dict(

@@ -42,6 +42,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ from lightly_hmlc.loss._features import apply_masks, normalize_features
 from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
 from lightly_hmlc.loss._hce import pair_constrained_level_losses
 from lightly_hmlc.loss._levels import aggregate_levels, anchor_level_losses, build_level_groups
+from lightly_hmlc.models.modules import FeatureMaskHead
 
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -118,7 +120,9 @@ class GeneralMaskedPath:
             share, value = reduce_levels(terms, is_anchor, False)
             weights = loss_fn.level_weights(len(value), share.dtype, share.device)
             loss = aggregate_levels(share, value, loss_fn.loss_type, weights)
-        result: Tensor = loss + loss_fn.mask_head.regularization(masks)
+        head = loss_fn.mask_head
+        assert isinstance(head, FeatureMaskHead)  # for mypy: nn.Module has no regularization
+        result: Tensor = loss + head.regularization(masks)
         return result
 
 
@@ -321,7 +325,7 @@ def main() -> None:
             )
         )
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         for name, levels, fn in candidates:
             if name.startswith("reference") and batch_size > args.reference_max_batch:

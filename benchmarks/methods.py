@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -380,37 +379,6 @@ def check_checkpoint_hparams(
             )
 
 
-def check_checkpoint_file(
-    path: str | os.PathLike[str],
-    *,
-    method: str,
-    backbone: str,
-    num_classes_per_level: Sequence[int] | None = None,
-) -> None:
-    """Reads a Lightning checkpoint's hyperparameters and checks them (see above).
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        CheckpointMismatchError: If it belongs to another method, backbone or hierarchy.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Checkpoint {str(path)!r} not found. Pass the path of a .ckpt file written by "
-            "this suite (<output-dir>/<dataset>/<method>/seed<k>/checkpoints/last.ckpt), or "
-            "--resume auto."
-        )
-    # A Lightning checkpoint holds plain Python objects next to the tensors; the user
-    # named this file, so it is trusted like any resumed checkpoint.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    check_checkpoint_hparams(
-        checkpoint.get("hyper_parameters", {}),
-        method=method,
-        backbone=backbone,
-        num_classes_per_level=num_classes_per_level,
-        source=f"Checkpoint {str(path)!r}",
-    )
-
-
 # ---------------------------------------------------------------------- methods
 class CrossEntropy(HierarchicalMethod):
     """Supervised baseline: a linear classifier on the backbone, fine-class cross-entropy.
@@ -605,10 +573,11 @@ class LabelPathMethod(HierarchicalMethod):
             masks = self.mask_head(rows, labels.repeat(2, 1))
             memory = extra.get("memory")
             if memory is not None and masks.shape[0] != 1 and memory[0].shape[0] > 0:
-                # Per-row masks (A-HMLC): the memory rows get their own. A shared mask
-                # ([1, L, D], G-HMLC) also applies to them, and the GMM head, whose forward
-                # updates its statistics, never sees the memory rows.
-                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1), memory[1])
+                # Per-row masks (A-HMLC): the memory rows get their own, from the head
+                # without labels, as in MaskedHMLCLoss, so that a head's statistics see only
+                # the batch. A shared mask ([1, L, D], G-HMLC) also applies to them, and the
+                # GMM head, whose forward updates its statistics, never sees the memory rows.
+                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1))
             result = self.criterion(z0, z1, labels, masks=masks, **extra)
             regularize = getattr(self.mask_head, "regularization", None)
             if callable(regularize):

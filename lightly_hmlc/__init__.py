@@ -7,7 +7,14 @@ CIFAR-stem backbones with timm (``timm.create_model("resnet18_cifar")``).
 
 from lightly_hmlc import data, metrics
 from lightly_hmlc.hierarchy import LabelHierarchy
-from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, MaskedHMLCLoss, SupConLoss
+from lightly_hmlc.loss import (
+    AHMLCLoss,
+    GHMLCLoss,
+    HMLCLoss,
+    MaskedHMLCLoss,
+    RegisteredHeadHMLCLoss,
+    SupConLoss,
+)
 from lightly_hmlc.models import DepthViewEncoder, create_backbone, render_depth_views
 from lightly_hmlc.models.modules import (
     AttentionMaskHead,
@@ -41,6 +48,7 @@ __all__ = [
     "LabelHierarchy",
     "MaskedHMLCLoss",
     "QueryAttentionMaskHead",
+    "RegisteredHeadHMLCLoss",
     "StaticMaskHead",
     "SupConLoss",
     "create_backbone",

@@ -1,9 +1,12 @@
-"""The one check of the label-path contract ``[B, L]`` shared by losses, heads and data.
+"""The check of the label-path contract ``[B, L]`` shared by the data, memory and metrics.
 
 A label path is a row of integer class ids, coarse to fine, with ``-1`` for an unknown
 level (Zhang et al., CVPR 2022, Sec. 3: a sample is labelled at every level of the
-hierarchy). :func:`check_label_paths` is the single place that checks it, so that every
-component gives the same error for the same mistake.
+hierarchy). :func:`check_label_paths` checks it for the sampler, the memory bank, the
+losses' ``memory=`` rows and the metrics, so that they give the same error for the same
+mistake. The losses' inputs (``loss._levels.validate_inputs``) and the mask heads
+(``FeatureMaskHead.check_inputs``) keep checks of their own, whose messages name their
+arguments (``labels`` per sample for a loss, per row of both views for a head).
 
 By default it checks only what the tensor's metadata tells (type, dtype, shape). That
 never waits for an accelerator: reading a value of a CUDA tensor on the host (``bool(...)``,

@@ -161,8 +161,8 @@ def _prepare_local(
 ) -> tuple[Tensor, Tensor]:
     paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
     features = normalize_features(out0, out1, check_values)
-    if masks is not None:
-        checked = check_masks(features, masks, paths.shape[1], check_values=check_values)
-        if not keep_masks_apart:
-            features = F.normalize(features.unsqueeze(1) * checked, dim=2)
+    if masks is not None and keep_masks_apart:
+        check_masks(features, masks, paths.shape[1], check_values=check_values)
+    elif masks is not None:
+        features = apply_masks(features, masks, paths.shape[1], check_values=check_values)
     return paths, features

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightly_hmlc.label_paths import check_label_paths
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 
 Memory = tuple[Tensor, Tensor]
@@ -49,22 +50,18 @@ def check_memory(
         )
     if not bank_features.dtype.is_floating_point:
         raise ValueError(f"memory features must be floating point, got {bank_features.dtype}.")
-    if bank_labels.dtype.is_floating_point or bank_labels.dtype == torch.bool:
-        raise ValueError(
-            f"memory labels must be integers (-1 for unknown), got {bank_labels.dtype}."
-        )
-    if bank_labels.dim() == 1 and num_levels == 1:
-        bank_labels = bank_labels.unsqueeze(1)
-    if bank_labels.shape != (bank_features.shape[0], num_levels):
-        raise ValueError(
-            f"memory labels must have shape [{bank_features.shape[0]}, {num_levels}] (one "
-            f"label path per memory row, as deep as the batch's), got "
-            f"{tuple(bank_labels.shape)}."
-        )
+    # The package's one label-path check (it also rejects complex and bool labels);
+    # values below -1 only with check_values, as they need a host sync.
+    bank_labels = check_label_paths(
+        bank_labels,
+        num_levels=num_levels,
+        batch_size=bank_features.shape[0],
+        name="memory_labels",
+        allow_class_ids=num_levels == 1,
+        check_values=check_values,
+    )
     if bank_features.shape[0] == 0:
         return None
-    if check_values and bool((bank_labels < -1).any()):
-        raise ValueError("memory labels contain values below -1: use -1 only for unknown.")
     if check_values and not bool(torch.isfinite(bank_features).all()):
         raise ValueError("memory features contain NaN or Inf.")
     unit = F.normalize(bank_features.to(device=features.device, dtype=features.dtype), dim=1)

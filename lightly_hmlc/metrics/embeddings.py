@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightly_hmlc.label_paths import check_label_paths
+
 __all__ = ["LevelSeparation", "level_separation", "cpcc"]
 
 
@@ -160,13 +162,8 @@ def cpcc(features: Tensor, paths: Tensor, *, normalize: bool = True) -> float:
 def _check(features: Tensor, paths: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
     if not isinstance(features, Tensor) or features.dim() != 2:
         raise ValueError("features must be a [N, F] tensor of embeddings.")
-    if not isinstance(paths, Tensor) or paths.dim() != 2 or paths.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"paths must be a [N, L] tensor with one label path per feature row "
-            f"(N={features.shape[0]}), got {getattr(paths, 'shape', type(paths).__name__)}."
-        )
-    if paths.dtype.is_floating_point or paths.dtype.is_complex or paths.dtype == torch.bool:
-        raise ValueError(f"paths must hold integer class ids, got dtype {paths.dtype}.")
+    # The package's one label-path check: one path [L] per feature row.
+    paths = check_label_paths(paths, batch_size=features.shape[0], name="paths")
     x = features.detach().to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("features contain NaN or Inf.")

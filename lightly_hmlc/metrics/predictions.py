@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from lightly_hmlc.hierarchy import LabelHierarchy
+from lightly_hmlc.label_paths import check_label_paths
 
 __all__ = [
     "per_level_accuracy",
@@ -325,11 +326,7 @@ def normalized_mutual_info(cluster_ids: Tensor, labels: Tensor) -> float:
 
 
 def _check_paths(paths: Tensor, name: str) -> None:
-    if not isinstance(paths, Tensor) or paths.dim() != 2:
-        shape = tuple(paths.shape) if isinstance(paths, Tensor) else type(paths).__name__
-        raise ValueError(f"{name} must be a [N, L] tensor of label paths, got {shape}.")
-    if paths.dtype.is_floating_point or paths.dtype.is_complex or paths.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class ids, got dtype {paths.dtype}.")
+    check_label_paths(paths, name=name)  # the package's one label-path check
 
 
 def _check_ids(ids: Tensor, name: str) -> Tensor:

@@ -281,8 +281,10 @@ def _error(**kwargs: object) -> None:
     [
         ({"memory": torch.randn(3, DIM)}, "memory must be a tuple"),
         ({"memory": (torch.randn(3, DIM + 1), torch.zeros(3, 2).long())}, r"shape \[K, 5\]"),
-        ({"memory": (torch.randn(3, DIM), torch.zeros(3, 3).long())}, r"shape \[3, 2\]"),
-        ({"memory": (torch.randn(3, DIM), torch.zeros(3, 2))}, "must be integers"),
+        ({"memory": (torch.randn(3, DIM), torch.zeros(3, 3).long())}, "3 levels but 2"),
+        ({"memory": (torch.randn(3, DIM), torch.zeros(4, 2).long())}, "4 rows but 3"),
+        ({"memory": (torch.randn(3, DIM), torch.zeros(3, 2))}, "memory_labels must be integers"),
+        ({"memory": (torch.randn(3, DIM), torch.zeros(3, 2, dtype=torch.complex64))}, "integers"),
         ({"memory": (torch.randn(3, DIM), torch.full((3, 2), -3))}, "below -1"),
         ({"memory": (torch.full((3, DIM), float("nan")), torch.zeros(3, 2).long())}, "NaN"),
         (

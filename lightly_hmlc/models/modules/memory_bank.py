@@ -7,6 +7,8 @@ import torch.distributed as torch_dist
 from lightly.utils import dist
 from torch import Tensor, nn
 
+from lightly_hmlc.label_paths import check_label_paths
+
 
 class HierarchicalMemoryBank(nn.Module):
     """FIFO queue of projected embeddings and their label paths, for the contrastive losses.
@@ -167,8 +169,8 @@ class HierarchicalMemoryBank(nn.Module):
         )
 
     def _check(self, features: Tensor, labels: Tensor) -> Tensor:
-        if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
-            raise ValueError("features and labels must be torch.Tensors.")
+        if not isinstance(features, Tensor):
+            raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}.")
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(
                 f"features must have shape [batch_size, {self.dim}], got "
@@ -177,25 +179,17 @@ class HierarchicalMemoryBank(nn.Module):
             )
         if not features.dtype.is_floating_point:
             raise ValueError(f"features must be floating point, got {features.dtype}.")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(
-                f"labels must be integers (class ids, -1 for unknown), got {labels.dtype}. "
-                "Convert them with labels.long()."
-            )
-        if labels.dim() == 1 and self.num_levels == 1:
-            labels = labels.unsqueeze(1)
-        if labels.dim() != 2 or labels.shape != (features.shape[0], self.num_levels):
-            raise ValueError(
-                f"labels must have shape [{features.shape[0]}, {self.num_levels}] (one label "
-                f"path per row of features), got {tuple(labels.shape)}."
-            )
+        # The package's one label-path check (lightly_hmlc.label_paths), also used by the
+        # sampler; values below -1 only with check_values, as they need a host sync.
+        labels = check_label_paths(
+            labels,
+            num_levels=self.num_levels,
+            batch_size=features.shape[0],
+            allow_class_ids=self.num_levels == 1,
+            check_values=self.check_values,
+        )
         if not self.check_values:
             return labels
-        if labels.numel() and bool((labels < -1).any()):
-            raise ValueError(
-                f"labels contain values below -1 (min {int(labels.min())}): use class ids "
-                ">= 0 and -1 only for an unknown level."
-            )
         if not bool(torch.isfinite(features).all()):
             raise ValueError(
                 "features contain NaN or Inf; a diverged step must not enter the queue."
