@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -73,14 +71,11 @@ def test_train_and_test_streams_differ() -> None:
     assert not any(bytes(x) in flat_train for x in test.data.reshape(64, -1))
 
 
-def test_generation_is_fast() -> None:
-    ShapesDataset(num_samples=16)  # warm up imports
-    start = time.perf_counter()
-    ds = ShapesDataset(num_samples=2000, image_size=32)
-    elapsed = time.perf_counter() - start
-    assert ds.data.shape == (2000, 32, 32, 3) and ds.data.dtype == np.uint8
-    # The target is < 1 s; the margin absorbs a busy shared CI machine.
-    assert elapsed < 3.0, f"generating 2000 images took {elapsed:.2f} s"
+def test_generation_renders_every_image_in_chunks() -> None:
+    # More images than one rendering chunk (2048): every one is drawn, none left blank.
+    ds = ShapesDataset(num_samples=2100, image_size=16)
+    assert ds.data.shape == (2100, 16, 16, 3) and ds.data.dtype == np.uint8
+    assert (ds.data.reshape(2100, -1).std(axis=1) > 0).all()
 
 
 def test_other_image_sizes() -> None:
