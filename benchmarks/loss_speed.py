@@ -292,6 +292,10 @@ def main() -> None:
     for levels in (2, 3, 4) if "core" in groups else (3,):
         candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce", temperature=0.1)))
     if "core" in groups:
+        # The group-sum form of the foundation issue's targets (and of hmc).
+        for levels in (2, 3, 4):
+            name = f"HMLCLoss hmce L={levels} batch_mean"
+            candidates.append((name, levels, HMLCLoss("hmce", hce_form="batch_mean")))
         candidates.append(("per-level loop L=3", 3, per_level_loop_loss))
         if args.reference_repo is not None:
             candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
