@@ -208,7 +208,8 @@ def test_pretrained_true_fails_fast_offline() -> None:
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError) as info:
         create_backbone("resnet18", pretrained=True)
-    assert time.perf_counter() - start < 30.0  # no download attempt (that would hang), even on a loaded machine
+    # No download attempt (that would hang), even on a loaded machine.
+    assert time.perf_counter() - start < 30.0
     message = str(info.value)
     assert "not in the local cache" in message
     assert "pretrained='/path/to/weights.pth'" in message
