@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="queue of the last K projections and label paths: extra contrast rows",
     )
+    add(
+        "--momentum-encoder",
+        type=float,
+        default=None,
+        metavar="M",
+        help="with --memory-bank: fill the queue from a momentum (EMA) copy of backbone and "
+        "head, MoCo-style, momentum M in [0, 1), e.g. 0.99 (default: off)",
+    )
     add("--dataset", default="shapes", help=f"one of {sorted(DATASETS)}")
     add("--data-dir", default=None, help="dataset folder or file (or $LIGHTLY_HMLC_DATA_DIR)")
     add("--hierarchy", default=None, help="hierarchy file: edge list or JSON")
@@ -212,6 +220,16 @@ def check_args(args: argparse.Namespace) -> None:
             bound = f">= {low}" if inclusive else f"> {low}"
             raise UserError(
                 f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}."
+            )
+    if args.momentum_encoder is not None:
+        if not 0 <= args.momentum_encoder < 1:  # also refuses nan
+            raise UserError(
+                f"--momentum-encoder must be in [0, 1), e.g. 0.99, got {args.momentum_encoder}."
+            )
+        if not args.memory_bank:
+            raise UserError(
+                "--momentum-encoder fills the memory bank's queue from a momentum copy of the "
+                "encoder: it needs --memory-bank K (K > 0)."
             )
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}.")

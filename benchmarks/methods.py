@@ -43,6 +43,7 @@ biases, linear warmup for ``warmup_epochs`` then cosine decay to 0.1% per step
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
@@ -53,7 +54,11 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
-from lightly.models.utils import get_weight_decay_parameters
+from lightly.models.utils import (
+    deactivate_requires_grad,
+    get_weight_decay_parameters,
+    update_momentum,
+)
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from timm.models import get_pretrained_cfg_value
@@ -216,6 +221,12 @@ class HierarchicalMethod(pl.LightningModule):
 
     def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one batch ``([view0, view1, ...], label_paths)`` and values to log."""
+        views, labels = self.check_batch(batch)
+        features, z0, z1 = self.encode_views(views)
+        return self.compute_loss(features, z0, z1, labels)
+
+    def check_batch(self, batch: Any) -> tuple[Sequence[Tensor], Tensor]:
+        """The views and label paths of a batch, or a ValueError saying what is wrong."""
         views, labels = batch[0], batch[1]
         if not isinstance(views, list | tuple) or len(views) < 2:
             raise ValueError(
@@ -227,12 +238,16 @@ class HierarchicalMethod(pl.LightningModule):
                 f"Expected label paths [B, {self.num_levels}], got {tuple(labels.shape)}; pass "
                 "target_transform=LabelPathTransform(hierarchy, dataset.classes)."
             )
+        return views, labels
+
+    def encode_views(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Backbone features ``[2B, F]`` of views 0 and 1, and their projections ``z0, z1``."""
         # One forward over both views: BatchNorm sees the whole two-view batch.
         features = self.forward(torch.cat([views[0], views[1]]))
         z0 = z1 = None
         if self.projection_head is not None:
             z0, z1 = self.projection_head(features).chunk(2)
-        return self.compute_loss(features, z0, z1, labels)
+        return features, z0, z1
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Computes and logs the loss (``train/loss``) and per-level terms."""
@@ -263,7 +278,10 @@ class HierarchicalMethod(pl.LightningModule):
         """The optimiser of ``optimizer`` with a per-step cosine warmup schedule."""
         lr = self.lr * self.batch_size / 256
         decay, no_decay = get_weight_decay_parameters([self])
-        groups = [
+        # Frozen parameters (a momentum encoder, updated by EMA) are not optimised.
+        decay = [p for p in decay if p.requires_grad]
+        no_decay = [p for p in no_decay if p.requires_grad]
+        groups: list[dict[str, Any]] = [
             {"name": "decay", "params": decay},
             {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
         ]
@@ -477,11 +495,23 @@ class LabelPathMethod(HierarchicalMethod):
             of view 1 and their label paths (MoCo order: the queue before this batch),
             passed to the loss as ``memory=`` (extra contrast rows, never anchors). With
             per-row masks (A-HMLC) the head also masks the memory rows.
+        momentum_encoder: M in ``[0, 1)`` (needs ``memory_bank_size``): the queue is filled
+            by a momentum copy of backbone and projection head (MoCo, He et al. 2020)
+            instead of the online ``z1``. Each training step first sets the copy's
+            parameters to ``M * copy + (1 - M) * online`` (Lightly's ``update_momentum``),
+            then enqueues the copy's projections of view 1 (no gradient, its BatchNorm on
+            view 1 alone, as MoCo's key encoder). The loss still gets the online
+            ``z0, z1``; A-HMLC's memory masks still come from the online head. The copy
+            is a frozen submodule (``momentum_backbone``, ``momentum_projection_head``):
+            checkpointed, moved with the model and left out of the optimiser. ``None``
+            (default): no copy, the queue gets ``z1``.
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
 
     mask_head: nn.Module | None
     memory_bank: HierarchicalMemoryBank | None
+    momentum_backbone: nn.Module | None
+    momentum_projection_head: nn.Module | None
 
     def __init__(
         self,
@@ -490,12 +520,28 @@ class LabelPathMethod(HierarchicalMethod):
         loss_options: dict[str, Any] | None = None,
         head_options: dict[str, Any] | None = None,
         memory_bank_size: int = 0,
+        momentum_encoder: float | None = None,
         **kwargs: Any,
     ) -> None:
         # Set before the base __init__, which checks the name and builds the loss.
         if isinstance(memory_bank_size, bool) or memory_bank_size < 0:
             raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}.")
+        if momentum_encoder is not None:
+            if (
+                isinstance(momentum_encoder, bool)
+                or not isinstance(momentum_encoder, int | float)
+                or not 0 <= momentum_encoder < 1  # also refuses NaN
+            ):
+                raise ValueError(
+                    f"momentum_encoder must be a number in [0, 1) (e.g. 0.99) or None, got "
+                    f"{momentum_encoder!r}."
+                )
+            if not memory_bank_size:
+                raise ValueError(
+                    "momentum_encoder fills the memory bank's queue: it needs memory_bank_size > 0."
+                )
         self.memory_bank_size = int(memory_bank_size)
+        self.momentum_encoder = None if momentum_encoder is None else float(momentum_encoder)
         self.method_name = method
         self.loss_options = dict(loss_options or {})
         self.head_options = dict(head_options or {})
@@ -505,6 +551,39 @@ class LabelPathMethod(HierarchicalMethod):
                 f"mask head, {sorted(MASKED_METHODS)}; method {method!r} has none."
             )
         super().__init__(num_classes_per_level, **kwargs)
+        self.momentum_backbone = self.momentum_projection_head = None
+        if self.momentum_encoder is not None:
+            self.momentum_backbone = copy.deepcopy(self.backbone)
+            self.momentum_projection_head = copy.deepcopy(self.projection_head)
+            deactivate_requires_grad(self.momentum_backbone)
+            deactivate_requires_grad(self.momentum_projection_head)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Updates the momentum encoder (if any), then the step of the base class."""
+        if self.momentum_encoder is not None:
+            assert self.momentum_backbone is not None and self.projection_head is not None
+            assert self.momentum_projection_head is not None
+            update_momentum(self.backbone, self.momentum_backbone, self.momentum_encoder)
+            update_momentum(
+                self.projection_head, self.momentum_projection_head, self.momentum_encoder
+            )
+        return super().training_step(batch, batch_idx)
+
+    def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The base step; with a momentum encoder its keys of view 1 fill the queue."""
+        views, labels = self.check_batch(batch)
+        keys = self.momentum_keys(views[1]) if self.momentum_encoder is not None else None
+        features, z0, z1 = self.encode_views(views)
+        return self.compute_loss(features, z0, z1, labels, keys=keys)
+
+    @torch.no_grad()
+    def momentum_keys(self, x: Tensor) -> Tensor:
+        """The momentum copy's projections ``[B, D]`` of ``x`` (no gradient)."""
+        if self.momentum_backbone is None or self.momentum_projection_head is None:
+            raise RuntimeError("This method has no momentum encoder (momentum_encoder=None).")
+        features = self.momentum_backbone(x).flatten(start_dim=1)
+        keys: Tensor = self.momentum_projection_head(features)
+        return keys
 
     def _offered(self, kind: str, name: str) -> dict[str, Any]:
         # A factory with **kwargs gets them all: it may forward them to a loss that
@@ -558,14 +637,23 @@ class LabelPathMethod(HierarchicalMethod):
         return criterion
 
     def compute_loss(
-        self, features: Tensor, z0: Tensor | None, z1: Tensor | None, labels: Tensor
+        self,
+        features: Tensor,
+        z0: Tensor | None,
+        z1: Tensor | None,
+        labels: Tensor,
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss of the two views' projections, and its per-level terms if any."""
+        """The loss of the two views' projections, and its per-level terms if any.
+
+        ``keys`` are the rows the memory bank enqueues (the momentum encoder's
+        projections of view 1); ``None``: ``z1``.
+        """
         assert z0 is not None and z1 is not None
         logs: dict[str, Tensor] = {}
         extra: dict[str, Any] = dict(self._level_kwargs)
         if self.memory_bank is not None:
-            extra["memory"] = self.memory_bank(z1.detach(), labels)
+            extra["memory"] = self.memory_bank((z1 if keys is None else keys).detach(), labels)
         if self.mask_head is None:
             result = self.criterion(z0, z1, labels, **extra)
         else:
@@ -626,6 +714,10 @@ def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
         for key in ("loss_options", "head_options", "memory_bank_size"):
             if kwargs.pop(key, None):
                 raise ValueError(f"method {method!r} builds no registered loss: drop {key}.")
+        if kwargs.pop("momentum_encoder", None) is not None:
+            raise ValueError(
+                f"method {method!r} has no memory bank to fill: drop momentum_encoder."
+            )
         return BASELINES[method](**kwargs)
     if method not in method_names():
         raise ValueError(f"Unknown method {method!r}; choose from {method_names()}.")

@@ -18,7 +18,8 @@ Ctrl+C interrupts at once.
 
 Resume checks. A resumed run must have the settings of the run that wrote the
 checkpoint (``RunRecorder`` keeps them in every checkpoint); only the fields of
-``NO_EFFECT_FIELDS`` may differ.
+``NO_EFFECT_FIELDS`` may differ. A setting of ``ADDED_FIELDS`` that an older checkpoint
+did not record counts as off there.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ NO_EFFECT_FIELDS = frozenset(
         "strategy",
     }
 )
+
+# Settings added after runs were first recorded, with the value that keeps them off: a
+# checkpoint whose recorded settings lack one was trained with that value, so that a run
+# of an older version resumes unless the flag is given.
+ADDED_FIELDS: dict[str, Any] = {"momentum_encoder": None}
 
 _EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 
@@ -263,7 +269,8 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: 
     missing = object()
     changed = []
     for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key, missing), current.get(key, missing)
+        old = saved.get(key, ADDED_FIELDS.get(key, missing))
+        new = current.get(key, missing)
         if old != new:
             name = f"--{key.replace('_', '-')}" if key in current or key in saved else key
             show = [("(unset)" if v is missing else json.dumps(v, default=str)) for v in (old, new)]
@@ -468,12 +475,16 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
         kwargs.update(loss_options=loss_options, head_options=head_options)
     if args.memory_bank:
         kwargs.update(memory_bank_size=args.memory_bank)
+    if args.momentum_encoder is not None:
+        kwargs.update(momentum_encoder=args.momentum_encoder)
     try:
         return methods.create_method(method, **kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
         given = [*args.loss_option, *args.head_option]
         if args.memory_bank:
             given.append(f"--memory-bank {args.memory_bank}")
+        if args.momentum_encoder is not None:
+            given.append(f"--momentum-encoder {args.momentum_encoder}")
         options = f" (options {given})" if given else ""
         raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
 
