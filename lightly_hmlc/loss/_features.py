@@ -183,13 +183,13 @@ def prepare_inputs(
     check_values: bool,
     gather_distributed: bool,
     masks: Tensor | None = None,
-    keep_masks_apart: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """The one entry of every loss: checked ``[2B, L]`` labels and the rows to contrast.
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The one entry of every loss: checked ``[2B, L]`` labels, the rows and the masks.
 
-    Returns the labels of both views and the L2-normalised rows ``[2B, D]`` (or
-    ``[2B, L, D]`` with ``masks``, see :func:`apply_masks`; with ``keep_masks_apart``
-    the masks are only checked and the rows stay ``[2B, D]``, for the fast masked terms).
+    Returns the labels of both views, the L2-normalised rows ``[2B, D]`` and the masks
+    as :func:`check_masks` returns them (``None`` without masks). The masks are checked
+    here, with the inputs, but not applied: the fast masked level terms take the rows
+    and the masks apart (:func:`apply_masks` applies them).
 
     With ``gather_distributed`` on several ranks and ``check_values``, a data error found
     on any rank is raised on every rank with the same message (see
@@ -198,13 +198,11 @@ def prepare_inputs(
     by the rank that finds them.
     """
     if not (check_values and gather_distributed and dist.world_size() > 1):
-        return _prepare_local(out0, out1, labels, num_levels, check_values, masks, keep_masks_apart)
+        return _prepare_local(out0, out1, labels, num_levels, check_values, masks)
     rows = 2 * out0.shape[0] if isinstance(out0, Tensor) and out0.dim() >= 1 else 0
     device = out0.device if isinstance(out0, Tensor) else torch.device("cpu")
     try:
-        prepared = _prepare_local(
-            out0, out1, labels, num_levels, check_values, masks, keep_masks_apart
-        )
+        prepared = _prepare_local(out0, out1, labels, num_levels, check_values, masks)
     except ValueError as error:
         share_errors(str(error), rows, device)  # raises on every rank
         raise
@@ -219,12 +217,9 @@ def _prepare_local(
     num_levels: int | None,
     check_values: bool,
     masks: Tensor | None,
-    keep_masks_apart: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
     features = normalize_features(out0, out1, check_values)
-    if masks is not None and keep_masks_apart:
-        check_masks(features, masks, paths.shape[1], check_values=check_values)
-    elif masks is not None:
-        features = apply_masks(features, masks, paths.shape[1], check_values=check_values)
-    return paths, features
+    if masks is not None:
+        masks = check_masks(features, masks, paths.shape[1], check_values=check_values)
+    return paths, features, masks

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
-from lightly_hmlc.loss._features import check_masks, prepare_inputs
+from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
@@ -113,9 +113,8 @@ class _HierarchicalLoss(nn.Module):
         out1: Tensor,
         labels: Tensor,
         masks: Tensor | None = None,
-        keep_masks_apart: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Checked ``[2B, L]`` paths, normalised rows and checked masks; see prepare_inputs."""
         return prepare_inputs(
             out0,
             out1,
@@ -124,7 +123,6 @@ class _HierarchicalLoss(nn.Module):
             self.check_values,
             self.gather_distributed,
             masks,
-            keep_masks_apart,
         )
 
     def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -432,14 +430,11 @@ class HMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
+        # Masks are checked with the inputs (one error decision for all ranks) but
+        # applied later: the fast masked level terms take the rows and masks apart.
+        paths, features, masks = self._prepare(out0, out1, labels, masks)
         if masks is None and memory is None and memory_masks is None:
-            paths, features = self._prepare(out0, out1, labels)
             loss, level_losses = self._loss(features, paths)
         else:
-            # Masks are checked with the inputs (one error decision for all ranks) but
-            # applied later: the fast masked level terms take the rows and masks apart.
-            paths, features = self._prepare(out0, out1, labels, masks, keep_masks_apart=True)
-            if masks is not None:
-                masks = check_masks(features, masks, paths.shape[1], check_values=False)
             loss, level_losses = self._memory_loss(features, paths, masks, memory, memory_masks)
         return (loss, level_losses) if return_level_losses else loss

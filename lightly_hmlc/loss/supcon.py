@@ -89,7 +89,7 @@ class SupConLoss(nn.Module):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        paths, features = prepare_inputs(
+        paths, features, _ = prepare_inputs(
             out0, out1, labels, None, self.check_values, self.gather_distributed
         )
         batch = gather_for_loss(features, paths, self.gather_distributed)
