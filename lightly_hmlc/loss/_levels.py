@@ -63,6 +63,23 @@ def _fixed_weights(weights: list[float], k_inverse: Tensor) -> Tensor:
     return torch.tensor(weights, dtype=k_inverse.dtype, device=k_inverse.device)
 
 
+def describe_layer_penalty(layer_penalty: LayerPenalty) -> str:
+    """How a resolved penalty reads in a loss's repr: ``'exp'``, ``[0.5, 1.0]``, a name.
+
+    Examples:
+        >>> describe_layer_penalty(resolve_layer_penalty("pow2"))
+        "'pow2'"
+        >>> describe_layer_penalty(resolve_layer_penalty([0.5, 1.0]))
+        '[0.5, 1.0]'
+    """
+    for name, penalty in _PENALTIES.items():
+        if layer_penalty is penalty:
+            return repr(name)
+    if isinstance(layer_penalty, functools.partial) and layer_penalty.func is _fixed_weights:
+        return repr(layer_penalty.args[0])
+    return getattr(layer_penalty, "__name__", None) or repr(layer_penalty)
+
+
 def check_temperature(name: str, value: float) -> float:
     """``value`` as a float if it is a finite number > 0; else a ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -66,6 +66,13 @@ class SupConLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.check_values = check_values
 
+    def extra_repr(self) -> str:
+        """The options the loss keeps, as ``print(loss)`` shows them."""
+        return (
+            f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
+            f"check_values={self.check_values}"
+        )
+
     def forward(
         self,
         out0: Tensor,

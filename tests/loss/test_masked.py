@@ -214,3 +214,12 @@ def test_ahmlc_head_gets_gradients() -> None:
     grads = [p.grad for p in loss_fn.parameters()]
     assert grads and all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+def test_repr_shows_the_loss_settings_and_the_head() -> None:
+    text = repr(AHMLCLoss(num_levels=2, dim=8, loss_type="hce", gate="softmax"))
+    assert text.startswith("AHMLCLoss(\n  loss_type='hce', temperature=0.1, layer_penalty='exp'")
+    assert "num_levels=2" in text and "reference_compatible" not in text
+    assert (
+        "(mask_head): AttentionMaskHead(num_levels=2, dim=8, hidden_dim=8, gate='softmax'" in text
+    )

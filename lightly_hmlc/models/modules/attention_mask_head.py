@@ -150,7 +150,7 @@ class AttentionMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+            f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, "
             f"gate={self.gate!r}, temperature={self.temperature}, "
             f"separation_weight={self.separation_weight}"
         )

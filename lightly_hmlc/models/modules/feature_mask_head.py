@@ -91,6 +91,10 @@ class FeatureMaskHead(nn.Module):
         """
         return masks.new_zeros(())
 
+    def extra_repr(self) -> str:
+        """The shape of the masks; a head with options adds its own after these."""
+        return f"num_levels={self.num_levels}, dim={self.dim}"
+
     def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
         """Raises a ValueError if ``z`` or ``labels`` do not fit this head.
 

@@ -345,7 +345,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, refit_every={self.refit_every}, "
+            f"{super().extra_repr()}, refit_every={self.refit_every}, "
             f"warmup_steps={self.warmup_steps}, momentum={self.momentum}, "
             f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}, "
             f"normalize_input={self.normalize_input}, nested={self.nested}"

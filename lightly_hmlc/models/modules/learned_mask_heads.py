@@ -137,7 +137,7 @@ class QueryAttentionMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, embed_dim={self.embed_dim}, "
+            f"{super().extra_repr()}, embed_dim={self.embed_dim}, "
             f"temperature={self.temperature}, separation_weight={self.separation_weight}"
         )
 
@@ -238,7 +238,7 @@ class StaticMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, gate={self.gate!r}, "
+            f"{super().extra_repr()}, gate={self.gate!r}, "
             f"temperature={self.temperature}, separation_weight={self.separation_weight}, "
             f"l1_weight={self.l1_weight}"
         )
