@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lightly_hmlc.label_paths import check_label_paths
+from lightly_hmlc.models.modules._arguments import check_int
 
 
 class FeatureMaskHead(nn.Module):
@@ -55,15 +56,8 @@ class FeatureMaskHead(nn.Module):
             ValueError: If ``num_levels`` or ``dim`` is not a positive integer.
         """
         super().__init__()
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-            raise ValueError(
-                f"num_levels must be a positive int (the depth of the label paths), "
-                f"got {num_levels!r}."
-            )
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(
-                f"dim must be a positive int (the width of the projections z), got {dim!r}."
-            )
+        check_int("num_levels", num_levels, meaning="the depth of the label paths")
+        check_int("dim", dim, meaning="the width of the projections z")
         self.num_levels = num_levels
         self.dim = dim
 
