@@ -2,11 +2,11 @@
 
 A label path is a row of integer class ids, coarse to fine, with ``-1`` for an unknown
 level (Zhang et al., CVPR 2022, Sec. 3: a sample is labelled at every level of the
-hierarchy). :func:`check_label_paths` checks it for the sampler, the memory bank, the
-losses' ``memory=`` rows and the metrics, so that they give the same error for the same
-mistake. The losses' inputs (``loss._levels.validate_inputs``) and the mask heads
-(``FeatureMaskHead.check_inputs``) keep checks of their own, whose messages name their
-arguments (``labels`` per sample for a loss, per row of both views for a head).
+hierarchy). :func:`check_label_paths` is the one check of it: the losses' inputs and
+``memory=`` rows, the mask heads, the sampler, the memory bank and the metrics all call
+it, so that they give the same error for the same mistake. A caller only adds what it
+knows: who set the depth (``configured_by``) and how to fix a wrong row count
+(``row_hint``: one path per sample for a loss, one per row of both views for a head).
 
 By default it checks only what the tensor's metadata tells (type, dtype, shape). That
 never waits for an accelerator: reading a value of a CUDA tensor on the host (``bool(...)``,
@@ -36,6 +36,8 @@ def check_label_paths(
     check_values: bool = False,
     num_classes: Sequence[int] | None = None,
     known_prefix: bool = False,
+    configured_by: str | None = None,
+    row_hint: str = "pass one label path per sample.",
 ) -> Tensor:
     """Checks label paths and returns them as ``[B, L]`` int64, without a device sync.
 
@@ -53,6 +55,10 @@ def check_label_paths(
         known_prefix: Also require that no level is known below an unknown one, e.g.
             reject ``[-1, 5]`` (needs ``check_values``). The losses accept such rows (they
             give no positives at any level) but a hierarchy never produces them.
+        configured_by: Who set ``num_levels`` (e.g. ``"the loss"``), named in the
+            message for a wrong depth.
+        row_hint: How to fix a row count other than ``batch_size``, the end of that
+            message.
 
     Returns:
         ``labels`` as an int64 tensor ``[B, L]`` on its own device (no copy when it
@@ -85,19 +91,25 @@ def check_label_paths(
     if labels.dim() == 1 and allow_class_ids:
         labels = labels.unsqueeze(1)
     if labels.dim() != 2:
-        expected = "[B] or [B, L]" if allow_class_ids else "[B, L] (one label path per row)"
+        paths = "[B, L]" if num_levels is None else f"[B, L] with L={num_levels}"
+        expected = f"[B] or {paths}" if allow_class_ids else f"{paths} (one label path per row)"
         raise ValueError(f"{name} must have shape {expected}, got {tuple(labels.shape)}.")
     if labels.shape[1] == 0:
         raise ValueError(f"{name} has no level (shape {tuple(labels.shape)}); L must be >= 1.")
     if num_levels is not None and labels.shape[1] != num_levels:
+        configured = (
+            f": {configured_by} was configured with num_levels={num_levels}"
+            if configured_by
+            else ""
+        )
         raise ValueError(
-            f"{name} has {labels.shape[1]} levels but {num_levels} are expected. Pass label "
-            "paths of the hierarchy's depth, coarse to fine, or change num_levels."
+            f"{name} has {labels.shape[1]} levels but {num_levels} are expected{configured}. "
+            f"Pass label paths of the hierarchy's depth ([B, L] with L={num_levels}), coarse "
+            "to fine, or change num_levels."
         )
     if batch_size is not None and labels.shape[0] != batch_size:
         raise ValueError(
-            f"{name} has {labels.shape[0]} rows but {batch_size} are expected: pass one "
-            "label path per sample."
+            f"{name} has {labels.shape[0]} rows but {batch_size} are expected: {row_hint}"
         )
     labels = labels.long()
     if check_values:

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from lightly_hmlc.label_paths import check_label_paths
+from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.models.modules import BlockMaskHead
 
 
 def test_valid_paths_come_back_as_int64_without_a_copy() -> None:
@@ -81,3 +83,42 @@ def test_no_synchronisation_on_cuda() -> None:
         torch.cuda.set_sync_debug_mode("default")
     with pytest.raises(ValueError, match="below -1"):
         check_label_paths(labels - 5, check_values=True)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [[0, 1]] * 4,  # not a tensor
+        torch.zeros(4, 2),  # not integers
+        torch.zeros(4, 2, 1, dtype=torch.long),  # wrong shape
+        torch.zeros(4, 0, dtype=torch.long),  # no level
+    ],
+)
+def test_losses_and_mask_heads_give_the_same_label_errors(labels: object) -> None:
+    # The losses' and the heads' label checks are check_label_paths: the same mistake
+    # gives the same message everywhere, whoever finds it.
+    with pytest.raises(ValueError) as expected:
+        check_label_paths(labels)  # type: ignore[arg-type]
+    z = torch.randn(4, 8)
+    for check in (
+        lambda: HMLCLoss()(z, z, labels),
+        lambda: SupConLoss()(z, z, labels),
+        lambda: BlockMaskHead(num_levels=2, dim=8)(z, labels),
+    ):
+        with pytest.raises(ValueError) as found:
+            check()
+        # Only the expected shape may name the depth the caller knows.
+        assert str(found.value).split(" [B")[0] == str(expected.value).split(" [B")[0]
+
+
+def test_a_wrong_depth_or_row_count_says_who_expects_what() -> None:
+    z = torch.randn(4, 8)
+    deep = torch.zeros(4, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="3 levels but 2 are expected: the loss was configured"):
+        HMLCLoss(num_levels=2)(z, z, deep)
+    with pytest.raises(ValueError, match="3 levels but 2 are expected: the head was configured"):
+        BlockMaskHead(num_levels=2, dim=8)(z, deep)
+    with pytest.raises(ValueError, match="5 rows but 4 are expected: pass one label path per"):
+        HMLCLoss()(z, z, torch.zeros(5, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"5 rows but 4 are expected: .*labels\.repeat\(2, 1\)"):
+        BlockMaskHead(num_levels=2, dim=8)(z, torch.zeros(5, 2, dtype=torch.long))

@@ -1,8 +1,8 @@
 """The rows every level sees: L2-normalised embeddings, optionally per-level masked.
 
 :func:`prepare_inputs` is the one entry of every loss: the checks of
-:func:`~lightly_hmlc.loss._levels.validate_inputs`, the normalisation, the masks, and,
-under ``gather_distributed``, one error decision for all ranks.
+:func:`validate_inputs`, the normalisation, the masks, and, under
+``gather_distributed``, one error decision for all ranks.
 """
 
 from __future__ import annotations
@@ -12,8 +12,70 @@ import torch.nn.functional as F
 from lightly.utils import dist
 from torch import Tensor
 
+from lightly_hmlc.label_paths import check_label_paths
 from lightly_hmlc.loss._gather import share_errors
-from lightly_hmlc.loss._levels import validate_inputs
+
+
+def validate_inputs(
+    out0: Tensor,
+    out1: Tensor,
+    labels: Tensor,
+    num_levels: int | None = None,
+    check_values: bool = True,
+) -> Tensor:
+    """Checks the two views and the labels; returns labels as ``[B, L]`` int64.
+
+    The labels are checked by :func:`~lightly_hmlc.label_paths.check_label_paths`, the
+    package's one label-path check (``[B]`` class ids are one level). Shapes and dtypes
+    are always checked (free); with ``check_values`` also the values (NaN/Inf
+    embeddings, labels below -1), which synchronises the host with an accelerator.
+
+    Raises:
+        ValueError: Naming the problem (dimensions, batch sizes, dtype, depth, non-finite
+            values, empty batch, labels below -1) and how to fix it.
+    """
+    for name, out in (("out0", out0), ("out1", out1)):
+        if not isinstance(out, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(out).__name__}.")
+        if out.dim() != 2:
+            raise ValueError(
+                f"{name} must have shape [batch_size, dim], got {tuple(out.shape)}. Flatten "
+                "the projections (e.g. out.flatten(1)) before the loss."
+            )
+        if not out.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating point tensor, got {out.dtype}.")
+    if out0.shape != out1.shape:
+        raise ValueError(
+            f"out0 and out1 must have the same shape (one row per sample and view), got "
+            f"{tuple(out0.shape)} and {tuple(out1.shape)}."
+        )
+    if out0.shape[0] == 0:
+        raise ValueError("The batch is empty: out0 and out1 have no rows.")
+    if out0.shape[1] == 0:
+        raise ValueError("The embeddings have width 0.")
+    paths = check_label_paths(
+        labels,
+        num_levels=num_levels,
+        batch_size=out0.shape[0],
+        allow_class_ids=True,
+        check_values=check_values,
+        configured_by="the loss",
+        row_hint="pass one label path per sample, not per view (out0 and out1 have one "
+        "row per sample each).",
+    )
+    if check_values:
+        check_finite(out0, out1)
+    return paths.to(device=out0.device)
+
+
+def check_finite(*embeddings: Tensor) -> None:
+    """Raises a ValueError for NaN or Inf embeddings (a host-device synchronisation)."""
+    finite = torch.stack([torch.isfinite(out).all() for out in embeddings]).all()
+    if not bool(finite):
+        raise ValueError(
+            "The embeddings contain NaN or Inf. Check the model's outputs (e.g. a diverged "
+            "training step or a too-large learning rate)."
+        )
 
 
 def apply_masks(
@@ -121,13 +183,13 @@ def prepare_inputs(
     check_values: bool,
     gather_distributed: bool,
     masks: Tensor | None = None,
-    keep_masks_apart: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """The one entry of every loss: checked ``[2B, L]`` labels and the rows to contrast.
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The one entry of every loss: checked ``[2B, L]`` labels, the rows and the masks.
 
-    Returns the labels of both views and the L2-normalised rows ``[2B, D]`` (or
-    ``[2B, L, D]`` with ``masks``, see :func:`apply_masks`; with ``keep_masks_apart``
-    the masks are only checked and the rows stay ``[2B, D]``, for the fast masked terms).
+    Returns the labels of both views, the L2-normalised rows ``[2B, D]`` and the masks
+    as :func:`check_masks` returns them (``None`` without masks). The masks are checked
+    here, with the inputs, but not applied: the fast masked level terms take the rows
+    and the masks apart (:func:`apply_masks` applies them).
 
     With ``gather_distributed`` on several ranks and ``check_values``, a data error found
     on any rank is raised on every rank with the same message (see
@@ -136,13 +198,11 @@ def prepare_inputs(
     by the rank that finds them.
     """
     if not (check_values and gather_distributed and dist.world_size() > 1):
-        return _prepare_local(out0, out1, labels, num_levels, check_values, masks, keep_masks_apart)
+        return _prepare_local(out0, out1, labels, num_levels, check_values, masks)
     rows = 2 * out0.shape[0] if isinstance(out0, Tensor) and out0.dim() >= 1 else 0
     device = out0.device if isinstance(out0, Tensor) else torch.device("cpu")
     try:
-        prepared = _prepare_local(
-            out0, out1, labels, num_levels, check_values, masks, keep_masks_apart
-        )
+        prepared = _prepare_local(out0, out1, labels, num_levels, check_values, masks)
     except ValueError as error:
         share_errors(str(error), rows, device)  # raises on every rank
         raise
@@ -157,12 +217,9 @@ def _prepare_local(
     num_levels: int | None,
     check_values: bool,
     masks: Tensor | None,
-    keep_masks_apart: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
     features = normalize_features(out0, out1, check_values)
-    if masks is not None and keep_masks_apart:
-        check_masks(features, masks, paths.shape[1], check_values=check_values)
-    elif masks is not None:
-        features = apply_masks(features, masks, paths.shape[1], check_values=check_values)
-    return paths, features
+    if masks is not None:
+        masks = check_masks(features, masks, paths.shape[1], check_values=check_values)
+    return paths, features, masks

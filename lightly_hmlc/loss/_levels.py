@@ -3,8 +3,6 @@
 Every loss of the package (``SupConLoss``, ``HMLCLoss``, the masked losses) is built from
 the parts in this module, so that a fix or a speed-up lands everywhere:
 
-- :func:`validate_inputs`: the checks every loss applies to ``out0, out1, labels``; the
-  value checks (NaN, labels below -1, a host-device sync) only with ``check_values``.
 - :func:`build_level_groups`: label paths ``[N, L]`` -> prefix-group ids per level, from
   one lexicographic sort of the full paths (coarser groups are unions of finer ones, so
   the sorted paths give every level's groups at once), with no data-dependent shape.
@@ -16,9 +14,10 @@ the parts in this module, so that a fix or a speed-up lands everywhere:
 - :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation.
 
 Distributed parts (one error decision for all ranks, gathering, exact means) are in
-``_gather.py``; the rows every level sees and ``prepare_inputs``, every loss's entry, in
-``_features.py``. Nothing here synchronises host and device unless a value check is asked
-for: shapes are fixed, constants are made on the device in the embeddings' dtype.
+``_gather.py``; the checks of ``out0, out1, labels``, the rows every level sees and
+``prepare_inputs``, every loss's entry, in ``_features.py``. Nothing here synchronises
+host and device unless a value check is asked for: shapes are fixed, constants are made
+on the device in the embeddings' dtype.
 """
 
 from __future__ import annotations
@@ -62,6 +61,23 @@ def resolve_layer_penalty(layer_penalty: str | Sequence[float] | LayerPenalty) -
 
 def _fixed_weights(weights: list[float], k_inverse: Tensor) -> Tensor:
     return torch.tensor(weights, dtype=k_inverse.dtype, device=k_inverse.device)
+
+
+def describe_layer_penalty(layer_penalty: LayerPenalty) -> str:
+    """How a resolved penalty reads in a loss's repr: ``'exp'``, ``[0.5, 1.0]``, a name.
+
+    Examples:
+        >>> describe_layer_penalty(resolve_layer_penalty("pow2"))
+        "'pow2'"
+        >>> describe_layer_penalty(resolve_layer_penalty([0.5, 1.0]))
+        '[0.5, 1.0]'
+    """
+    for name, penalty in _PENALTIES.items():
+        if layer_penalty is penalty:
+            return repr(name)
+    if isinstance(layer_penalty, functools.partial) and layer_penalty.func is _fixed_weights:
+        return repr(layer_penalty.args[0])
+    return getattr(layer_penalty, "__name__", None) or repr(layer_penalty)
 
 
 def check_temperature(name: str, value: float) -> float:
@@ -121,95 +137,6 @@ def layer_penalties(
             "the level terms is undefined. Give at least one level a weight > 0."
         )
     return weights
-
-
-def validate_inputs(
-    out0: Tensor,
-    out1: Tensor,
-    labels: Tensor,
-    num_levels: int | None = None,
-    check_values: bool = True,
-) -> Tensor:
-    """Checks the two views and the labels; returns labels as ``[B, L]`` int64.
-
-    The one label-path check of the losses. Shapes and dtypes are always checked (free);
-    with ``check_values`` also the values (NaN/Inf embeddings, labels below -1), which
-    synchronises the host with an accelerator.
-
-    Raises:
-        ValueError: Naming the problem (dimensions, batch sizes, dtype, depth, non-finite
-            values, empty batch, labels below -1) and how to fix it.
-    """
-    for name, out in (("out0", out0), ("out1", out1)):
-        if not isinstance(out, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(out).__name__}.")
-        if out.dim() != 2:
-            raise ValueError(
-                f"{name} must have shape [batch_size, dim], got {tuple(out.shape)}. Flatten "
-                "the projections (e.g. out.flatten(1)) before the loss."
-            )
-        if not out.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating point tensor, got {out.dtype}.")
-    if out0.shape != out1.shape:
-        raise ValueError(
-            f"out0 and out1 must have the same shape (one row per sample and view), got "
-            f"{tuple(out0.shape)} and {tuple(out1.shape)}."
-        )
-    batch_size = out0.shape[0]
-    if batch_size == 0:
-        raise ValueError("The batch is empty: out0 and out1 have no rows.")
-    if out0.shape[1] == 0:
-        raise ValueError("The embeddings have width 0.")
-    if not isinstance(labels, Tensor):
-        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}.")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(
-            f"labels must be integers (class ids, -1 for unknown), got dtype {labels.dtype}. "
-            "Convert them with labels.long()."
-        )
-    if labels.dim() == 1:
-        labels = labels.unsqueeze(1)
-    if labels.dim() != 2:
-        raise ValueError(
-            f"labels must have shape [batch_size] or [batch_size, num_levels], got "
-            f"{tuple(labels.shape)}."
-        )
-    if labels.shape[0] != batch_size:
-        raise ValueError(
-            f"labels has {labels.shape[0]} rows but the embeddings have {batch_size}: "
-            "pass one label path per sample (not per view)."
-        )
-    if labels.shape[1] == 0:
-        raise ValueError("labels has no level (shape [B, 0]).")
-    if num_levels is not None and labels.shape[1] != num_levels:
-        raise ValueError(
-            f"labels has {labels.shape[1]} levels but the loss was configured with "
-            f"num_levels={num_levels}. Pass label paths of the hierarchy's depth, coarse "
-            "to fine, or change num_levels."
-        )
-    if check_values:
-        check_label_values(labels)
-        check_finite(out0, out1)
-    return labels.to(device=out0.device, dtype=torch.long)
-
-
-def check_label_values(labels: Tensor) -> None:
-    """Raises a ValueError for labels below -1 (a host-device synchronisation)."""
-    if bool((labels < -1).any()):
-        raise ValueError(
-            f"labels contain values below -1 (min {int(labels.min())}): use class ids >= 0, "
-            "and -1 only for an unknown level."
-        )
-
-
-def check_finite(*embeddings: Tensor) -> None:
-    """Raises a ValueError for NaN or Inf embeddings (a host-device synchronisation)."""
-    finite = torch.stack([torch.isfinite(out).all() for out in embeddings]).all()
-    if not bool(finite):
-        raise ValueError(
-            "The embeddings contain NaN or Inf. Check the model's outputs (e.g. a diverged "
-            "training step or a too-large learning rate)."
-        )
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
-from lightly_hmlc.loss._features import check_masks, prepare_inputs
+from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
     LayerPenalty,
-    LevelGroups,
     aggregate_levels,
     anchor_level_losses,
     build_level_groups,
     check_temperature,
+    describe_layer_penalty,
     layer_penalties,
     resolve_layer_penalty,
 )
@@ -32,6 +32,7 @@ from lightly_hmlc.loss._masked_fast import (
 )
 from lightly_hmlc.loss._masked_pair import masked_pair_level_losses
 from lightly_hmlc.loss._memory import memory_batch
+from lightly_hmlc.loss._reference import reference_level_terms
 
 
 class _HierarchicalLoss(nn.Module):
@@ -83,6 +84,23 @@ class _HierarchicalLoss(nn.Module):
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
 
+    def extra_repr(self) -> str:
+        """The options the loss keeps, as ``print(loss)`` shows them."""
+        settings = [
+            f"loss_type={self.loss_type!r}",
+            f"temperature={self.temperature}",
+            f"layer_penalty={describe_layer_penalty(self.layer_penalty)}",
+            f"num_levels={self.num_levels}",
+            f"normalize_weights={self.normalize_weights}",
+            f"hce_form={self.hce_form!r}",
+            f"level_balance={self.level_balance!r}",
+            f"gather_distributed={self.gather_distributed}",
+            f"check_values={self.check_values}",
+        ]
+        if self.reference_compatible:  # base_temperature only counts in that mode
+            settings += ["reference_compatible=True", f"base_temperature={self.base_temperature}"]
+        return ", ".join(settings)
+
     def level_weights(
         self,
         num_levels: int,
@@ -113,9 +131,8 @@ class _HierarchicalLoss(nn.Module):
         out1: Tensor,
         labels: Tensor,
         masks: Tensor | None = None,
-        keep_masks_apart: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """Checked ``[2B, L]`` paths and normalised (masked) rows; see prepare_inputs."""
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Checked ``[2B, L]`` paths, normalised rows and checked masks; see prepare_inputs."""
         return prepare_inputs(
             out0,
             out1,
@@ -124,7 +141,6 @@ class _HierarchicalLoss(nn.Module):
             self.check_values,
             self.gather_distributed,
             masks,
-            keep_masks_apart,
         )
 
     def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,8 +180,13 @@ class _HierarchicalLoss(nn.Module):
         """``(loss, level_losses)`` of a loss batch; ``masks`` ``[1, L, D]`` still to apply."""
         dtype, device = batch.contrast.dtype, batch.contrast.device
         if self.reference_compatible:
-            share = self._reference_level_terms(
-                batch.contrast, batch.contrast_labels, batch.sample_index
+            share = reference_level_terms(
+                batch.contrast,
+                batch.contrast_labels,
+                batch.sample_index,
+                self.temperature,
+                self.base_temperature,
+                self.check_values,
             )
             value = share.detach()
         elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
@@ -237,50 +258,6 @@ class _HierarchicalLoss(nn.Module):
                 batch.anchors, batch.contrast, *args, masks, masks, self.check_values
             )
         return reduce_level_terms(loss, is_anchor, batch, self.level_balance)
-
-    def _reference_level_terms(
-        self, features: Tensor, labels: Tensor, sample_index: Tensor
-    ) -> Tensor:
-        """Level terms of the reference implementation, on the global batch.
-
-        Walking from the finest level up, the reference keeps one sample per distinct
-        prefix of the previous (finer) level and re-orders the kept samples by label
-        (its ``unique`` returns them in sorted order). The kept sample of a prefix is
-        therefore the first sample, in batch order, of the lexicographically smallest
-        full label path under that prefix; those rows take part in level ``l``.
-        """
-        if self.check_values and bool((labels < 0).any()):
-            raise ValueError(
-                "reference_compatible=True does not support -1 (unknown) labels: the "
-                "reference implementation has no notion of a missing level. Use the "
-                "default mode, or fill in the labels."
-            )
-        num_rows, num_levels = labels.shape
-        groups = build_level_groups(labels)
-        device = labels.device
-        # Path ids are ranks in lexicographic order (build_level_groups sorts the paths).
-        path_ids = groups.ids[:, -1]
-        first_sample = torch.full(  # sample ids are < num_rows: it marks "none yet"
-            (groups.num_groups,), num_rows, dtype=torch.long, device=device
-        ).scatter_reduce(0, path_ids, sample_index, reduce="amin")
-        is_first_of_path = first_sample[path_ids] == sample_index
-        taking_part = torch.ones(num_rows, num_levels, dtype=torch.bool, device=device)
-        for level in range(num_levels - 1):  # a loop over levels, never over samples
-            finer_ids = groups.ids[:, level + 1]
-            smallest_path = torch.full(
-                (groups.num_groups,), groups.num_groups, dtype=torch.long, device=device
-            ).scatter_reduce(0, finer_ids, path_ids, reduce="amin")
-            taking_part[:, level] = is_first_of_path & (smallest_path[finer_ids] == path_ids)
-        loss, _ = anchor_level_losses(
-            features,
-            features,
-            torch.arange(num_rows, device=features.device),
-            LevelGroups(groups.ids, taking_part, groups.num_groups),
-            self.temperature,
-            include_in_denominator=taking_part,
-        )
-        count = taking_part.sum(dim=0).to(loss.dtype)
-        return loss.sum(dim=1) / count * (self.temperature / self.base_temperature)
 
 
 class HMLCLoss(_HierarchicalLoss):
@@ -432,14 +409,11 @@ class HMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
+        # Masks are checked with the inputs (one error decision for all ranks) but
+        # applied later: the fast masked level terms take the rows and masks apart.
+        paths, features, masks = self._prepare(out0, out1, labels, masks)
         if masks is None and memory is None and memory_masks is None:
-            paths, features = self._prepare(out0, out1, labels)
             loss, level_losses = self._loss(features, paths)
         else:
-            # Masks are checked with the inputs (one error decision for all ranks) but
-            # applied later: the fast masked level terms take the rows and masks apart.
-            paths, features = self._prepare(out0, out1, labels, masks, keep_masks_apart=True)
-            if masks is not None:
-                masks = check_masks(features, masks, paths.shape[1], check_values=False)
             loss, level_losses = self._memory_loss(features, paths, masks, memory, memory_masks)
         return (loss, level_losses) if return_level_losses else loss

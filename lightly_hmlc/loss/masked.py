@@ -114,7 +114,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        paths, features = self._prepare(out0, out1, labels)
+        paths, features, _ = self._prepare(out0, out1, labels)
         masks = self.mask_head(features, paths)
         checked = check_masks(
             features, masks, paths.shape[1], "The mask head's output", self.check_values

@@ -66,6 +66,13 @@ class SupConLoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.check_values = check_values
 
+    def extra_repr(self) -> str:
+        """The options the loss keeps, as ``print(loss)`` shows them."""
+        return (
+            f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
+            f"check_values={self.check_values}"
+        )
+
     def forward(
         self,
         out0: Tensor,
@@ -89,7 +96,7 @@ class SupConLoss(nn.Module):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        paths, features = prepare_inputs(
+        paths, features, _ = prepare_inputs(
             out0, out1, labels, None, self.check_values, self.gather_distributed
         )
         batch = gather_for_loss(features, paths, self.gather_distributed)

@@ -309,3 +309,38 @@ def test_bad_input_messages(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         HMLCLoss(num_levels=2)(out0, out1, labels)
+
+
+def test_repr_names_the_settings() -> None:
+    text = repr(
+        HMLCLoss(
+            "hmc",
+            temperature=0.2,
+            layer_penalty="pow2",
+            num_levels=3,
+            normalize_weights=False,
+            gather_distributed=True,
+            hce_form="same_pair",
+            check_values=False,
+            level_balance="class",
+        )
+    )
+    assert text == (
+        "HMLCLoss(loss_type='hmc', temperature=0.2, layer_penalty='pow2', num_levels=3, "
+        "normalize_weights=False, hce_form='same_pair', level_balance='class', "
+        "gather_distributed=True, check_values=False)"
+    )
+    # The reference mode's own settings appear only in that mode.
+    reference = repr(HMLCLoss(reference_compatible=True, base_temperature=0.5))
+    assert "hce_form='batch_mean'" in reference
+    assert reference.endswith("reference_compatible=True, base_temperature=0.5)")
+
+
+def test_repr_shows_a_penalty_by_name_weights_or_function_name() -> None:
+    assert "layer_penalty='exp'," in repr(HMLCLoss())
+    assert "layer_penalty=[0.5, 1.0]," in repr(HMLCLoss(layer_penalty=(0.5, 1)))
+
+    def linear(k_inverse: torch.Tensor) -> torch.Tensor:
+        return k_inverse
+
+    assert "layer_penalty=linear," in repr(HMLCLoss(layer_penalty=linear))

@@ -161,6 +161,28 @@ def test_wrong_masks_are_reported(masks: Tensor, message: str) -> None:
         HMLCLoss()(out0, out1, labels, masks=masks)
 
 
+@pytest.mark.parametrize("with_memory", [False, True])
+def test_masks_are_checked_once_per_call(
+    monkeypatch: pytest.MonkeyPatch, with_memory: bool
+) -> None:
+    from lightly_hmlc.loss import _features, hmlc
+
+    calls = []
+    check_masks = _features.check_masks
+
+    def counting_check_masks(*args: object, **kwargs: object) -> Tensor:
+        calls.append(args)
+        return check_masks(*args, **kwargs)  # type: ignore[arg-type]
+
+    # Wherever the loss module might call it from.
+    monkeypatch.setattr(_features, "check_masks", counting_check_masks)
+    monkeypatch.setattr(hmlc, "check_masks", counting_check_masks, raising=False)
+    out0, out1, labels = _inputs()
+    memory = (torch.randn(3, 6, dtype=torch.float64), labels[:3]) if with_memory else None
+    HMLCLoss()(out0, out1, labels, masks=torch.rand(1, 2, 6, dtype=torch.float64), memory=memory)
+    assert len(calls) == 1
+
+
 def test_wrong_head_output_is_reported() -> None:
     out0, out1, labels = _inputs()
     with pytest.raises(ValueError, match="mask head's output has shape"):
@@ -192,3 +214,12 @@ def test_ahmlc_head_gets_gradients() -> None:
     grads = [p.grad for p in loss_fn.parameters()]
     assert grads and all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+def test_repr_shows_the_loss_settings_and_the_head() -> None:
+    text = repr(AHMLCLoss(num_levels=2, dim=8, loss_type="hce", gate="softmax"))
+    assert text.startswith("AHMLCLoss(\n  loss_type='hce', temperature=0.1, layer_penalty='exp'")
+    assert "num_levels=2" in text and "reference_compatible" not in text
+    assert (
+        "(mask_head): AttentionMaskHead(num_levels=2, dim=8, hidden_dim=8, gate='softmax'" in text
+    )

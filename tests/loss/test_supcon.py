@@ -49,3 +49,9 @@ def test_unknown_labels_are_not_anchors_but_stay_negatives() -> None:
 def test_constructor_validation() -> None:
     with pytest.raises(ValueError, match="temperature must be > 0"):
         SupConLoss(temperature=-0.1)
+
+
+def test_repr_names_the_settings() -> None:
+    assert repr(SupConLoss(temperature=0.5, check_values=False)) == (
+        "SupConLoss(temperature=0.5, gather_distributed=False, check_values=False)"
+    )

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightly_hmlc.models.modules._arguments import check_int, check_positive
+
 CovarianceType = Literal["full", "diag"]
 InitMethod = Literal["kmeans", "kmeans++", "random"]
 
@@ -124,13 +126,10 @@ def check_fit_options(
         raise ValueError(
             f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}."
         )
-    for name, value in (("n_init", n_init), ("max_iter", max_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol}.")
-    if not reg_covar >= 0:
-        raise ValueError(f"reg_covar must be >= 0, got {reg_covar}.")
+    check_int("n_init", n_init)
+    check_int("max_iter", max_iter)
+    check_positive("tol", tol, allow_zero=True)
+    check_positive("reg_covar", reg_covar, allow_zero=True)
 
 
 def fit_gaussian_mixture(

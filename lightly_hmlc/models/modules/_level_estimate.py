@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightly_hmlc.models.modules._arguments import check_int
 from lightly_hmlc.models.modules._gmm import select_n_components_bic
 
 LevelEstimator = Literal["bic", "dpgmm"]
@@ -108,10 +109,7 @@ def select_n_components_dpgmm(
         >>> k, weights.shape, round(float(weights.sum()), 6)
         (3, torch.Size([6]), 1.0)
     """
-    if isinstance(max_components, bool) or not isinstance(max_components, int):
-        raise ValueError(f"max_components must be an int >= 1, got {max_components!r}.")
-    if max_components < 1:
-        raise ValueError(f"max_components must be >= 1, got {max_components}.")
+    check_int("max_components", max_components)
     if not 0.0 < weight_threshold < 1.0:
         raise ValueError(
             f"weight_threshold must be in (0, 1) (the share of points a counted component "

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightly_hmlc.models.modules._arguments import check_int, check_positive
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 
 Gate = Literal["sigmoid", "softmax"]
@@ -81,21 +82,17 @@ class AttentionMaskHead(FeatureMaskHead):
         super().__init__(num_levels=num_levels, dim=dim)
         if hidden_dim is None:
             hidden_dim = max(8, dim // 4)
-        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be a positive int, got {hidden_dim!r}.")
+        check_int("hidden_dim", hidden_dim)
         if gate not in ("sigmoid", "softmax"):
             raise ValueError(f"gate must be 'sigmoid' or 'softmax', got {gate!r}.")
-        if not temperature > 0:
-            raise ValueError(
-                f"temperature must be > 0 (the gate logits are divided by it), got {temperature}."
-            )
-        if not separation_weight >= 0:
-            raise ValueError(
-                f"separation_weight must be >= 0 (0 disables the regulariser), got "
-                f"{separation_weight}."
-            )
-        if not init_std >= 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std}.")
+        check_positive("temperature", temperature, meaning="the gate logits are divided by it")
+        check_positive(
+            "separation_weight",
+            separation_weight,
+            allow_zero=True,
+            meaning="0 disables the regulariser",
+        )
+        check_positive("init_std", init_std, allow_zero=True)
         self.hidden_dim = hidden_dim
         self.gate = gate
         self.temperature = temperature
@@ -150,7 +147,7 @@ class AttentionMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+            f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, "
             f"gate={self.gate!r}, temperature={self.temperature}, "
             f"separation_weight={self.separation_weight}"
         )

@@ -97,5 +97,5 @@ class BlockMaskHead(FeatureMaskHead):
         return self.masks.to(device=z.device, dtype=z.dtype)
 
     def extra_repr(self) -> str:
-        """Block sizes and nesting."""
-        return f"block_sizes={self.block_sizes}, nested={self.nested}"
+        """The shape of the masks, block sizes and nesting."""
+        return f"{super().extra_repr()}, block_sizes={self.block_sizes}, nested={self.nested}"

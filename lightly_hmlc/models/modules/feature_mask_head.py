@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
+
+from lightly_hmlc.label_paths import check_label_paths
+from lightly_hmlc.models.modules._arguments import check_int
 
 
 class FeatureMaskHead(nn.Module):
@@ -28,6 +30,7 @@ class FeatureMaskHead(nn.Module):
         dim: Embedding width D.
 
     Examples:
+        >>> import torch
         >>> class AllOnes(FeatureMaskHead):
         ...     def forward(self, z, labels=None):
         ...         self.check_inputs(z, labels)
@@ -53,15 +56,8 @@ class FeatureMaskHead(nn.Module):
             ValueError: If ``num_levels`` or ``dim`` is not a positive integer.
         """
         super().__init__()
-        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-            raise ValueError(
-                f"num_levels must be a positive int (the depth of the label paths), "
-                f"got {num_levels!r}."
-            )
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(
-                f"dim must be a positive int (the width of the projections z), got {dim!r}."
-            )
+        check_int("num_levels", num_levels, meaning="the depth of the label paths")
+        check_int("dim", dim, meaning="the width of the projections z")
         self.num_levels = num_levels
         self.dim = dim
 
@@ -89,11 +85,16 @@ class FeatureMaskHead(nn.Module):
         """
         return masks.new_zeros(())
 
+    def extra_repr(self) -> str:
+        """The shape of the masks; a head with options adds its own after these."""
+        return f"num_levels={self.num_levels}, dim={self.dim}"
+
     def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
         """Raises a ValueError if ``z`` or ``labels`` do not fit this head.
 
         Only shapes and dtypes are checked, so that the check never synchronises with an
-        accelerator.
+        accelerator; the labels by :func:`~lightly_hmlc.label_paths.check_label_paths`,
+        the package's one label-path check.
 
         Args:
             z: Projections, expected shape [B, D].
@@ -112,24 +113,12 @@ class FeatureMaskHead(nn.Module):
             )
         if not z.is_floating_point():
             raise ValueError(f"z must be a floating point tensor, got dtype {z.dtype}.")
-        if labels is None:
-            return
-        if not isinstance(labels, Tensor):
-            raise ValueError(
-                f"labels must be a torch.Tensor of shape [B, {self.num_levels}], got {type(labels)}."
-            )
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(
-                f"labels must be an integer tensor (label paths, -1 for unknown), got dtype "
-                f"{labels.dtype}. Convert with labels.long()."
-            )
-        if labels.ndim != 2 or labels.shape[1] != self.num_levels:
-            raise ValueError(
-                f"labels must have shape [B, L] with L={self.num_levels} (the head's num_levels), "
-                f"got {tuple(labels.shape)}."
-            )
-        if labels.shape[0] != z.shape[0]:
-            raise ValueError(
-                f"z and labels must have the same batch size, got {z.shape[0]} and "
-                f"{labels.shape[0]}. With two views pass labels.repeat(2, 1)."
+        if labels is not None:
+            check_label_paths(
+                labels,
+                num_levels=self.num_levels,
+                batch_size=z.shape[0],
+                configured_by="the head",
+                row_hint="z and labels need the same batch size (with two views, pass "
+                "labels.repeat(2, 1)).",
             )

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightly_hmlc.models.modules._arguments import check_int
 from lightly_hmlc.models.modules._assignment import (
     Assignment,
     assign_masks,
@@ -198,8 +199,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             ValueError: If an argument is out of range.
         """
         super().__init__(num_levels=num_levels, dim=dim)
-        _check_int("refit_every", refit_every, 1)
-        _check_int("warmup_steps", warmup_steps, 0)
+        check_int("refit_every", refit_every, 1)
+        check_int("warmup_steps", warmup_steps, 0)
         # Each part validates its own options.
         check_descriptor_options(relevance, descriptor_normalization, fisher_floor)
         check_assignment_options(
@@ -345,7 +346,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, refit_every={self.refit_every}, "
+            f"{super().extra_repr()}, refit_every={self.refit_every}, "
             f"warmup_steps={self.warmup_steps}, momentum={self.momentum}, "
             f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}, "
             f"normalize_input={self.normalize_input}, nested={self.nested}"
@@ -437,11 +438,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         n = min(scores.shape[0], stored.shape[0])
         stored[:n] = scores[:n].to(stored)
         return best
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
 
 
 def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:

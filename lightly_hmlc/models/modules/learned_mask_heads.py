@@ -14,18 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightly_hmlc.models.modules._arguments import check_int, check_positive
 from lightly_hmlc.models.modules.attention_mask_head import mask_separation
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 
 __all__ = ["QueryAttentionMaskHead", "StaticMaskHead"]
 
 StaticGate = Literal["sigmoid", "softmax"]
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if not (value >= 0 if allow_zero else value > 0):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value}.")
 
 
 class QueryAttentionMaskHead(FeatureMaskHead):
@@ -88,11 +83,10 @@ class QueryAttentionMaskHead(FeatureMaskHead):
             ValueError: If an argument is out of range.
         """
         super().__init__(num_levels=num_levels, dim=dim)
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int (token width), got {embed_dim!r}.")
-        _check_positive("temperature", temperature)
-        _check_positive("separation_weight", separation_weight, allow_zero=True)
-        _check_positive("query_init_std", query_init_std, allow_zero=True)
+        check_int("embed_dim", embed_dim, meaning="token width")
+        check_positive("temperature", temperature)
+        check_positive("separation_weight", separation_weight, allow_zero=True)
+        check_positive("query_init_std", query_init_std, allow_zero=True)
         self.embed_dim = embed_dim
         self.temperature = temperature
         self.separation_weight = separation_weight
@@ -137,7 +131,7 @@ class QueryAttentionMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, embed_dim={self.embed_dim}, "
+            f"{super().extra_repr()}, embed_dim={self.embed_dim}, "
             f"temperature={self.temperature}, separation_weight={self.separation_weight}"
         )
 
@@ -197,9 +191,9 @@ class StaticMaskHead(FeatureMaskHead):
         super().__init__(num_levels=num_levels, dim=dim)
         if gate not in ("sigmoid", "softmax"):
             raise ValueError(f"gate must be 'sigmoid' or 'softmax', got {gate!r}.")
-        _check_positive("temperature", temperature)
-        _check_positive("separation_weight", separation_weight, allow_zero=True)
-        _check_positive("l1_weight", l1_weight, allow_zero=True)
+        check_positive("temperature", temperature)
+        check_positive("separation_weight", separation_weight, allow_zero=True)
+        check_positive("l1_weight", l1_weight, allow_zero=True)
         if l1_weight > 0 and gate == "softmax":
             raise ValueError(
                 "l1_weight needs gate='sigmoid': softmax masks have mean 1 by construction, "
@@ -238,7 +232,7 @@ class StaticMaskHead(FeatureMaskHead):
 
     def extra_repr(self) -> str:
         return (
-            f"num_levels={self.num_levels}, dim={self.dim}, gate={self.gate!r}, "
+            f"{super().extra_repr()}, gate={self.gate!r}, "
             f"temperature={self.temperature}, separation_weight={self.separation_weight}, "
             f"l1_weight={self.l1_weight}"
         )

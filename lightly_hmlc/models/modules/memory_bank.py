@@ -8,6 +8,7 @@ from lightly.utils import dist
 from torch import Tensor, nn
 
 from lightly_hmlc.label_paths import check_label_paths
+from lightly_hmlc.models.modules._arguments import check_int
 
 
 class HierarchicalMemoryBank(nn.Module):
@@ -105,8 +106,7 @@ class HierarchicalMemoryBank(nn.Module):
             ("dim", dim, "the width of the projections D"),
             ("num_levels", num_levels, "the depth of the label paths L"),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int ({meaning}), got {value!r}.")
+            check_int(name, value, meaning=meaning)
         self.size = size
         self.dim = dim
         self.num_levels = num_levels

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
+from lightly_hmlc.models.modules._arguments import check_int
+
 __all__ = ["Float64BuffersMixin", "LabelPrefixStatistics"]
 
 # Renormalise the lazily decayed statistics before new batches' weights exceed this.
@@ -124,8 +126,7 @@ class LabelPrefixStatistics(Float64BuffersMixin):
             ("dim", dim, 1),
             ("max_classes_per_level", max_classes_per_level, 2),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+            check_int(name, value, minimum)
         if not 0.0 < momentum <= 1.0:
             raise ValueError(
                 f"momentum must be in (0, 1] (decay of the class statistics per step; 1 keeps "

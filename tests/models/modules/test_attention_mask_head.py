@@ -180,5 +180,6 @@ def test_base_class_contract() -> None:
         base(torch.randn(3, 4))
     assert base.regularization(torch.ones(1, 2, 4)).item() == 0.0
     base.check_inputs(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.int32))
+    assert repr(base) == "FeatureMaskHead(num_levels=2, dim=4)"  # a new head's repr for free
     with pytest.raises(ValueError, match="num_levels"):
         FeatureMaskHead(True, 4)  # type: ignore[arg-type]

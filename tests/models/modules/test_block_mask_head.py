@@ -52,3 +52,9 @@ def test_masked_level_term_only_sees_its_block() -> None:
 def test_bad_block_sizes_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BlockMaskHead(**kwargs)
+
+
+def test_repr_names_the_shape_and_the_blocks() -> None:
+    assert repr(BlockMaskHead(num_levels=2, dim=5, nested=True)) == (
+        "BlockMaskHead(num_levels=2, dim=5, block_sizes=[2, 3], nested=True)"
+    )
