@@ -76,11 +76,20 @@ class StepRunner:
             temperature=0.1,
             mask_warmup_steps=args.warmup,  # masks are fitted before the timed steps
             mask_refit_every=args.refit_every,
+            # The baselines build no registered loss, so they take no memory bank.
+            **({"memory_bank_size": args.memory_bank} if name not in methods.BASELINES else {}),
         ).to(device)
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         views, paths = synthetic_batch(args.batch_size, levels, args.image_size, 3)
         self.batch = ([v.to(device) for v in views], paths.to(device))
+        bank = getattr(self.model, "memory_bank", None)
+        if bank is not None:  # timed steps see a full queue, as after K / B training steps
+            rows = torch.nn.functional.normalize(torch.randn(bank.size, bank.dim), dim=1)
+            bank(
+                rows.to(device),
+                paths.repeat(bank.size // len(paths) + 1, 1)[: bank.size].to(device),
+            )
         self.dtype = _DTYPES.get(args.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
@@ -198,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--refit-every", type=int, default=100, help="G-HMLC refit interval")
+    p.add_argument(
+        "--memory-bank", type=int, default=0, help="queue of K rows for every non-baseline method"
+    )
     return p
 
 
@@ -208,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     print(
         f"backbone {args.backbone}, batch {args.batch_size}, {args.image_size}px, levels "
-        f"{args.levels}, precision {args.precision}, {device}, {torch.get_num_threads()} "
+        f"{args.levels}, memory bank {args.memory_bank}, precision {args.precision}, {device}, "
+        f"{torch.get_num_threads()} "
         f"threads, median of {args.rounds} rounds x {args.steps} steps\n"
     )
     print(format_rows(rows))

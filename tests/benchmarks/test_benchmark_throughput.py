@@ -35,3 +35,20 @@ def test_synthetic_paths_follow_a_balanced_tree() -> None:
     assert bool((paths[:, 0] == paths[:, 2] // 4).all()) and bool(
         (paths[:, 1] == paths[:, 2] // 2).all()
     )
+
+
+def test_memory_bank_runs_time_steps_with_a_full_queue() -> None:
+    args = throughput.build_parser().parse_args(
+        ["--backbone", "resnet_tiny_cifar", "--batch-size", "8", "--image-size", "8",
+         "--levels", "2,4", "--memory-bank", "20", "--device", "cpu"]
+    )  # fmt: skip
+    runner = throughput.StepRunner("supcon", args, throughput.torch.device("cpu"))
+    bank = runner.model.memory_bank
+    assert bank is not None and bank.size == 20
+    features, labels = bank(
+        runner.model.memory_bank.features[:0], runner.batch[1][:0], update=False
+    )
+    assert features.shape == (20, bank.dim)  # full before the first timed step
+    assert bool((labels >= 0).all())
+    runner.step()
+    assert throughput.StepRunner("simclr", args, throughput.torch.device("cpu")).model is not None
