@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-import torch
 
 LEVEL_KEYS = [f"level{lvl}/{m}" for lvl in range(3) for m in ("linear_acc", "knn_acc", "nmi")]
 
@@ -35,16 +31,3 @@ def load_metrics(run_dir: Path) -> dict[str, Any]:
     """The run's metrics.json."""
     record: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
     return record
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread, restored afterwards.
-
-    Tiny models gain little from a second thread, and on a shared CPU (``pytest -n 2``
-    on two cores) a second thread per process makes every step wait for the others.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

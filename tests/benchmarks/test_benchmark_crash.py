@@ -17,7 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.benchmarks.suite_utils import LEVEL_KEYS, load_metrics, one_thread, tiny_args  # noqa: F401
+from tests.benchmarks.suite_utils import LEVEL_KEYS, load_metrics, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

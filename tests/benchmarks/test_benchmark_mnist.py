@@ -15,8 +15,6 @@ import pytest
 import pytorch_lightning as pl
 from evaluate import evaluate_features, extract_features
 
-from tests.benchmarks.suite_utils import one_thread  # noqa: F401
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.benchmarks.suite_utils import LEVEL_KEYS, one_thread, tiny_args  # noqa: F401
+from tests.benchmarks.suite_utils import LEVEL_KEYS, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

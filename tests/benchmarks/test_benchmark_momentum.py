@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import run
 import torch
 
-from tests.benchmarks.suite_utils import load_metrics, one_thread, tiny_args  # noqa: F401
+from tests.benchmarks.suite_utils import load_metrics, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

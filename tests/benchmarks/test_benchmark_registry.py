@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc import SupConLoss, register_loss
 from lightly_hmlc.registry import _LOSSES
-from tests.benchmarks.suite_utils import load_metrics, one_thread, tiny_args  # noqa: F401
+from tests.benchmarks.suite_utils import load_metrics, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

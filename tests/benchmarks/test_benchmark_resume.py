@@ -14,7 +14,6 @@ import torch
 from tests.benchmarks.suite_utils import (  # noqa: F401
     LEVEL_KEYS,
     load_metrics,
-    one_thread,
     tiny_args,
 )
 

@@ -1,5 +1,3 @@
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,14 +6,7 @@ from torch import Tensor
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On a loaded 2-core machine, 2 BLAS threads make tiny matmuls ~1000x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_is_a_feature_mask_head() -> None:

@@ -1,5 +1,4 @@
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,7 @@ from lightly_hmlc.models.modules.gmm_mask_head import (
     select_n_components_bic,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On a loaded 2-core machine, 2 BLAS threads make tiny matmuls ~1000x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D = 64

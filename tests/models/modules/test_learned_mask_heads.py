@@ -1,5 +1,3 @@
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,13 +11,7 @@ from lightly_hmlc.models.modules import (
 from lightly_hmlc.models.modules.attention_mask_head import mask_separation
 from lightly_hmlc.registry import create_head
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_towards(head: torch.nn.Module, z: Tensor, target: Tensor, steps: int = 60) -> Tensor:
