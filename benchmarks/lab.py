@@ -67,6 +67,9 @@ BUDGETS: dict[str, dict[str, list[str]]] = {
                     "--epochs", "3", *_CPU_COMMON],
         "cifar10-lt3": ["--dataset", "cifar10", "--data-dir", "{data}", "--hierarchy",
                         "{hierarchy}", "--epochs", "3", *_CPU_COMMON],
+        "cifar10-mixed": ["--dataset", "cifar10", "--data-dir", "{data}", "--hierarchy",
+                          "{hierarchy}", "--train-samples", "3000", "--epochs", "3",
+                          *_CPU_COMMON],
         "shapes": ["--dataset", "shapes", "--train-samples", "3000", "--epochs", "6",
                    *_CPU_COMMON],
     },
@@ -75,6 +78,8 @@ BUDGETS: dict[str, dict[str, list[str]]] = {
         "cifar10": ["--dataset", "cifar10", "--data-dir", "{data}", *_GPU_COMMON],
         "cifar10-lt3": ["--dataset", "cifar10", "--data-dir", "{data}", "--hierarchy",
                         "{hierarchy}", *_GPU_COMMON],
+        "cifar10-mixed": ["--dataset", "cifar10", "--data-dir", "{data}", "--hierarchy",
+                          "{hierarchy}", *_GPU_COMMON],
         "shapes": ["--dataset", "shapes", "--train-samples", "20000", *_GPU_COMMON],
     },
 }  # fmt: skip
@@ -202,10 +207,13 @@ def _default_data(dataset: str) -> str:
         "mnist": str(SHARED_DATA / "mnist.npz"),
         "cifar10": str(REPO_ROOT / ".data" / "cifar10-jpeg"),
         "cifar10-lt3": str(REPO_ROOT / ".data" / "cifar10-lt3"),
+        "cifar10-mixed": str(REPO_ROOT / ".data" / "cifar10-jpeg"),
     }.get(dataset, "")
 
 
 def _default_hierarchy(dataset: str) -> str:
+    if dataset == "cifar10-mixed":
+        return str(REPO_ROOT / "benchmarks" / "hierarchies" / "cifar10_mixed.txt")
     return str(REPO_ROOT / ".data" / "cifar10-lt3" / "hierarchy.txt")
 
 
