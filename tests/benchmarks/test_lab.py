@@ -84,3 +84,22 @@ def test_variant_list_keeps_json_lists_whole() -> None:
     names = [Variant.parse(v).name for v in split_variants(text)]
     assert names == ["supcon", "aux", "hmce"]
     assert Variant.parse(split_variants(text)[1]).loss_options["layer_penalty"] == [1.0, 2.0]
+
+
+def test_cifar10_mixed_pairs_every_class_with_a_class_of_the_other_kind() -> None:
+    from lab import BUDGETS, CIFAR10_LT3_TREE, _default_hierarchy
+
+    hierarchy = LabelHierarchy.load(_default_hierarchy("cifar10-mixed"))
+    cifar10 = LabelHierarchy.cifar10()
+    assert hierarchy.num_classes_per_level == [5, 10]
+    assert sorted(hierarchy.leaves) == sorted(cifar10.leaves)
+    vehicles = {name for group in CIFAR10_LT3_TREE["vehicle"].values() for name in group}
+    coarse_classes = [name for name in hierarchy.classes if hierarchy.level_of(name) == 0]
+    assert len(coarse_classes) == 5
+    for coarse in coarse_classes:
+        members = hierarchy.children(coarse)
+        assert len(members) == 2
+        # No coarse class is two vehicles: the grouping is not the visual one.
+        assert len(vehicles.intersection(members)) <= 1
+    for budget in BUDGETS.values():
+        assert "{hierarchy}" in budget["cifar10-mixed"]
