@@ -172,17 +172,39 @@ def test_half_precision_inputs_are_computed_in_float32() -> None:
 
 
 def test_second_backward_raises_instead_of_a_wrong_gradient() -> None:
+    """Anchors that are not the contrast rows (here: memory rows) take the backward that
+    turns its saved exponentials into the derivative in place, so it refuses a second
+    pass instead of returning a wrong gradient."""
+    generator = torch.Generator().manual_seed(2)
+    z = torch.randn(2 * BATCH + 4, DIM, generator=generator, requires_grad=True)
+    labels = naive.random_tree_labels(BATCH + 4, [2, 2, 3], generator)
+    labels = torch.cat([labels[:BATCH].repeat(2, 1), labels[BATCH:]])
+    masks = _masks("partition", 1, generator, torch.float32)
+    unit = F.normalize(z, dim=1)
+    anchors = unit[: 2 * BATCH]
+    groups = build_level_groups(labels)
+    loss, _ = masked_level_losses(anchors, unit, torch.arange(2 * BATCH), groups, 0.1, masks, masks)
+    loss.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["partition", "soft"])
+def test_symmetric_backward_allows_a_second_pass(kind: str) -> None:
+    """When the anchors are the contrast rows the backward only reads its saved
+    exponentials (one product with ``[c, g * a]``), so a second pass repeats the
+    gradient exactly."""
     generator = torch.Generator().manual_seed(2)
     z = torch.randn(2 * BATCH, DIM, generator=generator, requires_grad=True)
     labels = naive.random_tree_labels(BATCH, [2, 2, 3], generator).repeat(2, 1)
-    masks = _masks("partition", 2 * BATCH, generator, torch.float32)
+    masks = _masks(kind, 2 * BATCH, generator, torch.float32)
     unit = F.normalize(z, dim=1)
     loss, _ = masked_level_losses(
         unit, unit, torch.arange(2 * BATCH), build_level_groups(labels), 0.1, masks, masks
     )
-    loss.sum().backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="second backward"):
-        loss.sum().backward()
+    (first,) = torch.autograd.grad(loss.sum(), [z], retain_graph=True)
+    (second,) = torch.autograd.grad(loss.sum(), [z])
+    assert torch.equal(first, second)
 
 
 @pytest.mark.parametrize(
