@@ -91,7 +91,7 @@ NO_EFFECT_FIELDS = frozenset(
 # Settings added after runs were first recorded, with the value that keeps them off: a
 # checkpoint whose recorded settings lack one was trained with that value, so that a run
 # of an older version resumes unless the flag is given.
-ADDED_FIELDS: dict[str, Any] = {"momentum_encoder": None}
+ADDED_FIELDS: dict[str, Any] = {"memory_bank": 0, "momentum_encoder": None}
 
 _EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 

@@ -251,3 +251,11 @@ def test_a_checkpoint_of_before_the_flag_resumes_with_the_flag_off() -> None:
     run.check_resume_config(saved, {**saved, "momentum_encoder": None}, "Checkpoint 'x'")
     with pytest.raises(main.UserError, match=r"--momentum-encoder null -> 0\.99"):
         run.check_resume_config(saved, {**saved, "momentum_encoder": 0.99}, "Checkpoint 'x'")
+
+
+def test_a_checkpoint_of_before_the_memory_bank_resumes_without_one() -> None:
+    saved = {"lr": 0.5}
+    current = {**saved, "memory_bank": 0, "momentum_encoder": None}
+    run.check_resume_config(saved, current, "Checkpoint 'x'")
+    with pytest.raises(main.UserError, match=r"--memory-bank 0 -> 4096"):
+        run.check_resume_config(saved, {**current, "memory_bank": 4096}, "Checkpoint 'x'")
