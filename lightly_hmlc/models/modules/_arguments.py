@@ -6,6 +6,11 @@ head, the memory bank and the GMM parts.
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
+GATES = ("sigmoid", "softmax")
+
 
 def check_int(name: str, value: object, minimum: int = 1, meaning: str = "") -> None:
     """Raises a ValueError unless ``value`` is an int (a bool is not) ``>= minimum``.
@@ -59,3 +64,30 @@ def check_positive(name: str, value: float, allow_zero: bool = False, meaning: s
         bound = ">= 0" if allow_zero else "> 0"
         explained = f" ({meaning})" if meaning else ""
         raise ValueError(f"{name} must be {bound}{explained}, got {value}.")
+
+
+def check_gate(gate: str) -> None:
+    """Raises a ValueError unless ``gate`` is one of :data:`GATES`.
+
+    Examples:
+        >>> check_gate("relu")
+        Traceback (most recent call last):
+        ...
+        ValueError: gate must be 'sigmoid' or 'softmax', got 'relu'.
+    """
+    if gate not in GATES:
+        raise ValueError(f"gate must be 'sigmoid' or 'softmax', got {gate!r}.")
+
+
+def apply_gate(logits: Tensor, gate: str, temperature: float) -> Tensor:
+    """Masks from gate logits ``[..., D]``: ``sigmoid(logits / T)`` (each in (0, 1)) or
+    ``D * softmax(logits / T)`` over the last dimension (mean 1).
+
+    Examples:
+        >>> apply_gate(torch.zeros(1, 4), "softmax", 1.0)
+        tensor([[1., 1., 1., 1.]])
+    """
+    logits = logits / temperature
+    if gate == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits.shape[-1] * torch.softmax(logits, dim=-1)

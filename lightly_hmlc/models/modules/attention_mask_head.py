@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_hmlc.models.modules._arguments import check_int, check_positive
+from lightly_hmlc.models.modules._arguments import apply_gate, check_gate, check_int, check_positive
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 
 Gate = Literal["sigmoid", "softmax"]
@@ -83,8 +83,7 @@ class AttentionMaskHead(FeatureMaskHead):
         if hidden_dim is None:
             hidden_dim = max(8, dim // 4)
         check_int("hidden_dim", hidden_dim)
-        if gate not in ("sigmoid", "softmax"):
-            raise ValueError(f"gate must be 'sigmoid' or 'softmax', got {gate!r}.")
+        check_gate(gate)
         check_positive("temperature", temperature, meaning="the gate logits are divided by it")
         check_positive(
             "separation_weight",
@@ -129,10 +128,7 @@ class AttentionMaskHead(FeatureMaskHead):
         x = x.to(self.weight1.dtype)  # autocast, if on, still picks the matmul precision
         hidden = torch.relu(torch.einsum("bd,ldh->blh", x, self.weight1) + self.bias1)
         logits = torch.einsum("blh,lhd->bld", hidden, self.weight2) + self.bias2
-        logits = logits / self.temperature
-        if self.gate == "sigmoid":
-            return torch.sigmoid(logits)
-        return self.dim * torch.softmax(logits, dim=-1)
+        return apply_gate(logits, self.gate, self.temperature)
 
     def regularization(self, masks: Tensor) -> Tensor:
         """``separation_weight`` times the mean pairwise cosine similarity of level masks.

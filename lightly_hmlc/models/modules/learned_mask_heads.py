@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_hmlc.models.modules._arguments import check_int, check_positive
+from lightly_hmlc.models.modules._arguments import apply_gate, check_gate, check_int, check_positive
 from lightly_hmlc.models.modules.attention_mask_head import mask_separation
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 
@@ -189,8 +189,7 @@ class StaticMaskHead(FeatureMaskHead):
             ValueError: If an argument is out of range.
         """
         super().__init__(num_levels=num_levels, dim=dim)
-        if gate not in ("sigmoid", "softmax"):
-            raise ValueError(f"gate must be 'sigmoid' or 'softmax', got {gate!r}.")
+        check_gate(gate)
         check_positive("temperature", temperature)
         check_positive("separation_weight", separation_weight, allow_zero=True)
         check_positive("l1_weight", l1_weight, allow_zero=True)
@@ -216,12 +215,7 @@ class StaticMaskHead(FeatureMaskHead):
             Masks of shape [1, L, D] (shared by all samples), coarse -> fine.
         """
         self.check_inputs(z, labels)
-        logits = self.logits / self.temperature
-        if self.gate == "sigmoid":
-            masks = torch.sigmoid(logits)
-        else:
-            masks = self.dim * torch.softmax(logits, dim=-1)
-        return masks.unsqueeze(0)
+        return apply_gate(self.logits, self.gate, self.temperature).unsqueeze(0)
 
     def regularization(self, masks: Tensor) -> Tensor:
         """Separation term plus ``l1_weight * mean(masks)``."""
