@@ -121,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=0.5, help="learning rate at batch 256, scaled linearly")
     add("--weight-decay", type=float, default=5e-4)
     add("--warmup-epochs", type=float, default=1.0)
-    add("--temperature", type=float, default=0.1)
+    add(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="temperature of the contrastive losses; a loss's --loss-option temperature=... "
+        "(a float, or a per-level list such as [0.2,0.1]) overrides it for that loss",
+    )
     add("--proj-dim", type=int, default=128, help="projection head output width")
     add("--seeds", default="0", help="comma list; each seed is one run")
     add("--data-seed", type=int, default=0, help="seed of subsets and synthetic data")

@@ -30,7 +30,11 @@ again at any time.
 A variant is ``NAME=METHOD:KEY=VALUE:KEY=VALUE`` (or just a method name). Keys go to the
 loss (``--loss-option``); ``head.KEY`` to the mask head (``--head-option``); ``suite.KEY``
 to the suite's own flag ``--KEY`` (e.g. ``suite.temperature=0.2``). Values are JSON when
-they parse as JSON, else strings.
+they parse as JSON, else strings, so ``hmc-t=hmc:temperature=[0.2,0.1]`` gives the loss
+per-level temperatures (coarse to fine), ``hmc-in=hmc:supcon_form=in`` the L_in form and
+``hmc-inst=hmc:instance_weight=1.0`` the explicit instance term. A loss's ``temperature``
+overrides ``suite.temperature`` (``--temperature``) for that loss; the suite flag still
+sets the rest (e.g. SimCLR's NT-Xent).
 """
 
 from __future__ import annotations

@@ -473,10 +473,13 @@ class LabelPathMethod(HierarchicalMethod):
 
     The loss gets those of ``temperature``, ``gather_distributed``, ``num_levels`` and
     ``dim`` (the projection width) that its factory names (all of them if it takes
-    ``**kwargs``), then ``loss_options``. A
+    ``**kwargs``), then ``loss_options``, which win: ``loss_options={"temperature":
+    [0.2, 0.1]}`` overrides the suite's ``temperature`` (``--temperature``). A
     loss registered with :func:`lightly_hmlc.registry.register_loss` is therefore a
     method of the suite with no change here. Per-level terms are logged
-    (``train/loss_level{l}``) when the loss returns them (``return_level_losses=True``,
+    (``train/loss_level{l}``; an HMLC loss with ``instance_weight > 0`` returns its
+    instance term last, as ``loss_level{L}``) when the loss returns them
+    (``return_level_losses=True``,
     asked only of a loss whose ``forward`` names it).
 
     The methods of ``MASKED_METHODS`` (G-HMLC, A-HMLC) run the chain of Ott et al. [3]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups, level_statistics
+from lightly_hmlc.loss._temperature import Temperature, level_logits
 
 HCE_FORMS = ("pair", "same_pair", "batch_mean")
 
@@ -36,7 +37,7 @@ def pair_constrained_level_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     same_pair: bool = False,
     logits: Tensor | None = None,
     log_denominator: Tensor | None = None,
@@ -49,7 +50,9 @@ def pair_constrained_level_losses(
         contrast: ``[Nc, D]`` or ``[Nc, L, D]``, containing the anchors.
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
-        temperature: Softmax temperature.
+        temperature: Softmax temperature: a float, or one per level (coarse to fine).
+            Per-level temperatures make a pair's loss differ between levels also
+            without masks, so they take the per-level (dense) form.
         same_pair: Bound each pair by the SAME pair's losses at the finer levels where
             it is a positive (``hce_form="same_pair"``), instead of by the anchor's
             largest finer pair loss. Without masks a pair's loss is the same at every
@@ -70,7 +73,8 @@ def pair_constrained_level_losses(
         low = (torch.float16, torch.bfloat16)
         anchors = anchors.float() if anchors.dtype in low else anchors
         contrast = contrast.float() if contrast.dtype in low else contrast
-        if anchors.dim() == 3 or logits is not None:
+        # The one-matrix shortcuts below need ONE temperature for every level.
+        if anchors.dim() == 3 or logits is not None or not isinstance(temperature, float):
             return _pair_constrained(
                 anchors,
                 contrast,
@@ -164,7 +168,7 @@ def _pair_constrained(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     same_pair: bool = False,
     logits: Tensor | None = None,
     log_denominator: Tensor | None = None,
@@ -174,7 +178,7 @@ def _pair_constrained(
     if logits is None:
         anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
         contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-        logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+        logits = level_logits(anchor_feats, contrast_feats, temperature)
     rows = torch.arange(num_anchors, device=device)
     # An anchor is never its own negative. Its own column stays finite in pair_loss, so
     # products with the 0/1 positive mask below are never inf * 0.

@@ -7,7 +7,8 @@ the parts in this module, so that a fix or a speed-up lands everywhere:
   one lexicographic sort of the full paths (coarser groups are unions of finer ones, so
   the sorted paths give every level's groups at once), with no data-dependent shape.
 - :func:`anchor_level_losses`: the supervised contrastive term of every anchor at every
-  level from ONE similarity matrix (or one per level, for per-level masked features).
+  level from ONE similarity matrix (or one per level, for per-level masked features or
+  per-level temperatures).
   Positives enter only through per-group sums of embeddings:
   ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``, so no level needs an
   ``[N, N]`` positive mask.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from lightly_hmlc.loss._gather import LossBatch, reduce_levels
+from lightly_hmlc.loss._temperature import Temperature, level_logits, scale_levels
 
 LOSS_TYPES = ("hmc", "hce", "hmce")
 
@@ -78,18 +79,6 @@ def describe_layer_penalty(layer_penalty: LayerPenalty) -> str:
     if isinstance(layer_penalty, functools.partial) and layer_penalty.func is _fixed_weights:
         return repr(layer_penalty.args[0])
     return getattr(layer_penalty, "__name__", None) or repr(layer_penalty)
-
-
-def check_temperature(name: str, value: float) -> float:
-    """``value`` as a float if it is a finite number > 0; else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{name} must be > 0 and finite, got {value}: it divides the cosine "
-            "similarities (0.1 is a common choice)."
-        )
-    return float(value)  # a plain float: no tensor (and no device) in the arithmetic
 
 
 def layer_penalties(
@@ -191,7 +180,7 @@ def anchor_level_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     include_in_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The supervised contrastive term of every anchor at every level.
@@ -210,7 +199,7 @@ def anchor_level_losses(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows (``valid`` marks who may be an anchor
             or a positive at each level).
-        temperature: Softmax temperature.
+        temperature: Softmax temperature: a float, or one per level (coarse to fine).
         include_in_denominator: Optional ``[Nc, L]`` bool: which contrast rows enter the
             denominator at each level (default: all).
 
@@ -235,7 +224,7 @@ def _anchor_level_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     include_in_denominator: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     stats = level_statistics(
@@ -275,7 +264,7 @@ def level_statistics(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     include_in_denominator: Tensor | None = None,
 ) -> LevelStatistics:
     """The logits, denominators and positive sums of every anchor at every level.
@@ -289,10 +278,10 @@ def level_statistics(
     # [1 or L, N, D]: a shared matrix for plain features, one per level for masked ones.
     anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
     contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-    # 1/temperature folded into the anchors: one fewer pass over the [Na, Nc] logits.
-    logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+    # 1/temperature folded into the anchors (a float; see level_logits for per-level ones).
+    logits = level_logits(anchor_feats, contrast_feats, temperature)
     rows = torch.arange(num_anchors, device=device)
-    # In place is safe: bmm saves its inputs, not its output, for the backward pass.
+    # In place is safe: bmm (and a per-level division) saves its inputs, not its output.
     # An anchor is never its own negative. A tensor value, not a Python scalar: no
     # host-to-device copy.
     logits[:, rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=device)
@@ -327,13 +316,13 @@ def level_statistics(
     return LevelStatistics(
         logits=logits,
         log_denominator=log_denominator,
-        positive_logit_sum=positive_dot / temperature,
+        positive_logit_sum=scale_levels(positive_dot, temperature),
         positive_count=positive_count,
         is_anchor=anchor_valid & (positive_count > 0),
     )
 
 
-def level_terms(batch: LossBatch, temperature: float) -> tuple[Tensor, Tensor]:
+def level_terms(batch: LossBatch, temperature: Temperature) -> tuple[Tensor, Tensor]:
     """Per-level SupCon terms of a loss batch: ``(share, value)`` as :func:`reduce_levels`."""
     loss, is_anchor = anchor_level_losses(
         batch.anchors,

@@ -35,6 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups
+from lightly_hmlc.loss._temperature import (
+    Temperature,
+    level_temperature,
+    scale_levels,
+    smallest_temperature,
+)
 
 # With unit-norm features every logit lies in [-1/T, 1/T]. Shifting by the constant 1/T
 # (instead of each row's maximum) saves a pass over the logits and never overflows; it is
@@ -155,7 +161,7 @@ def masked_level_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     anchor_masks: Tensor,
     contrast_masks: Tensor,
     allow_sync: bool = True,
@@ -173,7 +179,7 @@ def masked_level_losses(
             every contrast row is an anchor).
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
-        temperature: Softmax temperature.
+        temperature: Softmax temperature: a float, or one per level (coarse to fine).
         anchor_masks: ``[1 | Na, L, D]`` masks of the anchors.
         contrast_masks: ``[1 | Nc, L, D]`` masks of the contrast rows (the same tensor as
             ``anchor_masks`` when they are shared or the rows are the same).
@@ -195,7 +201,7 @@ def level_inputs(
     anchors: Tensor,
     contrast: Tensor,
     anchor_index: Tensor,
-    temperature: float,
+    temperature: Temperature,
     anchor_masks: Tensor | None = None,
     contrast_masks: Tensor | None = None,
     allow_sync: bool = True,
@@ -208,7 +214,7 @@ def level_inputs(
     """
     anchors, contrast = _wide(anchors), _wide(contrast)
     same_rows = anchors is contrast
-    shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+    shift = _shift(temperature)
     if anchor_masks is None or contrast_masks is None:
         a_all = anchors.transpose(0, 1).contiguous()
         c_all = a_all if same_rows else contrast.transpose(0, 1).contiguous()
@@ -228,15 +234,19 @@ def level_inputs(
                 level_features.append((a, c))
             denominators = [
                 _LevelLogSumExp.apply(
-                    (a / temperature).unsqueeze(0), c.unsqueeze(0), anchor_index, shift, same_rows
+                    (a / level_temperature(temperature, level)).unsqueeze(0),
+                    c.unsqueeze(0),
+                    anchor_index,
+                    shift,
+                    same_rows,
                 )
-                for a, c in level_features
+                for level, (a, c) in enumerate(level_features)
             ]
             return torch.cat(denominators, dim=0), level_features
         a_all = _level_major(anchors, anchor_masks)
         c_all = a_all if same_rows else _level_major(contrast, contrast_masks)
     log_denominator = _LevelLogSumExp.apply(
-        a_all / temperature, c_all, anchor_index, shift, same_rows
+        scale_levels(a_all, temperature), c_all, anchor_index, shift, same_rows
     )
     return log_denominator, list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
 
@@ -246,7 +256,7 @@ def partition_logits(
     contrast: Tensor,
     anchor_index: Tensor,
     dims: list[Tensor],
-    temperature: float,
+    temperature: Temperature,
 ) -> tuple[Tensor, Tensor]:
     """Level similarities / temperature ``[L, Na, Nc]`` of partition masks, and their
     log-denominators ``[L, Na, 1]`` (the anchor's own column excluded).
@@ -260,12 +270,12 @@ def partition_logits(
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         same_rows = anchors is contrast
         anchors, contrast = _wide(anchors), _wide(contrast)
-        shift = 1.0 / temperature if 2.0 / temperature <= _MAX_FIXED_SHIFT_RANGE else None
+        shift = _shift(temperature)
         logits, denominators = [], []
-        for level_dims in dims:
+        for level, level_dims in enumerate(dims):
             a = F.normalize(anchors[:, level_dims], dim=1)
             c = a if same_rows else F.normalize(contrast[:, level_dims], dim=1)
-            scaled = a / temperature
+            scaled = a / level_temperature(temperature, level)
             logits.append(scaled @ c.t())
             denominators.append(
                 _LevelLogSumExp.apply(
@@ -280,7 +290,7 @@ def level_feature_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
 ) -> tuple[Tensor, Tensor]:
     """The general path's ``anchor_level_losses`` on ``[N, L, D]`` level features, faster.
 
@@ -291,6 +301,12 @@ def level_feature_losses(
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         log_denominator, level_features = level_inputs(anchors, contrast, anchor_index, temperature)
         return _add_positives(log_denominator, level_features, anchor_index, groups, temperature)
+
+
+def _shift(temperature: Temperature) -> float | None:
+    """The constant shift ``1 / T`` (the smallest ``T`` of any level) while it is safe."""
+    smallest = smallest_temperature(temperature)
+    return 1.0 / smallest if 2.0 / smallest <= _MAX_FIXED_SHIFT_RANGE else None
 
 
 def _wide(features: Tensor) -> Tensor:
@@ -309,7 +325,7 @@ def _add_positives(
     level_features: list[tuple[Tensor, Tensor]],
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
 ) -> tuple[Tensor, Tensor]:
     """Turns the ``[L, Na]`` denominators into the per-anchor terms (see ``_levels``)."""
     device = log_denominator.device
@@ -330,7 +346,12 @@ def _add_positives(
     positive_dot = torch.stack(positive_dots)
     positive_count = torch.stack(positive_counts)
     is_anchor = valid[anchor_index].t() & (positive_count > 0)
-    mean_positive_logit = positive_dot / (temperature * positive_count.clamp(min=1.0))
+    if isinstance(temperature, float):
+        mean_positive_logit = positive_dot / (temperature * positive_count.clamp(min=1.0))
+    else:
+        mean_positive_logit = scale_levels(positive_dot, temperature) / positive_count.clamp(
+            min=1.0
+        )
     loss = torch.where(
         is_anchor, log_denominator - mean_positive_logit, torch.zeros_like(mean_positive_logit)
     )

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups
 from lightly_hmlc.loss._masked_fast import level_inputs
+from lightly_hmlc.loss._temperature import Temperature, level_temperature
 
 
 def masked_pair_level_losses(
@@ -32,7 +33,7 @@ def masked_pair_level_losses(
     contrast: Tensor,
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
     masks: Tensor | None = None,
     allow_sync: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -44,7 +45,7 @@ def masked_pair_level_losses(
         contrast: ``[Nc, D]`` or ``[Nc, L, D]``, containing the anchors.
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
-        temperature: Softmax temperature.
+        temperature: Softmax temperature: a float, or one per level (coarse to fine).
         masks: Shared masks of the ``[N, D]`` rows (``None`` for per-level features).
         allow_sync: Look for partition masks (one host synchronisation).
     """
@@ -60,7 +61,7 @@ def _constrained(
     level_features: list[tuple[Tensor, Tensor]],
     anchor_index: Tensor,
     groups: LevelGroups,
-    temperature: float,
+    temperature: Temperature,
 ) -> tuple[Tensor, Tensor, Tensor]:
     num_anchors = log_denominator.shape[1]
     device, dtype = log_denominator.device, log_denominator.dtype
@@ -69,7 +70,8 @@ def _constrained(
     zero = torch.zeros((), dtype=dtype, device=device)
     similarities, positives, counts, means, smallest = [], [], [], [], []
     for level, (a, c) in enumerate(level_features):
-        s = (a / temperature) @ c.t()  # [Na, Nc]; the anchor's own column stays finite
+        t = level_temperature(temperature, level)
+        s = (a / t) @ c.t()  # [Na, Nc]; the anchor's own column stays finite
         ids, valid = groups.ids[:, level], groups.valid[:, level]
         positive = (ids[anchor_index].unsqueeze(1) == ids.unsqueeze(0)) & valid.unsqueeze(0)
         positive &= valid[anchor_index].unsqueeze(1)
@@ -80,7 +82,7 @@ def _constrained(
         sums = torch.zeros(groups.num_groups, c.shape[1], dtype=c.dtype, device=device)
         sums = sums.index_add(0, ids, c * weight)
         own = c[anchor_index] * valid[anchor_index].to(c.dtype).unsqueeze(1)
-        positive_sum = (a * (sums[ids[anchor_index]] - own)).sum(dim=1) / temperature
+        positive_sum = (a * (sums[ids[anchor_index]] - own)).sum(dim=1) / t
         similarities.append(s)
         positives.append(positive)
         counts.append(count)

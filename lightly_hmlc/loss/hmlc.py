@@ -13,14 +13,13 @@ from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
 from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
+from lightly_hmlc.loss._instance import add_instance_term, check_instance_weight, hmlc_weights
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
     LayerPenalty,
     aggregate_levels,
     anchor_level_losses,
     build_level_groups,
-    check_temperature,
-    describe_layer_penalty,
     layer_penalties,
     resolve_layer_penalty,
 )
@@ -32,7 +31,15 @@ from lightly_hmlc.loss._masked_fast import (
 )
 from lightly_hmlc.loss._masked_pair import masked_pair_level_losses
 from lightly_hmlc.loss._memory import memory_batch
+from lightly_hmlc.loss._options import check_combination, describe_options
 from lightly_hmlc.loss._reference import reference_level_terms
+from lightly_hmlc.loss._supcon_in import check_supcon_form, in_batch_losses
+from lightly_hmlc.loss._temperature import (
+    check_level_count,
+    check_temperature,
+    check_temperatures,
+    level_temperature,
+)
 
 
 class _HierarchicalLoss(nn.Module):
@@ -44,7 +51,7 @@ class _HierarchicalLoss(nn.Module):
     def __init__(
         self,
         loss_type: str = "hmce",
-        temperature: float = 0.1,
+        temperature: float | Sequence[float] = 0.1,
         layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         num_levels: int | None = None,
         normalize_weights: bool = True,
@@ -54,6 +61,8 @@ class _HierarchicalLoss(nn.Module):
         hce_form: str | None = None,
         check_values: bool = True,
         level_balance: str = "none",
+        supcon_form: str = "out",
+        instance_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
@@ -66,12 +75,13 @@ class _HierarchicalLoss(nn.Module):
             )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")
-        temperature = check_temperature("temperature", temperature)
+        self.temperature = check_temperatures(temperature)
         base_temperature = check_temperature("base_temperature", base_temperature)
         if num_levels is not None and num_levels < 1:
             raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
+        self.supcon_form = check_supcon_form(supcon_form)
+        self.instance_weight = check_instance_weight(instance_weight)
         self.loss_type = loss_type
-        self.temperature = float(temperature)
         self.layer_penalty = resolve_layer_penalty(layer_penalty)
         self.num_levels = num_levels
         self.normalize_weights = normalize_weights
@@ -81,25 +91,14 @@ class _HierarchicalLoss(nn.Module):
         self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
         self.check_values = check_values
         self.level_balance = check_level_balance(level_balance, reference_compatible)
+        check_combination(self)
         if num_levels is not None:
             layer_penalties(num_levels, self.layer_penalty)  # fail early on a bad penalty
+            check_level_count(self.temperature, num_levels)
 
     def extra_repr(self) -> str:
         """The options the loss keeps, as ``print(loss)`` shows them."""
-        settings = [
-            f"loss_type={self.loss_type!r}",
-            f"temperature={self.temperature}",
-            f"layer_penalty={describe_layer_penalty(self.layer_penalty)}",
-            f"num_levels={self.num_levels}",
-            f"normalize_weights={self.normalize_weights}",
-            f"hce_form={self.hce_form!r}",
-            f"level_balance={self.level_balance!r}",
-            f"gather_distributed={self.gather_distributed}",
-            f"check_values={self.check_values}",
-        ]
-        if self.reference_compatible:  # base_temperature only counts in that mode
-            settings += ["reference_compatible=True", f"base_temperature={self.base_temperature}"]
-        return ", ".join(settings)
+        return describe_options(self)
 
     def level_weights(
         self,
@@ -110,20 +109,10 @@ class _HierarchicalLoss(nn.Module):
         """The weights of the level terms, coarse to fine (``None``: uniform mean).
 
         Made on ``device`` in ``dtype`` (the loss's), so that nothing is copied to the
-        device per step and float64 inputs are weighted in float64.
+        device per step and float64 inputs are weighted in float64. With
+        ``instance_weight > 0`` the divisor includes the instance level's weight.
         """
-        if self.loss_type == "hce" and not self.reference_compatible:
-            return None
-        if self.loss_type == "hce":
-            return torch.full((num_levels,), 1.0 / (num_levels + 1), dtype=dtype, device=device)
-        penalties = layer_penalties(
-            num_levels, self.layer_penalty, dtype, device, check=self.check_values
-        )
-        if self.reference_compatible:
-            return penalties / (num_levels + 1)
-        if self.normalize_weights:
-            return penalties / penalties.sum()
-        return penalties / num_levels
+        return hmlc_weights(self, num_levels, dtype, device)[0]
 
     def _prepare(
         self,
@@ -133,7 +122,7 @@ class _HierarchicalLoss(nn.Module):
         masks: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Checked ``[2B, L]`` paths, normalised rows and checked masks; see prepare_inputs."""
-        return prepare_inputs(
+        prepared = prepare_inputs(
             out0,
             out1,
             labels,
@@ -142,6 +131,8 @@ class _HierarchicalLoss(nn.Module):
             self.gather_distributed,
             masks,
         )
+        check_level_count(self.temperature, prepared[0].shape[1])
+        return prepared
 
     def _loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss, level_losses)`` of rows ``[2B, D]`` or ``[2B, L, D]``, paths ``[2B, L]``."""
@@ -179,7 +170,10 @@ class _HierarchicalLoss(nn.Module):
     def _batch_loss(self, batch: LossBatch, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(loss, level_losses)`` of a loss batch; ``masks`` ``[1, L, D]`` still to apply."""
         dtype, device = batch.contrast.dtype, batch.contrast.device
+        num_levels = batch.contrast_labels.shape[1]
+        weights, instance = hmlc_weights(self, num_levels, dtype, device)
         if self.reference_compatible:
+            assert isinstance(self.temperature, float)  # check_combination
             share = reference_level_terms(
                 batch.contrast,
                 batch.contrast_labels,
@@ -189,24 +183,26 @@ class _HierarchicalLoss(nn.Module):
                 self.check_values,
             )
             value = share.detach()
+            loss = aggregate_levels(share, value, self.loss_type, weights)
         elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
             constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
-            num_levels = batch.contrast_labels.shape[1]
             share, value = reduce_level_terms(
                 torch.cat([constrained, unconstrained]),
                 torch.cat([is_anchor, is_anchor]),
                 batch,
                 self.level_balance,
             )
-            weights = self.level_weights(num_levels, dtype, device)
             loss = aggregate_levels(share[:num_levels], value[:num_levels], "hmc", weights)
-            return loss, value[num_levels:]
+            value = value[num_levels:]
         else:
             share, value = self._level_terms(batch, masks)
-        weights = self.level_weights(len(value), dtype, device)
-        return aggregate_levels(share, value, self.loss_type, weights), value
+            loss = aggregate_levels(share, value, self.loss_type, weights)
+        if instance is not None:  # not constrained, and bounds no label level
+            finest = level_temperature(self.temperature, num_levels - 1)
+            loss, value = add_instance_term(loss, value, instance, batch, masks, finest)
+        return loss, value
 
     def _pair_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-pair HiConE terms; masked rows take the fast masked forms."""
@@ -247,9 +243,11 @@ class _HierarchicalLoss(nn.Module):
         )
 
     def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The group-sum level terms; masked rows take the fast masked level terms."""
+        """The L_out group-sum level terms (masked rows: the fast masked ones), or L_in."""
         args = (batch.anchor_index, build_level_groups(batch.contrast_labels), self.temperature)
-        if masks is None and batch.anchors.dim() == 2:
+        if self.supcon_form == "in":  # no fast masked path: shared masks are applied first
+            loss, is_anchor = in_batch_losses(batch, masks, args[1], self.temperature)
+        elif masks is None and batch.anchors.dim() == 2:
             loss, is_anchor = anchor_level_losses(batch.anchors, batch.contrast, *args)
         elif masks is None:
             loss, is_anchor = level_feature_losses(batch.anchors, batch.contrast, *args)
@@ -266,8 +264,9 @@ class HMLCLoss(_HierarchicalLoss):
     Labels are label paths ``[B, L]``, coarse to fine (``-1`` = unknown level). At level
     ``l`` two samples are positives when their paths agree from the root down to ``l``;
     the instance level is implicit, because the other view of a sample is always a
-    positive, so never append an instance-id column. Every level gets a supervised
-    contrastive term (the L_out form of SupCon) and the terms are aggregated:
+    positive, so never append an instance-id column (``instance_weight > 0`` adds an
+    explicit instance term as well). Every level gets a supervised contrastive term
+    (SupCon's L_out form, or L_in) and the terms are aggregated:
 
     - ``hmc``: weighted by ``lambda_l = layer_penalty(1 / k)``, ``k = L - l`` counting from
       the finest level (k = 1), so an increasing penalty favours finer levels;
@@ -296,8 +295,9 @@ class HMLCLoss(_HierarchicalLoss):
     The default follows the paper's formula: every anchor counts at every level and the
     level terms are averaged (``normalize_weights=True`` divides by ``sum(lambda)``, so
     one level gives exactly ``SupConLoss``; ``False`` divides by ``L`` as written in the
-    paper, which only rescales the loss). One similarity matrix serves every level, and
-    positives of all levels come from one grouped pass over the label paths.
+    paper, which only rescales the loss). One similarity matrix serves every level (one
+    per level with per-level temperatures or masks), and positives of all levels come
+    from one grouped pass over the label paths.
 
     ``reference_compatible=True`` reproduces the public reference implementation of the
     authors instead, given the same normalised features (the reference additionally
@@ -316,7 +316,10 @@ class HMLCLoss(_HierarchicalLoss):
 
     Args:
         loss_type: ``"hmc"``, ``"hce"`` or ``"hmce"``.
-        temperature: Scales the cosine similarities, ``> 0`` and finite.
+        temperature: Scales the cosine similarities, ``> 0`` and finite: a float, or one
+            per level, coarse to fine (level ``l``'s logits are ``s / T_l``; as many
+            values as label levels, checked at each call; the instance term takes the
+            finest level's). See ``_temperature.py``.
         layer_penalty: ``"exp"`` (default, as in the authors' training script),
             ``"pow2"`` (the reference implementation's default), ``"uniform"``, a
             callable mapping a float tensor of ``1 / k`` values to weights, or the
@@ -344,12 +347,24 @@ class HMLCLoss(_HierarchicalLoss):
             that Ott et al. model): the mean over the level's classes (label prefixes with an anchor)
             of the mean over each class's anchors, so a rare coarse class weighs as much
             as a frequent one; counts over the global batch, memory rows never count.
+        supcon_form: ``"out"`` (default): each level's term is SupCon's L_out (Khosla et
+            al., eq. 2); ``"in"``: L_in (eq. 3), ``-log`` of the positives' mean
+            probability. ``"in"`` has no per-pair losses, so with ``hce``/``hmce`` it
+            needs ``hce_form="batch_mean"`` (see ``_supcon_in.py``, ``_options.py``).
+        instance_weight: ``w >= 0``. ``w > 0`` adds an instance level below the finest:
+            NT-Xent with the other view as the only positive, on the finest level's
+            logits; the loss is ``(sum_l lambda_l L_l + w L_inst) / (Z + w)`` with
+            ``Z`` the divisor without it (``sum(lambda)`` or ``L``). It is not
+            constrained and bounds no level; ``level_losses`` then ends with it (``[L +
+            1]``). Memory rows are never its positives (see ``_instance.py``).
 
     Raises:
-        ValueError: For an unknown ``loss_type``, ``layer_penalty`` or ``hce_form``, a
-            temperature that is not finite and > 0, ``num_levels < 1``, an unknown
-            ``level_balance``, or ``hce_form="pair"`` or ``level_balance="class"`` with
-            ``reference_compatible=True``.
+        ValueError: For an unknown ``loss_type``, ``layer_penalty``, ``hce_form`` or
+            ``supcon_form``, a temperature that is not finite and > 0 (or as many as the
+            label levels, at the call), ``num_levels < 1``, an unknown ``level_balance``,
+            a negative ``instance_weight``, ``hce_form="pair"``, ``level_balance="class"``,
+            per-level temperatures, ``supcon_form="in"`` or ``instance_weight > 0`` with
+            ``reference_compatible=True``, or ``supcon_form="in"`` with a per-pair form.
 
     Examples:
         >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)
@@ -373,6 +388,12 @@ class HMLCLoss(_HierarchicalLoss):
         >>> masks = torch.ones(1, 2, 16)  # [1 | B | 2B, L, D]
         >>> torch.allclose(loss_fn(out0, out1, labels, masks=masks), loss)
         True
+
+        Per-level temperatures (coarse to fine), L_in and an explicit instance term:
+
+        >>> options = HMLCLoss("hmc", [0.2, 0.1], supcon_form="in", instance_weight=1.0)
+        >>> options(out0, out1, labels, return_level_losses=True)[1].shape  # + instance
+        torch.Size([3])
     """
 
     def forward(
@@ -404,7 +425,8 @@ class HMLCLoss(_HierarchicalLoss):
             memory_masks: Masks of the memory rows, ``[1 | K, L, D]``; ``None`` reuses
                 shared ``[1, L, D]`` masks (per-row masks need memory masks).
             return_level_losses: Also return the detached ``[L]`` per-level terms
-                (coarse to fine, before the HCE constraint), e.g. for logging.
+                (coarse to fine, before the HCE constraint; ``[L + 1]``, the instance
+                term last, with ``instance_weight > 0``), e.g. for logging.
 
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.

@@ -41,7 +41,8 @@ class MaskedHMLCLoss(_HierarchicalLoss):
     Args:
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed, hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
+        gather_distributed, hce_form, check_values, level_balance, supcon_form,
+        instance_weight: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -62,7 +63,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         self,
         mask_head: nn.Module,
         loss_type: str = "hmce",
-        temperature: float = 0.1,
+        temperature: float | Sequence[float] = 0.1,
         layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         num_levels: int | None = None,
         normalize_weights: bool = True,
@@ -70,6 +71,8 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         hce_form: str | None = None,
         check_values: bool = True,
         level_balance: str = "none",
+        supcon_form: str = "out",
+        instance_weight: float = 0.0,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -81,6 +84,8 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             hce_form=hce_form,
             check_values=check_values,
             level_balance=level_balance,
+            supcon_form=supcon_form,
+            instance_weight=instance_weight,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -138,13 +143,15 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         num_levels: int,
         dim: int,
         loss_type: str = "hmce",
-        temperature: float = 0.1,
+        temperature: float | Sequence[float] = 0.1,
         layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
         normalize_weights: bool = True,
         gather_distributed: bool = False,
         hce_form: str | None = None,
         check_values: bool = True,
         level_balance: str = "none",
+        supcon_form: str = "out",
+        instance_weight: float = 0.0,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -158,6 +165,8 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             hce_form=hce_form,
             check_values=check_values,
             level_balance=level_balance,
+            supcon_form=supcon_form,
+            instance_weight=instance_weight,
         )
 
     @staticmethod
@@ -175,7 +184,8 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
+        :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -207,7 +217,8 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
+        :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
@@ -240,7 +251,8 @@ class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
         dim: D, the width of the projections.
         head: The head's registry name (``lightly_hmlc.registry.list_components()``).
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
+        :class:`HMLCLoss`.
         **head_kwargs: Passed to the head.
 
     Examples:

@@ -8,18 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from lightly_hmlc.loss._features import prepare_inputs
-from lightly_hmlc.loss._gather import gather_for_loss
-from lightly_hmlc.loss._levels import (
-    aggregate_levels,
-    build_level_groups,
-    check_temperature,
-    level_terms,
-)
+from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
+from lightly_hmlc.loss._levels import aggregate_levels, build_level_groups, level_terms
 from lightly_hmlc.loss._memory import append_memory, check_memory
+from lightly_hmlc.loss._supcon_in import check_supcon_form, in_level_losses
+from lightly_hmlc.loss._temperature import check_temperature
 
 
 class SupConLoss(nn.Module):
-    """Supervised contrastive loss, the L_out form of Khosla et al. [0], eq. 2.
+    """Supervised contrastive loss of Khosla et al. [0]: L_out (eq. 2, default) or L_in (eq. 3).
 
     Every sample contributes two views. For an anchor, the positives are the other view
     of the same sample and both views of every other sample with the same label; all
@@ -38,13 +35,18 @@ class SupConLoss(nn.Module):
         check_values: Check values as well as shapes (NaN/Inf, norms that over- or
             underflow, labels below -1, and the same error on every rank); ``False``
             skips these host-device synchronisations, as in :class:`HMLCLoss`.
+        supcon_form: ``"out"`` (default): ``-1/|P| sum_p log(exp(s_ip) / sum_{a != i}
+            exp(s_ia))``, the mean of the positives' log-probabilities; ``"in"``:
+            ``-log(1/|P| sum_p exp(s_ip) / sum_{a != i} exp(s_ia))``, the log of their
+            mean probability (``<=`` L_out; equal with one positive per anchor).
 
     Labels are ``[B]`` class ids, or ``[B, L]`` label paths, in which case two samples
     are positives when their whole paths are equal. ``-1`` marks an unknown label: such a
     sample is neither an anchor nor a positive (it stays a negative for the others).
 
     Raises:
-        ValueError: If ``temperature`` is not finite and > 0.
+        ValueError: If ``temperature`` is not finite and > 0, or ``supcon_form`` is
+            neither ``"out"`` nor ``"in"``.
 
     Examples:
         >>> loss_fn = SupConLoss(temperature=0.1)
@@ -59,19 +61,25 @@ class SupConLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.1, gather_distributed: bool = False, check_values: bool = True
+        self,
+        temperature: float = 0.1,
+        gather_distributed: bool = False,
+        check_values: bool = True,
+        supcon_form: str = "out",
     ) -> None:
         super().__init__()
         self.temperature = check_temperature("temperature", temperature)
         self.gather_distributed = gather_distributed
         self.check_values = check_values
+        self.supcon_form = check_supcon_form(supcon_form)
 
     def extra_repr(self) -> str:
         """The options the loss keeps, as ``print(loss)`` shows them."""
-        return (
+        text = (
             f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
             f"check_values={self.check_values}"
         )
+        return text + (f", supcon_form={self.supcon_form!r}" if self.supcon_form != "out" else "")
 
     def forward(
         self,
@@ -110,6 +118,13 @@ class SupConLoss(nn.Module):
             unknown = (paths < 0).all(dim=1)
             paths = torch.where(unknown, -1, path_ids).unsqueeze(1)
             batch = dataclasses.replace(batch, contrast_labels=paths)
-        share, value = level_terms(batch, self.temperature)
+        if self.supcon_form == "in":
+            groups = build_level_groups(batch.contrast_labels)
+            loss_in, is_anchor = in_level_losses(
+                batch.anchors, batch.contrast, batch.anchor_index, groups, self.temperature
+            )
+            share, value = reduce_levels(loss_in, is_anchor, batch.distributed)
+        else:
+            share, value = level_terms(batch, self.temperature)
         loss = aggregate_levels(share, value, "hmc", weights=None)
         return (loss, value) if return_level_losses else loss
