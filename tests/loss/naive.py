@@ -12,6 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Every (loss_type, hce_form) pair whose terms differ: HMC has no constraint, so one form
+# stands for all of it. The order is fixed (some tests index it).
+LOSS_FORMS = [("hmc", "pair")] + [
+    (loss_type, form)
+    for form in ("pair", "same_pair", "batch_mean")
+    for loss_type in ("hce", "hmce")
+]
+
 
 def stacked_views(out0: Tensor, out1: Tensor) -> Tensor:
     return F.normalize(torch.cat([out0, out1]).double(), dim=1)

@@ -20,15 +20,7 @@ from tests.loss.test_checks import _SyncRecorder
 
 BATCH, DIM, TEMPERATURE = 8, 6, 0.2
 
-FORMS = [
-    ("hmc", "pair"),
-    ("hce", "pair"),
-    ("hmce", "pair"),
-    ("hce", "same_pair"),
-    ("hmce", "same_pair"),
-    ("hce", "batch_mean"),
-    ("hmce", "batch_mean"),
-]
+FORMS = naive.LOSS_FORMS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

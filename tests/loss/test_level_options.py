@@ -25,15 +25,7 @@ TEMPS = (0.5, 0.25, 0.1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FORMS = [
-    ("hmc", "pair"),
-    ("hce", "pair"),
-    ("hmce", "pair"),
-    ("hce", "same_pair"),
-    ("hmce", "same_pair"),
-    ("hce", "batch_mean"),
-    ("hmce", "batch_mean"),
-]
+FORMS = naive.LOSS_FORMS
 FORM_IDS = [f"{loss_type}-{form}" for loss_type, form in FORMS]
 
 

@@ -63,18 +63,7 @@ def _naive_masked(
     return sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
 
 
-@pytest.mark.parametrize(
-    ("loss_type", "hce_form"),
-    [
-        ("hmc", "pair"),
-        ("hce", "pair"),
-        ("hmce", "pair"),
-        ("hce", "same_pair"),
-        ("hmce", "same_pair"),
-        ("hce", "batch_mean"),
-        ("hmce", "batch_mean"),
-    ],
-)
+@pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)
 @pytest.mark.parametrize("rows", ["shared", "per_sample", "per_row"])
 def test_masks_argument_matches_naive_per_level_masking(
     loss_type: str, hce_form: str, rows: str
