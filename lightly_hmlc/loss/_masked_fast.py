@@ -21,8 +21,9 @@ of every level with a hand-written backward: the exponentials computed in the fo
 pass are kept and turned into ``d lse / d s`` in place, so each ``[N, N]`` matrix is
 touched a few times instead of the ~10 passes of autograd's composite log-sum-exp,
 self-exclusion and copy. When the anchors are the contrast rows (no memory, one process)
-the exponentials are symmetric and the backward is one matmul per level. Positives enter through per-group sums of the level features,
-as in the general path, so no level needs an ``[N, N]`` positive mask.
+the exponentials are symmetric and the backward is one matmul per level. Positives enter
+through per-group sums of the level features, as in the general path, so no level needs
+an ``[N, N]`` positive mask.
 """
 
 from __future__ import annotations
