@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import LevelGroups, level_statistics
+from lightly_hmlc.loss._levels import LevelGroups, level_statistics, widen
 from lightly_hmlc.loss._temperature import Temperature, level_logits
 
 HCE_FORMS = ("pair", "same_pair", "batch_mean")
@@ -70,9 +70,7 @@ def pair_constrained_level_losses(
     """
     # As for the group-sum terms: under autocast the logits stay float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        low = (torch.float16, torch.bfloat16)
-        anchors = anchors.float() if anchors.dtype in low else anchors
-        contrast = contrast.float() if contrast.dtype in low else contrast
+        anchors, contrast = widen(anchors), widen(contrast)
         # The one-matrix shortcuts below need ONE temperature for every level.
         if anchors.dim() == 3 or logits is not None or not isinstance(temperature, float):
             return _pair_constrained(

@@ -81,6 +81,12 @@ def describe_layer_penalty(layer_penalty: LayerPenalty) -> str:
     return getattr(layer_penalty, "__name__", None) or repr(layer_penalty)
 
 
+def widen(features: Tensor) -> Tensor:
+    """float16 / bfloat16 features as float32 (others unchanged): the logits and their
+    log-sum-exps are always computed in float32 or wider, also under autocast."""
+    return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+
+
 def layer_penalties(
     num_levels: int,
     layer_penalty: LayerPenalty,
@@ -210,8 +216,8 @@ def anchor_level_losses(
     # Autocast would run the similarity matmul in half precision: keep the logits float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         return _anchor_level_losses(
-            anchors.float() if anchors.dtype in (torch.float16, torch.bfloat16) else anchors,
-            contrast.float() if contrast.dtype in (torch.float16, torch.bfloat16) else contrast,
+            widen(anchors),
+            widen(contrast),
             anchor_index,
             groups,
             temperature,

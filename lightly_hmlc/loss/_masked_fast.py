@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import LevelGroups
+from lightly_hmlc.loss._levels import LevelGroups, widen
 from lightly_hmlc.loss._temperature import (
     Temperature,
     level_temperature,
@@ -213,7 +213,7 @@ def level_inputs(
     dimensions, else one batched computation), or ``[N, L, D]`` per-level features
     without masks (batched).
     """
-    anchors, contrast = _wide(anchors), _wide(contrast)
+    anchors, contrast = widen(anchors), widen(contrast)
     same_rows = anchors is contrast
     shift = _shift(temperature)
     if anchor_masks is None or contrast_masks is None:
@@ -270,7 +270,7 @@ def partition_logits(
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         same_rows = anchors is contrast
-        anchors, contrast = _wide(anchors), _wide(contrast)
+        anchors, contrast = widen(anchors), widen(contrast)
         shift = _shift(temperature)
         logits, denominators = [], []
         for level, level_dims in enumerate(dims):
@@ -308,10 +308,6 @@ def _shift(temperature: Temperature) -> float | None:
     """The constant shift ``1 / T`` (the smallest ``T`` of any level) while it is safe."""
     smallest = smallest_temperature(temperature)
     return 1.0 / smallest if 2.0 / smallest <= _MAX_FIXED_SHIFT_RANGE else None
-
-
-def _wide(features: Tensor) -> Tensor:
-    return features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
 
 
 def _level_major(features: Tensor, masks: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_hmlc.loss._gather import LossBatch
-from lightly_hmlc.loss._levels import LevelGroups, level_statistics
+from lightly_hmlc.loss._levels import LevelGroups, level_statistics, widen
 from lightly_hmlc.loss._temperature import Temperature
 
 SUPCON_FORMS = ("out", "in")
@@ -65,9 +65,7 @@ def in_level_losses(
         :func:`~lightly_hmlc.loss._levels.anchor_level_losses` (0 where not an anchor).
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        low = (torch.float16, torch.bfloat16)
-        anchors = anchors.float() if anchors.dtype in low else anchors
-        contrast = contrast.float() if contrast.dtype in low else contrast
+        anchors, contrast = widen(anchors), widen(contrast)
         stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
         device = stats.logits.device
         rows = torch.arange(anchors.shape[0], device=device)
