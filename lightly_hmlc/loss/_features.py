@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from lightly.utils import dist
 from torch import Tensor
 
 from lightly_hmlc.label_paths import check_label_paths
-from lightly_hmlc.loss._gather import share_errors
+from lightly_hmlc.loss._gather import LossBatch, share_errors
 
 
 def validate_inputs(
@@ -87,7 +89,22 @@ def apply_masks(
 ) -> Tensor:
     """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``."""
     masks = check_masks(features, masks, num_levels, source, check_values)
+    return mask_levels(features, masks)
+
+
+def mask_levels(features: Tensor, masks: Tensor) -> Tensor:
+    """``normalize(z * masks[:, h])`` of every level: ``[N, L, D]`` from rows ``[N, D]``
+    and checked masks ``[1 | N, L, D]``."""
     return F.normalize(features.unsqueeze(1) * masks, dim=2)
+
+
+def mask_batch(batch: LossBatch, masks: Tensor) -> LossBatch:
+    """``batch`` with its anchors and contrast rows turned into per-level masked features
+    by shared masks ``[1, L, D]``; anchors that are the contrast rows stay one tensor
+    (masked once)."""
+    anchors = mask_levels(batch.anchors, masks)
+    contrast = anchors if batch.anchors is batch.contrast else mask_levels(batch.contrast, masks)
+    return dataclasses.replace(batch, anchors=anchors, contrast=contrast)
 
 
 def check_masks(

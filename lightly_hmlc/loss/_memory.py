@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_hmlc.label_paths import check_label_paths
+from lightly_hmlc.loss._features import mask_levels
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 
 Memory = tuple[Tensor, Tensor]
@@ -128,11 +129,11 @@ def memory_batch(
         batch = append_memory(gather_for_loss(features, labels, gather_distributed), bank)
         return batch, masks
     # Per-row masks: gather the per-level features (they carry the masks' gradient).
-    level_features = F.normalize(features.unsqueeze(1) * masks, dim=2)
+    level_features = mask_levels(features, masks)
     batch = gather_for_loss(level_features, labels, gather_distributed)
     if bank is not None:
         assert memory_masks is not None
-        bank_levels = F.normalize(bank[0].unsqueeze(1) * memory_masks, dim=2)
+        bank_levels = mask_levels(bank[0], memory_masks)
         batch = append_memory(batch, (bank_levels, bank[1]))
     return batch, None
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from lightly_hmlc.loss._features import mask_batch
 from lightly_hmlc.loss._gather import LossBatch
 from lightly_hmlc.loss._levels import LevelGroups, level_statistics, widen
 from lightly_hmlc.loss._temperature import Temperature
@@ -96,9 +96,6 @@ def in_batch_losses(
 ) -> tuple[Tensor, Tensor]:
     """:func:`in_level_losses` of a loss batch; shared masks ``[1, L, D]`` are applied
     first (``normalize(z * m_h)`` per level: no fast masked path for L_in)."""
-    anchors, contrast = batch.anchors, batch.contrast
     if masks is not None:
-        same_rows = anchors is contrast
-        anchors = F.normalize(anchors.unsqueeze(1) * masks, dim=2)
-        contrast = anchors if same_rows else F.normalize(contrast.unsqueeze(1) * masks, dim=2)
-    return in_level_losses(anchors, contrast, batch.anchor_index, groups, temperature)
+        batch = mask_batch(batch, masks)
+    return in_level_losses(batch.anchors, batch.contrast, batch.anchor_index, groups, temperature)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
-from lightly_hmlc.loss._features import prepare_inputs
+from lightly_hmlc.loss._features import mask_batch, mask_levels, prepare_inputs
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
 from lightly_hmlc.loss._instance import add_instance_term, check_instance_weight, hmlc_weights
@@ -154,7 +152,7 @@ class _HierarchicalLoss(nn.Module):
                     "implementation has no memory bank. Use the default mode with a memory."
                 )
             if masks is not None:
-                features = F.normalize(features.unsqueeze(1) * masks, dim=2)
+                features = mask_levels(features, masks)
             return self._loss(features, labels)
         batch, shared_masks = memory_batch(
             features,
@@ -226,11 +224,7 @@ class _HierarchicalLoss(nn.Module):
                     batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
                 )
             else:
-                batch = dataclasses.replace(
-                    batch,
-                    anchors=F.normalize(batch.anchors.unsqueeze(1) * masks, dim=2),
-                    contrast=F.normalize(batch.contrast.unsqueeze(1) * masks, dim=2),
-                )
+                batch = mask_batch(batch, masks)
         return pair_constrained_level_losses(
             batch.anchors,
             batch.contrast,
