@@ -62,8 +62,8 @@ class _LevelLogSumExp(torch.autograd.Function):
     With ``symmetric`` the saved exponentials ``P`` are a symmetric matrix (``s_ia =
     s_ai``, zero diagonal), so the two backward products ``diag(g) P c`` and
     ``P^T diag(g) a`` come from ONE matmul ``P [c, g * a]`` of twice the width: no pass to
-    scale ``P`` and no product with a transposed ``[N, N]`` operand. On the CPU (1 thread,
-    N = 2048) the one wide product costs 0.5-0.8x the two narrow ones.
+    scale ``P`` and no product with a transposed ``[N, N]`` operand (benchmarks/RESULTS.md,
+    "The symmetric backward").
     """
 
     @staticmethod
