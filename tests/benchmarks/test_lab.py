@@ -103,3 +103,24 @@ def test_cifar10_mixed_pairs_every_class_with_a_class_of_the_other_kind() -> Non
         assert len(vehicles.intersection(members)) <= 1
     for budget in BUDGETS.values():
         assert "{hierarchy}" in budget["cifar10-mixed"]
+
+
+def test_cpu_long_budget_doubles_size_and_epochs_and_keeps_its_own_folder(tmp_path: Path) -> None:
+    from lab import BUDGETS, experiment_dir
+
+    def flag(flags: list[str], name: str) -> str | None:
+        return flags[flags.index(name) + 1] if name in flags else None
+
+    assert set(BUDGETS["cpu-long"]) == set(BUDGETS["cpu"])
+    for dataset, short in BUDGETS["cpu"].items():
+        long = BUDGETS["cpu-long"][dataset]
+        assert int(flag(long, "--epochs") or 0) == 2 * int(flag(short, "--epochs") or 0)
+        size = flag(short, "--train-samples")
+        # The long-tailed set trains on all of its images under every budget.
+        assert flag(long, "--train-samples") == (None if size is None else str(2 * int(size)))
+        rest = [a for a in long if a not in {flag(long, "--epochs"), flag(long, "--train-samples")}]
+        assert rest == [a for a in short if a not in {flag(short, "--epochs"), size}]
+    assert experiment_dir(tmp_path, "cifar10", "val") == tmp_path / "cifar10-val"
+    assert (
+        experiment_dir(tmp_path, "cifar10", "val", "cpu-long") == tmp_path / "cifar10-cpu-long-val"
+    )
