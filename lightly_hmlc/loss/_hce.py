@@ -29,7 +29,7 @@ from torch import Tensor
 from lightly_hmlc.loss._levels import LevelGroups, level_statistics, widen
 from lightly_hmlc.loss._temperature import Temperature, level_logits
 
-HCE_FORMS = ("pair", "same_pair", "batch_mean")
+HCE_FORMS = ("pair", "same_pair", "anchor_mean", "batch_mean")
 
 
 def pair_constrained_level_losses(
@@ -38,7 +38,7 @@ def pair_constrained_level_losses(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: Temperature,
-    same_pair: bool = False,
+    form: str = "pair",
     logits: Tensor | None = None,
     log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -53,10 +53,12 @@ def pair_constrained_level_losses(
         temperature: Softmax temperature: a float, or one per level (coarse to fine).
             Per-level temperatures make a pair's loss differ between levels also
             without masks, so they take the per-level (dense) form.
-        same_pair: Bound each pair by the SAME pair's losses at the finer levels where
-            it is a positive (``hce_form="same_pair"``), instead of by the anchor's
-            largest finer pair loss. Without masks a pair's loss is the same at every
-            level, so this bound never binds and the terms are the plain ones.
+        form: What bounds a pair (the per-pair ``hce_form`` values). ``"pair"``: the
+            anchor's largest finer pair loss. ``"same_pair"``: the SAME pair's losses
+            at the finer levels where it is a positive; without masks a pair's loss is
+            the same at every level, so this bound never binds and the terms are the
+            plain ones. ``"anchor_mean"`` (ours): the anchor's largest finer level
+            term, i.e. the mean of its pair losses at a finer level.
         logits: Optional ``[L, Na, Nc]`` similarities / temperature computed already
             (the partition fast path of ``_masked_fast``); then the features only give
             the shapes.
@@ -72,18 +74,21 @@ def pair_constrained_level_losses(
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         anchors, contrast = widen(anchors), widen(contrast)
         # The one-matrix shortcuts below need ONE temperature for every level.
-        if anchors.dim() == 3 or logits is not None or not isinstance(temperature, float):
+        # The anchor-mean bound lifts finer pairs too, so the shortcut's linear
+        # finer part does not hold: it takes the dense form, O(L N^2) memory.
+        dense = anchors.dim() == 3 or logits is not None or form == "anchor_mean"
+        if dense or not isinstance(temperature, float):
             return _pair_constrained(
                 anchors,
                 contrast,
                 anchor_index,
                 groups,
                 temperature,
-                same_pair,
+                form,
                 logits,
                 log_denominator,
             )
-        if same_pair:  # shared features: the same pair costs the same at every level
+        if form == "same_pair":  # shared features: the same pair costs the same at every level
             stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
             mean = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
             plain = torch.where(
@@ -167,7 +172,7 @@ def _pair_constrained(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: Temperature,
-    same_pair: bool = False,
+    form: str = "pair",
     logits: Tensor | None = None,
     log_denominator: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -201,15 +206,19 @@ def _pair_constrained(
     divisor = count.clamp(min=1.0)
 
     no_pair = torch.full((), -math.inf, dtype=pair_loss.dtype, device=device)
-    if same_pair:
+    if form == "same_pair":
         # Each pair's own largest loss over the finer levels where it is a positive.
         own = torch.where(positive, pair_loss, no_pair)  # [L, Na, Nc]
         finer = torch.cummax(own.flip(0), dim=0).values.flip(0)  # levels >= l
         finer = torch.cat([finer[1:], no_pair.expand(1, *finer.shape[1:])])  # levels > l
     else:
-        # The worst pair of every anchor at every level, then of all finer levels.
-        level_max = torch.where(positive, pair_loss, no_pair).amax(dim=2)  # [L, Na]
-        finer_max = torch.cummax(level_max.flip(0), dim=0).values.flip(0)  # levels >= l
+        if form == "anchor_mean":  # the anchor's level term at every level
+            level_mean = (pair_loss * weight).sum(dim=2) / divisor
+            level_bound = torch.where(is_anchor, level_mean, no_pair)  # [L, Na]
+        else:  # the worst pair of every anchor at every level
+            level_bound = torch.where(positive, pair_loss, no_pair).amax(dim=2)
+        # ... then the largest of them over all finer levels.
+        finer_max = torch.cummax(level_bound.flip(0), dim=0).values.flip(0)  # levels >= l
         finer = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)]).unsqueeze(2)
     constrained_pairs = torch.maximum(pair_loss, finer)
     constrained = (constrained_pairs * weight).sum(dim=2) / divisor

@@ -8,7 +8,7 @@ Per-level temperatures, L_in and the explicit instance term work with every loss
   temperature, the L_out form and no instance term (its instance id is one more label
   column that only enters the divisor ``L + 1``).
 - ``supcon_form="in"`` with the per-pair HiConE forms (``hce``/``hmce`` with
-  ``hce_form="pair"`` or ``"same_pair"``): they raise the loss of each positive pair
+  ``hce_form="pair"``, ``"same_pair"`` or ``"anchor_mean"``): they raise the loss of each positive pair
   to a bound, and L_in has no per-pair losses (the positives' probabilities are averaged
   inside the log), so there is nothing to raise. ``hce_form="batch_mean"`` constrains
   the level terms, which L_in has, and ``hmc`` has no constraint.
@@ -40,7 +40,7 @@ def check_combination(loss: Any) -> None:
                 f"has one temperature, the L_out form and an implicit instance level: "
                 f"{', '.join(names)} is not part of it. Use reference_compatible=False."
             )
-    if supcon_form == "in" and loss_type != "hmc" and hce_form in ("pair", "same_pair"):
+    if supcon_form == "in" and loss_type != "hmc" and hce_form != "batch_mean":
         raise ValueError(
             f"supcon_form='in' with loss_type={loss_type!r} and hce_form={hce_form!r}: the "
             "per-pair hierarchy constraint raises the loss of each positive pair, but L_in "

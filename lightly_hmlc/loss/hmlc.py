@@ -182,7 +182,7 @@ class _HierarchicalLoss(nn.Module):
             )
             value = share.detach()
             loss = aggregate_levels(share, value, self.loss_type, weights)
-        elif self.loss_type != "hmc" and self.hce_form in ("pair", "same_pair"):
+        elif self.loss_type != "hmc" and self.hce_form != "batch_mean":
             constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
@@ -217,7 +217,7 @@ class _HierarchicalLoss(nn.Module):
                 self.check_values,
             )
         logits = log_denominator = None
-        if masks is not None:  # same_pair needs every pair's level similarities
+        if masks is not None:  # same_pair / anchor_mean: every pair's level similarities
             dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
             if dims is not None:
                 logits, log_denominator = partition_logits(
@@ -231,7 +231,7 @@ class _HierarchicalLoss(nn.Module):
             batch.anchor_index,
             groups,
             self.temperature,
-            same_pair=self.hce_form == "same_pair",
+            form=self.hce_form,
             logits=logits,
             log_denominator=log_denominator,
         )
@@ -282,6 +282,9 @@ class HMLCLoss(_HierarchicalLoss):
       where it is a positive. A pair's loss depends on the level only through per-level
       masks, so without masks this equals ``hmc``'s terms (with ``hce``'s weights);
       with masks it binds.
+    - ``"anchor_mean"`` (ours): per pair, bounded by the anchor's largest finer level
+      term (the mean of its finer pair losses) instead of its worst finer pair: a milder
+      bound that also binds without masks (see METHOD.md, "HiConE per pair").
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
@@ -328,7 +331,7 @@ class HMLCLoss(_HierarchicalLoss):
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
         hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
-            ``"same_pair"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
+            ``"same_pair"``, ``"anchor_mean"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
             ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad

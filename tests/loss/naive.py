@@ -16,7 +16,7 @@ from torch import Tensor
 # stands for all of it. The order is fixed (some tests index it).
 LOSS_FORMS = [("hmc", "pair")] + [
     (loss_type, form)
-    for form in ("pair", "same_pair", "batch_mean")
+    for form in ("pair", "same_pair", "batch_mean", "anchor_mean")
     for loss_type in ("hce", "hmce")
 ]
 
@@ -83,14 +83,15 @@ def pair_loss(z: Tensor, i: int, p: int, temperature: float) -> Tensor:
 
 
 def hce_pair_level_means(
-    level_z: list[Tensor], labels: Tensor, temperature: float, same_pair: bool = False
+    level_z: list[Tensor], labels: Tensor, temperature: float, form: str = "pair"
 ) -> list[Tensor]:
     """Per-level means of HiConE applied per pair, one plain loop per anchor and pair.
 
     ``level_z[l]`` are the ``[2B, D]`` features level l sees. The pair (i, p) at level l
     costs ``max(loss_l(i, p), largest loss_l'(i, p') over finer levels l' and their
-    positives p' of the same anchor i)``; with ``same_pair``, of the pair (i, p)
-    itself at the finer levels where p is a positive.
+    positives p' of the same anchor i)``; with ``form="same_pair"``, of the pair (i, p)
+    itself at the finer levels where p is a positive; with ``form="anchor_mean"``, the
+    largest over finer levels l' of the MEAN of anchor i's pair losses at l'.
     """
     paths = labels.tolist() * 2
     num_levels = labels.shape[1]
@@ -106,10 +107,21 @@ def hce_pair_level_means(
                 for finer_level in range(level + 1, num_levels)
                 for q in positives_of(paths, i, finer_level)
             ]
+            if form == "anchor_mean":
+                finer = [
+                    torch.stack(
+                        [
+                            pair_loss(level_z[finer_level], i, q, temperature)
+                            for q in finer_positives
+                        ]
+                    ).mean()
+                    for finer_level in range(level + 1, num_levels)
+                    if (finer_positives := positives_of(paths, i, finer_level))
+                ]
             pair_terms = []
             for p in positives:
                 loss = pair_loss(level_z[level], i, p, temperature)
-                if same_pair:
+                if form == "same_pair":
                     finer = [
                         pair_loss(level_z[finer_level], i, p, temperature)
                         for finer_level in range(level + 1, num_levels)
@@ -134,8 +146,10 @@ def hmlc(
     hce_form: str = "pair",
 ) -> Tensor:
     num_levels = labels.shape[1]
-    if loss_type != "hmc" and hce_form == "pair":
-        means = hce_pair_level_means([stacked_views(out0, out1)] * num_levels, labels, temperature)
+    if loss_type != "hmc" and hce_form in ("pair", "anchor_mean"):  # same_pair: plain terms
+        means = hce_pair_level_means(
+            [stacked_views(out0, out1)] * num_levels, labels, temperature, hce_form
+        )
     else:
         means = level_means(out0, out1, labels, temperature)
     if loss_type in ("hce", "hmce") and hce_form == "batch_mean":

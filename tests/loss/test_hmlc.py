@@ -102,6 +102,18 @@ def test_per_pair_hmce_differs_from_hmc_on_a_clustered_embedding() -> None:
     torch.testing.assert_close(hmce, expected)
 
 
+def test_anchor_mean_bound_binds_on_a_clustered_embedding_and_is_milder_than_pair() -> None:
+    out0, out1, labels = _clustered(0)
+    hmc = HMLCLoss("hmc")(out0, out1, labels)
+    pair = HMLCLoss("hmce")(out0, out1, labels)
+    anchor_mean = HMLCLoss("hmce", hce_form="anchor_mean")(out0, out1, labels)
+    # The mean of the finer pair losses never exceeds their maximum, and it binds: the
+    # coarse term's same-class pairs below the anchor's mean fine loss are raised.
+    assert hmc + 1e-4 < anchor_mean < pair - 1e-3
+    expected = naive.hmlc(out0, out1, labels, "hmce", 0.1, "exp", True, "anchor_mean")
+    torch.testing.assert_close(anchor_mean, expected)
+
+
 def test_hce_form_validation() -> None:
     with pytest.raises(ValueError, match="Unknown hce_form"):
         HMLCLoss("hce", hce_form="per_anchor")

@@ -105,6 +105,11 @@ def loop_loss(
                         for q in naive.positives_of(paths, i, finer):
                             if hce_form == "pair" or q == p:
                                 loss = torch.maximum(loss, pair(finer, i, q))
+                if loss_type != "hmc" and hce_form == "anchor_mean":
+                    for finer in range(level + 1, num_levels):
+                        if qs := naive.positives_of(paths, i, finer):
+                            mean = torch.stack([pair(finer, i, q) for q in qs]).mean()
+                            loss = torch.maximum(loss, mean)
                 losses.append(loss)
                 plain.append(plain_loss)
             constrained_terms.append(torch.stack(losses).mean())

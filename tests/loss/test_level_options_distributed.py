@@ -38,6 +38,7 @@ CONFIGS: list[dict[str, Any]] = [
         "level_balance": "class",
     },
     {"loss_type": "hmce", "instance_weight": 1.0, "memory": True},
+    {"loss_type": "hmce", "hce_form": "anchor_mean", "level_balance": "class", "memory": True},
 ]
 
 

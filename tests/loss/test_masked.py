@@ -46,10 +46,8 @@ def _naive_masked(
     batch_size = out0.shape[0]
     num_levels = labels.shape[1]
     level_z = [F.normalize(z * masks[:, level], dim=1) for level in range(num_levels)]
-    if loss_type != "hmc" and hce_form in ("pair", "same_pair"):
-        level_terms = naive.hce_pair_level_means(
-            level_z, labels, temperature, same_pair=hce_form == "same_pair"
-        )
+    if loss_type != "hmc" and hce_form != "batch_mean":
+        level_terms = naive.hce_pair_level_means(level_z, labels, temperature, hce_form)
     else:
         level_terms = [
             naive.level_means(zl[:batch_size], zl[batch_size:], labels, temperature)[level]

@@ -213,6 +213,7 @@ def test_symmetric_backward_allows_a_second_pass(kind: str) -> None:
         ("hmce", "pair"),
         ("hce", "pair"),
         ("hmce", "same_pair"),
+        ("hmce", "anchor_mean"),
         ("hmce", "batch_mean"),
         ("hmc", None),
     ],
