@@ -65,11 +65,12 @@ class _HierarchicalLoss(nn.Module):
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
             raise ValueError(f"Unknown hce_form {hce_form!r}: use one of {list(HCE_FORMS)}.")
-        if reference_compatible and hce_form == "pair":
+        if reference_compatible and hce_form not in (None, "batch_mean"):
             raise ValueError(
                 "reference_compatible=True applies the hierarchy constraint to the batch-mean "
-                "level terms, as the reference code does: leave hce_form unset (or "
-                "'batch_mean'), or use reference_compatible=False for the per-pair form."
+                f"level terms, as the reference code does, so hce_form={hce_form!r} would be "
+                "ignored: leave hce_form unset (or 'batch_mean'), or use "
+                "reference_compatible=False for the per-pair forms."
             )
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(LOSS_TYPES)}.")

@@ -117,8 +117,12 @@ def test_anchor_mean_bound_binds_on_a_clustered_embedding_and_is_milder_than_pai
 def test_hce_form_validation() -> None:
     with pytest.raises(ValueError, match="Unknown hce_form"):
         HMLCLoss("hce", hce_form="per_anchor")
-    with pytest.raises(ValueError, match="reference_compatible=True applies"):
-        HMLCLoss("hce", reference_compatible=True, hce_form="pair")
+    for form in ("pair", "same_pair", "anchor_mean"):  # never silently ignored
+        with pytest.raises(ValueError, match=f"reference_compatible=True applies.*'{form}'"):
+            HMLCLoss("hce", reference_compatible=True, hce_form=form)
+    assert HMLCLoss("hce", reference_compatible=True, hce_form="batch_mean").hce_form == (
+        "batch_mean"
+    )
     assert HMLCLoss("hce").hce_form == "pair"
     assert HMLCLoss("hce", reference_compatible=True).hce_form == "batch_mean"
 
