@@ -8,10 +8,11 @@ Per-level temperatures, L_in and the explicit instance term work with every loss
   temperature, the L_out form and no instance term (its instance id is one more label
   column that only enters the divisor ``L + 1``).
 - ``supcon_form="in"`` with the per-pair HiConE forms (``hce``/``hmce`` with
-  ``hce_form="pair"``, ``"same_pair"`` or ``"anchor_mean"``): they raise the loss of each positive pair
-  to a bound, and L_in has no per-pair losses (the positives' probabilities are averaged
-  inside the log), so there is nothing to raise. ``hce_form="batch_mean"`` constrains
-  the level terms, which L_in has, and ``hmc`` has no constraint.
+  ``hce_form="pair"``, ``"same_pair"`` or ``"anchor_mean"``): they raise the loss of
+  each positive pair to a bound, and L_in has no per-pair losses (the positives'
+  probabilities are averaged inside the log), so there is nothing to raise.
+  ``hce_form="batch_mean"`` constrains the level terms, which L_in has, and ``hmc`` has
+  no constraint.
 """
 
 from __future__ import annotations

@@ -332,8 +332,9 @@ class HMLCLoss(_HierarchicalLoss):
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
         hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
-            ``"same_pair"``, ``"anchor_mean"`` or ``"batch_mean"`` (see above). ``None`` is ``"pair"``, or
-            ``"batch_mean"`` with ``reference_compatible=True``. Ignored for ``hmc``.
+            ``"same_pair"``, ``"anchor_mean"`` or ``"batch_mean"`` (see above). ``None``
+            is ``"pair"``, or ``"batch_mean"`` with ``reference_compatible=True``, which
+            rejects the per-pair forms. Ignored for ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
             penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
