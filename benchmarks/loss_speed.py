@@ -84,7 +84,7 @@ def per_level_loop_loss(
     return (weights * terms).sum() / weights.sum()
 
 
-def fitted_ghmlc(num_levels: int, dim: int, hce_form: str = "pair") -> GHMLCLoss:
+def fitted_ghmlc(num_levels: int, dim: int, hce_form: str = "anchor_mean") -> GHMLCLoss:
     """G-HMLC whose head fits its partition masks on the first (warm-up) call, then never."""
     return GHMLCLoss(
         num_levels=num_levels, dim=dim, hce_form=hce_form, warmup_steps=1, refit_every=10**9
@@ -105,10 +105,15 @@ class GeneralMaskedPath:
         level_features = apply_masks(features, masks, paths.shape[1])
         batch = gather_for_loss(level_features, paths, False)
         groups = build_level_groups(batch.contrast_labels)
-        if loss_fn.loss_type != "hmc" and loss_fn.hce_form == "pair":
-            # The dense per-pair form: [L, N, N] pair losses on the per-level features.
+        if loss_fn.loss_type != "hmc" and loss_fn.hce_form != "batch_mean":
+            # The dense per-pair forms: [L, N, N] pair losses on the per-level features.
             constrained, _, is_anchor = pair_constrained_level_losses(
-                batch.anchors, batch.contrast, batch.anchor_index, groups, loss_fn.temperature
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                groups,
+                loss_fn.temperature,
+                form=loss_fn.hce_form,
             )
             share, value = reduce_levels(constrained, is_anchor, False)
             weights = loss_fn.level_weights(len(value), share.dtype, share.device)
@@ -292,7 +297,10 @@ def main() -> None:
     for levels in (2, 3, 4) if "core" in groups else (3,):
         candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce", temperature=0.1)))
     if "core" in groups:
-        # The group-sum form of the foundation issue's targets (and of hmc).
+        # The worst-pair HiConE (the default until the anchor-mean bound), and the
+        # group-sum form of the foundation issue's targets (and of hmc).
+        if "masked" not in groups:  # the masked group measures it as its baseline
+            candidates.append(("HMLCLoss hmce L=3 pair", 3, HMLCLoss("hmce", hce_form="pair")))
         for levels in (2, 3, 4):
             name = f"HMLCLoss hmce L={levels} batch_mean"
             candidates.append((name, levels, HMLCLoss("hmce", hce_form="batch_mean")))
@@ -301,10 +309,11 @@ def main() -> None:
             candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
     if "masked" in groups:
         dim = args.dim
-        # The default hce_form is the per-pair HiConE; "batch_mean" is the group-sum form.
-        for form in ("pair", "batch_mean"):
-            tag = "" if form == "pair" else " batch_mean"
-            if form != "pair":
+        # The default hce_form is the anchor-mean HiConE, "pair" the worst-pair one and
+        # "batch_mean" the group-sum form.
+        for form in ("anchor_mean", "pair", "batch_mean"):
+            tag = "" if form == "anchor_mean" else f" {form}"
+            if form != "anchor_mean":
                 candidates.append((f"HMLCLoss hmce L=3{tag}", 3, HMLCLoss("hmce", hce_form=form)))
             candidates += [
                 (f"GHMLCLoss L=3{tag}", 3, fitted_ghmlc(3, dim, form).to(device)),
@@ -375,7 +384,7 @@ def main() -> None:
         print("\n| masked loss | batch | fwd+bwd ms | time vs HMCE L=3 (same hce_form) |")
         print("|---|---:|---:|---:|")
         for row in masked:
-            tag = " batch_mean" if "batch_mean" in row["loss"] else ""
+            tag = next((f" {f}" for f in ("batch_mean", "pair") if f" {f}" in row["loss"]), "")
             base = by_key[(f"HMLCLoss hmce L=3{tag}", row["batch_size"])]
             print(
                 f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | "

@@ -87,7 +87,7 @@ class _HierarchicalLoss(nn.Module):
         self.reference_compatible = reference_compatible
         self.base_temperature = float(base_temperature)
         self.gather_distributed = gather_distributed
-        self.hce_form = hce_form or ("batch_mean" if reference_compatible else "pair")
+        self.hce_form = hce_form or ("batch_mean" if reference_compatible else "anchor_mean")
         self.check_values = check_values
         self.level_balance = check_level_balance(level_balance, reference_compatible)
         check_combination(self)
@@ -271,21 +271,22 @@ class HMLCLoss(_HierarchicalLoss):
 
     ``hce_form`` says where the constraint acts:
 
-    - ``"pair"`` (default, the paper's HiConE equation): inside the sum over positive
-      pairs. The loss of anchor ``i``'s pair ``(i, p)`` at level ``l`` is raised to the
-      largest pair loss of the same anchor at any finer level,
-      ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``. On a
-      class-clustered embedding this binds (coarse-level positives that sit closer
-      than the anchor's worst finer positive are raised), so ``hmce`` differs from
-      ``hmc``. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with
-      per-level masks (N rows of the batch, all ranks).
+    - ``"anchor_mean"`` (default): inside the sum over positive pairs, as the paper's
+      HiConE equation puts it, with ``L(l', i)`` read as the anchor's level term. The
+      loss of anchor ``i``'s pair ``(i, p)`` at level ``l`` is raised to the anchor's
+      largest finer level term,
+      ``max(l_l(i, p), max_{l' finer} mean_{p' in P_l'(i)} l_l'(i, p'))``. On a
+      class-clustered embedding this binds (same-class pairs in a coarse term that sit
+      closer than the anchor's mean fine pair are raised), so ``hmce`` differs from
+      ``hmc``. Chosen over ``"pair"`` on validation evidence (METHOD.md). Memory: a few
+      ``[L, N, N]`` tensors (N rows of the batch, all ranks).
+    - ``"pair"``: the same with ``L(l', i)`` read as the anchor's WORST finer pair,
+      ``max(l_l(i, p), max_{l' finer} max_{p' in P_l'(i)} l_l'(i, p'))``: a stronger
+      bound. Memory: O(N^2) without masks, a few ``[L, N, N]`` tensors with masks.
     - ``"same_pair"``: per pair, bounded by the SAME pair's losses at the finer levels
       where it is a positive. A pair's loss depends on the level only through per-level
       masks, so without masks this equals ``hmc``'s terms (with ``hce``'s weights);
       with masks it binds.
-    - ``"anchor_mean"`` (ours): per pair, bounded by the anchor's largest finer level
-      term (the mean of its finer pair losses) instead of its worst finer pair: a milder
-      bound that also binds without masks (see METHOD.md, "HiConE per pair").
     - ``"batch_mean"``: on the batch-mean level terms, each raised to the largest term
       of the finer levels, as the reference code does. On a class-clustered embedding
       the coarse terms are already the larger ones, so this form rarely binds.
@@ -331,10 +332,11 @@ class HMLCLoss(_HierarchicalLoss):
             value equals the single-process loss on the global batch on every rank, and
             after DDP's gradient averaging so do the gradients. Every rank needs the
             same batch size.
-        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"pair"`` (default),
-            ``"same_pair"``, ``"anchor_mean"`` or ``"batch_mean"`` (see above). ``None``
-            is ``"pair"``, or ``"batch_mean"`` with ``reference_compatible=True``, which
-            rejects the per-pair forms. Ignored for ``hmc``.
+        hce_form: Where ``hce``/``hmce`` apply the constraint: ``"anchor_mean"``
+            (default), ``"pair"``, ``"same_pair"`` or ``"batch_mean"`` (see above).
+            ``None`` is ``"anchor_mean"``, or ``"batch_mean"`` with
+            ``reference_compatible=True``, which rejects the per-pair forms. Ignored for
+            ``hmc``.
         check_values: Check values as well as shapes (default): NaN/Inf embeddings or
             masks, embeddings whose norm over- or underflows, labels below -1, bad
             penalty values, ``-1`` labels in ``reference_compatible`` mode, and, with
@@ -361,9 +363,10 @@ class HMLCLoss(_HierarchicalLoss):
         ValueError: For an unknown ``loss_type``, ``layer_penalty``, ``hce_form`` or
             ``supcon_form``, a temperature that is not finite and > 0 (or as many as the
             label levels, at the call), ``num_levels < 1``, an unknown ``level_balance``,
-            a negative ``instance_weight``, ``hce_form="pair"``, ``level_balance="class"``,
-            per-level temperatures, ``supcon_form="in"`` or ``instance_weight > 0`` with
-            ``reference_compatible=True``, or ``supcon_form="in"`` with a per-pair form.
+            a negative ``instance_weight``, a per-pair ``hce_form``,
+            ``level_balance="class"``, per-level temperatures, ``supcon_form="in"`` or
+            ``instance_weight > 0`` with ``reference_compatible=True``, or
+            ``supcon_form="in"`` with a per-pair form.
 
     Examples:
         >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)

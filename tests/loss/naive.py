@@ -143,7 +143,7 @@ def hmlc(
     temperature: float,
     penalty: str = "exp",
     normalize_weights: bool = True,
-    hce_form: str = "pair",
+    hce_form: str = "anchor_mean",
 ) -> Tensor:
     num_levels = labels.shape[1]
     if loss_type != "hmc" and hce_form in ("pair", "anchor_mean"):  # same_pair: plain terms

@@ -52,16 +52,19 @@ def test_value_and_gradients_match_naive(
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", [None, "pair", "anchor_mean"])  # None: the default
 @pytest.mark.parametrize("loss_type", ["hce", "hmce"])
 @pytest.mark.parametrize("unknown", [0.0, 0.3])
-def test_per_pair_hce_matches_naive_pair_loop(loss_type: str, unknown: float) -> None:
+def test_per_pair_hce_matches_naive_pair_loop(
+    loss_type: str, unknown: float, form: str | None
+) -> None:
     out0, out1, labels = _inputs(11, batch_size=8, unknown=unknown)
     out0.requires_grad_(True)
     out1.requires_grad_(True)
-    ours, level_losses = HMLCLoss(loss_type, temperature=0.3)(
+    ours, level_losses = HMLCLoss(loss_type, temperature=0.3, hce_form=form)(
         out0, out1, labels, return_level_losses=True
     )
-    expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, "exp", True, "pair")
+    expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, "exp", True, form or "anchor_mean")
     torch.testing.assert_close(ours.double(), expected)
     for got, want in zip(
         torch.autograd.grad(ours, [out0, out1]),
@@ -91,7 +94,9 @@ def _clustered(seed: int, batch_size: int = 24) -> tuple[torch.Tensor, torch.Ten
 def test_per_pair_hmce_differs_from_hmc_on_a_clustered_embedding() -> None:
     out0, out1, labels = _clustered(0)
     hmc = HMLCLoss("hmc")(out0, out1, labels)
-    hmce, level_losses = HMLCLoss("hmce")(out0, out1, labels, return_level_losses=True)
+    hmce, level_losses = HMLCLoss("hmce", hce_form="pair")(
+        out0, out1, labels, return_level_losses=True
+    )
     batch_mean = HMLCLoss("hmce", hce_form="batch_mean")(out0, out1, labels)
     # The batch-mean constraint never binds here: the coarse term is the larger one...
     assert level_losses[0] > level_losses[1]
@@ -105,8 +110,8 @@ def test_per_pair_hmce_differs_from_hmc_on_a_clustered_embedding() -> None:
 def test_anchor_mean_bound_binds_on_a_clustered_embedding_and_is_milder_than_pair() -> None:
     out0, out1, labels = _clustered(0)
     hmc = HMLCLoss("hmc")(out0, out1, labels)
-    pair = HMLCLoss("hmce")(out0, out1, labels)
-    anchor_mean = HMLCLoss("hmce", hce_form="anchor_mean")(out0, out1, labels)
+    pair = HMLCLoss("hmce", hce_form="pair")(out0, out1, labels)
+    anchor_mean = HMLCLoss("hmce")(out0, out1, labels)  # the default form
     # The mean of the finer pair losses never exceeds their maximum, and it binds: the
     # coarse term's same-class pairs below the anchor's mean fine loss are raised.
     assert hmc + 1e-4 < anchor_mean < pair - 1e-3
@@ -123,7 +128,7 @@ def test_hce_form_validation() -> None:
     assert HMLCLoss("hce", reference_compatible=True, hce_form="batch_mean").hce_form == (
         "batch_mean"
     )
-    assert HMLCLoss("hce").hce_form == "pair"
+    assert HMLCLoss("hce").hce_form == "anchor_mean"
     assert HMLCLoss("hce", reference_compatible=True).hce_form == "batch_mean"
 
 

@@ -44,7 +44,7 @@ def loop_loss(
     labels: Tensor,
     temps: tuple[float, ...],
     loss_type: str = "hmc",
-    hce_form: str = "pair",
+    hce_form: str = "anchor_mean",
     supcon_form: str = "out",
     instance_weight: float = 0.0,
     masks: Tensor | None = None,
@@ -545,7 +545,7 @@ def test_repr_shows_the_options_only_when_set() -> None:
         (lambda: HMLCLoss(supcon_form="inside"), "Unknown supcon_form 'inside'"),
         (lambda: SupConLoss(supcon_form="IN"), "Unknown supcon_form 'IN'"),
         (lambda: HMLCLoss("hmce", supcon_form="in"), "L_in has no per-pair losses"),
-        (lambda: HMLCLoss("hce", supcon_form="in"), "hce_form='pair'"),
+        (lambda: HMLCLoss("hce", supcon_form="in"), "hce_form='anchor_mean'"),
         (
             lambda: HMLCLoss("hmce", hce_form="same_pair", supcon_form="in"),
             "hce_form='same_pair': the per-pair hierarchy constraint",

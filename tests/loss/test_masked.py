@@ -39,7 +39,7 @@ def _naive_masked(
     masks: Tensor,
     loss_type: str,
     temperature: float,
-    hce_form: str = "pair",
+    hce_form: str = "anchor_mean",
 ) -> Tensor:
     """Level h's naive term on normalize(normalize(z) * masks[:, h]); masks [2B, L, D]."""
     z = torch.cat([F.normalize(out0, dim=1), F.normalize(out1, dim=1)])
