@@ -221,11 +221,27 @@ def run_experiment(args: argparse.Namespace) -> Path:
             log = out / f"seed{seed}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a") as handle:
-                code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
+                code = subprocess.call(
+                    command, stdout=handle, stderr=subprocess.STDOUT, env=suite_environment()
+                )
             if code != 0:
                 raise RuntimeError(f"{variant.name} seed {seed} failed ({code}); see {log}.")
     (base / "lab.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     return base
+
+
+def suite_environment() -> dict[str, str]:
+    """The environment of a run: this checkout's ``lightly_hmlc`` first on the path.
+
+    An editable install points at ONE checkout; without this, a run started from another
+    worktree (a frozen copy for a long experiment, say) would import the package from
+    the install's checkout, while its records name this checkout's commit.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    return env
 
 
 def _default_data(dataset: str) -> str:

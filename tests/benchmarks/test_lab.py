@@ -124,3 +124,26 @@ def test_cpu_long_budget_doubles_size_and_epochs_and_keeps_its_own_folder(tmp_pa
     assert (
         experiment_dir(tmp_path, "cifar10", "val", "cpu-long") == tmp_path / "cifar10-cpu-long-val"
     )
+
+
+def test_runs_import_the_package_of_the_lab_checkout() -> None:
+    """A run's records name the lab's checkout, so its package must be the one imported."""
+    import subprocess
+    import sys
+
+    from lab import REPO_ROOT, suite_environment
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import lightly_hmlc; print(lightly_hmlc.__file__)"],
+        env=suite_environment(),
+        cwd=REPO_ROOT / "benchmarks",  # where main.py runs: its folder is sys.path[0]
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(out.stdout.strip()).resolve().is_relative_to(REPO_ROOT.resolve())
+    # Also from a worktree that is not the editable install's checkout: the lab's own
+    # checkout comes first on the path, ahead of the install.
+    import os
+
+    assert suite_environment()["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
