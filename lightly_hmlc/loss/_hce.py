@@ -88,7 +88,7 @@ def pair_constrained_level_losses(
                 logits,
                 log_denominator,
             )
-        if form == "same_pair":  # shared features: the same pair costs the same at every level
+        if form == "same_pair":  # shared features: a pair costs the same at every level
             stats = level_statistics(anchors, contrast, anchor_index, groups, temperature)
             mean = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
             plain = torch.where(
@@ -205,6 +205,10 @@ def _pair_constrained(
     is_anchor = count > 0
     divisor = count.clamp(min=1.0)
 
+    # The plain SupCon terms [L, Na]: reported, and, for anchor_mean, the bound itself
+    # (so only then differentiated).
+    with torch.set_grad_enabled(form == "anchor_mean" and torch.is_grad_enabled()):
+        plain = (pair_loss * weight).sum(dim=2) / divisor
     no_pair = torch.full((), -math.inf, dtype=pair_loss.dtype, device=device)
     if form == "same_pair":
         # Each pair's own largest loss over the finer levels where it is a positive.
@@ -213,8 +217,7 @@ def _pair_constrained(
         finer = torch.cat([finer[1:], no_pair.expand(1, *finer.shape[1:])])  # levels > l
     else:
         if form == "anchor_mean":  # the anchor's level term at every level
-            level_mean = (pair_loss * weight).sum(dim=2) / divisor
-            level_bound = torch.where(is_anchor, level_mean, no_pair)  # [L, Na]
+            level_bound = torch.where(is_anchor, plain, no_pair)  # [L, Na]
         else:  # the worst pair of every anchor at every level
             level_bound = torch.where(positive, pair_loss, no_pair).amax(dim=2)
         # ... then the largest of them over all finer levels.
@@ -222,6 +225,4 @@ def _pair_constrained(
         finer = torch.cat([finer_max[1:], no_pair.expand(1, num_anchors)]).unsqueeze(2)
     constrained_pairs = torch.maximum(pair_loss, finer)
     constrained = (constrained_pairs * weight).sum(dim=2) / divisor
-    with torch.no_grad():  # only reported, never differentiated
-        unconstrained = (pair_loss * weight).sum(dim=2) / divisor
-    return constrained, unconstrained, is_anchor
+    return constrained, plain.detach(), is_anchor
