@@ -91,7 +91,11 @@ NO_EFFECT_FIELDS = frozenset(
 # Settings added after runs were first recorded, with the value that keeps them off: a
 # checkpoint whose recorded settings lack one was trained with that value, so that a run
 # of an older version resumes unless the flag is given.
-ADDED_FIELDS: dict[str, Any] = {"memory_bank": 0, "momentum_encoder": None}
+ADDED_FIELDS: dict[str, Any] = {
+    "memory_bank": 0,
+    "momentum_encoder": None,
+    "mask_placement": "projection",
+}
 
 _EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 
@@ -477,6 +481,8 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
         kwargs.update(memory_bank_size=args.memory_bank)
     if args.momentum_encoder is not None:
         kwargs.update(momentum_encoder=args.momentum_encoder)
+    if args.mask_placement != "projection":
+        kwargs.update(mask_placement=args.mask_placement)
     try:
         return methods.create_method(method, **kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -485,6 +491,8 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
             given.append(f"--memory-bank {args.memory_bank}")
         if args.momentum_encoder is not None:
             given.append(f"--momentum-encoder {args.momentum_encoder}")
+        if args.mask_placement != "projection":
+            given.append(f"--mask-placement {args.mask_placement}")
         options = f" (options {given})" if given else ""
         raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
 
