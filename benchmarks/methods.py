@@ -650,7 +650,8 @@ class LabelPathMethod(HierarchicalMethod):
             if self.mask_placement == "backbone" and "dim" in head_kwargs:
                 head_kwargs["dim"] = self.feature_dim  # the head masks the backbone features
             self.mask_head = create_head(head_name, **{**head_kwargs, **self.head_options})
-            # Level l's block of the side-by-side level projections (backbone placement).
+        if self.mask_placement == "backbone":
+            # Level l's block of the side-by-side level projections.
             blocks = torch.eye(self.num_levels).repeat_interleave(self.proj_dim, dim=1)
             self.register_buffer("level_blocks", blocks.unsqueeze(0), persistent=False)
         kwargs = {**self._offered("loss", loss_name), **self.loss_options}
