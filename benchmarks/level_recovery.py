@@ -6,39 +6,40 @@ label-prefix statistics of z / |z| (momentum 1: plain sums over the whole traini
 compute the per-dimension log Fisher descriptors (relevance="conditional", as the GMM head)
 and estimate the number of components by BIC and by the DP-GMM, K_max = L + 2.
 
-Usage: python benchmarks/level_recovery.py RUN_DIR -- <the main.py flags of that run>
+Usage: python benchmarks/level_recovery.py RUN_DIR [RUN_DIR ...]
+
+The run's data flags are read from its ``config.json`` (earlier versions took them after
+``--``, as in the RESULTS.md commands of the "Level estimate" section; the result is the
+same).
 
 Results and the exact runs are in benchmarks/RESULTS.md ("Level estimate").
 """
 
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import finished_run  # noqa: E402
 import main as suite  # noqa: E402
-import methods  # noqa: E402
 
 from lightly_hmlc.models.modules import LabelPrefixStatistics  # noqa: E402
 from lightly_hmlc.models.modules._fisher import fisher_descriptors  # noqa: E402
 from lightly_hmlc.models.modules._level_estimate import estimate_components  # noqa: E402
 
 
-def main() -> None:
-    """Prints the BIC and DP-GMM level estimates of one finished run."""
-    torch.set_num_threads(1)
-    run_dir = Path(sys.argv[1])
-    args = suite.parse_args(sys.argv[sys.argv.index("--") + 1 :])
-    bundle = suite.build_dataset(args)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    hparams = dict(ckpt["hyper_parameters"])
-    method = hparams.pop("method", None) or run_dir.parent.name.split("-")[0]
-    model = methods.create_method(method, **hparams)
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    model.eval()
+def estimate_levels(run_dir: Path) -> str:
+    """The BIC and DP-GMM level estimates of one finished run, as printable lines."""
+    bundle = suite.build_dataset(finished_run.run_args(run_dir))
+    model = finished_run.load_model(run_dir)
+    method = model.method_name
     if model.projection_head is None:
-        raise SystemExit(f"method {method!r} has no projection head: nothing to estimate.")
+        raise SystemExit(
+            f"{run_dir}: method {method!r} has no projection head: nothing to estimate."
+        )
     head = model.projection_head
     num_levels = bundle.hierarchy.num_levels
     stats: LabelPrefixStatistics | None = None
@@ -74,14 +75,26 @@ def main() -> None:
             seed=0,
         )
     (bic_k, bics), (dp_k, weights) = estimates["bic"], estimates["dpgmm"]
-    print(
-        f"RESULT run={run_dir} method={method} L={num_levels} D={desc.shape[0]} bic={bic_k} dpgmm={dp_k}"
+    return "\n".join(
+        [
+            f"RESULT run={run_dir} method={method} L={num_levels} D={desc.shape[0]}"
+            f" bic={bic_k} dpgmm={dp_k}",
+            f"  bic scores {[round(v, 1) for v in bics.tolist()]}",
+            f"  dp weights {[round(v, 3) for v in weights.tolist()]}",
+            f"  mean log-Fisher per level {[round(v, 2) for v in desc.mean(0).tolist()]}",
+        ]
     )
-    print("  bic scores", [round(v, 1) for v in bics.tolist()])
-    print("  dp weights", [round(v, 3) for v in weights.tolist()])
-    print("  mean log-Fisher per level", [round(v, 2) for v in desc.mean(0).tolist()])
-    print("  missing/unexpected keys", len(missing), len(unexpected))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the level estimates of each run folder."""
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (.../seed<k>)")
+    for run_dir in parser.parse_args(argv).runs:
+        print(estimate_levels(run_dir), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

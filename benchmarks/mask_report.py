@@ -33,29 +33,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import finished_run  # noqa: E402
 import main as suite  # noqa: E402
 import methods  # noqa: E402
 
 
-def run_args(run_dir: Path) -> argparse.Namespace:
-    """The suite arguments of a finished run: the defaults updated by its config.json."""
-    args = suite.parse_args([])
-    config = json.loads((run_dir / "config.json").read_text())
-    for key, value in config.items():
-        if hasattr(args, key):
-            setattr(args, key, value)
-    return args
-
-
-def load_model(run_dir: Path) -> methods.LabelPathMethod:
+def load_mask_model(run_dir: Path) -> methods.LabelPathMethod:
     """The run's trained model (eval mode), or a SystemExit if it has no mask head."""
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    hparams = dict(ckpt["hyper_parameters"])
-    model = methods.create_method(hparams.pop("method"), **hparams)
-    model.load_state_dict(ckpt["state_dict"])
+    model = finished_run.load_model(run_dir)
     if not isinstance(model, methods.LabelPathMethod) or model.mask_head is None:
         raise SystemExit(f"{run_dir}: the method has no mask head to report on.")
-    return model.eval()
+    return model
 
 
 @torch.no_grad()
@@ -93,9 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (.../seed<k>)")
     for run_dir in parser.parse_args(argv).runs:
-        args = run_args(run_dir)
-        bundle = suite.build_dataset(args)
-        model = load_model(run_dir)
+        bundle = suite.build_dataset(finished_run.run_args(run_dir))
+        model = load_mask_model(run_dir)
         figures = summarize(run_masks(model, bundle.test_eval))
         shown = {
             k: [round(v, 3) for v in f] if isinstance(f, list) else round(f, 3)

@@ -1,0 +1,47 @@
+"""A finished suite run, read back: its settings and its trained model.
+
+The analysis scripts (``mask_report.py``, ``level_recovery.py``) read a run folder
+(``.../<dataset>/<method>/seed<k>``) the same way: the suite arguments from the run's
+``config.json`` and the model from ``checkpoints/last.ckpt``, rebuilt from the
+checkpoint's hyper-parameters and loaded strictly, so that a checkpoint that does not
+fit the code fails loudly instead of leaving weights at their initial values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import main as suite  # noqa: E402
+import methods  # noqa: E402
+
+
+def run_args(run_dir: Path) -> argparse.Namespace:
+    """The suite arguments of a finished run: the defaults updated by its config.json."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise SystemExit(
+            f"{run_dir}: no config.json; pass the folder of one run (.../<method>/seed<k>)."
+        )
+    args = suite.parse_args([])
+    for key, value in json.loads(config_path.read_text()).items():
+        if hasattr(args, key):
+            setattr(args, key, value)
+    return args
+
+
+def load_model(run_dir: Path) -> methods.HierarchicalMethod:
+    """The run's trained model, in eval mode."""
+    ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"{run_dir}: no checkpoints/last.ckpt; has the run finished?")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hparams = dict(ckpt["hyper_parameters"])
+    model = methods.create_method(hparams.pop("method"), **hparams)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
