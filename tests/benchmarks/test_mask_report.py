@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import main
@@ -53,3 +54,17 @@ def test_a_run_without_a_mask_head_is_refused(tmp_path: Path) -> None:
     assert main.main(tiny_args(tmp_path, "--methods", "hmce", "--no-plots")) == 0
     with pytest.raises(SystemExit, match="no mask head"):
         mask_report.main([str(tmp_path / "shapes/hmce/seed0")])
+
+
+def test_nested_a_hmlc_reaches_the_head_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = tiny_args(tmp_path, "--methods", "a-hmlc", "--head-option", "nested=true", "--no-plots")
+    assert main.main(args) == 0
+    capsys.readouterr()
+    assert mask_report.main([str(tmp_path / "shapes/a-hmlc/seed0")]) == 0
+    figures = json.loads(capsys.readouterr().out.split(": ", 1)[1])
+    # The finest of Shapes' 3 levels sees every dimension: mask 1; the coarser two start
+    # near the sigmoid's 0.5.
+    assert figures["mean"][2] == 1.0 and figures["width"][2] == 1.0
+    assert figures["mean"][:2] == pytest.approx([0.5, 0.5], abs=0.01)

@@ -31,6 +31,12 @@ class AttentionMaskHead(FeatureMaskHead):
     mask starts near a constant (0.5 for sigmoid, 1 for softmax). The masked loss normalises
     ``z * m_h``, which a constant mask leaves unchanged: training starts as plain HMLC.
 
+    ``nested=True`` is the soft form of G-HMLC's nested masks: the finest level's mask is 1
+    everywhere (it sees every dimension, as in plain HMLC), and a coarser level's mask is
+    the running maximum of the gates from the coarsest level down to it, so that
+    ``m_0 <= m_1 <= ... <= m_{L-1} = 1``: a coarser level sees a soft subset of what a finer
+    one sees. Only the L - 1 coarser levels have an MLP.
+
     Gradients flow through the masks into the head and into ``z``.
     :meth:`regularization` returns ``separation_weight`` times the mean pairwise cosine
     similarity between the levels' batch-mean masks (0 by default, and 0 for one level).
@@ -59,6 +65,7 @@ class AttentionMaskHead(FeatureMaskHead):
         separation_weight: float = 0.0,
         normalize_input: bool = True,
         init_std: float = 1e-3,
+        nested: bool = False,
     ) -> None:
         """Builds the per-level attention MLPs.
 
@@ -75,6 +82,9 @@ class AttentionMaskHead(FeatureMaskHead):
             init_std: Standard deviation (>= 0) of the output-layer weights at init; 0 makes
                 all masks exactly constant at the start (levels then differ only through the
                 loss gradients).
+            nested: The finest level sees every dimension (mask 1) and each coarser level
+                a soft subset of the next finer one's (running maximum of the gates,
+                coarse to fine). Needs at least 2 levels.
 
         Raises:
             ValueError: If an argument is out of range.
@@ -92,13 +102,21 @@ class AttentionMaskHead(FeatureMaskHead):
             meaning="0 disables the regulariser",
         )
         check_positive("init_std", init_std, allow_zero=True)
+        if nested and num_levels < 2:
+            raise ValueError(
+                "nested=True needs at least 2 levels: with one level the finest level's mask "
+                "is every dimension and there is nothing to learn; use nested=False."
+            )
         self.hidden_dim = hidden_dim
         self.gate = gate
         self.temperature = temperature
         self.separation_weight = separation_weight
         self.normalize_input = normalize_input
         self.init_std = init_std
-        L, D, H = num_levels, dim, hidden_dim
+        self.nested = nested
+        # Nested: the finest level's mask is fixed at 1, so it gets no MLP (an unused
+        # parameter would also stall DistributedDataParallel).
+        L, D, H = num_levels - int(nested), dim, hidden_dim
         self.weight1 = nn.Parameter(torch.empty(L, D, H))
         self.bias1 = nn.Parameter(torch.empty(L, H))
         self.weight2 = nn.Parameter(torch.empty(L, H, D))
@@ -128,7 +146,11 @@ class AttentionMaskHead(FeatureMaskHead):
         x = x.to(self.weight1.dtype)  # autocast, if on, still picks the matmul precision
         hidden = torch.relu(torch.einsum("bd,ldh->blh", x, self.weight1) + self.bias1)
         logits = torch.einsum("blh,lhd->bld", hidden, self.weight2) + self.bias2
-        return apply_gate(logits, self.gate, self.temperature)
+        masks = apply_gate(logits, self.gate, self.temperature)
+        if not self.nested:
+            return masks
+        finest = masks.new_ones(masks.shape[0], 1, self.dim)
+        return torch.cat([masks.cummax(dim=1).values, finest], dim=1)
 
     def regularization(self, masks: Tensor) -> Tensor:
         """``separation_weight`` times the mean pairwise cosine similarity of level masks.
@@ -145,7 +167,7 @@ class AttentionMaskHead(FeatureMaskHead):
         return (
             f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, "
             f"gate={self.gate!r}, temperature={self.temperature}, "
-            f"separation_weight={self.separation_weight}"
+            f"separation_weight={self.separation_weight}, nested={self.nested}"
         )
 
 

@@ -57,6 +57,41 @@ def test_batched_levels_match_a_loop_over_levels() -> None:
         torch.testing.assert_close(head(z)[:, level], torch.sigmoid(logits))
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
+def test_nested_masks_are_running_maxima_with_a_full_finest_level(gate: str) -> None:
+    torch.manual_seed(0)
+    head = AttentionMaskHead(3, 12, hidden_dim=4, gate=gate, init_std=0.5, nested=True)  # type: ignore[arg-type]
+    assert head.weight1.shape[0] == 2  # the finest level has no MLP
+    z = torch.randn(5, 12)
+    x = F.normalize(z, dim=1)
+    gates = []
+    for level in range(2):
+        hidden = torch.relu(x @ head.weight1[level] + head.bias1[level])
+        logits = hidden @ head.weight2[level] + head.bias2[level]
+        gates.append(torch.sigmoid(logits) if gate == "sigmoid" else 12 * logits.softmax(-1))
+    masks = head(z)
+    assert masks.shape == (5, 3, 12)
+    torch.testing.assert_close(masks[:, 0], gates[0])
+    torch.testing.assert_close(masks[:, 1], torch.maximum(gates[0], gates[1]))
+    torch.testing.assert_close(masks[:, 2], torch.ones(5, 12))
+    assert (masks[:, 1] >= masks[:, 0]).all()
+    if gate == "sigmoid":  # gates below 1: the full finest level is the largest
+        assert (masks[:, 2] >= masks[:, 1]).all()
+    # Every parameter is used (DistributedDataParallel needs it) and learns.
+    (masks * torch.randn_like(masks)).sum().backward()
+    for name, param in head.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_nested_masks_start_as_plain_hmlc() -> None:
+    z = 10 * torch.randn(8, 16)
+    masks = AttentionMaskHead(2, 16, init_std=0.0, nested=True)(z)
+    torch.testing.assert_close(masks[:, 0], torch.full((8, 16), 0.5))
+    torch.testing.assert_close(
+        F.normalize(z[:, None] * masks, dim=-1), F.normalize(z, dim=-1)[:, None].expand_as(masks)
+    )
+
+
 def test_temperature_sharpens_softmax_masks() -> None:
     torch.manual_seed(0)
     warm = AttentionMaskHead(2, 32, gate="softmax", init_std=0.5)
@@ -142,6 +177,7 @@ def test_double_input_uses_parameter_dtype() -> None:
         ({"num_levels": 2, "dim": 8, "temperature": 0.0}, "temperature"),
         ({"num_levels": 2, "dim": 8, "separation_weight": -1.0}, "separation_weight"),
         ({"num_levels": 2, "dim": 8, "init_std": -1.0}, "init_std"),
+        ({"num_levels": 1, "dim": 8, "nested": True}, "nested=True needs at least 2 levels"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, match: str) -> None:
