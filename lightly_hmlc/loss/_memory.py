@@ -10,6 +10,7 @@ CVPR 2020) and the cross-batch memory of supervised metric learning. With masks,
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +23,31 @@ from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
 Memory = tuple[Tensor, Tensor]
 
 
+class CheckedMemory(NamedTuple):
+    """Memory rows that :func:`check_memory` has validated and normalised.
+
+    A masked loss checks the memory before running its head on the rows; passing this on
+    lets the level terms skip a second check (and its host synchronisation).
+    """
+
+    features: Tensor
+    labels: Tensor
+
+
 def check_memory(
     memory: object, features: Tensor, num_levels: int, check_values: bool = True
-) -> Memory | None:
+) -> CheckedMemory | None:
     """Validated memory rows: ``(normalised features [K, D], labels [K, L])``.
 
     An empty memory (``K = 0``, e.g. a bank's first step) is returned as ``None``. With
     ``check_values=False`` only shapes and dtypes are checked (no host synchronisation).
+    A :class:`CheckedMemory` (this function's own result) is returned as it is.
 
     Raises:
         ValueError: Naming the problem (not a pair, shapes, dtype, NaN, labels < -1).
     """
-    if memory is None:
-        return None
+    if memory is None or isinstance(memory, CheckedMemory):
+        return memory
     if not isinstance(memory, (tuple, list)) or len(memory) != 2:
         raise ValueError(
             "memory must be a tuple (features [K, D], labels [K, L]), e.g. what "
@@ -66,7 +79,7 @@ def check_memory(
     if check_values and not bool(torch.isfinite(bank_features).all()):
         raise ValueError("memory features contain NaN or Inf.")
     unit = F.normalize(bank_features.to(device=features.device, dtype=features.dtype), dim=1)
-    return unit, bank_labels.to(device=features.device, dtype=torch.long)
+    return CheckedMemory(unit, bank_labels.to(device=features.device, dtype=torch.long))
 
 
 def append_memory(batch: LossBatch, memory: Memory | None) -> LossBatch:

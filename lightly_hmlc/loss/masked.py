@@ -128,6 +128,9 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         if bank is not None and memory_masks is None and checked.shape[0] > 1:
             # Per-row masks: the memory rows get theirs from the same head.
             memory_masks = self.mask_head(bank[0])
+        # The checked rows go on (an empty memory as given, so that the level terms'
+        # own refusals still see it): the memory is validated once per call.
+        memory = memory if bank is None else bank
         loss, level_losses = self._memory_loss(features, paths, checked, memory, memory_masks)
         regularize = getattr(self.mask_head, "regularization", None)
         if callable(regularize):

@@ -264,6 +264,28 @@ def test_a_hmlc_convenience_masks_memory_rows_with_its_head() -> None:
     torch.testing.assert_close(got, expected + head.regularization(head(z)))
 
 
+def test_a_masked_loss_checks_its_memory_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head needs the checked rows before the level terms run; they must not check
+    # (and, with check_values, synchronise on) the same rows a second time.
+    import lightly_hmlc.loss._memory as memory_module
+
+    memory_checks = []
+    check_label_paths = memory_module.check_label_paths
+
+    def counting_check(*args: Any, **kwargs: Any) -> Tensor:
+        memory_checks.append(kwargs.get("name"))
+        return check_label_paths(*args, **kwargs)
+
+    monkeypatch.setattr(memory_module, "check_label_paths", counting_check)
+    out0, out1, labels, bank, bank_labels = _data(6)
+    loss_fn = AHMLCLoss(num_levels=2, dim=DIM, init_std=1.0).double()
+    loss_fn(out0, out1, labels, memory=(bank, bank_labels))
+    assert memory_checks == ["memory_labels"]
+    # A plain loss checks the memory it is given (once, too).
+    HMLCLoss("hmce")(out0, out1, labels, memory=(bank, bank_labels))
+    assert memory_checks == ["memory_labels", "memory_labels"]
+
+
 def _error(**kwargs: object) -> None:
     out0, out1, labels, bank, bank_labels = _data(7)
     loss_fn = kwargs.pop("loss_fn", HMLCLoss("hmce"))
