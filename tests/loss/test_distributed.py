@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from lightly_hmlc.loss import HMLCLoss, SupConLoss
 from tests.loss import naive
+from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
-WORLD_SIZE = 2
 LOCAL_BATCH = 6
 
 CONFIGS: list[tuple[str, dict[str, object]]] = [
@@ -49,32 +45,25 @@ def _global_batch(unknown: float) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return out0, out1, labels
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
-        results = []
-        for index, (kind, kwargs) in enumerate(CONFIGS):
-            unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
-            out0, out1, labels = _global_batch(unknown)
-            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-            local0 = out0[rows].clone().requires_grad_(True)
-            local1 = out1[rows].clone().requires_grad_(True)
-            local_labels = labels[rows] if _uses_paths(kind, kwargs) else labels[rows, -1]
-            loss = _make_loss(kind, kwargs, gather=True)(local0, local1, local_labels)
-            loss.backward()
-            assert local0.grad is not None and local1.grad is not None
-            results.append((index, loss.detach(), local0.grad, local1.grad))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+def _rank_results(rank: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    results = []
+    for index, (kind, kwargs) in enumerate(CONFIGS):
+        unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
+        out0, out1, labels = _global_batch(unknown)
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        local0 = out0[rows].clone().requires_grad_(True)
+        local1 = out1[rows].clone().requires_grad_(True)
+        local_labels = labels[rows] if _uses_paths(kind, kwargs) else labels[rows, -1]
+        loss = _make_loss(kind, kwargs, gather=True)(local0, local1, local_labels)
+        loss.backward()
+        assert local0.grad is not None and local1.grad is not None
+        results.append((index, loss.detach(), local0.grad, local1.grad))
+    return results
 
 
 @pytest.mark.distributed
 def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = run_on_two_ranks(_rank_results, tmp_path)
     for index, (kind, kwargs) in enumerate(CONFIGS):
         unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
         out0, out1, labels = _global_batch(unknown)
@@ -110,64 +99,40 @@ ERROR_CASES: list[tuple[str, int, str]] = [
 ]
 
 
-def _error_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        # A hang fails the test instead of blocking CI; generous, as a loaded 2-core CI
-        # machine can be slow to start the second process.
-        timeout=timedelta(seconds=240),
-    )
-    try:
-        messages = []
-        for kind, bad_rank, _ in ERROR_CASES:
-            out0, out1, labels = _global_batch(0.0)
-            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-            local0, local1 = out0[rows].float().clone(), out1[rows].float().clone()
-            local_labels = labels[rows].clone()
-            if rank == bad_rank:
-                if kind == "nan":
-                    local0[2, 1] = float("nan")
-                elif kind == "label_below_minus_one":
-                    local_labels[0, 1] = -3
-                elif kind == "wrong_depth":
-                    local_labels = torch.cat([local_labels, local_labels[:, :1]], dim=1)
-                elif kind == "overflow":
-                    local0[1] = 1e30
-                else:
-                    local0, local1, local_labels = local0[:-1], local1[:-1], local_labels[:-1]
-            loss_fn = HMLCLoss("hmce", num_levels=2, gather_distributed=True)
-            try:
-                loss_fn(local0, local1, local_labels)
-                messages.append("no error")
-            except ValueError as error:
-                messages.append(str(error))
-        # Still in step after all of them: one more good call works on both ranks.
+def _rank_errors(rank: int) -> tuple[list[str], torch.Tensor]:
+    messages = []
+    for kind, bad_rank, _ in ERROR_CASES:
         out0, out1, labels = _global_batch(0.0)
         rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        value = HMLCLoss("hmce", gather_distributed=True)(out0[rows], out1[rows], labels[rows])
-        torch.save((messages, value), Path(out_dir) / f"errors{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+        local0, local1 = out0[rows].float().clone(), out1[rows].float().clone()
+        local_labels = labels[rows].clone()
+        if rank == bad_rank:
+            if kind == "nan":
+                local0[2, 1] = float("nan")
+            elif kind == "label_below_minus_one":
+                local_labels[0, 1] = -3
+            elif kind == "wrong_depth":
+                local_labels = torch.cat([local_labels, local_labels[:, :1]], dim=1)
+            elif kind == "overflow":
+                local0[1] = 1e30
+            else:
+                local0, local1, local_labels = local0[:-1], local1[:-1], local_labels[:-1]
+        loss_fn = HMLCLoss("hmce", num_levels=2, gather_distributed=True)
+        try:
+            loss_fn(local0, local1, local_labels)
+            messages.append("no error")
+        except ValueError as error:
+            messages.append(str(error))
+    # Still in step after all of them: one more good call works on both ranks.
+    out0, out1, labels = _global_batch(0.0)
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    value = HMLCLoss("hmce", gather_distributed=True)(out0[rows], out1[rows], labels[rows])
+    return messages, value
 
 
 @pytest.mark.distributed
 def test_a_data_error_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
-    context = mp.spawn(
-        _error_worker,
-        args=(str(tmp_path / "init"), str(tmp_path)),
-        nprocs=WORLD_SIZE,
-        join=False,
-    )
-    deadline = time.monotonic() + 400  # far above the gloo timeout, for a loaded machine
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.terminate()
-            pytest.fail("the ranks hung after a data error on one of them")
-    results = [torch.load(tmp_path / f"errors{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = run_on_two_ranks(_rank_errors, tmp_path)
     for index, (kind, _, expected) in enumerate(ERROR_CASES):
         messages = [messages[index] for messages, _ in results]
         assert messages[0] == messages[1], f"{kind}: ranks raised different errors {messages}"

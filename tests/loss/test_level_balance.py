@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,6 +15,7 @@ from lightly_hmlc.loss import HMLCLoss
 from lightly_hmlc.loss.masked import GHMLCLoss, MaskedHMLCLoss
 from tests.loss import naive
 from tests.loss.test_checks import _SyncRecorder
+from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
 BATCH, DIM, TEMPERATURE = 8, 6, 0.2
 
@@ -300,7 +299,6 @@ def test_without_value_checks_class_balance_never_syncs(loss_type: str) -> None:
 
 # Two gloo ranks: counts over the GLOBAL batch, gradients averaged by DDP.
 
-WORLD_SIZE = 2
 DIST_CONFIGS: list[dict[str, object]] = [
     {"loss_type": "hmc"},
     {"loss_type": "hmce"},
@@ -338,31 +336,24 @@ def _dist_loss(config: dict[str, object], gather: bool, balance: str = "class") 
     )
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
-        local = BATCH // WORLD_SIZE
-        rows = slice(rank * local, (rank + 1) * local)
-        results = []
-        for config in DIST_CONFIGS:
-            out0, out1, labels, extra = _global_inputs(config)
-            out0 = out0[rows].clone().requires_grad_(True)
-            out1 = out1[rows].clone().requires_grad_(True)
-            loss = _dist_loss(config, gather=True)(out0, out1, labels[rows], **extra)
-            assert isinstance(loss, Tensor)
-            loss.backward()
-            results.append((loss.detach(), out0.grad, out1.grad))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+def _rank_results(rank: int) -> list[tuple[Tensor, Tensor | None, Tensor | None]]:
+    local = BATCH // WORLD_SIZE
+    rows = slice(rank * local, (rank + 1) * local)
+    results = []
+    for config in DIST_CONFIGS:
+        out0, out1, labels, extra = _global_inputs(config)
+        out0 = out0[rows].clone().requires_grad_(True)
+        out1 = out1[rows].clone().requires_grad_(True)
+        loss = _dist_loss(config, gather=True)(out0, out1, labels[rows], **extra)
+        assert isinstance(loss, Tensor)
+        loss.backward()
+        results.append((loss.detach(), out0.grad, out1.grad))
+    return results
 
 
 @pytest.mark.distributed
 def test_gathered_class_balance_equals_the_global_batch_loss(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = run_on_two_ranks(_rank_results, tmp_path)
     local = BATCH // WORLD_SIZE
     for index, config in enumerate(DIST_CONFIGS):
         out0, out1, labels, extra = _global_inputs(config)

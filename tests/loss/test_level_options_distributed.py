@@ -14,14 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 from lightly.loss import NTXentLoss
 
 from lightly_hmlc.loss import HMLCLoss
 from tests.loss import naive
+from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
-WORLD_SIZE = 2
 LOCAL_BATCH = 5
 MEMORY = 4
 
@@ -64,29 +62,22 @@ def _call(config: dict[str, Any], gather: bool, *inputs: Any) -> tuple[Any, Any]
     return loss_fn(out0, out1, labels, return_level_losses=True, **extra)  # type: ignore[no-any-return]
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
-        results = []
-        for config in CONFIGS:
-            out0, out1, labels, memory = _global_batch()
-            rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-            local0 = out0[rows].clone().requires_grad_(True)
-            local1 = out1[rows].clone().requires_grad_(True)
-            loss, level_losses = _call(config, True, local0, local1, labels[rows], memory)
-            loss.backward()
-            results.append((loss.detach(), level_losses, local0.grad, local1.grad))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+def _rank_results(rank: int) -> list[tuple[Any, ...]]:
+    results = []
+    for config in CONFIGS:
+        out0, out1, labels, memory = _global_batch()
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        local0 = out0[rows].clone().requires_grad_(True)
+        local1 = out1[rows].clone().requires_grad_(True)
+        loss, level_losses = _call(config, True, local0, local1, labels[rows], memory)
+        loss.backward()
+        results.append((loss.detach(), level_losses, local0.grad, local1.grad))
+    return results
 
 
 @pytest.mark.distributed
 def test_gathered_options_equal_the_global_batch_loss(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = run_on_two_ranks(_rank_results, tmp_path)
     for index, config in enumerate(CONFIGS):
         out0, out1, labels, memory = _global_batch()
         out0.requires_grad_(True)

@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,6 +15,7 @@ from lightly_hmlc.loss.masked import AHMLCLoss, MaskedHMLCLoss
 from lightly_hmlc.models.modules import HierarchicalMemoryBank
 from tests.loss import naive
 from tests.loss.test_checks import _SyncRecorder
+from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
 BATCH, MEMORY, DIM = 6, 9, 5
 
@@ -335,7 +334,6 @@ def test_bad_memory_raises_a_clear_error(kwargs: dict[str, object], match: str) 
 
 # --- 2 gloo ranks: identical queues, loss == single-process loss on global batch ∪ queue ---
 
-WORLD_SIZE = 2
 CONFIGS = ["supcon", "hmce", "partition", "soft"]
 
 
@@ -384,32 +382,25 @@ def _call(
     return loss_fn(out0, out1, labels, masks=masks, memory=memory, memory_masks=memory_masks)  # type: ignore[no-any-return]
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
-        results = []
-        rows = slice(rank * BATCH, (rank + 1) * BATCH)
-        for kind in CONFIGS:
-            bank = HierarchicalMemoryBank(8, DIM, 2, gather_distributed=True).double()
-            for step in range(3):
-                out0, out1, labels = _global_step(step)
-                local0 = out0[rows].clone().requires_grad_(True)
-                local1 = out1[rows].clone().requires_grad_(True)
-                memory = bank(local1.detach(), labels[rows])
-                loss = _call(kind, _loss(kind, True), local0, local1, labels[rows], memory, rows)
-                loss.backward()
-                results.append((kind, step, memory, loss.detach(), local0.grad, local1.grad))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+def _rank_results(rank: int) -> list[tuple[Any, ...]]:
+    results = []
+    rows = slice(rank * BATCH, (rank + 1) * BATCH)
+    for kind in CONFIGS:
+        bank = HierarchicalMemoryBank(8, DIM, 2, gather_distributed=True).double()
+        for step in range(3):
+            out0, out1, labels = _global_step(step)
+            local0 = out0[rows].clone().requires_grad_(True)
+            local1 = out1[rows].clone().requires_grad_(True)
+            memory = bank(local1.detach(), labels[rows])
+            loss = _call(kind, _loss(kind, True), local0, local1, labels[rows], memory, rows)
+            loss.backward()
+            results.append((kind, step, memory, loss.detach(), local0.grad, local1.grad))
+    return results
 
 
 @pytest.mark.distributed
 def test_two_ranks_share_the_queue_and_the_global_loss(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = run_on_two_ranks(_rank_results, tmp_path)
     index = 0
     for kind in CONFIGS:
         bank = HierarchicalMemoryBank(8, DIM, 2).double()

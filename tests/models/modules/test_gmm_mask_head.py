@@ -1,18 +1,16 @@
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor
-from torch import distributed as dist
 
 from lightly_hmlc.models.modules.gmm_mask_head import (
     GMMFeatureMaskHead,
     fit_gaussian_mixture,
     select_n_components_bic,
 )
+from tests.two_ranks import run_on_two_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -517,12 +515,6 @@ def test_forward_rejects_bad_input(z: Tensor, labels: Tensor | None, match: str)
 # ------------------------------------------------------------------- distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # Rank 0 only sees coarse classes 0-1, rank 1 only coarse classes 2-3.
 _RANK_CLASSES = (tuple(range(6)), tuple(range(6, 12)))
 _HEAD_KWARGS = {"warmup_steps": 3, "refit_every": 2, "momentum": 0.9}
@@ -533,31 +525,20 @@ def _rank_batches(rank: int) -> list[tuple[Tensor, Tensor]]:
     return [planted_batch(generator, n=48, fine_classes=_RANK_CLASSES[rank]) for _ in range(4)]
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        head = GMMFeatureMaskHead(2, D, **_HEAD_KWARGS)  # type: ignore[arg-type]
-        for z, labels in _rank_batches(rank):
-            head(z, labels)
-        torch.save(
-            {
-                k.removeprefix("statistics."): v
-                for k, v in head.state_dict().items()
-                if not k.endswith("_extra_state")
-            },
-            Path(out) / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
+def _rank_state(rank: int) -> dict[str, Tensor]:
+    head = GMMFeatureMaskHead(2, D, **_HEAD_KWARGS)  # type: ignore[arg-type]
+    for z, labels in _rank_batches(rank):
+        head(z, labels)
+    return {
+        k.removeprefix("statistics."): v
+        for k, v in head.state_dict().items()
+        if not k.endswith("_extra_state")
+    }
 
 
 @pytest.mark.distributed
 def test_two_gloo_ranks_fit_identical_masks_on_the_union(tmp_path: Path) -> None:
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    states = run_on_two_ranks(_rank_state, tmp_path)
 
     # One process fed the union of both ranks' batches; its only fit is at step 3 too.
     single = GMMFeatureMaskHead(2, D, **_HEAD_KWARGS)  # type: ignore[arg-type]

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 
 from lightly_hmlc.models.modules import HierarchicalMemoryBank
+from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
 
 def _batch(start: int, rows: int, dim: int = 3, levels: int = 2) -> tuple[torch.Tensor, ...]:
@@ -130,28 +129,15 @@ def test_bad_inputs_raise(features: torch.Tensor, labels: torch.Tensor, match: s
     assert int(bank.num_filled) == 0  # nothing bad entered the queue
 
 
-WORLD_SIZE = 2
-
-
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch_dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
-        bank = HierarchicalMemoryBank(size=7, dim=3, num_levels=2, gather_distributed=True)
-        returned = []
-        for step in range(4):
-            # Global batch of 4 rows per step, 2 per rank.
-            returned.append(bank(*_batch(4 * step + 2 * rank, 2)))
-        torch.save(returned, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch_dist.destroy_process_group()
+def _rank_queues(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    bank = HierarchicalMemoryBank(size=7, dim=3, num_levels=2, gather_distributed=True)
+    # Global batch of 4 rows per step, 2 per rank.
+    return [bank(*_batch(4 * step + 2 * rank, 2)) for step in range(4)]
 
 
 @pytest.mark.distributed
 def test_gathered_queues_are_identical_and_equal_the_global_queue(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    per_rank = run_on_two_ranks(_rank_queues, tmp_path)
     single = HierarchicalMemoryBank(size=7, dim=3, num_levels=2)
     for step in range(4):
         expected = single(*_batch(4 * step, 4))  # one process seeing the global batch
