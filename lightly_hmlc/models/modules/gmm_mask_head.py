@@ -74,7 +74,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     measures what level l separates beyond level l-1). A GMM with L components clusters
     the D points; components are matched to levels exactly (``linear_sum_assignment``),
     each dimension goes to its most responsible component's level (every level keeps
-    ``min_dims_per_level``); ``nested=True`` makes the masks cumulative, coarse to fine.
+    ``min_dims_per_level``). By default (``nested=True``) the masks are cumulative, coarse
+    to fine: level l sees the dimensions of levels 0..l, the finest level all of them;
+    ``nested=False`` gives the partition.
 
     Schedule: every forward call in training mode with labels is one step; the masks are
     refitted after ``warmup_steps`` steps and then every ``refit_every`` steps, all ones
@@ -107,8 +109,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         ...     masks = head(torch.randn(16, 8, generator=generator), labels)
         >>> masks.shape, bool(head.fitted)
         (torch.Size([1, 2, 8]), True)
-        >>> head.masks.sum(0).tolist()  # every dimension belongs to exactly one level
+        >>> head.masks[-1].tolist()  # nested (default): the finest level sees every dim
         [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+        >>> bool((head.masks[0] <= head.masks[1]).all())  # and the coarse dims are a subset
+        True
     """
 
     masks: Tensor
@@ -146,7 +150,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         level_weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
         sync_distributed: bool = True,
         normalize_input: bool = True,
-        nested: bool = False,
+        nested: bool = True,
     ) -> None:
         """Builds the head; masks start as all ones.
 
@@ -191,9 +195,11 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             normalize_input: Compute the statistics on ``z / |z|`` (in float64), so raw
                 projections give the statistics of the unit vectors the loss compares;
                 False uses z as given.
-            nested: Cumulative masks: level l sees the dimensions assigned to levels
-                0..l (the coarsest level only its own, the finest all of them) instead of
-                a partition.
+            nested: Cumulative masks (default): level l sees the dimensions assigned to
+                levels 0..l (the coarsest level only its own, the finest all of them).
+                False: a partition, each level only its own dimensions (the default
+                before the validation evidence in ``benchmarks/RESULTS.md``; loading a
+                checkpoint of the other form raises a ValueError).
 
         Raises:
             ValueError: If an argument is out of range.
@@ -444,3 +450,26 @@ def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:
     # The step count is mirrored on the host so the refit schedule never reads the device.
     if isinstance(module, GMMFeatureMaskHead):
         module._host_step = int(module.step.item())
+        _check_loaded_mask_form(module)
+
+
+def _check_loaded_mask_form(head: GMMFeatureMaskHead) -> None:
+    # The default changed from partitions to nested masks. A checkpoint of the other form
+    # would train with its loaded masks until the next refit and then switch form
+    # silently, so a mismatch is an error that names the fix.
+    if not bool(head.fitted) or head.num_levels < 2:
+        return
+    masks = head.masks.bool()
+    nested_form = bool(masks[-1].all()) and bool((masks[:-1] <= masks[1:]).all())
+    if head.nested and not nested_form:
+        raise ValueError(
+            "The checkpoint's G-HMLC masks are not nested (the finest level does not see "
+            "every dimension): it was saved with nested=False, the default before nested "
+            "masks. Build the head with nested=False to continue it."
+        )
+    if not head.nested and head.assignment == "argmax" and nested_form:
+        raise ValueError(
+            "The checkpoint's G-HMLC masks are nested, but the head was built with "
+            "nested=False (a partition). Build it with nested=True (the default) to "
+            "continue it."
+        )

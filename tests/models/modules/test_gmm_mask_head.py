@@ -180,7 +180,7 @@ def test_masks_are_all_ones_before_the_first_fit() -> None:
     ],
 )
 def test_planted_dimensions_are_assigned_to_their_level(options: dict) -> None:
-    head = GMMFeatureMaskHead(2, D, warmup_steps=4, refit_every=100, **options)
+    head = GMMFeatureMaskHead(2, D, warmup_steps=4, refit_every=100, nested=False, **options)
     masks = feed(head, 4)
     assert bool(head.fitted)
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
@@ -202,7 +202,7 @@ def test_unfitted_head_is_not_better_than_chance() -> None:
 def test_every_level_keeps_min_dims() -> None:
     # Only 2 dims carry fine information: the fine level still gets min_dims_per_level.
     g = torch.Generator().manual_seed(0)
-    head = GMMFeatureMaskHead(2, 32, warmup_steps=2, min_dims_per_level=8)
+    head = GMMFeatureMaskHead(2, 32, warmup_steps=2, min_dims_per_level=8, nested=False)
     for _ in range(2):
         fine = torch.randint(6, (64,), generator=g)
         labels = torch.stack([fine // 3, fine], 1)
@@ -279,7 +279,7 @@ def test_eval_mode_and_missing_labels_change_nothing() -> None:
 
 
 def test_masks_carry_no_gradient() -> None:
-    head = GMMFeatureMaskHead(2, D, warmup_steps=1)
+    head = GMMFeatureMaskHead(2, D, warmup_steps=1, nested=False)
     z, labels = planted_batch(torch.Generator().manual_seed(0))
     z.requires_grad_(True)
     masks = head(z, labels)
@@ -430,6 +430,25 @@ def test_explicit_refit_and_determinism() -> None:
     assert torch.equal(first, heads[1].refit())
     assert torch.equal(heads[0].last_fit.means, heads[1].last_fit.means)  # type: ignore[union-attr]
     assert level_accuracy(first) >= 0.95
+
+
+@pytest.mark.parametrize("saved_nested", [False, True])
+def test_a_checkpoint_of_the_other_mask_form_is_refused(saved_nested: bool) -> None:
+    # The default moved from partitions to nested masks: resuming a checkpoint with the
+    # other form would switch form at the next refit, silently.
+    head = GMMFeatureMaskHead(2, D, warmup_steps=2, nested=saved_nested)
+    feed(head, 2)
+    assert bool(head.fitted)
+    other = GMMFeatureMaskHead(2, D, warmup_steps=2, nested=not saved_nested)
+    with pytest.raises(ValueError, match=f"nested={saved_nested}"):
+        other.load_state_dict(head.state_dict())
+    same = GMMFeatureMaskHead(2, D, warmup_steps=2, nested=saved_nested)
+    same.load_state_dict(head.state_dict())
+    assert torch.equal(same.masks, head.masks)
+    # An unfitted head's all-ones masks fit either form.
+    GMMFeatureMaskHead(2, D, nested=not saved_nested).load_state_dict(
+        GMMFeatureMaskHead(2, D, nested=saved_nested).state_dict()
+    )
 
 
 def test_state_dict_round_trip() -> None:
