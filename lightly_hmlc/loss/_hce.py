@@ -60,7 +60,7 @@ def pair_constrained_level_losses(
             plain ones. ``"anchor_mean"`` (ours): the anchor's largest finer level
             term, i.e. the mean of its pair losses at a finer level.
         logits: Optional ``[L, Na, Nc]`` similarities / temperature computed already
-            (the partition fast path of ``_masked_fast``); then the features only give
+            (the shared-mask fast path of ``_masked_fast``); then the features only give
             the shapes.
         log_denominator: Optional ``[L, Na, 1]`` log-denominators of those logits.
 

@@ -7,12 +7,13 @@ similarity matrix per level, and autograd's generic log-sum-exp. This module com
 same terms (values and gradients equal within float rounding, see
 ``tests/loss/test_masked_fast.py``) with less work:
 
-- **Partition masks** (G-HMLC with ``assignment="argmax"``): 0/1 masks shared by all rows
-  ``[1, L, D]`` in which every dimension belongs to exactly one level. Level ``h`` only
-  sees its own ``d_h`` dimensions, so its similarity matrix is a matmul over those
-  dimensions, renormalised by the per-level norms: ``normalize(z[:, dims_h])``. The L
-  matmuls together cost one full-width matmul. Anything else (overlapping threshold
-  masks, non-binary or per-row masks, masks that carry a gradient) takes the next path.
+- **Shared 0/1 masks** (G-HMLC: nested by default, a partition with ``nested=False``,
+  overlapping with ``assignment="threshold"``): one ``[1, L, D]`` set for all rows.
+  Level ``h`` only sees its own ``d_h`` dimensions, so its similarity matrix is a matmul
+  over those dimensions, renormalised by the per-level norms: ``normalize(z[:, dims_h])``.
+  The L matmuls together cost ``sum_h d_h / D`` full-width matmuls: one for a partition,
+  at most L for nested masks. Anything else (non-binary or per-row masks, masks that
+  carry a gradient) takes the next path.
 - **Any other masks** (A-HMLC's soft per-row masks): the per-level features are built
   directly in ``[L, N, D]`` layout and all levels go through ONE batched ``bmm``.
 
@@ -125,18 +126,24 @@ class _LevelLogSumExp(torch.autograd.Function):
         return grad_anchors, grad_contrast, None, None, None
 
 
-def partition_dims(masks: Tensor, dim: int) -> list[Tensor] | None:
-    """The dimensions of every level if ``masks`` partition them, else ``None``.
+def shared_mask_dims(masks: Tensor, dim: int) -> list[Tensor] | None:
+    """The dimensions of every level if ``masks`` are one shared 0/1 set, else ``None``.
 
-    ``masks`` partition the dimensions when they are one ``[1, L, D]`` (or ``[L, D]``)
-    set shared by all rows, carry no gradient, are 0/1, and every dimension is 1 in
-    exactly one level. The check costs O(L D) and one host synchronisation.
+    Shared 0/1 masks are one ``[1, L, D]`` (or ``[L, D]``) set for all rows that carries
+    no gradient. Level ``h`` then sees exactly its dimensions ``dims_h`` (the 1s of
+    ``m_h``, in increasing order), and ``normalize(z * m_h)`` is ``normalize(z[:, dims_h])``
+    on them: a partition (G-HMLC with ``nested=False``), nested masks (G-HMLC's default)
+    or overlapping threshold masks alike. The check costs O(L D log D) and one host
+    synchronisation.
 
     Examples:
         >>> masks = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]])
-        >>> [dims.tolist() for dims in partition_dims(masks, 3)]
+        >>> [dims.tolist() for dims in shared_mask_dims(masks, 3)]
         [[0, 2], [1]]
-        >>> partition_dims(torch.ones(1, 2, 3), 3) is None  # overlapping masks
+        >>> nested = torch.tensor([[[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])
+        >>> [dims.tolist() for dims in shared_mask_dims(nested, 3)]
+        [[0, 2], [0, 1, 2]]
+        >>> shared_mask_dims(torch.full((1, 2, 3), 0.5), 3) is None  # soft masks
         True
     """
     if masks.dim() == 3:
@@ -145,16 +152,16 @@ def partition_dims(masks: Tensor, dim: int) -> list[Tensor] | None:
         masks = masks[0]
     if masks.dim() != 2 or masks.shape[1] != dim or masks.requires_grad:
         return None
-    binary = (masks == 0) | (masks == 1)
-    is_partition = (binary.all(dim=0) & (masks.sum(dim=0) == 1)).all()
-    level_of_dim = masks.argmax(dim=0)
-    order = torch.argsort(level_of_dim, stable=True)
-    counts = torch.bincount(level_of_dim, minlength=masks.shape[0])
+    ones = masks == 1
+    is_binary = (ones | (masks == 0)).all()
+    # Stable descending sort: each level's 1s first, in increasing dimension order.
+    order = torch.argsort(ones.to(torch.uint8), dim=1, descending=True, stable=True)
+    counts = ones.sum(dim=1)
     # One host synchronisation for the check and the level widths together.
-    host = torch.cat([is_partition.long().view(1), counts]).tolist()
+    host = torch.cat([is_binary.long().view(1), counts]).tolist()
     if not host[0]:
         return None
-    return list(torch.split(order, host[1:]))
+    return [order[level, :width] for level, width in enumerate(host[1:])]
 
 
 def masked_level_losses(
@@ -184,7 +191,7 @@ def masked_level_losses(
         anchor_masks: ``[1 | Na, L, D]`` masks of the anchors.
         contrast_masks: ``[1 | Nc, L, D]`` masks of the contrast rows (the same tensor as
             ``anchor_masks`` when they are shared or the rows are the same).
-        allow_sync: Look for partition masks (one host synchronisation). ``False``
+        allow_sync: Look for shared 0/1 masks (one host synchronisation). ``False``
             (the losses' ``check_values=False``) always takes the batched path, which
             never synchronises.
 
@@ -209,8 +216,8 @@ def level_inputs(
 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """``[L, Na]`` log-denominators and every level's ``(anchor, contrast)`` features.
 
-    Either ``[N, D]`` rows with masks (the partition path when they partition the
-    dimensions, else one batched computation), or ``[N, L, D]`` per-level features
+    Either ``[N, D]`` rows with masks (the per-level dimensions when the masks are one
+    shared 0/1 set, else one batched computation), or ``[N, L, D]`` per-level features
     without masks (batched).
     """
     anchors, contrast = widen(anchors), widen(contrast)
@@ -225,7 +232,7 @@ def level_inputs(
         dims = None
         if allow_sync and anchor_masks.shape[0] == 1 and contrast_masks.shape[0] == 1:
             if same_rows or torch.equal(anchor_masks, contrast_masks):
-                dims = partition_dims(anchor_masks, anchors.shape[1])
+                dims = shared_mask_dims(anchor_masks, anchors.shape[1])
         if dims is not None:
             level_features = []
             for level_dims in dims:
@@ -252,19 +259,19 @@ def level_inputs(
     return log_denominator, list(zip(a_all.unbind(0), c_all.unbind(0), strict=True))
 
 
-def partition_logits(
+def shared_mask_logits(
     anchors: Tensor,
     contrast: Tensor,
     anchor_index: Tensor,
     dims: list[Tensor],
     temperature: Temperature,
 ) -> tuple[Tensor, Tensor]:
-    """Level similarities / temperature ``[L, Na, Nc]`` of partition masks, and their
+    """Level similarities / temperature ``[L, Na, Nc]`` of shared 0/1 masks, and their
     log-denominators ``[L, Na, 1]`` (the anchor's own column excluded).
 
     For the per-pair HiConE form, which needs every pair's level similarity. Level ``h``
     is ``normalize(z[:, dims_h])``, i.e. ``normalize(z * m_h)`` on its own dimensions, so
-    the L matmuls together cost one full-width matmul; the denominators come from
+    the L matmuls together cost ``sum_h d_h / D`` full-width matmuls; the denominators come from
     :class:`_LevelLogSumExp` (one more such set of matmuls, but fewer passes over the
     ``[L, N, N]`` logits than a copy and autograd's log-sum-exp).
     """

@@ -47,7 +47,7 @@ def masked_pair_level_losses(
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature: a float, or one per level (coarse to fine).
         masks: Shared masks of the ``[N, D]`` rows (``None`` for per-level features).
-        allow_sync: Look for partition masks (one host synchronisation).
+        allow_sync: Look for shared 0/1 masks (one host synchronisation).
     """
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         log_denominator, level_features = level_inputs(

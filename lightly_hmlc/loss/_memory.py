@@ -123,7 +123,7 @@ def memory_batch(
     Returns:
         ``(batch, shared_masks)``. With ``shared_masks`` (``[1, L, D]``, one set for
         every row) the batch holds ``[N, D]`` rows and the masks are still to be applied
-        (so the partition fast path can); otherwise the rows are ``[N, D]`` without
+        (so the shared-mask fast path can); otherwise the rows are ``[N, D]`` without
         masks, or ``[N, L, D]`` per-level features with the per-row masks applied.
 
     Raises:

@@ -24,8 +24,8 @@ from lightly_hmlc.loss._levels import (
 from lightly_hmlc.loss._masked_fast import (
     level_feature_losses,
     masked_level_losses,
-    partition_dims,
-    partition_logits,
+    shared_mask_dims,
+    shared_mask_logits,
 )
 from lightly_hmlc.loss._masked_pair import masked_pair_level_losses
 from lightly_hmlc.loss._memory import memory_batch
@@ -219,9 +219,9 @@ class _HierarchicalLoss(nn.Module):
             )
         logits = log_denominator = None
         if masks is not None:  # same_pair / anchor_mean: every pair's level similarities
-            dims = partition_dims(masks, masks.shape[2]) if self.check_values else None
+            dims = shared_mask_dims(masks, masks.shape[2]) if self.check_values else None
             if dims is not None:
-                logits, log_denominator = partition_logits(
+                logits, log_denominator = shared_mask_logits(
                     batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
                 )
             else:

@@ -13,7 +13,7 @@ from lightly_hmlc.loss import HMLCLoss, _masked_fast, hmlc
 from lightly_hmlc.loss._features import apply_masks, normalize_features
 from lightly_hmlc.loss._hce import pair_constrained_level_losses
 from lightly_hmlc.loss._levels import anchor_level_losses, build_level_groups
-from lightly_hmlc.loss._masked_fast import masked_level_losses, partition_dims
+from lightly_hmlc.loss._masked_fast import masked_level_losses, shared_mask_dims
 from tests.loss import naive
 
 BATCH, DIM, LEVELS = 10, 7, 3
@@ -30,6 +30,11 @@ def _masks(kind: str, rows: int, generator: torch.Generator, dtype: torch.dtype)
     if kind == "partition_empty_level":  # level 1 owns nothing
         level = torch.tensor([0, 2, 0, 2, 2, 0, 0])
         return F.one_hot(level, LEVELS).t().to(dtype).unsqueeze(0)
+    if kind == "nested":  # G-HMLC's default: level h sees the dims of levels 0..h
+        level = torch.randint(0, LEVELS, (DIM,), generator=generator)
+        level[:LEVELS] = torch.arange(LEVELS)
+        own = F.one_hot(level, LEVELS).t().to(dtype)
+        return own.cumsum(dim=0).unsqueeze(0)
     if kind == "overlapping":  # threshold assignment: a dimension may serve several levels
         masks = (torch.rand(1, LEVELS, DIM, generator=generator) > 0.4).to(dtype)
         masks[0, :, 0] = 1.0
@@ -93,7 +98,15 @@ def _run(
     return loss.detach(), is_anchor, grads
 
 
-KINDS = ["partition", "partition_empty_level", "overlapping", "soft_shared", "hard_per_row", "soft"]
+KINDS = [
+    "partition",
+    "partition_empty_level",
+    "nested",
+    "overlapping",
+    "soft_shared",
+    "hard_per_row",
+    "soft",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,29 +145,33 @@ def test_float32_level_means_and_gradients_within_1e_6(kind: str) -> None:
     torch.testing.assert_close(got_grads[0], expected_grads[0], atol=1e-6, rtol=0)
 
 
-def test_partition_masks_take_the_partition_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["partition", "nested", "overlapping"])
+def test_shared_binary_masks_take_the_per_level_dims_path(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_full_width(*args: object) -> Tensor:
-        raise AssertionError("partition masks must not build full-width level features")
+        raise AssertionError("shared 0/1 masks must not build full-width level features")
 
     monkeypatch.setattr(_masked_fast, "_level_major", no_full_width)
-    _run(_fast, "partition", 0.1, torch.float64, 0, seed=0)
+    _run(_fast, kind, 0.1, torch.float64, 0, seed=0)
     with pytest.raises(AssertionError, match="full-width"):
-        _run(_fast, "overlapping", 0.1, torch.float64, 0, seed=0)
+        _run(_fast, "soft_shared", 0.1, torch.float64, 0, seed=0)
 
 
-def test_partition_detection() -> None:
+def test_shared_mask_detection() -> None:
     masks = torch.tensor([[[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]])
-    dims = partition_dims(masks, 4)
+    dims = shared_mask_dims(masks, 4)
     assert dims is not None and [d.tolist() for d in dims] == [[0, 2], [1, 3]]
-    assert [d.tolist() for d in partition_dims(masks[0], 4) or []] == [[0, 2], [1, 3]]
-    assert partition_dims(masks, 5) is None  # wrong width
-    assert partition_dims(masks.repeat(3, 1, 1), 4) is None  # per row
-    assert partition_dims(torch.ones(1, 2, 4), 4) is None  # overlapping
-    uncovered = masks.clone()
-    uncovered[0, 0, 0] = 0.0
-    assert partition_dims(uncovered, 4) is None  # a dimension in no level
-    assert partition_dims(masks * 0.9 + (1 - masks) * 0.1, 4) is None  # soft
-    assert partition_dims(masks.clone().requires_grad_(True), 4) is None  # carries a gradient
+    assert [d.tolist() for d in shared_mask_dims(masks[0], 4) or []] == [[0, 2], [1, 3]]
+    nested = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]])
+    assert [d.tolist() for d in shared_mask_dims(nested, 4) or []] == [[1], [0, 1, 3], [0, 1, 2, 3]]
+    empty = masks.clone()
+    empty[0, 0] = 0.0
+    assert [d.tolist() for d in shared_mask_dims(empty, 4) or []] == [[], [1, 3]]
+    assert shared_mask_dims(masks, 5) is None  # wrong width
+    assert shared_mask_dims(masks.repeat(3, 1, 1), 4) is None  # per row
+    assert shared_mask_dims(masks * 0.9 + (1 - masks) * 0.1, 4) is None  # soft
+    assert shared_mask_dims(masks.clone().requires_grad_(True), 4) is None  # carries a gradient
 
 
 def test_half_precision_inputs_are_computed_in_float32() -> None:
@@ -189,7 +206,7 @@ def test_second_backward_raises_instead_of_a_wrong_gradient() -> None:
         loss.sum().backward()
 
 
-@pytest.mark.parametrize("kind", ["partition", "soft"])
+@pytest.mark.parametrize("kind", ["partition", "nested", "soft"])
 def test_symmetric_backward_allows_a_second_pass(kind: str) -> None:
     """When the anchors are the contrast rows the backward only reads its saved
     exponentials (one product with ``[c, g * a]``), so a second pass repeats the
@@ -218,7 +235,7 @@ def test_symmetric_backward_allows_a_second_pass(kind: str) -> None:
         ("hmc", None),
     ],
 )
-@pytest.mark.parametrize("kind", ["partition", "overlapping", "soft"])
+@pytest.mark.parametrize("kind", ["partition", "nested", "overlapping", "soft"])
 def test_losses_with_masks_equal_the_general_path(
     loss_type: str, hce_form: str | None, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
