@@ -9,7 +9,8 @@ Compares, at dim 128 and several batch sizes:
 - optionally the public reference implementation of Zhang et al., loaded at run time
   from a local clone given with ``--reference-repo`` (its ``losses/losses.py``; nothing
   of it is part of this package);
-- the masked losses (group ``masked``): ``GHMLCLoss`` with fitted partition masks and
+- the masked losses (group ``masked``): ``GHMLCLoss`` with fitted masks (nested, the
+  default, and a partition, ``nested=False``) and
   ``AHMLCLoss``, each with its head in training mode (the GMM statistics update and the
   attention MLPs are part of the step), against the same masks through the general
   per-level path (full-width masked features, autograd's log-sum-exp, and for the
@@ -84,10 +85,18 @@ def per_level_loop_loss(
     return (weights * terms).sum() / weights.sum()
 
 
-def fitted_ghmlc(num_levels: int, dim: int, hce_form: str = "anchor_mean") -> GHMLCLoss:
-    """G-HMLC whose head fits its partition masks on the first (warm-up) call, then never."""
+def fitted_ghmlc(
+    num_levels: int, dim: int, hce_form: str = "anchor_mean", nested: bool = True
+) -> GHMLCLoss:
+    """G-HMLC whose head fits its masks (nested by default, else a partition) on the first
+    (warm-up) call, then never."""
     return GHMLCLoss(
-        num_levels=num_levels, dim=dim, hce_form=hce_form, warmup_steps=1, refit_every=10**9
+        num_levels=num_levels,
+        dim=dim,
+        hce_form=hce_form,
+        warmup_steps=1,
+        refit_every=10**9,
+        nested=nested,
     )
 
 
@@ -317,6 +326,11 @@ def main() -> None:
                 candidates.append((f"HMLCLoss hmce L=3{tag}", 3, HMLCLoss("hmce", hce_form=form)))
             candidates += [
                 (f"GHMLCLoss L=3{tag}", 3, fitted_ghmlc(3, dim, form).to(device)),
+                (
+                    f"GHMLCLoss L=3{tag} partition",
+                    3,
+                    fitted_ghmlc(3, dim, form, nested=False).to(device),
+                ),
                 (
                     f"GHMLCLoss L=3{tag} general path",
                     3,
