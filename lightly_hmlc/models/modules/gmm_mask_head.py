@@ -261,6 +261,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         )
         self._host_step = 0
         self.register_load_state_dict_post_hook(_sync_host_step)
+        self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Updates the statistics (training mode with labels), refits on schedule.
@@ -450,14 +451,13 @@ def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:
     # The step count is mirrored on the host so the refit schedule never reads the device.
     if isinstance(module, GMMFeatureMaskHead):
         module._host_step = int(module.step.item())
-        _check_loaded_mask_form(module)
 
 
-def _check_loaded_mask_form(head: GMMFeatureMaskHead) -> None:
+def _check_loaded_mask_form(head: torch.nn.Module, incompatible_keys: Any) -> None:
     # The default changed from partitions to nested masks. A checkpoint of the other form
     # would train with its loaded masks until the next refit and then switch form
     # silently, so a mismatch is an error that names the fix.
-    if not bool(head.fitted) or head.num_levels < 2:
+    if not isinstance(head, GMMFeatureMaskHead) or not bool(head.fitted) or head.num_levels < 2:
         return
     masks = head.masks.bool()
     nested_form = bool(masks[-1].all()) and bool((masks[:-1] <= masks[1:]).all())
