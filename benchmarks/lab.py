@@ -30,7 +30,8 @@ again at any time.
 
 A variant is ``NAME=METHOD:KEY=VALUE:KEY=VALUE`` (or just a method name). Keys go to the
 loss (``--loss-option``); ``head.KEY`` to the mask head (``--head-option``); ``suite.KEY``
-to the suite's own flag ``--KEY`` (e.g. ``suite.temperature=0.2``). Values are JSON when
+to the suite's own flag ``--KEY`` (e.g. ``suite.temperature=0.2``; a switch takes ``true``,
+as in ``suite.hierarchical-sampler=true``, and ``false`` leaves it out). Values are JSON when
 they parse as JSON, else strings, so ``hmc-t=hmc:temperature=[0.2,0.1]`` gives the loss
 per-level temperatures (coarse to fine), ``hmc-in=hmc:supcon_form=in`` the L_in form and
 ``hmc-inst=hmc:instance_weight=1.0`` the explicit instance term. A loss's ``temperature``
@@ -149,7 +150,10 @@ class Variant:
         for key, value in self.head_options.items():
             out += ["--head-option", f"{key}={json.dumps(value)}"]
         for key, value in self.suite_options.items():
-            out += [f"--{key}", str(value)]
+            if isinstance(value, bool):  # a switch: ``suite.hierarchical-sampler=true``
+                out += [f"--{key}"] if value else []
+            else:
+                out += [f"--{key}", str(value)]
         return out
 
 

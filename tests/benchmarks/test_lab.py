@@ -25,6 +25,8 @@ def test_variant_parse_routes_options() -> None:
         "--temperature", "0.2",
     ]  # fmt: skip
     assert Variant.parse("supcon") == Variant("supcon", "supcon")
+    switch = Variant.parse("s=supcon:suite.hierarchical-sampler=true:suite.no-plots=false")
+    assert switch.suite_args() == ["--methods", "supcon", "--hierarchical-sampler"]
     with pytest.raises(ValueError, match="KEY=VALUE"):
         Variant.parse("x=hmce:oops")
 
