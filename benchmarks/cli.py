@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     add("--deterministic", default="warn", choices=["true", "warn", "false"])
     add("--hierarchical-sampler", action="store_true", help="HierarchicalBatchSampler")
+    add(
+        "--sampler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="HierarchicalBatchSampler argument (repeatable), e.g. top_level_shares=frequency",
+    )
     add("--train-samples", type=int, default=None, help="random training subset size")
     add("--test-samples", type=int, default=None, help="random subset of the evaluated split")
     add(
@@ -272,6 +279,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"Unknown --dataset {args.dataset!r}; choose one of {sorted(DATASETS)}.")
     parse_options(args.loss_option, "--loss-option")
     parse_options(args.head_option, "--head-option")
+    if parse_options(args.sampler_option, "--sampler-option") and not args.hierarchical_sampler:
+        raise UserError(
+            "--sampler-option sets the HierarchicalBatchSampler: add --hierarchical-sampler, "
+            "or drop the option."
+        )
 
 
 def resolve_methods(value: str) -> list[str]:

@@ -587,6 +587,7 @@ class SuiteDataModule(pl.LightningDataModule):
         num_workers: int,
         seed: int,
         hierarchical_sampler: bool,
+        sampler_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.bundle = bundle
@@ -594,6 +595,7 @@ class SuiteDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.hierarchical_sampler = hierarchical_sampler
+        self.sampler_options = dict(sampler_options or {})
         self._resume_position: dict[str, int] | None = None
 
     def position(self) -> dict[str, int]:
@@ -634,6 +636,7 @@ class SuiteDataModule(pl.LightningDataModule):
                 num_replicas=world,
                 rank=rank,
                 seed=self.seed,
+                **self.sampler_options,
             )
         else:
             batch_sampler = EpochBatchSampler(

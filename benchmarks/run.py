@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -95,6 +96,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "memory_bank": 0,
     "momentum_encoder": None,
     "mask_placement": "projection",
+    "sampler_option": [],
 }
 
 _EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
@@ -387,8 +389,9 @@ def run_one(
             f"The training set has {len(bundle.train)} samples, fewer than one batch of "  # type: ignore[arg-type]
             f"--batch-size {args.batch_size}; lower --batch-size or raise --train-samples."
         )
+    sampler_options = parse_options(args.sampler_option, "--sampler-option")
     if args.hierarchical_sampler:
-        _check_hierarchical_sampler(bundle, args.batch_size // world, world)
+        _check_hierarchical_sampler(bundle, args.batch_size // world, world, sampler_options)
     mask_warmup, mask_refit = methods.default_mask_schedule(steps_per_epoch * args.epochs)
     model = build_model(
         args,
@@ -413,7 +416,12 @@ def run_one(
     if world > 1 and trainer.strategy.root_device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     datamodule = SuiteDataModule(
-        bundle, args.batch_size, args.num_workers, seed, args.hierarchical_sampler
+        bundle,
+        args.batch_size,
+        args.num_workers,
+        seed,
+        args.hierarchical_sampler,
+        sampler_options,
     )
     if trainer.is_global_zero:
         record = dict(vars(args), method=method, seed=seed, run_dir=str(run_dir))
@@ -519,7 +527,9 @@ def parse_options(values: Sequence[str], flag: str) -> dict[str, Any]:
     return options
 
 
-def _check_hierarchical_sampler(bundle: DatasetBundle, per_device: int, world: int) -> None:
+def _check_hierarchical_sampler(
+    bundle: DatasetBundle, per_device: int, world: int, options: dict[str, Any]
+) -> None:
     """Builds the sampler once here, so that a bad setting fails before training."""
     if bundle.train_label_paths is None:
         raise UserError(
@@ -528,8 +538,19 @@ def _check_hierarchical_sampler(bundle: DatasetBundle, per_device: int, world: i
         )
     from lightly_hmlc.data import HierarchicalBatchSampler
 
+    # The suite sets these itself (per rank and epoch); an option may not override them.
+    owned = {"label_paths", "batch_size", "num_replicas", "rank", "seed"}
+    accepted = set(inspect.signature(HierarchicalBatchSampler).parameters) - owned
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(
+            f"--sampler-option {', '.join(unknown)} is not a HierarchicalBatchSampler "
+            f"option; choose from {sorted(accepted)} (the suite sets {sorted(owned)})."
+        )
     try:
-        HierarchicalBatchSampler(bundle.train_label_paths, per_device, num_replicas=world)
+        HierarchicalBatchSampler(
+            bundle.train_label_paths, per_device, num_replicas=world, **options
+        )
     except ValueError as error:
         raise UserError(f"--hierarchical-sampler: {error}") from error
 

@@ -14,7 +14,10 @@ from torch.utils.data import Sampler
 
 from lightly_hmlc.label_paths import check_label_paths
 
-__all__ = ["HierarchicalBatchSampler"]
+__all__ = ["HierarchicalBatchSampler", "TOP_LEVEL_SHARES"]
+
+#: How a batch shares its groups among the top-level classes (``top_level_shares``).
+TOP_LEVEL_SHARES = ("equal", "frequency")
 
 
 class HierarchicalBatchSampler(Sampler[list[int]]):
@@ -27,7 +30,8 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
     batch from *groups*, one per drawn top-level class, by descending the label tree:
 
     1. draw a top-level (level 0) class; the classes of one batch are distinct until
-       all have been used, then they repeat;
+       all have been used, then they repeat (``top_level_shares="equal"``) or are drawn
+       by their frequency (``top_level_shares="frequency"``);
     2. at every inner node of the tree, draw ``classes_per_parent`` distinct children
        (all of them if the node has fewer);
     3. at every reached leaf (a full label path, or a path cut short by ``-1``), take
@@ -41,15 +45,28 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
     already in the batch, so every batch has exactly ``batch_size`` indices.
 
     Randomness (``shuffle=True``): classes are drawn with probability proportional to
-    the number of their samples not yet used in this epoch (so the batches follow the
-    data's class frequencies and every sample is used about once per epoch), or
-    uniformly with ``class_balanced=True``. (Top-level classes are distinct within a
-    batch, so a batch with as many groups as there are top-level classes holds them all,
-    whatever their frequency.) Within a leaf, samples are taken from a
+    the number of their samples not yet used in this epoch, or uniformly with
+    ``class_balanced=True``. Top-level classes are distinct within a batch until every
+    one has a group in it, so every batch with at least as many groups as there are
+    top-level classes holds them all, whatever their frequency. After that:
+
+    - ``top_level_shares="equal"`` (the default) starts another round of distinct
+      classes, so every top-level class gets the same share of every batch. With
+      imbalanced top-level classes this oversamples the small ones: a sample of a small
+      class is used several times per epoch and some samples of a large one not at all
+      (two top-level classes of 400 and 3,000 samples, groups of 8, batch 128: about 4.2
+      and 0.55 uses per sample and epoch).
+    - ``top_level_shares="frequency"`` draws the further groups' top-level classes by
+      their unused samples, so beyond the one group each, the batches follow the
+      data's class frequencies and a sample is used about once per epoch (the example
+      above: 17 % of each batch for the small class, which holds 12 % of the data).
+
+    Within a leaf, samples are taken from a
     shuffled queue: no sample repeats before every sample of its leaf has been used, and
     a batch holds no sample twice unless its leaf has fewer samples than the batch asks
-    for. With ``shuffle=False`` all choices are round-robin in sorted order and samples
-    are taken in index order (no randomness at all).
+    for. With ``shuffle=False`` all choices are round-robin in sorted order (the further
+    groups of ``top_level_shares="frequency"`` take the top-level class with the most
+    unused samples) and samples are taken in index order (no randomness at all).
 
     Small classes: a leaf with fewer than ``samples_per_class`` samples is used with
     repetition (the same index may appear twice in a batch; its two views still
@@ -82,6 +99,9 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         class_balanced: Draw classes uniformly instead of by their number of samples.
         skip_small_classes: Never use leaves with fewer than ``samples_per_class``
             samples (instead of using them with repetition).
+        top_level_shares: ``"equal"``: every top-level class gets the same share of a
+            batch; ``"frequency"``: once each has a group, their shares follow their
+            number of samples.
 
     Raises:
         ValueError: On bad arguments, label paths with a known level after an unknown
@@ -111,6 +131,7 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         class_balanced: bool = False,
         skip_small_classes: bool = False,
+        top_level_shares: str = "equal",
     ) -> None:
         for name, value, low in (
             ("batch_size", batch_size, 1),
@@ -127,6 +148,10 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        if top_level_shares not in TOP_LEVEL_SHARES:
+            raise ValueError(
+                f"top_level_shares must be one of {TOP_LEVEL_SHARES}, got {top_level_shares!r}."
+            )
         paths = _as_paths(label_paths)
         self.batch_size = batch_size
         self.samples_per_class = samples_per_class
@@ -138,6 +163,7 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.class_balanced = class_balanced
         self.skip_small_classes = skip_small_classes
+        self.top_level_shares = top_level_shares
         self.epoch = 0
         self._tree = _Tree(paths, samples_per_class if skip_small_classes else 1)
         if self._tree.num_samples == 0:
@@ -184,7 +210,12 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        state = _EpochState(self._tree, rng if self.shuffle else None, self.class_balanced)
+        state = _EpochState(
+            self._tree,
+            rng if self.shuffle else None,
+            self.class_balanced,
+            by_frequency=self.top_level_shares == "frequency",
+        )
         total = self._per_rank * self.num_replicas
         for position in range(total):
             batch = state.compose(self.batch_size, self.samples_per_class, self.classes_per_parent)
@@ -275,10 +306,17 @@ class _Tree:
 class _EpochState:
     """Per-epoch draw state: leaf queues, remaining counts and round-robin pointers."""
 
-    def __init__(self, tree: _Tree, rng: np.random.Generator | None, balanced: bool) -> None:
+    def __init__(
+        self,
+        tree: _Tree,
+        rng: np.random.Generator | None,
+        balanced: bool,
+        by_frequency: bool = False,
+    ) -> None:
         self.tree = tree
         self.rng = rng
         self.balanced = balanced
+        self.by_frequency = by_frequency
         self.queues: dict[int, deque[int]] = {}
         # Unused samples under every node this epoch; all queues start full.
         self.remaining = tree.size.astype(np.float64)
@@ -311,6 +349,14 @@ class _EpochState:
         keys = np.log(weights) + self.rng.gumbel(size=len(options))
         picks = np.argpartition(-keys, k - 1)[:k]
         return [options[int(i)] for i in np.sort(picks)]
+
+    def _frequent_top(self, tops: list[int]) -> int:
+        # Drawn by unused samples (the batches follow the class frequencies); without
+        # randomness the class with the most unused samples, the first on ties.
+        if self.rng is None:
+            return max(tops, key=lambda top: self.remaining[top])
+        (top,) = self._choose(tops, 1, 0)
+        return top
 
     def _group(self, node: int, per_class: int, per_parent: int) -> list[int]:
         kids = self.tree.children[node]
@@ -348,19 +394,24 @@ class _EpochState:
         if self.rng is not None:
             # Distinct top-level classes within a batch; round-robin keeps its cycle instead.
             self.used_tops.clear()
+        every_top_in = False  # has every top-level class a group in this batch?
         while True:
             fresh_tops = [top for top in tops if top not in self.used_tops]
             if not fresh_tops:
                 self.used_tops.clear()
                 fresh_tops = list(tops)
-            if self.rng is None or len(fresh_tops) == 1:
+                every_top_in = True
+            if every_top_in and self.by_frequency:
+                top = self._frequent_top(tops)
+            elif self.rng is None or len(fresh_tops) == 1:
                 top = fresh_tops[0]  # round-robin: the unused classes in sorted order
             else:
                 (top,) = self._choose(fresh_tops, 1, 0)
             leaves = self._group(top, per_class, per_parent)
             if used + per_class * len(leaves) > batch_size:
                 break  # this top-level class is not marked used: it opens a later batch
-            self.used_tops.add(top)
+            if not (every_top_in and self.by_frequency):
+                self.used_tops.add(top)
             for leaf in leaves:
                 self._take(leaf, per_class, taken)
             used += per_class * len(leaves)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import main
 import pytest
 import torch
+from cli import parse_args
+from datasets import SuiteDataModule, build_dataset
 
+from lightly_hmlc.data import HierarchicalBatchSampler
 from tests.benchmarks.suite_utils import tiny_args
 
 
@@ -163,3 +168,49 @@ def test_leaves_without_data_need_no_strict(
     err = capsys.readouterr().err
     assert "truck" in err and "--no-strict" in err and "strict=False" not in err
     assert main.main([*args, "--no-strict"]) == 0
+
+
+def test_sampler_options_reach_the_hierarchical_sampler(tmp_path: Path) -> None:
+    args = tiny_args(
+        tmp_path,
+        "--methods", "hmce",
+        "--hierarchical-sampler",
+        "--sampler-option", "top_level_shares=frequency",
+        "--sampler-option", "samples_per_class=3",
+    )  # fmt: skip
+    assert main.main(args) == 0
+    run_dir = tmp_path / "shapes" / "hmce" / "seed0"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["hierarchical_sampler"] is True
+    assert config["sampler_option"] == ["top_level_shares=frequency", "samples_per_class=3"]
+    # The loader the suite trains with is built from those options.
+    bundle = build_dataset(parse_args(args))
+    module = SuiteDataModule(bundle, 32, 0, 0, True, {"top_level_shares": "frequency"})
+    module.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=0)  # type: ignore[assignment]
+    sampler = module.train_dataloader().batch_sampler.batch_sampler  # type: ignore[union-attr]
+    assert isinstance(sampler, HierarchicalBatchSampler)
+    assert sampler.top_level_shares == "frequency"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--sampler-option", "samples_per_class=3"), "add --hierarchical-sampler"),
+        (("--hierarchical-sampler", "--sampler-option", "seed=3"), "not a HierarchicalBatchSampler option"),
+        (("--hierarchical-sampler", "--sampler-option", "top_level_shares=even"), "top_level_shares must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_sampler_options_are_clean_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str
+) -> None:
+    assert main.main(tiny_args(tmp_path, "--methods", "hmce", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_with_it_off() -> None:
+    from run import ADDED_FIELDS, check_resume_config
+
+    older = {"method": "hmce", "seed": 0}  # recorded before these settings existed
+    check_resume_config(older, dict(older, **ADDED_FIELDS), "run")  # off: the same run
+    with pytest.raises(main.UserError, match="--sampler-option"):
+        check_resume_config(older, dict(older, sampler_option=["samples_per_class=3"]), "run")

@@ -196,6 +196,50 @@ def test_class_balanced_option() -> None:
     assert coarse0_share(True) == pytest.approx(0.1, abs=0.05)
 
 
+def long_tailed_two_level_table() -> torch.Tensor:
+    """2 coarse classes of 2 fine classes each: 2 x 100 against 2 x 750 samples."""
+    rows = [[0, f] for f in range(2) for _ in range(100)]
+    rows += [[1, 2 + f] for f in range(2) for _ in range(750)]
+    return torch.tensor(rows)
+
+
+def test_equal_top_level_shares_oversample_the_small_coarse_class() -> None:
+    paths = long_tailed_two_level_table()  # coarse 0: 200 of 1700 samples (12 %)
+    sampler = HierarchicalBatchSampler(paths, 64, seed=0)
+    used = Counter(i for batch in sampler for i in batch)
+    coarse = [int(paths[i, 0]) for batch in sampler for i in batch]
+    # Every batch is half coarse 0: each of its samples is used about 4 times an epoch.
+    assert coarse.count(0) / len(coarse) == pytest.approx(0.5, abs=0.02)
+    assert sum(used[i] for i in range(200)) / 200 > 3.5
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_frequency_top_level_shares_follow_the_data(shuffle: bool) -> None:
+    paths = long_tailed_two_level_table()
+    sampler = HierarchicalBatchSampler(
+        paths, 64, seed=0, shuffle=shuffle, top_level_shares="frequency"
+    )
+    batches = list(sampler)
+    coarse = [int(paths[i, 0]) for batch in batches for i in batch]
+    # One group of 4 per coarse class is guaranteed; the other 14 of a batch's 16 groups
+    # follow the data, which holds 200 / 1700 of coarse 0 (drawn at random, or, without
+    # shuffling, always the class with the most unused samples: the data's share).
+    share = coarse.count(0) / len(coarse)
+    assert 200 / 1700 - 0.02 <= share <= (1 + 14 * 200 / 1700) / 16 + 0.02
+    # Each batch still holds both coarse classes (coarse negatives for every anchor) and
+    # a positive at every level for every anchor.
+    for batch in batches:
+        assert {int(paths[i, 0]) for i in batch} == {0, 1}
+        check_positives(paths, batch)
+    used = Counter(i for batch in batches for i in batch)
+    assert max(used.values()) <= 2  # about once an epoch, no sample used 4 times
+
+
+def test_top_level_shares_is_checked() -> None:
+    with pytest.raises(ValueError, match="top_level_shares must be one of"):
+        HierarchicalBatchSampler(long_tailed_two_level_table(), 64, top_level_shares="even")
+
+
 def test_no_shuffle_is_deterministic_round_robin() -> None:
     paths = random_three_level_table()
     a = HierarchicalBatchSampler(paths, 24, shuffle=False, seed=0)
