@@ -4,7 +4,9 @@ One experiment = one dataset, a list of variants, one baseline, seeds and a spli
 
     python benchmarks/lab.py run --dataset mnist --split val --seeds 0-4 \\
         --variants supcon,hmce,hmce-uniform=hmce:layer_penalty=uniform --baseline supcon
-    python benchmarks/lab.py report runs/lab/mnist-val
+    python benchmarks/lab.py report runs/lab/mnist-val --baseline supcon
+    # does the sampler move HMCE's gap to SupCon? (A - B) - (C - D) per seed, with its CI
+    python benchmarks/lab.py interaction runs/lab/mnist-val hmce-hs supcon-hs hmce supcon
 
 Protocol (what makes the differences trustworthy):
 
@@ -409,9 +411,53 @@ def report(base: Path, baseline: str, metrics: Sequence[str] | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
+def interaction(
+    base: Path,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    metrics: Sequence[str] | None = None,
+) -> str:
+    """Does a change move a gap? Per seed ``(a - b) - (c - d)``, mean and 95% t-interval.
+
+    ``first = (a, b)`` and ``second = (c, d)``, e.g. ``("hmce-hs", "supcon-hs")`` and
+    ``("hmce", "supcon")``: whether the sampler widens HMCE's gap to SupCon. Over the
+    seeds all four variants have.
+    """
+    results = collect(base)
+    names = [*first, *second]
+    missing = [name for name in names if name not in results]
+    if missing:
+        raise ValueError(f"No finished run of {missing} in {base}.")
+    seeds = sorted(set.intersection(*(set(results[name]) for name in names)))
+    metrics = list(metrics or default_metrics(results))
+    label = f"({first[0]} - {first[1]}) - ({second[0]} - {second[1]})"
+    lines = [
+        f"Experiment `{base.name}`: per seed {label}, in points for accuracies, as mean "
+        f"[95% CI] over the {len(seeds)} seeds all four have (bold: the interval excludes 0).",
+        "",
+        "| contrast | seeds | " + " | ".join(metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    cells = []
+    for metric in metrics:
+        scale = 100.0 if _is_fraction(metric) else 1.0
+        gap = [scale * (results[first[0]][s][metric] - results[first[1]][s][metric]) for s in seeds]
+        ref = [
+            scale * (results[second[0]][s][metric] - results[second[1]][s][metric]) for s in seeds
+        ]
+        d = paired_difference(gap, ref)
+        mark = "**" if d.significant else ""
+        digits = 2 if scale == 100.0 else 3
+        cells.append(
+            f"{mark}{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]{mark}"
+        )
+    lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ============================================================================ CLI
 def build_parser() -> argparse.ArgumentParser:
-    """``run`` and ``report``."""
+    """``run``, ``prepare-cifar10-lt3``, ``report`` and ``interaction``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate every (variant, seed)")
@@ -434,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", help="an experiment folder, e.g. runs/lab/mnist-val")
     rep.add_argument("--baseline", required=True)
     rep.add_argument("--metrics", default=None, help="comma list (default: linear accuracies)")
+    both = sub.add_parser(
+        "interaction", help="does a change move a gap: (A - B) - (C - D) per seed, with its CI"
+    )
+    both.add_argument("experiment", help="an experiment folder, e.g. runs/lab/mnist-val")
+    both.add_argument("variants", nargs=4, metavar="A B C D")
+    both.add_argument("--metrics", default=None, help="comma list (default: linear accuracies)")
     return parser
 
 
@@ -449,6 +501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(prepare_cifar10_lt3(Path(args.source), Path(args.out)))
         return 0
     metrics = args.metrics.split(",") if args.metrics else None
+    if args.command == "interaction":
+        a, b, c, d = args.variants
+        print(interaction(Path(args.experiment), (a, b), (c, d), metrics))
+        return 0
     print(report(Path(args.experiment), args.baseline, metrics))
     return 0
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from lab import Variant, paired_difference, prepare_cifar10_lt3, report
+from lab import Variant, interaction, paired_difference, prepare_cifar10_lt3, report
 from scipy import stats
 
 from lightly_hmlc.hierarchy import LabelHierarchy
@@ -47,6 +47,26 @@ def _write_run(base: Path, variant: str, seed: int, acc: float) -> None:
     run.mkdir(parents=True)
     record = {"eval": {"level0/linear_acc": acc, "level1/linear_acc": acc / 2}}
     (run / "metrics.json").write_text(json.dumps(record))
+
+
+def test_interaction_is_the_paired_interval_of_the_two_gaps(tmp_path: Path) -> None:
+    accs = {  # seed: (a, b, c, d)
+        0: (0.80, 0.85, 0.82, 0.83),
+        1: (0.78, 0.86, 0.81, 0.84),
+        2: (0.79, 0.84, 0.80, 0.82),
+    }
+    for seed, values in accs.items():
+        for name, acc in zip("abcd", values, strict=True):
+            _write_run(tmp_path, name, seed, acc)
+    _write_run(tmp_path, "a", 9, 0.5)  # only one variant has seed 9: left out
+    text = interaction(tmp_path, ("a", "b"), ("c", "d"), ["level0/linear_acc"])
+    gaps = [100 * ((a - b) - (c - d)) for a, b, c, d in accs.values()]
+    ci = stats.ttest_1samp(gaps, 0.0).confidence_interval(0.95)
+    row = next(line for line in text.splitlines() if line.startswith("| (a - b) - (c - d)"))
+    assert f"{sum(gaps) / 3:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]" in row
+    assert "| 3 |" in row and "**" in row  # -4, -5, -3 points: beyond the interval
+    with pytest.raises(ValueError, match="No finished run"):
+        interaction(tmp_path, ("a", "b"), ("c", "nope"))
 
 
 def test_report_pairs_seeds_and_marks_significant(tmp_path: Path) -> None:
