@@ -59,7 +59,8 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
     - ``top_level_shares="frequency"`` draws the further groups' top-level classes by
       their unused samples, so beyond the one group each, the batches follow the
       data's class frequencies and a sample is used about once per epoch (the example
-      above: 17 % of each batch for the small class, which holds 12 % of the data).
+      above: the small class has 12 % of the batches' samples, as of the data, and a
+      sample of either class is used 1.0 times per epoch on average).
 
     Within a leaf, samples are taken from a
     shuffled queue: no sample repeats before every sample of its leaf has been used, and
