@@ -346,12 +346,17 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float]) -> Pai
     return PairedDifference(mean, mean - half, mean + half, n)
 
 
-def collect(base: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """``{variant: {seed: flat eval metrics}}`` of an experiment's finished runs."""
+def collect(
+    base: Path, seeds: Sequence[int] | None = None
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``{variant: {seed: flat eval metrics}}`` of an experiment's finished runs (of
+    ``seeds`` only, if given)."""
     results: dict[str, dict[int, dict[str, float]]] = {}
     for path in sorted(base.glob("*/*/*/seed*/metrics.json")):
         variant = path.relative_to(base).parts[0]
         seed = int(path.parent.name.removeprefix("seed"))
+        if seeds is not None and seed not in seeds:
+            continue
         record = json.loads(path.read_text())
         flat = {k: v for k, v in record["eval"].items() if isinstance(v, int | float)}
         results.setdefault(variant, {})[seed] = flat
@@ -369,9 +374,15 @@ def _is_fraction(metric: str) -> bool:
     return metric.endswith(("_acc", "/nmi")) or "implied_acc" in metric
 
 
-def report(base: Path, baseline: str, metrics: Sequence[str] | None = None) -> str:
-    """The experiment's table: per variant and metric, mean and paired difference + CI."""
-    results = collect(base)
+def report(
+    base: Path,
+    baseline: str,
+    metrics: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> str:
+    """The experiment's table: per variant and metric, mean and paired difference + CI
+    (over ``seeds`` only, if given: one experiment folder may hold several questions)."""
+    results = collect(base, seeds)
     if baseline not in results:
         raise ValueError(f"No finished run of the baseline {baseline!r} in {base}.")
     metrics = list(metrics or default_metrics(results))
@@ -416,14 +427,15 @@ def interaction(
     first: tuple[str, str],
     second: tuple[str, str],
     metrics: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> str:
     """Does a change move a gap? Per seed ``(a - b) - (c - d)``, mean and 95% t-interval.
 
     ``first = (a, b)`` and ``second = (c, d)``, e.g. ``("hmce-hs", "supcon-hs")`` and
     ``("hmce", "supcon")``: whether the sampler widens HMCE's gap to SupCon. Over the
-    seeds all four variants have.
+    seeds all four variants have (of ``seeds``, if given).
     """
-    results = collect(base)
+    results = collect(base, seeds)
     names = [*first, *second]
     missing = [name for name in names if name not in results]
     if missing:
@@ -480,12 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", help="an experiment folder, e.g. runs/lab/mnist-val")
     rep.add_argument("--baseline", required=True)
     rep.add_argument("--metrics", default=None, help="comma list (default: linear accuracies)")
+    rep.add_argument("--seeds", default=None, help="only these seeds, e.g. 40-44 (default: all)")
     both = sub.add_parser(
         "interaction", help="does a change move a gap: (A - B) - (C - D) per seed, with its CI"
     )
     both.add_argument("experiment", help="an experiment folder, e.g. runs/lab/mnist-val")
     both.add_argument("variants", nargs=4, metavar="A B C D")
     both.add_argument("--metrics", default=None, help="comma list (default: linear accuracies)")
+    both.add_argument("--seeds", default=None, help="only these seeds, e.g. 40-44 (default: all)")
     return parser
 
 
@@ -501,11 +515,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(prepare_cifar10_lt3(Path(args.source), Path(args.out)))
         return 0
     metrics = args.metrics.split(",") if args.metrics else None
+    seeds = parse_seeds(args.seeds) if args.seeds else None
     if args.command == "interaction":
         a, b, c, d = args.variants
-        print(interaction(Path(args.experiment), (a, b), (c, d), metrics))
+        print(interaction(Path(args.experiment), (a, b), (c, d), metrics, seeds))
         return 0
-    print(report(Path(args.experiment), args.baseline, metrics))
+    print(report(Path(args.experiment), args.baseline, metrics, seeds))
     return 0
 
 

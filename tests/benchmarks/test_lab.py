@@ -80,6 +80,9 @@ def test_report_pairs_seeds_and_marks_significant(tmp_path: Path) -> None:
     assert "**+5.33" in row  # level 0: +5.33 points, CI above 0
     with pytest.raises(ValueError, match="baseline"):
         report(tmp_path, "nope")
+    only = report(tmp_path, "supcon", seeds=[0, 1])
+    row = next(line for line in only.splitlines() if line.startswith("| hmce"))
+    assert "| 2 |" in row and "+5.50" in row  # seeds 0 and 1: +5 and +6 points
 
 
 def test_prepare_cifar10_lt3_builds_a_3_level_imbalanced_tree(tmp_path: Path) -> None:
