@@ -227,7 +227,8 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, "
             f"batch_size={self.batch_size}, samples_per_class={self.samples_per_class}, "
-            f"classes_per_parent={self.classes_per_parent}, num_batches={len(self)}, "
+            f"classes_per_parent={self.classes_per_parent}, "
+            f"top_level_shares={self.top_level_shares!r}, num_batches={len(self)}, "
             f"rank={self.rank}/{self.num_replicas})"
         )
 
