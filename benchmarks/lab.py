@@ -374,6 +374,12 @@ def _is_fraction(metric: str) -> bool:
     return metric.endswith(("_acc", "/nmi")) or "implied_acc" in metric
 
 
+def _interval_text(d: PairedDifference, digits: int) -> str:
+    """``+1.23 [+0.45, +2.01]``, bold when the interval excludes 0."""
+    mark = "**" if d.significant else ""
+    return f"{mark}{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]{mark}"
+
+
 def report(
     base: Path,
     baseline: str,
@@ -411,13 +417,9 @@ def report(
             if len(values) != len(base_values):
                 cells.append(f"{mean:.2f}")
                 continue
-            d = paired_difference(values, base_values)
-            mark = "**" if d.significant else ""
             digits = 2 if scale == 100.0 else 3
-            cells.append(
-                f"{mean:.{digits}f} ({mark}{d.mean:+.{digits}f} "
-                f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]{mark})"
-            )
+            difference = _interval_text(paired_difference(values, base_values), digits)
+            cells.append(f"{mean:.{digits}f} ({difference})")
         lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -457,12 +459,7 @@ def interaction(
         ref = [
             scale * (results[second[0]][s][metric] - results[second[1]][s][metric]) for s in seeds
         ]
-        d = paired_difference(gap, ref)
-        mark = "**" if d.significant else ""
-        digits = 2 if scale == 100.0 else 3
-        cells.append(
-            f"{mark}{d.mean:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]{mark}"
-        )
+        cells.append(_interval_text(paired_difference(gap, ref), 2 if scale == 100.0 else 3))
     lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
