@@ -188,6 +188,7 @@ def anchor_level_losses(
     groups: LevelGroups,
     temperature: Temperature,
     include_in_denominator: Tensor | None = None,
+    denominator_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The supervised contrastive term of every anchor at every level.
 
@@ -208,6 +209,8 @@ def anchor_level_losses(
         temperature: Softmax temperature: a float, or one per level (coarse to fine).
         include_in_denominator: Optional ``[Nc, L]`` bool: which contrast rows enter the
             denominator at each level (default: all).
+        denominator_bias: Optional ``[Na, Nc]`` offsets added to the logits inside the
+            denominator only (the hierarchy margin); a positive's own logit is unchanged.
 
     Returns:
         ``(loss, is_anchor)``, both ``[L, Na]``: the term of every anchor (0 where it is
@@ -222,6 +225,7 @@ def anchor_level_losses(
             groups,
             temperature,
             include_in_denominator,
+            denominator_bias,
         )
 
 
@@ -232,9 +236,16 @@ def _anchor_level_losses(
     groups: LevelGroups,
     temperature: Temperature,
     include_in_denominator: Tensor | None,
+    denominator_bias: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     stats = level_statistics(
-        anchors, contrast, anchor_index, groups, temperature, include_in_denominator
+        anchors,
+        contrast,
+        anchor_index,
+        groups,
+        temperature,
+        include_in_denominator,
+        denominator_bias,
     )
     mean_positive_logit = stats.positive_logit_sum / stats.positive_count.clamp(min=1.0)
     loss = torch.where(
@@ -272,6 +283,7 @@ def level_statistics(
     groups: LevelGroups,
     temperature: Temperature,
     include_in_denominator: Tensor | None = None,
+    denominator_bias: Tensor | None = None,
 ) -> LevelStatistics:
     """The logits, denominators and positive sums of every anchor at every level.
 
@@ -294,7 +306,11 @@ def level_statistics(
     if include_in_denominator is not None:
         keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
         logits = logits.masked_fill(~keep, -math.inf)
-    log_denominator = torch.logsumexp(logits, dim=2)
+    if denominator_bias is not None:
+        # Out of place: ``logits`` stays the plain similarities (the positives' logits).
+        log_denominator = torch.logsumexp(logits + denominator_bias.to(logits.dtype), dim=2)
+    else:
+        log_denominator = torch.logsumexp(logits, dim=2)
     log_denominator = log_denominator.expand(num_levels, num_anchors)
 
     # Group sums of the contrast features, all levels at once: ids offset per level.
@@ -328,7 +344,9 @@ def level_statistics(
     )
 
 
-def level_terms(batch: LossBatch, temperature: Temperature) -> tuple[Tensor, Tensor]:
+def level_terms(
+    batch: LossBatch, temperature: Temperature, denominator_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-level SupCon terms of a loss batch: ``(share, value)`` as :func:`reduce_levels`."""
     loss, is_anchor = anchor_level_losses(
         batch.anchors,
@@ -336,6 +354,7 @@ def level_terms(batch: LossBatch, temperature: Temperature) -> tuple[Tensor, Ten
         batch.anchor_index,
         build_level_groups(batch.contrast_labels),
         temperature,
+        denominator_bias=denominator_bias,
     )
     return reduce_levels(loss, is_anchor, batch.distributed)
 

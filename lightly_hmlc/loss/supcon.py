@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
 from lightly_hmlc.loss._levels import aggregate_levels, build_level_groups, level_terms
+from lightly_hmlc.loss._margin import check_hierarchy_margin, hierarchy_margin_bias
 from lightly_hmlc.loss._memory import append_memory, check_memory
 from lightly_hmlc.loss._supcon_in import check_supcon_form, in_level_losses
 from lightly_hmlc.loss._temperature import check_temperature
@@ -39,14 +40,24 @@ class SupConLoss(nn.Module):
             exp(s_ia))``, the mean of the positives' log-probabilities; ``"in"``:
             ``-log(1/|P| sum_p exp(s_ip) / sum_{a != i} exp(s_ia))``, the log of their
             mean probability (``<=`` L_out; equal with one positive per anchor).
+        hierarchy_margin: A cosine-similarity offset (``>= 0``; default 0, off) for
+            negatives on other branches of the label tree: a negative whose label path
+            differs from the anchor's at ``k`` levels above the finest enters the
+            denominator as if its similarity were ``k * hierarchy_margin`` higher, so it
+            is pushed further away than a negative of the anchor's own coarse class.
+            Unlike a coarse HMLC term it pulls no other fine class towards the anchor
+            (docs/METHOD.md, "The hierarchy margin"). Needs ``[B, L]`` label paths with
+            ``L >= 2``, and ``supcon_form="out"``.
 
     Labels are ``[B]`` class ids, or ``[B, L]`` label paths, in which case two samples
     are positives when their whole paths are equal. ``-1`` marks an unknown label: such a
     sample is neither an anchor nor a positive (it stays a negative for the others).
 
     Raises:
-        ValueError: If ``temperature`` is not finite and > 0, or ``supcon_form`` is
-            neither ``"out"`` nor ``"in"``.
+        ValueError: If ``temperature`` is not finite and > 0, ``supcon_form`` is
+            neither ``"out"`` nor ``"in"``, or ``hierarchy_margin`` is negative, not
+            finite, or set with ``supcon_form="in"``; in ``forward``, if
+            ``hierarchy_margin > 0`` and the labels are not ``[B, L]`` paths, ``L >= 2``.
 
     Examples:
         >>> loss_fn = SupConLoss(temperature=0.1)
@@ -58,6 +69,10 @@ class SupConLoss(nn.Module):
         >>> _, level_losses = loss_fn(out0, out1, labels, return_level_losses=True)
         >>> level_losses.shape
         torch.Size([1])
+        >>> paths = torch.tensor([[0, 0], [0, 0], [0, 1], [0, 1], [1, 2], [1, 2], [1, 3], [1, 3]])
+        >>> margin_loss = SupConLoss(hierarchy_margin=0.1)(out0, out1, paths)
+        >>> bool(margin_loss > SupConLoss()(out0, out1, paths))
+        True
     """
 
     def __init__(
@@ -66,12 +81,19 @@ class SupConLoss(nn.Module):
         gather_distributed: bool = False,
         check_values: bool = True,
         supcon_form: str = "out",
+        hierarchy_margin: float = 0.0,
     ) -> None:
         super().__init__()
         self.temperature = check_temperature("temperature", temperature)
         self.gather_distributed = gather_distributed
         self.check_values = check_values
         self.supcon_form = check_supcon_form(supcon_form)
+        self.hierarchy_margin = check_hierarchy_margin(hierarchy_margin)
+        if self.hierarchy_margin > 0 and self.supcon_form == "in":
+            raise ValueError(
+                "hierarchy_margin is defined for the L_out form only: use "
+                "supcon_form='out' with it, or hierarchy_margin=0 with supcon_form='in'."
+            )
 
     def extra_repr(self) -> str:
         """The options the loss keeps, as ``print(loss)`` shows them."""
@@ -79,7 +101,11 @@ class SupConLoss(nn.Module):
             f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
             f"check_values={self.check_values}"
         )
-        return text + (f", supcon_form={self.supcon_form!r}" if self.supcon_form != "out" else "")
+        if self.supcon_form != "out":
+            text += f", supcon_form={self.supcon_form!r}"
+        if self.hierarchy_margin > 0:
+            text += f", hierarchy_margin={self.hierarchy_margin}"
+        return text
 
     def forward(
         self,
@@ -111,12 +137,24 @@ class SupConLoss(nn.Module):
         bank = check_memory(memory, features, paths.shape[1], self.check_values)
         batch = append_memory(batch, bank)
         paths = batch.contrast_labels
+        if self.hierarchy_margin > 0 and paths.shape[1] < 2:
+            raise ValueError(
+                f"hierarchy_margin={self.hierarchy_margin} needs [B, L] label paths with "
+                f"L >= 2 (coarse to fine), got {paths.shape[1]} level: with class ids alone "
+                "no negative lies on another branch. Pass the label paths, or use "
+                "hierarchy_margin=0."
+            )
+        margin_bias = None
         if paths.shape[1] > 1:
+            path_groups = build_level_groups(paths)
+            if self.hierarchy_margin > 0:
+                margin_bias = hierarchy_margin_bias(
+                    path_groups, batch.anchor_index, self.hierarchy_margin, self.temperature
+                )
             # The whole path is the class; ids are made after gathering, so that they
             # mean the same on every rank. A row that is entirely unknown stays unknown.
-            path_ids = build_level_groups(paths).ids[:, -1]
             unknown = (paths < 0).all(dim=1)
-            paths = torch.where(unknown, -1, path_ids).unsqueeze(1)
+            paths = torch.where(unknown, -1, path_groups.ids[:, -1]).unsqueeze(1)
             batch = dataclasses.replace(batch, contrast_labels=paths)
         if self.supcon_form == "in":
             groups = build_level_groups(batch.contrast_labels)
@@ -125,6 +163,6 @@ class SupConLoss(nn.Module):
             )
             share, value = reduce_levels(loss_in, is_anchor, batch.distributed)
         else:
-            share, value = level_terms(batch, self.temperature)
+            share, value = level_terms(batch, self.temperature, margin_bias)
         loss = aggregate_levels(share, value, "hmc", weights=None)
         return (loss, value) if return_level_losses else loss

@@ -59,6 +59,51 @@ def supcon(out0: Tensor, out1: Tensor, labels: Tensor, temperature: float) -> Te
     return level_means(out0, out1, labels.reshape(-1, 1), temperature)[0]
 
 
+def supcon_hierarchy_margin(
+    out0: Tensor,
+    out1: Tensor,
+    paths: Tensor,
+    temperature: float,
+    margin: float,
+    memory: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """SupCon on whole paths; a negative's cosine + margin per known coarser level apart."""
+    z = stacked_views(out0, out1)
+    rows = paths.tolist() * 2
+    contrast, contrast_rows = z, list(rows)
+    if memory is not None:
+        contrast = torch.cat([z, F.normalize(memory[0].double(), dim=1)])
+        contrast_rows += memory[1].tolist()
+    num_levels = len(rows[0])
+
+    def known(path: list[int], level: int) -> bool:
+        return all(value >= 0 for value in path[: level + 1])
+
+    def levels_apart(a: list[int], b: list[int]) -> int:
+        return sum(
+            1
+            for level in range(num_levels - 1)
+            if known(a, level) and known(b, level) and a[: level + 1] != b[: level + 1]
+        )
+
+    terms = []
+    for i, path in enumerate(rows):
+        if all(value < 0 for value in path):
+            continue  # an entirely unknown path is no class
+        positives = [j for j, other in enumerate(contrast_rows) if j != i and other == path]
+        if not positives:
+            continue
+        logits = [
+            (z[i] @ contrast[a] + margin * levels_apart(path, contrast_rows[a])) / temperature
+            for a in range(len(contrast_rows))
+            if a != i
+        ]
+        log_denominator = torch.logsumexp(torch.stack(logits), dim=0)
+        log_probs = [z[i] @ contrast[p] / temperature - log_denominator for p in positives]
+        terms.append(-torch.stack(log_probs).mean())
+    return torch.stack(terms).mean()
+
+
 def penalty_weights(num_levels: int, penalty: str) -> list[float]:
     functions = {"exp": math.exp, "pow2": lambda x: 2.0**x, "uniform": lambda x: 1.0}
     # Level l (coarse to fine) is the (L - l)-th counted from the finest.

@@ -17,6 +17,7 @@ LOCAL_BATCH = 6
 CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("supcon", {}),
     ("supcon", {"paths": True}),
+    ("supcon", {"paths": True, "hierarchy_margin": 0.3}),
     ("hmlc", {"loss_type": "hmc"}),
     ("hmlc", {"loss_type": "hce"}),
     ("hmlc", {"loss_type": "hmce"}),
@@ -27,7 +28,8 @@ CONFIGS: list[tuple[str, dict[str, object]]] = [
 
 def _make_loss(kind: str, kwargs: dict[str, object], gather: bool) -> nn.Module:
     if kind == "supcon":
-        return SupConLoss(temperature=0.2, gather_distributed=gather)
+        margin = float(kwargs.get("hierarchy_margin", 0.0))  # type: ignore[arg-type]
+        return SupConLoss(temperature=0.2, gather_distributed=gather, hierarchy_margin=margin)
     kwargs = {k: v for k, v in kwargs.items() if k != "paths"}
     return HMLCLoss(temperature=0.2, gather_distributed=gather, **kwargs)  # type: ignore[arg-type]
 
