@@ -263,3 +263,14 @@ def random_tree_labels(
         level = torch.arange(len(branching)).unsqueeze(0)
         labels[drop.unsqueeze(1) & (level >= start.unsqueeze(1))] = -1
     return labels
+
+
+def assert_value_and_gradients_close(ours: Tensor, expected: Tensor, inputs: list[Tensor]) -> None:
+    """``ours`` equals the float64 loop ``expected``, and so do their gradients w.r.t. ``inputs``."""
+    torch.testing.assert_close(ours.double(), expected)
+    for got, want in zip(
+        torch.autograd.grad(ours, inputs),
+        torch.autograd.grad(expected, inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)

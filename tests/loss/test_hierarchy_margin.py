@@ -25,13 +25,7 @@ def test_value_and_gradients_match_the_loop(branching: list[int], margin: float)
     out0, out1, labels = _batch(0, branching, unknown=0.3)
     ours = SupConLoss(temperature=0.2, hierarchy_margin=margin)(out0, out1, labels)
     expected = naive.supcon_hierarchy_margin(out0, out1, labels, 0.2, margin)
-    torch.testing.assert_close(ours.double(), expected)
-    for got, want in zip(
-        torch.autograd.grad(ours, [out0, out1]),
-        torch.autograd.grad(expected, [out0, out1]),
-        strict=True,
-    ):
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+    naive.assert_value_and_gradients_close(ours, expected, [out0, out1])
 
 
 def test_memory_rows_get_the_margin_too() -> None:
