@@ -27,7 +27,6 @@ levels' constraint is computed as without it.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -36,15 +35,12 @@ from torch import Tensor
 
 from lightly_hmlc.loss._gather import LossBatch, reduce_levels
 from lightly_hmlc.loss._levels import anchor_level_losses, build_level_groups, layer_penalties
+from lightly_hmlc.loss._temperature import is_finite_non_negative
 
 
 def check_instance_weight(instance_weight: object) -> float:
     """``instance_weight`` as a float if it is a finite number >= 0; else a ValueError."""
-    if (
-        isinstance(instance_weight, bool)
-        or not isinstance(instance_weight, numbers.Real)
-        or not 0 <= float(instance_weight) < float("inf")  # also refuses NaN
-    ):
+    if not is_finite_non_negative(instance_weight):
         raise ValueError(
             f"instance_weight must be a finite number >= 0, got {instance_weight!r}: 0 "
             "(default) keeps the instance level implicit, w > 0 adds the NT-Xent term of "

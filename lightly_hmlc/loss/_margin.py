@@ -13,22 +13,24 @@ by the tree distance instead of applied to the target class.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups
+from lightly_hmlc.loss._temperature import is_finite_non_negative
 
 
-def check_hierarchy_margin(margin: float) -> float:
-    """``margin`` as a float if it is finite and ``>= 0``; else a ValueError naming the fix."""
-    margin = float(margin)
-    if not math.isfinite(margin) or margin < 0:
+def check_hierarchy_margin(margin: object) -> float:
+    """``margin`` as a float if it is a finite number ``>= 0``; else a ValueError naming the fix.
+
+    Refuses booleans and strings, so that a mistyped option is named here rather than in
+    a ``float()`` error.
+    """
+    if not is_finite_non_negative(margin):
         raise ValueError(
             f"hierarchy_margin must be finite and >= 0 (a cosine-similarity offset per "
-            f"coarser level; 0 turns it off), got {margin}."
+            f"coarser level; 0 turns it off), got {margin!r}."
         )
-    return margin
+    return float(margin)
 
 
 def hierarchy_margin_bias(

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
 
 # A float for every level, or one per level, coarse to fine.
 Temperature = float | tuple[float, ...]
+
+
+def is_finite_non_negative(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (not a bool or a string), finite and ``>= 0``."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and 0 <= float(value) < float("inf")  # also refuses NaN
+    )
 
 
 def check_temperature(name: str, value: float) -> float:

@@ -58,6 +58,9 @@ def test_bad_margins_name_the_fix() -> None:
         SupConLoss(hierarchy_margin=-0.1)
     with pytest.raises(ValueError, match="finite and >= 0"):
         SupConLoss(hierarchy_margin=float("inf"))
+    for not_a_number in (True, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            SupConLoss(hierarchy_margin=not_a_number)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="L_out form only"):
         SupConLoss(hierarchy_margin=0.1, supcon_form="in")
     out0, out1 = torch.randn(4, 3), torch.randn(4, 3)
