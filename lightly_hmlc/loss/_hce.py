@@ -98,6 +98,33 @@ def pair_constrained_level_losses(
         return _pair_constrained_shared(anchors, contrast, anchor_index, groups, temperature)
 
 
+def margin_logits(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    temperature: Temperature,
+    denominator_bias: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``(logits [1 | L, Na, Nc], log_denominator [L, Na, 1])`` for
+    :func:`pair_constrained_level_losses`, the denominators offset by
+    ``denominator_bias [L, Na, Nc]`` (the hierarchy margin, ``_margin.py``).
+
+    The logits stay the plain similarities (a pair's loss is ``log_denominator - s_ip``)
+    and keep the anchor's own column finite, as the dense path expects.
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        anchors, contrast = widen(anchors), widen(contrast)
+        anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
+        contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
+        logits = level_logits(anchor_feats, contrast_feats, temperature)
+        rows = torch.arange(anchors.shape[0], device=anchors.device)
+        offset = logits + denominator_bias.to(logits.dtype)  # out of place: [L, Na, Nc]
+        offset[:, rows, anchor_index] = torch.full(
+            (), -math.inf, dtype=logits.dtype, device=logits.device
+        )
+        return logits, torch.logsumexp(offset, dim=2, keepdim=True)
+
+
 def _pair_constrained_shared(
     anchors: Tensor,
     contrast: Tensor,

@@ -1,4 +1,5 @@
-"""The hierarchy margin of :class:`SupConLoss`: a stronger push on negatives of other branches.
+"""The hierarchy margin of :class:`SupConLoss` and the HMLC losses: a stronger push on
+negatives of other branches.
 
 A coarse HMLC term does two things at once: it pushes the anchor away from the rows of
 other coarse classes, and it pulls the anchor towards every row of its own coarse class,
@@ -9,14 +10,18 @@ the loss only falls once it is pushed that much further away. Positives share th
 anchor's whole path (``k = 0``), so their logits, and the fine term's positives, are
 unchanged. The form is CosFace's additive cosine margin (Wang et al., CVPR 2018), scaled
 by the tree distance instead of applied to the target class.
+
+In the HMLC losses every level's term gets the same offset, counting the levels coarser
+than its own: the coarsest term has none, the finest has SupCon's.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lightly_hmlc.loss._levels import LevelGroups
-from lightly_hmlc.loss._temperature import is_finite_non_negative
+from lightly_hmlc.loss._temperature import Temperature, is_finite_non_negative, level_temperature
 
 
 def check_hierarchy_margin(margin: object) -> float:
@@ -34,23 +39,51 @@ def check_hierarchy_margin(margin: object) -> float:
 
 
 def hierarchy_margin_bias(
-    groups: LevelGroups, anchor_index: Tensor, margin: float, temperature: float
+    groups: LevelGroups,
+    anchor_index: Tensor,
+    margin: float,
+    temperature: float,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``[Na, Nc]`` logit offsets: ``margin / temperature`` per coarser level of difference.
+    """``[Na, Nc]`` logit offsets of the finest level (SupCon's): ``margin / temperature``
+    per coarser level of difference; see :func:`level_margin_bias`."""
+    return level_margin_bias(groups, anchor_index, margin, temperature, dtype)[-1]
+
+
+def level_margin_bias(
+    groups: LevelGroups,
+    anchor_index: Tensor,
+    margin: float,
+    temperature: Temperature,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``[L, Na, Nc]`` logit offsets of every level's denominator.
+
+    Level ``l``'s offset of a contrast row is ``k * margin / T_l``, ``k`` the number of
+    levels coarser than ``l`` at which the row's prefix differs from the anchor's. The
+    coarsest level has none; the finest is :class:`SupConLoss`'s margin. A level's own
+    negatives (same coarser prefixes, another prefix at ``l``) keep ``k = 0``: there the
+    level term's own push acts, as in SupCon.
 
     Args:
         groups: Prefix groups of the contrast rows' label paths ``[Nc, L]``, ``L >= 2``.
         anchor_index: ``[Na]`` position of each anchor among the contrast rows.
         margin: Cosine-similarity offset per coarser level.
-        temperature: The loss's temperature (the logits are ``cosine / temperature``).
+        temperature: The loss's temperature, a float or one per level (the logits of
+            level ``l`` are ``cosine / T_l``).
+        dtype: The offsets' dtype (the logits'; float64 logits get float64 offsets).
 
     A level counts only where both prefixes are known: an unknown coarse label is no
-    evidence that two rows lie on different branches. The finest level never counts;
-    there the fine term's own negatives are what SupCon already pushes.
+    evidence that two rows lie on different branches.
     """
-    coarse_ids = groups.ids[:, :-1]
-    coarse_valid = groups.valid[:, :-1]
-    differs = coarse_ids[anchor_index].unsqueeze(1) != coarse_ids.unsqueeze(0)
-    known = coarse_valid[anchor_index].unsqueeze(1) & coarse_valid.unsqueeze(0)
-    levels_apart = (differs & known).sum(dim=2)
-    return levels_apart * (margin / temperature)
+    dtype = torch.promote_types(dtype, torch.float32)  # margin / T is no half-precision value
+    ids, valid = groups.ids, groups.valid
+    differs = ids[anchor_index].unsqueeze(1) != ids.unsqueeze(0)  # [Na, Nc, L]
+    known = valid[anchor_index].unsqueeze(1) & valid.unsqueeze(0)
+    apart = (differs & known).to(dtype).movedim(2, 0)  # [L, Na, Nc]
+    # Levels strictly coarser than l: an exclusive cumulative sum over the levels.
+    coarser_apart = torch.cumsum(apart, dim=0) - apart
+    if isinstance(temperature, float):
+        return coarser_apart * (margin / temperature)
+    scale = [margin / level_temperature(temperature, level) for level in range(ids.shape[1])]
+    return coarser_apart * torch.tensor(scale, dtype=dtype, device=apart.device).view(-1, 1, 1)

@@ -10,17 +10,19 @@ from torch import Tensor, nn
 from lightly_hmlc.loss._balance import check_level_balance, reduce_level_terms
 from lightly_hmlc.loss._features import mask_batch, mask_levels, prepare_inputs
 from lightly_hmlc.loss._gather import LossBatch, gather_for_loss
-from lightly_hmlc.loss._hce import HCE_FORMS, pair_constrained_level_losses
+from lightly_hmlc.loss._hce import HCE_FORMS, margin_logits, pair_constrained_level_losses
 from lightly_hmlc.loss._instance import add_instance_term, check_instance_weight, hmlc_weights
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
     LayerPenalty,
+    LevelGroups,
     aggregate_levels,
     anchor_level_losses,
     build_level_groups,
     layer_penalties,
     resolve_layer_penalty,
 )
+from lightly_hmlc.loss._margin import check_hierarchy_margin, level_margin_bias
 from lightly_hmlc.loss._masked_fast import (
     level_feature_losses,
     masked_level_losses,
@@ -61,6 +63,7 @@ class _HierarchicalLoss(nn.Module):
         level_balance: str = "none",
         supcon_form: str = "out",
         instance_weight: float = 0.0,
+        hierarchy_margin: float = 0.0,
     ) -> None:
         super().__init__()
         if hce_form is not None and hce_form not in HCE_FORMS:
@@ -80,6 +83,7 @@ class _HierarchicalLoss(nn.Module):
             raise ValueError(f"num_levels must be >= 1 (or None), got {num_levels}.")
         self.supcon_form = check_supcon_form(supcon_form)
         self.instance_weight = check_instance_weight(instance_weight)
+        self.hierarchy_margin = check_hierarchy_margin(hierarchy_margin)
         self.loss_type = loss_type
         self.layer_penalty = resolve_layer_penalty(layer_penalty)
         self.num_levels = num_levels
@@ -184,7 +188,10 @@ class _HierarchicalLoss(nn.Module):
             value = share.detach()
             loss = aggregate_levels(share, value, self.loss_type, weights)
         elif self.loss_type != "hmc" and self.hce_form != "batch_mean":
-            constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
+            if self.hierarchy_margin > 0:
+                constrained, unconstrained, is_anchor = self._margin_pair_terms(batch, masks)
+            else:
+                constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
             share, value = reduce_level_terms(
@@ -237,10 +244,65 @@ class _HierarchicalLoss(nn.Module):
             log_denominator=log_denominator,
         )
 
+    def _margin_bias(self, batch: LossBatch, groups: LevelGroups) -> Tensor:
+        """``[L, Na, Nc]`` denominator offsets of the hierarchy margin (``_margin.py``)."""
+        if groups.ids.shape[1] < 2:
+            raise ValueError(
+                f"hierarchy_margin={self.hierarchy_margin} needs label paths with L >= 2 "
+                "levels (coarse to fine), got 1: with one level no negative lies on another "
+                "branch. Pass the label paths, or use hierarchy_margin=0."
+            )
+        return level_margin_bias(
+            groups,
+            batch.anchor_index,
+            self.hierarchy_margin,
+            self.temperature,
+            batch.contrast.dtype,
+        )
+
+    def _margin_pair_terms(
+        self, batch: LossBatch, masks: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-pair HiConE terms whose denominators carry the hierarchy margin.
+
+        Every form takes the dense per-level path (O(L N^2) memory): the margin gives each
+        level its own denominator also when the features are shared, and the masked fast
+        paths have no offsets. Shared masks are applied to the rows first.
+        """
+        if masks is not None:
+            batch = mask_batch(batch, masks)
+        groups = build_level_groups(batch.contrast_labels)
+        logits, log_denominator = margin_logits(
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            self.temperature,
+            self._margin_bias(batch, groups),
+        )
+        return pair_constrained_level_losses(
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            groups,
+            self.temperature,
+            form=self.hce_form,
+            logits=logits,
+            log_denominator=log_denominator,
+        )
+
     def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
         """The L_out group-sum level terms (masked rows: the fast masked ones), or L_in."""
         args = (batch.anchor_index, build_level_groups(batch.contrast_labels), self.temperature)
-        if self.supcon_form == "in":  # no fast masked path: shared masks are applied first
+        if self.hierarchy_margin > 0:  # the general path: the fast masked one has no offsets
+            if masks is not None:
+                batch = mask_batch(batch, masks)
+            loss, is_anchor = anchor_level_losses(
+                batch.anchors,
+                batch.contrast,
+                *args,
+                denominator_bias=self._margin_bias(batch, args[1]),
+            )
+        elif self.supcon_form == "in":  # no fast masked path: shared masks are applied first
             loss, is_anchor = in_batch_losses(batch, masks, args[1], self.temperature)
         elif masks is None and batch.anchors.dim() == 2:
             loss, is_anchor = anchor_level_losses(batch.anchors, batch.contrast, *args)
@@ -358,6 +420,14 @@ class HMLCLoss(_HierarchicalLoss):
             ``Z`` the divisor without it (``sum(lambda)`` or ``L``). It is not
             constrained and bounds no level; ``level_losses`` then ends with it (``[L +
             1]``). Memory rows are never its positives (see ``_instance.py``).
+        hierarchy_margin: A cosine-similarity offset ``m >= 0`` (default 0, off; ours,
+            docs/METHOD.md "The hierarchy margin"): in level ``l``'s denominator a row
+            whose prefix differs from the anchor's at ``k`` levels coarser than ``l``
+            counts as if its similarity were ``k * m`` higher, so it is pushed further
+            away; positives' logits are unchanged and the coarsest term has no offset.
+            The finest term is then :class:`SupConLoss` with the same margin. Needs
+            ``L >= 2`` levels and the L_out form; every ``hce_form`` takes the dense
+            per-level path (O(L N^2) memory) and the masked fast paths are not used.
 
     Raises:
         ValueError: For an unknown ``loss_type``, ``layer_penalty``, ``hce_form`` or
@@ -365,8 +435,10 @@ class HMLCLoss(_HierarchicalLoss):
             label levels, at the call), ``num_levels < 1``, an unknown ``level_balance``,
             a negative ``instance_weight``, a per-pair ``hce_form``,
             ``level_balance="class"``, per-level temperatures, ``supcon_form="in"`` or
-            ``instance_weight > 0`` with ``reference_compatible=True``, or
-            ``supcon_form="in"`` with a per-pair form.
+            ``instance_weight > 0`` or ``hierarchy_margin > 0`` with
+            ``reference_compatible=True``, ``supcon_form="in"`` with a per-pair form or
+            with ``hierarchy_margin > 0``, or a negative or non-finite
+            ``hierarchy_margin``; at the call, ``hierarchy_margin > 0`` with one level.
 
     Examples:
         >>> loss_fn = HMLCLoss(loss_type="hmce", temperature=0.1)

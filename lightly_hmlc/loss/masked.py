@@ -42,7 +42,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         mask_head: The module that produces the per-level masks.
         loss_type, temperature, layer_penalty, num_levels, normalize_weights,
         gather_distributed, hce_form, check_values, level_balance, supcon_form,
-        instance_weight: As in :class:`HMLCLoss`.
+        instance_weight, hierarchy_margin: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -73,6 +73,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         level_balance: str = "none",
         supcon_form: str = "out",
         instance_weight: float = 0.0,
+        hierarchy_margin: float = 0.0,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
@@ -86,6 +87,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             level_balance=level_balance,
             supcon_form=supcon_form,
             instance_weight=instance_weight,
+            hierarchy_margin=hierarchy_margin,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -155,6 +157,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         level_balance: str = "none",
         supcon_form: str = "out",
         instance_weight: float = 0.0,
+        hierarchy_margin: float = 0.0,
         **head_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -170,6 +173,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             level_balance=level_balance,
             supcon_form=supcon_form,
             instance_weight=instance_weight,
+            hierarchy_margin=hierarchy_margin,
         )
 
     @staticmethod
@@ -187,8 +191,8 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
-        :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight,
+        hierarchy_margin: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -220,8 +224,8 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
-        :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight,
+        hierarchy_margin: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
@@ -254,8 +258,8 @@ class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
         dim: D, the width of the projections.
         head: The head's registry name (``lightly_hmlc.registry.list_components()``).
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
-        :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight,
+        hierarchy_margin: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to the head.
 
     Examples:

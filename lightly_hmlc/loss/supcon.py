@@ -149,7 +149,11 @@ class SupConLoss(nn.Module):
             path_groups = build_level_groups(paths)
             if self.hierarchy_margin > 0:
                 margin_bias = hierarchy_margin_bias(
-                    path_groups, batch.anchor_index, self.hierarchy_margin, self.temperature
+                    path_groups,
+                    batch.anchor_index,
+                    self.hierarchy_margin,
+                    self.temperature,
+                    batch.contrast.dtype,
                 )
             # The whole path is the class; ids are made after gathering, so that they
             # mean the same on every rank. A row that is entirely unknown stays unknown.

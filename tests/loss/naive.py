@@ -118,17 +118,49 @@ def positives_of(paths: list[list[int]], i: int, level: int) -> list[int]:
     return [j for j in range(len(paths)) if j != i and paths[j][: level + 1] == prefix]
 
 
-def pair_loss(z: Tensor, i: int, p: int, temperature: float) -> Tensor:
-    """-log softmax of pair (i, p) over all rows but i."""
+def levels_apart_above(a: list[int], b: list[int], level: int) -> int:
+    """Levels coarser than ``level`` where both paths are known and their prefixes differ."""
+
+    def known(path: list[int], depth: int) -> bool:
+        return all(value >= 0 for value in path[: depth + 1])
+
+    return sum(
+        1
+        for depth in range(level)
+        if known(a, depth) and known(b, depth) and a[: depth + 1] != b[: depth + 1]
+    )
+
+
+def pair_loss(
+    z: Tensor,
+    i: int,
+    p: int,
+    temperature: float,
+    margin: float = 0.0,
+    paths: list[list[int]] | None = None,
+    level: int = 0,
+) -> Tensor:
+    """-log softmax of pair (i, p) over all rows but i; with ``margin``, a row ``k``
+    levels apart above ``level`` enters the denominator with cosine + k * margin."""
     others = [a for a in range(z.shape[0]) if a != i]
+    offsets = [
+        margin * levels_apart_above(paths[i], paths[a], level) if paths else 0.0 for a in others
+    ]
     log_denominator = torch.logsumexp(
-        torch.stack([z[i] @ z[a] / temperature for a in others]), dim=0
+        torch.stack(
+            [(z[i] @ z[a] + o) / temperature for a, o in zip(others, offsets, strict=True)]
+        ),
+        dim=0,
     )
     return log_denominator - z[i] @ z[p] / temperature
 
 
 def hce_pair_level_means(
-    level_z: list[Tensor], labels: Tensor, temperature: float, form: str = "pair"
+    level_z: list[Tensor],
+    labels: Tensor,
+    temperature: float,
+    form: str = "pair",
+    margin: float = 0.0,
 ) -> list[Tensor]:
     """Per-level means of HiConE applied per pair, one plain loop per anchor and pair.
 
@@ -136,10 +168,16 @@ def hce_pair_level_means(
     costs ``max(loss_l(i, p), largest loss_l'(i, p') over finer levels l' and their
     positives p' of the same anchor i)``; with ``form="same_pair"``, of the pair (i, p)
     itself at the finer levels where p is a positive; with ``form="anchor_mean"``, the
-    largest over finer levels l' of the MEAN of anchor i's pair losses at l'.
+    largest over finer levels l' of the MEAN of anchor i's pair losses at l'; with
+    ``margin``, every level's pair loss has the hierarchy margin of that level; with
+    ``form="none"``, no bound (the plain level terms).
     """
     paths = labels.tolist() * 2
     num_levels = labels.shape[1]
+
+    def loss_at(level: int, i: int, p: int) -> Tensor:
+        return pair_loss(level_z[level], i, p, temperature, margin, paths, level)
+
     means = []
     for level in range(num_levels):
         terms = []
@@ -148,27 +186,24 @@ def hce_pair_level_means(
             if not positives:
                 continue
             finer = [
-                pair_loss(level_z[finer_level], i, q, temperature)
+                loss_at(finer_level, i, q)
                 for finer_level in range(level + 1, num_levels)
                 for q in positives_of(paths, i, finer_level)
             ]
             if form == "anchor_mean":
                 finer = [
-                    torch.stack(
-                        [
-                            pair_loss(level_z[finer_level], i, q, temperature)
-                            for q in finer_positives
-                        ]
-                    ).mean()
+                    torch.stack([loss_at(finer_level, i, q) for q in finer_positives]).mean()
                     for finer_level in range(level + 1, num_levels)
                     if (finer_positives := positives_of(paths, i, finer_level))
                 ]
+            if form == "none":
+                finer = []
             pair_terms = []
             for p in positives:
-                loss = pair_loss(level_z[level], i, p, temperature)
+                loss = loss_at(level, i, p)
                 if form == "same_pair":
                     finer = [
-                        pair_loss(level_z[finer_level], i, p, temperature)
+                        loss_at(finer_level, i, p)
                         for finer_level in range(level + 1, num_levels)
                         if p in positives_of(paths, i, finer_level)
                     ]
@@ -189,9 +224,15 @@ def hmlc(
     penalty: str = "exp",
     normalize_weights: bool = True,
     hce_form: str = "anchor_mean",
+    margin: float = 0.0,
 ) -> Tensor:
     num_levels = labels.shape[1]
-    if loss_type != "hmc" and hce_form in ("pair", "anchor_mean"):  # same_pair: plain terms
+    if margin > 0:  # each level has its own denominators: every per-pair form binds
+        form = hce_form if loss_type != "hmc" and hce_form != "batch_mean" else "none"
+        means = hce_pair_level_means(
+            [stacked_views(out0, out1)] * num_levels, labels, temperature, form, margin
+        )
+    elif loss_type != "hmc" and hce_form in ("pair", "anchor_mean"):  # same_pair: plain
         means = hce_pair_level_means(
             [stacked_views(out0, out1)] * num_levels, labels, temperature, hce_form
         )

@@ -22,6 +22,7 @@ CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("hmlc", {"loss_type": "hce"}),
     ("hmlc", {"loss_type": "hmce"}),
     ("hmlc", {"loss_type": "hmce", "hce_form": "batch_mean"}),
+    ("hmlc", {"loss_type": "hmce", "hierarchy_margin": 0.3}),
     ("hmlc", {"loss_type": "hmce", "reference_compatible": True}),
 ]
 

@@ -1,11 +1,14 @@
-"""SupConLoss(hierarchy_margin=m) against a plainly written per-anchor loop."""
+"""The hierarchy margin (SupConLoss, HMLCLoss, the masked losses) against plainly written loops."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from lightly_hmlc.loss import SupConLoss
+from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.loss.masked import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
 from tests.loss import naive
 
 
@@ -71,3 +74,105 @@ def test_bad_margins_name_the_fix() -> None:
 def test_repr_shows_the_margin_only_when_set() -> None:
     assert "hierarchy_margin=0.2" in repr(SupConLoss(hierarchy_margin=0.2))
     assert "hierarchy_margin" not in repr(SupConLoss())
+
+
+# --- The margin in HMLCLoss and the masked losses: every level's term gets it ---------
+
+
+def _weighted(means: list[torch.Tensor], loss_type: str) -> torch.Tensor:
+    """The package's aggregation of already constrained level means (exp weights, sum 1)."""
+    if loss_type == "hce":
+        return torch.stack(means).mean()
+    weights = naive.penalty_weights(len(means), "exp")
+    return sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+
+
+@pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)
+@pytest.mark.parametrize("branching", [[2, 3], [2, 2, 2]])
+def test_hmlc_margin_matches_the_loop(loss_type: str, hce_form: str, branching: list[int]) -> None:
+    out0, out1, labels = _batch(4, branching, unknown=0.3)
+    loss_fn = HMLCLoss(loss_type, temperature=0.2, hce_form=hce_form, hierarchy_margin=0.3)
+    expected = naive.hmlc(out0, out1, labels, loss_type, 0.2, hce_form=hce_form, margin=0.3)
+    naive.assert_value_and_gradients_close(loss_fn(out0, out1, labels), expected, [out0, out1])
+
+
+def test_hmlc_finest_term_is_supcon_with_the_margin() -> None:
+    out0, out1, labels = _batch(5, [2, 3], unknown=0.0)
+    finest_only = HMLCLoss("hmc", layer_penalty=[0.0, 1.0], hierarchy_margin=0.2)
+    torch.testing.assert_close(
+        finest_only(out0, out1, labels), SupConLoss(hierarchy_margin=0.2)(out0, out1, labels)
+    )
+    # The coarsest term has no coarser level, so no offset.
+    coarsest_only = HMLCLoss("hmc", layer_penalty=[1.0, 0.0], hierarchy_margin=0.2)
+    torch.testing.assert_close(
+        coarsest_only(out0, out1, labels),
+        HMLCLoss("hmc", layer_penalty=[1.0, 0.0])(out0, out1, labels),
+    )
+
+
+def test_hmlc_margin_per_level_temperature_scales_each_level() -> None:
+    out0, out1, labels = _batch(6, [2, 3], unknown=0.2)
+    ours = HMLCLoss("hmc", temperature=[0.3, 0.1], hierarchy_margin=0.25)(out0, out1, labels)
+    z = [naive.stacked_views(out0, out1)] * 2
+    means = [
+        naive.hce_pair_level_means(z, labels, temperature, "none", 0.25)[level]
+        for level, temperature in enumerate([0.3, 0.1])
+    ]
+    naive.assert_value_and_gradients_close(ours, _weighted(means, "hmc"), [out0, out1])
+
+
+class _Masks(nn.Module):
+    """The same masks every call: shared ``[1, L, D]`` or per row ``[2B, L, D]``."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.masks = masks
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.masks
+
+
+@pytest.mark.parametrize("hce_form", ["anchor_mean", "pair", "batch_mean"])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_masked_margin_matches_the_loop(hce_form: str, per_row: bool) -> None:
+    out0, out1, labels = _batch(7, [2, 3], unknown=0.2)
+    generator = torch.Generator().manual_seed(8)
+    if per_row:  # soft masks, as A-HMLC's
+        masks = torch.rand(28, 2, 6, generator=generator, dtype=torch.float64) + 0.2
+    else:  # hard nested masks, as G-HMLC's
+        masks = torch.ones(1, 2, 6, dtype=torch.float64)
+        masks[0, 0, 3:] = 0.0
+    loss_fn = MaskedHMLCLoss(
+        _Masks(masks), "hmce", temperature=0.2, hce_form=hce_form, hierarchy_margin=0.3
+    )
+    z = naive.stacked_views(out0, out1)
+    level_z = [F.normalize(z * masks[:, level], dim=1) for level in range(2)]
+    form = "none" if hce_form == "batch_mean" else hce_form
+    means = naive.hce_pair_level_means(level_z, labels, 0.2, form, margin=0.3)
+    if hce_form == "batch_mean":
+        means = [torch.stack(means[level:]).max() for level in range(2)]
+    expected = _weighted(means, "hmce")
+    naive.assert_value_and_gradients_close(loss_fn(out0, out1, labels), expected, [out0, out1])
+
+
+@pytest.mark.parametrize("loss_class", [AHMLCLoss, GHMLCLoss])
+def test_feature_identification_losses_take_the_margin(loss_class: type[nn.Module]) -> None:
+    out0, out1, labels = _batch(9, [2, 3], unknown=0.0)
+    loss_fn = loss_class(num_levels=2, dim=6, hierarchy_margin=0.2)
+    assert "hierarchy_margin=0.2" in repr(loss_fn)
+    assert loss_fn(out0.float(), out1.float(), labels) > loss_class(num_levels=2, dim=6)(
+        out0.float(), out1.float(), labels
+    )
+
+
+def test_hmlc_margin_combinations_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        HMLCLoss(hierarchy_margin=-1.0)
+    with pytest.raises(ValueError, match="L_out form only"):
+        HMLCLoss("hmc", supcon_form="in", hierarchy_margin=0.1)
+    with pytest.raises(ValueError, match="no margin"):
+        HMLCLoss(reference_compatible=True, hierarchy_margin=0.1)
+    out0, out1 = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="L >= 2"):
+        HMLCLoss(hierarchy_margin=0.1)(out0, out1, torch.tensor([0, 0, 1, 1]))
+    assert "hierarchy_margin" not in repr(HMLCLoss())
