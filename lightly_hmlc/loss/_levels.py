@@ -209,8 +209,9 @@ def anchor_level_losses(
         temperature: Softmax temperature: a float, or one per level (coarse to fine).
         include_in_denominator: Optional ``[Nc, L]`` bool: which contrast rows enter the
             denominator at each level (default: all).
-        denominator_bias: Optional ``[Na, Nc]`` offsets added to the logits inside the
-            denominator only (the hierarchy margin); a positive's own logit is unchanged.
+        denominator_bias: Optional ``[Na, Nc]`` (every level) or ``[L, Na, Nc]`` (one
+            per level) offsets added to the logits inside the denominator only (the
+            hierarchy margin); a positive's own logit is unchanged.
 
     Returns:
         ``(loss, is_anchor)``, both ``[L, Na]``: the term of every anchor (0 where it is
