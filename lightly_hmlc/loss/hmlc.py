@@ -188,10 +188,7 @@ class _HierarchicalLoss(nn.Module):
             value = share.detach()
             loss = aggregate_levels(share, value, self.loss_type, weights)
         elif self.loss_type != "hmc" and self.hce_form != "batch_mean":
-            if self.hierarchy_margin > 0:
-                constrained, unconstrained, is_anchor = self._margin_pair_terms(batch, masks)
-            else:
-                constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
+            constrained, unconstrained, is_anchor = self._pair_terms(batch, masks)
             # One reduction for both: the constrained terms carry the loss, the plain
             # SupCon terms are the reported level losses.
             share, value = reduce_level_terms(
@@ -211,10 +208,16 @@ class _HierarchicalLoss(nn.Module):
         return loss, value
 
     def _pair_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-pair HiConE terms; masked rows take the fast masked forms."""
+        """Per-pair HiConE terms; masked rows take the fast masked forms.
+
+        With the hierarchy margin every form takes the dense per-level path (O(L N^2)
+        memory): the margin gives each level its own denominator also when the features
+        are shared, and the masked fast paths have no offsets.
+        """
         groups = build_level_groups(batch.contrast_labels)
         masked = masks is not None or batch.anchors.dim() == 3
-        if masked and self.hce_form == "pair":
+        margin = self.hierarchy_margin > 0
+        if masked and self.hce_form == "pair" and not margin:
             return masked_pair_level_losses(
                 batch.anchors,
                 batch.contrast,
@@ -227,12 +230,20 @@ class _HierarchicalLoss(nn.Module):
         logits = log_denominator = None
         if masks is not None:  # same_pair / anchor_mean: every pair's level similarities
             dims = shared_mask_dims(masks, masks.shape[2]) if self.check_values else None
-            if dims is not None:
+            if dims is not None and not margin:
                 logits, log_denominator = shared_mask_logits(
                     batch.anchors, batch.contrast, batch.anchor_index, dims, self.temperature
                 )
             else:
                 batch = mask_batch(batch, masks)
+        if margin:
+            logits, log_denominator = margin_logits(
+                batch.anchors,
+                batch.contrast,
+                batch.anchor_index,
+                self.temperature,
+                self._margin_bias(batch, groups),
+            )
         return pair_constrained_level_losses(
             batch.anchors,
             batch.contrast,
@@ -258,36 +269,6 @@ class _HierarchicalLoss(nn.Module):
             self.hierarchy_margin,
             self.temperature,
             batch.contrast.dtype,
-        )
-
-    def _margin_pair_terms(
-        self, batch: LossBatch, masks: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-pair HiConE terms whose denominators carry the hierarchy margin.
-
-        Every form takes the dense per-level path (O(L N^2) memory): the margin gives each
-        level its own denominator also when the features are shared, and the masked fast
-        paths have no offsets. Shared masks are applied to the rows first.
-        """
-        if masks is not None:
-            batch = mask_batch(batch, masks)
-        groups = build_level_groups(batch.contrast_labels)
-        logits, log_denominator = margin_logits(
-            batch.anchors,
-            batch.contrast,
-            batch.anchor_index,
-            self.temperature,
-            self._margin_bias(batch, groups),
-        )
-        return pair_constrained_level_losses(
-            batch.anchors,
-            batch.contrast,
-            batch.anchor_index,
-            groups,
-            self.temperature,
-            form=self.hce_form,
-            logits=logits,
-            log_denominator=log_denominator,
         )
 
     def _level_terms(self, batch: LossBatch, masks: Tensor | None) -> tuple[Tensor, Tensor]:
