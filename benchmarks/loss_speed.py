@@ -17,7 +17,10 @@ Compares, at dim 128 and several batch sizes:
   per-pair form the dense ``[L, N, N]`` pair losses), which is what the masked losses
   ran before the fast masked level terms; both ``hce_form``s are measured (``pair``,
   the default, and ``batch_mean``);
-- a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``).
+- a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``);
+- the hierarchy margin (group ``margin``): ``SupConLoss``, HMCE, G-HMLC and A-HMLC with
+  ``hierarchy_margin=0.2`` (the margin takes the dense per-level path, no fast masked one),
+  with G-HMLC and A-HMLC at their defaults beside them.
 
 The summary tables give every row against SupCon, and the masked rows against HMCE L=3.
 
@@ -86,7 +89,11 @@ def per_level_loop_loss(
 
 
 def fitted_ghmlc(
-    num_levels: int, dim: int, hce_form: str = "anchor_mean", nested: bool = True
+    num_levels: int,
+    dim: int,
+    hce_form: str = "anchor_mean",
+    nested: bool = True,
+    hierarchy_margin: float = 0.0,
 ) -> GHMLCLoss:
     """G-HMLC whose head fits its masks (nested by default, else a partition) on the first
     (warm-up) call, then never."""
@@ -94,6 +101,7 @@ def fitted_ghmlc(
         num_levels=num_levels,
         dim=dim,
         hce_form=hce_form,
+        hierarchy_margin=hierarchy_margin,
         warmup_steps=1,
         refit_every=10**9,
         nested=nested,
@@ -281,7 +289,8 @@ def main() -> None:
     parser.add_argument(
         "--groups",
         default="core,masked",
-        help="comma list of row groups: core (SupCon, HMLC, loop, reference), masked, memory",
+        help="comma list of row groups: core (SupCon, HMLC, loop, reference), masked, memory, "
+        "margin",
     )
     parser.add_argument("--memory", type=int, default=4096, help="K of the memory rows")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -297,9 +306,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     groups = set(args.groups.split(","))
-    unknown = groups - {"core", "masked", "memory"}
+    unknown = groups - {"core", "masked", "memory", "margin"}
     if unknown:
-        parser.error(f"unknown --groups {sorted(unknown)}; use core, masked, memory")
+        parser.error(f"unknown --groups {sorted(unknown)}; use core, masked, memory, margin")
 
     # SupCon and HMCE L=3 are the baselines of the summaries: always measured.
     candidates: list[tuple[str, int, LossCall]] = [("SupConLoss", 1, SupConLoss(temperature=0.1))]
@@ -343,6 +352,24 @@ def main() -> None:
                     GeneralMaskedPath(AHMLCLoss(3, dim, hce_form=form).to(device)),
                 ),
             ]
+    if "margin" in groups:
+        margin = 0.2
+        candidates.append(
+            ("SupConLoss margin", 3, SupConLoss(temperature=0.1, hierarchy_margin=margin))
+        )
+        candidates.append(
+            ("HMLCLoss hmce L=3 margin", 3, HMLCLoss("hmce", hierarchy_margin=margin))
+        )
+        if "masked" not in groups:  # their plain rows, measured by the masked group too
+            candidates.append(
+                ("GHMLCLoss L=3", 3, fitted_ghmlc(3, args.dim, "anchor_mean").to(device))
+            )
+            candidates.append(("AHMLCLoss L=3", 3, AHMLCLoss(3, args.dim).to(device)))
+        ghmlc = fitted_ghmlc(3, args.dim, hierarchy_margin=margin)
+        candidates.append(("GHMLCLoss L=3 margin", 3, ghmlc.to(device)))
+        candidates.append(
+            ("AHMLCLoss L=3 margin", 3, AHMLCLoss(3, args.dim, hierarchy_margin=margin).to(device))
+        )
     if "memory" in groups:
         candidates.append(
             (
