@@ -47,7 +47,17 @@ def hierarchy_margin_bias(
 ) -> Tensor:
     """``[Na, Nc]`` logit offsets of the finest level (SupCon's): ``margin / temperature``
     per coarser level of difference; see :func:`level_margin_bias`."""
-    return level_margin_bias(groups, anchor_index, margin, temperature, dtype)[-1]
+    # Only the finest level's offsets: one sum over the coarser levels, no [L, Na, Nc].
+    apart = _differs_above(groups, anchor_index, groups.ids.shape[1] - 1).sum(dim=2)
+    return apart.to(torch.promote_types(dtype, torch.float32)) * (margin / temperature)
+
+
+def _differs_above(groups: LevelGroups, anchor_index: Tensor, level: int) -> Tensor:
+    """``[Na, Nc, level]``: at each level coarser than ``level``, whether both prefixes are
+    known and differ."""
+    ids, valid = groups.ids[:, :level], groups.valid[:, :level]
+    differs = ids[anchor_index].unsqueeze(1) != ids.unsqueeze(0)
+    return differs & valid[anchor_index].unsqueeze(1) & valid.unsqueeze(0)
 
 
 def level_margin_bias(
@@ -77,13 +87,11 @@ def level_margin_bias(
     evidence that two rows lie on different branches.
     """
     dtype = torch.promote_types(dtype, torch.float32)  # margin / T is no half-precision value
-    ids, valid = groups.ids, groups.valid
-    differs = ids[anchor_index].unsqueeze(1) != ids.unsqueeze(0)  # [Na, Nc, L]
-    known = valid[anchor_index].unsqueeze(1) & valid.unsqueeze(0)
-    apart = (differs & known).to(dtype).movedim(2, 0)  # [L, Na, Nc]
-    # Levels strictly coarser than l: an exclusive cumulative sum over the levels.
-    coarser_apart = torch.cumsum(apart, dim=0) - apart
+    num_levels = groups.ids.shape[1]
+    apart = _differs_above(groups, anchor_index, num_levels - 1).to(dtype).movedim(2, 0)
+    # Level l counts the levels strictly coarser than it: a cumulative sum, 0 at the top.
+    coarser_apart = torch.cat([torch.zeros_like(apart[:1]), torch.cumsum(apart, dim=0)])
     if isinstance(temperature, float):
         return coarser_apart * (margin / temperature)
-    scale = [margin / level_temperature(temperature, level) for level in range(ids.shape[1])]
+    scale = [margin / level_temperature(temperature, level) for level in range(num_levels)]
     return coarser_apart * torch.tensor(scale, dtype=dtype, device=apart.device).view(-1, 1, 1)
