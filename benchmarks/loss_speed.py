@@ -9,8 +9,9 @@ Compares, at dim 128 and several batch sizes:
 - optionally the public reference implementation of Zhang et al., loaded at run time
   from a local clone given with ``--reference-repo`` (its ``losses/losses.py``; nothing
   of it is part of this package);
-- the masked losses (group ``masked``): ``GHMLCLoss`` with fitted masks (nested, the
-  default, and a partition, ``nested=False``) and
+- the masked losses (group ``masked``), margin-free (``hierarchy_margin=0``: the
+  margin, their default, has no fast masked path; group ``margin``): ``GHMLCLoss`` with
+  fitted masks (nested, the default, and a partition, ``nested=False``) and
   ``AHMLCLoss``, each with its head in training mode (the GMM statistics update and the
   attention MLPs are part of the step), against the same masks through the general
   per-level path (full-width masked features, autograd's log-sum-exp, and for the
@@ -19,8 +20,9 @@ Compares, at dim 128 and several batch sizes:
   the default, and ``batch_mean``);
 - a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``);
 - the hierarchy margin (group ``margin``): ``SupConLoss``, HMCE, G-HMLC and A-HMLC with
-  ``hierarchy_margin=0.2`` (the margin takes the dense per-level path, no fast masked one),
-  with G-HMLC and A-HMLC at their defaults beside them.
+  ``hierarchy_margin=0.2`` (the margin takes the dense per-level path, no fast masked one;
+  0.2 is G-HMLC's and A-HMLC's default), with margin-free G-HMLC and A-HMLC
+  (``hierarchy_margin=0``) beside them.
 
 The summary tables give every row against SupCon, and the masked rows against HMCE L=3.
 
@@ -345,11 +347,17 @@ def main() -> None:
                     3,
                     GeneralMaskedPath(fitted_ghmlc(3, dim, form).to(device)),
                 ),
-                (f"AHMLCLoss L=3{tag}", 3, AHMLCLoss(3, dim, hce_form=form).to(device)),
+                (
+                    f"AHMLCLoss L=3{tag}",
+                    3,
+                    AHMLCLoss(3, dim, hce_form=form, hierarchy_margin=0.0).to(device),
+                ),
                 (
                     f"AHMLCLoss L=3{tag} general path",
                     3,
-                    GeneralMaskedPath(AHMLCLoss(3, dim, hce_form=form).to(device)),
+                    GeneralMaskedPath(
+                        AHMLCLoss(3, dim, hce_form=form, hierarchy_margin=0.0).to(device)
+                    ),
                 ),
             ]
     if "margin" in groups:
@@ -364,7 +372,9 @@ def main() -> None:
             candidates.append(
                 ("GHMLCLoss L=3", 3, fitted_ghmlc(3, args.dim, "anchor_mean").to(device))
             )
-            candidates.append(("AHMLCLoss L=3", 3, AHMLCLoss(3, args.dim).to(device)))
+            candidates.append(
+                ("AHMLCLoss L=3", 3, AHMLCLoss(3, args.dim, hierarchy_margin=0.0).to(device))
+            )
         ghmlc = fitted_ghmlc(3, args.dim, hierarchy_margin=margin)
         candidates.append(("GHMLCLoss L=3 margin", 3, ghmlc.to(device)))
         candidates.append(

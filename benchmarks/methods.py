@@ -14,8 +14,10 @@ method     objective
 ``hmc``    ``HMLCLoss(loss_type="hmc")``, Zhang et al. [2]
 ``hce``    ``HMLCLoss(loss_type="hce")`` [2]
 ``hmce``   ``HMLCLoss(loss_type="hmce")`` [2]
-``g-hmlc`` HMCE on hard per-level masks of the GMM head (``gmm-mask``), Ott et al. [3]
-``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3]
+``g-hmlc`` HMCE on hard per-level masks of the GMM head (``gmm-mask``), Ott et al. [3],
+           with ``GHMLCLoss``' default hierarchy margin (0.2)
+``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3],
+           with ``AHMLCLoss``' default hierarchy margin (0.2)
 =========  =====================================================================
 
 Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
@@ -47,6 +49,7 @@ import copy
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -65,6 +68,7 @@ from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
+from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss
 from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 from lightly_hmlc.registry import (
     component_parameters,
@@ -457,12 +461,28 @@ class SimCLR(HierarchicalMethod):
         return loss, {}
 
 
-# The methods of Ott et al. [3]: a loss of the registry on the masks of a mask head of
-# the registry, ``(loss, head)``. The head is a part of the model (``self.mask_head``),
-# as a head is in Lightly; the loss is stateless and takes ``masks=``.
-MASKED_METHODS: dict[str, tuple[str, str]] = {
-    "g-hmlc": ("hmce", "gmm-mask"),
-    "a-hmlc": ("hmce", "attention-mask"),
+@dataclass(frozen=True)
+class MaskedMethod:
+    """A method of Ott et al. [3]: a loss of the registry on a registered head's masks.
+
+    The head is a part of the model (``self.mask_head``), as a head is in Lightly; the
+    loss is stateless and takes ``masks=``. ``loss_defaults`` are the loss options that
+    the one-module loss of the same method (``GHMLCLoss``, ``AHMLCLoss``) has by default
+    and the registry's plain loss does not (``--loss-option`` overrides them).
+    """
+
+    loss: str
+    head: str
+    loss_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+MASKED_METHODS: dict[str, MaskedMethod] = {
+    "g-hmlc": MaskedMethod(
+        "hmce", "gmm-mask", {"hierarchy_margin": GHMLCLoss.default_hierarchy_margin}
+    ),
+    "a-hmlc": MaskedMethod(
+        "hmce", "attention-mask", {"hierarchy_margin": AHMLCLoss.default_hierarchy_margin}
+    ),
 }
 # What the suite offers every registered loss and head; each gets the ones it names.
 _SUITE_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
@@ -637,7 +657,9 @@ class LabelPathMethod(HierarchicalMethod):
 
     def build_criterion(self) -> nn.Module:
         """The registered loss (and the mask head) with the suite's arguments they name."""
-        loss_name, head_name = MASKED_METHODS.get(self.method_name, (self.method_name, None))
+        masked = MASKED_METHODS.get(self.method_name)
+        loss_name = masked.loss if masked else self.method_name
+        head_name = masked.head if masked else None
         self.mask_head = None
         if head_name is not None:
             head_kwargs = self._offered("head", head_name)
@@ -654,7 +676,8 @@ class LabelPathMethod(HierarchicalMethod):
             # Level l's block of the side-by-side level projections.
             blocks = torch.eye(self.num_levels).repeat_interleave(self.proj_dim, dim=1)
             self.register_buffer("level_blocks", blocks.unsqueeze(0), persistent=False)
-        kwargs = {**self._offered("loss", loss_name), **self.loss_options}
+        defaults = masked.loss_defaults if masked else {}
+        kwargs = {**self._offered("loss", loss_name), **defaults, **self.loss_options}
         criterion = create_loss(loss_name, **kwargs)
         try:
             forward = inspect.signature(criterion.forward).parameters

@@ -93,5 +93,10 @@ def level_margin_bias(
     coarser_apart = torch.cat([torch.zeros_like(apart[:1]), torch.cumsum(apart, dim=0)])
     if isinstance(temperature, float):
         return coarser_apart * (margin / temperature)
-    scale = [margin / level_temperature(temperature, level) for level in range(num_levels)]
-    return coarser_apart * torch.tensor(scale, dtype=dtype, device=apart.device).view(-1, 1, 1)
+    # Python scalars per level: a tensor of them would be a host-to-device copy per call.
+    return torch.stack(
+        [
+            coarser_apart[level] * (margin / level_temperature(temperature, level))
+            for level in range(num_levels)
+        ]
+    )

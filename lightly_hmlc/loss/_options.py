@@ -46,8 +46,9 @@ def check_combination(loss: Any) -> None:
             )
     if margin > 0 and supcon_form == "in":
         raise ValueError(
-            "hierarchy_margin is defined for the L_out form only: use supcon_form='out' "
-            "with it, or hierarchy_margin=0 with supcon_form='in'."
+            f"hierarchy_margin={margin} (GHMLCLoss' and AHMLCLoss' default is 0.2) is "
+            "defined for the L_out form only: use supcon_form='out' with it, or pass "
+            "hierarchy_margin=0 with supcon_form='in'."
         )
     if supcon_form == "in" and loss_type != "hmc" and hce_form != "batch_mean":
         raise ValueError(

@@ -141,7 +141,15 @@ class MaskedHMLCLoss(_HierarchicalLoss):
 
 
 class _HeadBuildingLoss(MaskedHMLCLoss):
-    """A masked loss that builds its own head from ``num_levels``, ``dim`` and options."""
+    """A masked loss that builds its own head from ``num_levels``, ``dim`` and options.
+
+    ``hierarchy_margin=None`` takes the class's ``default_hierarchy_margin``: 0.2 for
+    G-HMLC and A-HMLC, where it beat the margin-free loss on three datasets' validation
+    splits (benchmarks/RESULTS.md, "The hierarchy margin in the hierarchical losses"),
+    0 for heads it was not measured with.
+    """
+
+    default_hierarchy_margin: float = 0.0
 
     def __init__(
         self,
@@ -157,9 +165,11 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         level_balance: str = "none",
         supcon_form: str = "out",
         instance_weight: float = 0.0,
-        hierarchy_margin: float = 0.0,
+        hierarchy_margin: float | None = None,
         **head_kwargs: Any,
     ) -> None:
+        if hierarchy_margin is None:
+            hierarchy_margin = self.default_hierarchy_margin
         super().__init__(
             self._build_head(num_levels=num_levels, dim=dim, **head_kwargs),
             loss_type=loss_type,
@@ -191,8 +201,12 @@ class GHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight,
-        hierarchy_margin: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
+            :class:`HMLCLoss`.
+        hierarchy_margin: As in :class:`HMLCLoss`, but on by default: ``None`` means
+            0.2, the margin chosen on validation (benchmarks/RESULTS.md; docs/METHOD.md,
+            "The hierarchy margin"). Pass 0 for the margin-free loss (needed with
+            ``supcon_form="in"``).
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -205,6 +219,8 @@ class GHMLCLoss(_HeadBuildingLoss):
         >>> loss_fn.mask_head.masks.shape, level_losses.shape
         (torch.Size([2, 8]), torch.Size([2]))
     """
+
+    default_hierarchy_margin = 0.2
 
     @staticmethod
     def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:
@@ -224,8 +240,12 @@ class AHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight,
-        hierarchy_margin: As in :class:`HMLCLoss`.
+        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
+            :class:`HMLCLoss`.
+        hierarchy_margin: As in :class:`HMLCLoss`, but on by default: ``None`` means
+            0.2, the margin chosen on validation (benchmarks/RESULTS.md; docs/METHOD.md,
+            "The hierarchy margin"). Pass 0 for the margin-free loss (needed with
+            ``supcon_form="in"``).
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
@@ -237,6 +257,8 @@ class AHMLCLoss(_HeadBuildingLoss):
         >>> any(p.grad is not None for p in loss_fn.parameters())
         True
     """
+
+    default_hierarchy_margin = 0.2
 
     @staticmethod
     def _build_head(num_levels: int, dim: int, **head_kwargs: Any) -> nn.Module:

@@ -108,6 +108,10 @@ def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
         num_levels=2, dim=8, **({"warmup_steps": 1, "refit_every": 1} if method == "g-hmlc" else {})
     )
     convenience.mask_head.load_state_dict(model.mask_head.state_dict())
+    # The suite's method has the convenience loss's defaults, the margin included.
+    assert model.criterion.hierarchy_margin == convenience.hierarchy_margin == 0.2
+    without = methods.create_method(method, loss_options={"hierarchy_margin": 0.0}, **kwargs)
+    assert without.criterion.hierarchy_margin == 0.0
     labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 4)
     for _ in range(3):  # several steps: G-HMLC fits its masks from the statistics
         z0, z1 = torch.randn(16, 8), torch.randn(16, 8)

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightly_hmlc.loss import HMLCLoss, SupConLoss
-from lightly_hmlc.loss.masked import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
+from lightly_hmlc.loss.masked import (
+    AHMLCLoss,
+    GHMLCLoss,
+    MaskedHMLCLoss,
+    RegisteredHeadHMLCLoss,
+)
 from tests.loss import naive
 
 
@@ -155,14 +160,34 @@ def test_masked_margin_matches_the_loop(hce_form: str, per_row: bool) -> None:
     naive.assert_value_and_gradients_close(loss_fn(out0, out1, labels), expected, [out0, out1])
 
 
+def _seeded(loss_class: type[nn.Module], **kwargs: object) -> nn.Module:
+    torch.manual_seed(0)  # the same head weights in every instance
+    return loss_class(num_levels=2, dim=6, **kwargs)
+
+
 @pytest.mark.parametrize("loss_class", [AHMLCLoss, GHMLCLoss])
-def test_feature_identification_losses_take_the_margin(loss_class: type[nn.Module]) -> None:
+def test_feature_identification_losses_take_the_margin_by_default(
+    loss_class: type[nn.Module],
+) -> None:
     out0, out1, labels = _batch(9, [2, 3], unknown=0.0)
-    loss_fn = loss_class(num_levels=2, dim=6, hierarchy_margin=0.2)
-    assert "hierarchy_margin=0.2" in repr(loss_fn)
-    assert loss_fn(out0.float(), out1.float(), labels) > loss_class(num_levels=2, dim=6)(
-        out0.float(), out1.float(), labels
-    )
+    out0, out1 = out0.float(), out1.float()
+    default, explicit = _seeded(loss_class), _seeded(loss_class, hierarchy_margin=0.2)
+    without = _seeded(loss_class, hierarchy_margin=0.0)
+    assert "hierarchy_margin=0.2" in repr(default)
+    assert "hierarchy_margin" not in repr(without)
+    assert torch.equal(default(out0, out1, labels), explicit(out0, out1, labels))
+    assert default(out0, out1, labels) > without(out0, out1, labels)
+    with pytest.raises(ValueError, match="pass hierarchy_margin=0 with supcon_form='in'"):
+        loss_class(num_levels=2, dim=6, loss_type="hmc", supcon_form="in")
+    in_form = loss_class(num_levels=2, dim=6, loss_type="hmc", supcon_form="in", hierarchy_margin=0)
+    assert in_form.hierarchy_margin == 0.0
+
+
+def test_masked_losses_without_a_measured_margin_default_to_none() -> None:
+    # The margin was chosen for the GMM and attention heads only; the other heads and
+    # the building block keep the margin-free loss until it is measured with them.
+    assert RegisteredHeadHMLCLoss(num_levels=2, dim=6).hierarchy_margin == 0.0
+    assert MaskedHMLCLoss(_Masks(torch.ones(1, 2, 6))).hierarchy_margin == 0.0
 
 
 def test_hmlc_margin_combinations_name_the_fix() -> None:

@@ -256,7 +256,7 @@ def test_per_level_temperature_in_the_masked_losses() -> None:
     """MaskedHMLCLoss subclasses take the option too (here A-HMLC's and G-HMLC's chain)."""
     out0, out1, labels = _inputs(5)
     torch.manual_seed(0)
-    ahmlc = AHMLCLoss(num_levels=LEVELS, dim=DIM, temperature=TEMPS).double()
+    ahmlc = AHMLCLoss(num_levels=LEVELS, dim=DIM, temperature=TEMPS, hierarchy_margin=0).double()
     masks = ahmlc.mask_head(F.normalize(torch.cat([out0, out1]), dim=1), labels.repeat(2, 1))
     expected, _, _ = loop_loss(out0, out1, labels, TEMPS, "hmce", masks=masks)
     penalty = ahmlc.mask_head.regularization(masks)
@@ -331,7 +331,9 @@ def test_l_in_with_class_balance_and_a_masked_loss() -> None:
         if equal:
             torch.testing.assert_close(balanced, mean)
         assert balanced.isfinite()
-    ghmlc = GHMLCLoss(num_levels=LEVELS, dim=DIM, loss_type="hmc", supcon_form="in")
+    ghmlc = GHMLCLoss(
+        num_levels=LEVELS, dim=DIM, loss_type="hmc", supcon_form="in", hierarchy_margin=0
+    )
     assert ghmlc(out0.float(), out1.float(), labels).isfinite()
 
 
@@ -449,7 +451,9 @@ def test_memory_rows_are_never_instance_positives() -> None:
 def test_instance_term_in_the_masked_losses_uses_the_finest_masks() -> None:
     out0, out1, labels = _inputs(13)
     torch.manual_seed(1)
-    ahmlc = AHMLCLoss(num_levels=LEVELS, dim=DIM, loss_type="hmc", instance_weight=0.5).double()
+    ahmlc = AHMLCLoss(
+        num_levels=LEVELS, dim=DIM, loss_type="hmc", instance_weight=0.5, hierarchy_margin=0
+    ).double()
     masks = ahmlc.mask_head(F.normalize(torch.cat([out0, out1]), dim=1), labels.repeat(2, 1))
     expected, _, _ = loop_loss(out0, out1, labels, (0.1,) * 3, masks=masks, instance_weight=0.5)
     penalty = ahmlc.mask_head.regularization(masks)
@@ -550,7 +554,10 @@ def test_repr_shows_the_options_only_when_set() -> None:
             lambda: HMLCLoss("hmce", hce_form="same_pair", supcon_form="in"),
             "hce_form='same_pair': the per-pair hierarchy constraint",
         ),
-        (lambda: AHMLCLoss(num_levels=2, dim=4, supcon_form="in"), "no per-pair losses"),
+        (
+            lambda: AHMLCLoss(num_levels=2, dim=4, supcon_form="in", hierarchy_margin=0),
+            "no per-pair losses",
+        ),
         (lambda: HMLCLoss(instance_weight=-0.5), "instance_weight must be a finite number >= 0"),
         (lambda: HMLCLoss(instance_weight=math.inf), "instance_weight must be a finite"),
         (lambda: HMLCLoss(instance_weight=math.nan), "instance_weight must be a finite"),

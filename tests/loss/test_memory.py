@@ -252,7 +252,7 @@ def test_a_hmlc_convenience_masks_memory_rows_with_its_head() -> None:
     got = loss_fn(out0, out1, labels, memory=(bank, bank_labels))
     head = loss_fn.mask_head
     z = F.normalize(torch.cat([out0, out1]), dim=1)
-    expected = HMLCLoss("hmce")(
+    expected = HMLCLoss("hmce", hierarchy_margin=0.2)(  # A-HMLC's default margin
         out0,
         out1,
         labels,
