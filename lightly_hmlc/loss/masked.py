@@ -242,10 +242,7 @@ class AHMLCLoss(_HeadBuildingLoss):
         loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
         hce_form, check_values, level_balance, supcon_form, instance_weight: As in
             :class:`HMLCLoss`.
-        hierarchy_margin: As in :class:`HMLCLoss`, but on by default: ``None`` means
-            0.2, the margin chosen on validation (benchmarks/RESULTS.md; docs/METHOD.md,
-            "The hierarchy margin"). Pass 0 for the margin-free loss (needed with
-            ``supcon_form="in"``).
+        hierarchy_margin: As in :class:`GHMLCLoss`: ``None`` (default) means 0.2.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
     Examples:
