@@ -8,7 +8,7 @@ of the model, like a Lightly projection head, and the loss takes its masks::
     z0, z1 = model(x0), model(x1)                     # projections [B, D]
     z = torch.cat([z0, z1])                           # [2B, D], view 0 then view 1
     masks = mask_head(z, labels.repeat(2, 1))         # [2B | 1, L, D]
-    loss = criterion(z0, z1, labels, masks=masks)     # criterion = HMLCLoss("hmce")
+    loss = criterion(z0, z1, labels, masks=masks)     # HMLCLoss("hmce", hierarchy_margin=0.2)
     loss = loss + mask_head.regularization(masks)     # the head's own term
 
 - G-HMLC (``GMMFeatureMaskHead``): hard 0/1 masks ``[1, L, D]``. A Gaussian mixture,
@@ -20,7 +20,8 @@ of the model, like a Lightly projection head, and the loss takes its masks::
   model's, so the optimiser gets them with ``model.parameters()``.
 
 ``GHMLCLoss`` and ``AHMLCLoss`` are one-line conveniences that own such a head and run the
-same chain; the LightningModule below uses them.
+same chain, with the hierarchy margin of 0.2 that they default to (chosen on validation;
+docs/METHOD.md, "The hierarchy margin"); the LightningModule below uses them.
 
 The script trains each method twice, with the explicit chain in a plain PyTorch loop and
 with the convenience loss in a LightningModule (CPU, a few steps), and prints the masks
@@ -152,7 +153,8 @@ def train_plain(args: argparse.Namespace, method: str) -> float:
     """A plain PyTorch loop with the explicit chain: head, then loss with ``masks=``."""
     torch.manual_seed(args.seed)
     model = MaskedModel(args.backbone, args.proj_dim, method, args.refit_every)
-    criterion = HMLCLoss(loss_type="hmce", temperature=0.1)  # stateless, no parameters
+    # Stateless, no parameters; the margin is what GHMLCLoss and AHMLCLoss default to.
+    criterion = HMLCLoss(loss_type="hmce", temperature=0.1, hierarchy_margin=0.2)
     # A-HMLC's attention heads are part of the model: model.parameters() includes them.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = make_dataloader(args)

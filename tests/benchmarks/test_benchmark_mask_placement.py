@@ -55,7 +55,8 @@ def test_each_level_s_term_is_on_its_own_projection_of_the_masked_backbone_featu
         F.normalize(model.projection_head(features * masks[:, level]), dim=1).double()
         for level in range(2)
     ]
-    means = hce_pair_level_means(level_z, LABELS, 0.1, "anchor_mean")
+    # The methods' default hierarchy margin (0.2) acts in the level terms here too.
+    means = hce_pair_level_means(level_z, LABELS, 0.1, "anchor_mean", margin=0.2)
     weights = penalty_weights(2, "exp")
     expected = sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
     regularization = logs.get("mask_regularization", torch.zeros(()))
