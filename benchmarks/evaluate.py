@@ -17,7 +17,10 @@ Protocol (the same for every method, so that the numbers compare):
   of ``probe_batch_size``, shuffling seeded by ``seed``; on the CPU it trains with one
   torch thread (its small matmuls gain nothing from more, and lose much on a busy
   machine). The test accuracy is measured once, with the weights of the **final**
-  epoch: no early stopping, no maximum over epochs, no test data during training. If some leaves of the hierarchy sit above the
+  epoch: no early stopping, no maximum over epochs, no test data during training. Beside
+  the accuracy, the balanced accuracy (recall averaged over the level's classes present;
+  scikit-learn's ``balanced_accuracy_score``) shows what a long-tailed split's plain
+  accuracy hides about its rare classes. If some leaves of the hierarchy sit above the
   deepest level, one more head over all leaves (targets: the leaf ids of complete
   label paths) is trained with the others and provides the "fine" predictions used for
   the hierarchical metrics; otherwise the deepest level's head is the leaf classifier.
@@ -83,6 +86,7 @@ __all__ = [
     "extract_features",
     "evaluate_features",
     "train_linear_probe",
+    "per_level_balanced_accuracy",
     "knn_predict_levels",
     "format_metrics_table",
     "plot_embeddings",
@@ -429,7 +433,9 @@ def evaluate_features(
         progress: Show a tqdm bar over the probe's epochs.
 
     Returns:
-        Flat dict: ``level{l}/linear_acc``, ``level{l}/knn_acc``, ``level{l}/nmi`` for
+        Flat dict: ``level{l}/linear_acc``, ``level{l}/balanced_linear_acc`` (the
+        probe's recall averaged over the level's classes present,
+        :func:`per_level_balanced_accuracy`), ``level{l}/knn_acc``, ``level{l}/nmi`` for
         every level, ``hier/implied_acc_level{l}``, ``hier/mistake_severity``,
         ``hier/hdist@{hdist_k}``, and ``probe/train_seconds``, ``probe/final_loss``,
         ``knn/seconds``, ``nmi/seconds``. Accuracies and NMI are fractions in [0, 1].
@@ -471,6 +477,7 @@ def evaluate_features(
     heads = [logits.cpu() for logits in probe.head_logits(test_features)]
     linear_pred = torch.stack([logits.argmax(dim=1) for logits in heads[:num_levels]], dim=1)
     linear_acc = per_level_accuracy(linear_pred, test_paths)
+    balanced_acc = per_level_balanced_accuracy(linear_pred, test_paths)
 
     begin = time.perf_counter()
     knn_pred = knn_predict_levels(
@@ -493,6 +500,7 @@ def evaluate_features(
 
     for level in range(num_levels):
         results[f"level{level}/linear_acc"] = float(linear_acc[level])
+        results[f"level{level}/balanced_linear_acc"] = balanced_acc[level]
         results[f"level{level}/knn_acc"] = float(knn_acc[level])
         results[f"level{level}/nmi"] = nmi[level]
     results.update(separation_metrics(test_features, test_paths, seed))
@@ -508,6 +516,37 @@ def evaluate_features(
     topk = leaf_logits.topk(hdist_k, dim=1).indices
     results[f"hier/hdist@{hdist_k}"] = hierarchical_distance_at_k(topk, true_leaf, hierarchy)
     return results
+
+
+def per_level_balanced_accuracy(pred_paths: Tensor, true_paths: Tensor) -> list[float]:
+    """Per level, the recall averaged over the classes that the split holds.
+
+    Where the classes of a level are imbalanced (a long-tailed split), plain accuracy
+    weighs each class by its share and can hide what happens to the rare ones; this
+    weighs every class present equally. On a balanced split the two agree. Samples with
+    an unknown true label (``-1``) at a level are left out there; a level with none known
+    gives ``NaN``.
+
+    Examples:
+        Three samples of class 0 and one of class 1, all predicted 0: plain accuracy
+        0.75, balanced 0.5 (class 0's recall 1, class 1's 0).
+
+        >>> true = torch.tensor([[0], [0], [0], [1]])
+        >>> per_level_balanced_accuracy(torch.zeros(4, 1, dtype=torch.long), true)
+        [0.5]
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    scores = []
+    for level in range(true_paths.shape[1]):
+        known = true_paths[:, level] >= 0
+        if not bool(known.any()):
+            scores.append(math.nan)
+            continue
+        truth = true_paths[known, level].numpy()
+        guess = pred_paths[known, level].numpy()
+        scores.append(float(balanced_accuracy_score(truth, guess)))
+    return scores
 
 
 def separation_metrics(features: Tensor, paths: Tensor, seed: int) -> dict[str, float]:
@@ -580,7 +619,7 @@ def _check_split(features: Tensor, paths: Tensor, hierarchy: LabelHierarchy, nam
 # ---------------------------------------------------------------------- reporting
 _LEVEL_KEY = re.compile(r"^level(\d+)/(.+)$")
 _IMPLIED_KEY = re.compile(r"^hier/implied_acc_level(\d+)$")
-_METRIC_ORDER = {"linear_acc": 0, "knn_acc": 1, "nmi": 2}
+_METRIC_ORDER = {"linear_acc": 0, "balanced_linear_acc": 1, "knn_acc": 2, "nmi": 3}
 
 
 def _column_order(key: str) -> tuple[int, int, int, str]:

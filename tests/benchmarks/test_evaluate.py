@@ -10,6 +10,7 @@ from evaluate import (
     extract_features,
     format_metrics_table,
     knn_predict_levels,
+    per_level_balanced_accuracy,
     plot_embeddings,
     plot_training_curves,
     train_linear_probe,
@@ -51,6 +52,7 @@ def test_separable_features_reach_full_accuracy(hierarchy: LabelHierarchy) -> No
     results = evaluate_features(*train, *test, hierarchy, **FAST)
     for level in range(2):
         assert results[f"level{level}/linear_acc"] == 1.0
+        assert results[f"level{level}/balanced_linear_acc"] == 1.0
         assert results[f"level{level}/knn_acc"] == 1.0
         assert results[f"level{level}/nmi"] > 0.95
         assert results[f"hier/implied_acc_level{level}"] == 1.0
@@ -284,3 +286,35 @@ def test_separation_metrics_reward_clustered_features() -> None:
         assert good[key] > bad[key], key
     # A single level has no CPCC: the key is left out, not NaN.
     assert "hier/cpcc" not in separation_metrics(clustered, paths[:, 1:], 0)
+
+
+def balanced_accuracy_by_hand(pred: list[int], true: list[int]) -> float:
+    """Mean over the classes present (true label >= 0) of the share of them predicted right."""
+    recalls = []
+    for cls in sorted({t for t in true if t >= 0}):
+        members = [p for p, t in zip(pred, true, strict=True) if t == cls]
+        recalls.append(sum(p == cls for p in members) / len(members))
+    return sum(recalls) / len(recalls)
+
+
+def test_balanced_accuracy_weighs_every_class_present_equally() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # Imbalanced truth at level 0 (two thirds class 0), unknown labels at level 1, and a
+    # predictor biased towards class 1, so that the classes' recalls differ.
+    true = torch.stack(
+        [torch.randint(0, 3, (200,), generator=generator) ** 2 // 4,
+         torch.randint(-1, 6, (200,), generator=generator)], dim=1
+    )  # fmt: skip
+    pred = torch.where(torch.rand(200, 2, generator=generator) < 0.7, true.clamp(min=0), 1)
+    got = per_level_balanced_accuracy(pred, true)
+    for level in range(2):
+        want = balanced_accuracy_by_hand(pred[:, level].tolist(), true[:, level].tolist())
+        assert got[level] == pytest.approx(want)
+    plain = per_level_accuracy(pred, true)
+    assert got[0] != pytest.approx(float(plain[0]))  # the imbalance shows
+
+
+def test_balanced_accuracy_of_a_level_without_known_labels_is_nan() -> None:
+    true = torch.tensor([[0, -1], [1, -1]])
+    got = per_level_balanced_accuracy(true.clamp(min=0), true)
+    assert got[0] == 1.0 and math.isnan(got[1])
