@@ -18,6 +18,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, SupportsIndex, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -206,11 +207,11 @@ class LabelHierarchy(HierarchyConstructors):
             )
         return self._leaf_ids[name]
 
-    def label_paths(self, fine: Sequence[int | str] | Tensor) -> Tensor:
+    def label_paths(self, fine: Sequence[int | str] | Tensor | np.ndarray) -> Tensor:
         """Label paths ``[B, L]`` (coarse to fine, ``-1`` padded) of fine classes.
 
         Args:
-            fine: Leaf ids (ints or an integer tensor) or leaf names.
+            fine: Leaf ids (ints, an integer tensor or numpy array) or leaf names.
 
         Examples:
             >>> h = LabelHierarchy({"cat": "animal", "animal": "thing", "rock": "thing"})

@@ -228,6 +228,7 @@ def test_sigint_stops_after_the_batch_saves_and_resumes_inside_the_epoch(
     tmp_path: Path, workers: str
 ) -> None:
     # With workers the loader prefetches before Lightning restores the epoch counter.
+    common: tuple[str, ...]
     common = ("--methods", "hmce", "--epochs", "2", "--no-plots", "--deterministic", "true")
     common = (*common, "--num-workers", workers)
     main.run_suite(main.parse_args(tiny_args(tmp_path / "straight", *common)))

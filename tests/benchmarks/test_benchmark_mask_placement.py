@@ -4,6 +4,7 @@ own projection of its masked features, checked against plain per-anchor loops.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import main
 import methods
@@ -18,16 +19,17 @@ from tests.loss.naive import hce_pair_level_means, penalty_weights
 LABELS = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 4)
 
 
-def backbone_masked(method: str, **kwargs: object) -> methods.HierarchicalMethod:
+def backbone_masked(method: str, **kwargs: object) -> methods.LabelPathMethod:
     torch.manual_seed(0)
     if method == "g-hmlc":  # fit the GMM at once, so that its masks are not all ones
         kwargs = {"mask_warmup_steps": 1, "mask_refit_every": 1, **kwargs}
-    return methods.create_method(
+    model = methods.create_method(
         method, num_classes_per_level=[2, 4], proj_dim=8, mask_placement="backbone", **kwargs
     )
+    return cast(methods.LabelPathMethod, model)  # a masked method is a LabelPathMethod
 
 
-def captured_masks(model: methods.HierarchicalMethod) -> list[torch.Tensor]:
+def captured_masks(model: methods.LabelPathMethod) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     assert model.mask_head is not None
     model.mask_head.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
@@ -58,7 +60,9 @@ def test_each_level_s_term_is_on_its_own_projection_of_the_masked_backbone_featu
     # The methods' default hierarchy margin (0.2) acts in the level terms here too.
     means = hce_pair_level_means(level_z, LABELS, 0.1, "anchor_mean", margin=0.2)
     weights = penalty_weights(2, "exp")
-    expected = sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+    expected = cast(
+        torch.Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+    )
     regularization = logs.get("mask_regularization", torch.zeros(()))
     assert torch.allclose(loss.double() - regularization.double(), expected, atol=1e-5)
     assert {"loss_level0", "loss_level1"} <= set(logs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import main
 import methods
@@ -86,7 +87,7 @@ def test_history_has_one_value_per_epoch(tmp_path: Path) -> None:
 
 
 def test_ce_fine_targets_handle_leaves_at_different_depths() -> None:
-    model = methods.create_method("ce", num_classes_per_level=[2, 3])
+    model = cast(methods.CrossEntropy, methods.create_method("ce", num_classes_per_level=[2, 3]))
     labels = torch.tensor([[0, 2], [1, -1], [-1, -1]])
     # level-1 ids are offset by the 2 level-0 classes; an all-unknown path is ignored
     assert model.fine_targets(labels).tolist() == [4, 1, -100]
@@ -102,10 +103,13 @@ def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
     kwargs = {"num_classes_per_level": [2, 4], "proj_dim": 8}
     if method == "g-hmlc":  # fit the GMM at once, so that its masks are not all ones
         kwargs.update(mask_warmup_steps=1, mask_refit_every=1)
-    model = methods.create_method(method, **kwargs)
+    model = cast(methods.LabelPathMethod, methods.create_method(method, **kwargs))
     assert model.mask_head is not None and not hasattr(model.criterion, "mask_head")
+    fit_at_once: dict[str, Any] = (
+        {"warmup_steps": 1, "refit_every": 1} if method == "g-hmlc" else {}
+    )
     convenience = (AHMLCLoss if method == "a-hmlc" else GHMLCLoss)(
-        num_levels=2, dim=8, **({"warmup_steps": 1, "refit_every": 1} if method == "g-hmlc" else {})
+        num_levels=2, dim=8, **fit_at_once
     )
     convenience.mask_head.load_state_dict(model.mask_head.state_dict())
     # The suite's method has the convenience loss's defaults, the margin included.
@@ -134,8 +138,11 @@ def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
 @pytest.mark.parametrize("method", ["hmce", "a-hmlc"])
 def test_memory_bank_adds_the_queue_to_the_loss(method: str) -> None:
     torch.manual_seed(0)
-    model = methods.create_method(
-        method, num_classes_per_level=[2, 4], proj_dim=8, memory_bank_size=32
+    model = cast(
+        methods.LabelPathMethod,
+        methods.create_method(
+            method, num_classes_per_level=[2, 4], proj_dim=8, memory_bank_size=32
+        ),
     )
     plain = methods.create_method(method, num_classes_per_level=[2, 4], proj_dim=8)
     plain.load_state_dict(model.state_dict(), strict=False)
@@ -145,6 +152,7 @@ def test_memory_bank_adds_the_queue_to_the_loss(method: str) -> None:
     assert torch.allclose(first, plain.compute_loss(torch.zeros(16, 4), z0, z1, labels)[0])
     second, _ = model.compute_loss(torch.zeros(16, 4), z0, z1, labels)  # 8 queued rows
     assert not torch.allclose(second, first)
+    assert model.memory_bank is not None
     assert int(model.memory_bank.num_filled) == 16
     assert "memory_bank.features" in model.state_dict()  # checkpointed, resumes the queue
 

@@ -85,6 +85,7 @@ def test_the_queue_holds_the_copy_s_keys_and_the_loss_trains_the_online_network(
         n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("momentum_")
     }
     loss, _ = model.shared_step((views, labels))
+    assert model.memory_bank is not None
     assert int(model.memory_bank.num_filled) == 8
     queued = model.memory_bank.features[:8].clone()
     assert torch.allclose(queued, model.momentum_keys(views[1]), atol=1e-6)
@@ -112,7 +113,7 @@ def test_without_momentum_the_queue_still_gets_z1() -> None:
     views, labels = _batch()
     model.shared_step((views, labels))
     _, _, z1 = model.encode_views(views)
-    assert z1 is not None
+    assert z1 is not None and model.memory_bank is not None
     assert torch.allclose(model.memory_bank.features[:8], z1.detach(), atol=1e-6)
     assert not any(k.startswith("momentum_") for k in model.state_dict())
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import main
+import methods
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import Subset
 
+from lightly_hmlc.models.modules import AttentionMaskHead
 from tests.benchmarks.suite_utils import load_metrics, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,7 +101,7 @@ def test_options_reach_the_loss_and_the_head() -> None:
     assert model.hparams["loss_options"] == {"temperature": 0.35, "layer_penalty": "pow2"}
     args = main.parse_args(["--head-option", "separation_weight=0.5"])
     model = main.build_model(args, "a-hmlc", num_classes_per_level=[2, 4], proj_dim=16)
-    assert model.mask_head.separation_weight == 0.5
+    assert cast(AttentionMaskHead, model.mask_head).separation_weight == 0.5
     assert model.hparams["head_options"] == {"separation_weight": 0.5}
 
 
@@ -113,7 +115,8 @@ class RecordBatches(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         views, labels = batch
-        self.batches.setdefault(pl_module.method_name, []).append(
+        method_name = cast(methods.HierarchicalMethod, pl_module).method_name
+        self.batches.setdefault(method_name, []).append(
             (float(views[0].sum()), float(views[1].sum()), labels.tolist())
         )
 

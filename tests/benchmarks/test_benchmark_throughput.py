@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import throughput
+
+from lightly_hmlc.models.modules import HierarchicalMemoryBank
 
 
 def test_throughput_table_has_every_method_and_ratios(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,11 +47,9 @@ def test_memory_bank_runs_time_steps_with_a_full_queue() -> None:
          "--levels", "2,4", "--memory-bank", "20", "--device", "cpu"]
     )  # fmt: skip
     runner = throughput.StepRunner("supcon", args, throughput.torch.device("cpu"))
-    bank = runner.model.memory_bank
+    bank = cast(HierarchicalMemoryBank | None, runner.model.memory_bank)
     assert bank is not None and bank.size == 20
-    features, labels = bank(
-        runner.model.memory_bank.features[:0], runner.batch[1][:0], update=False
-    )
+    features, labels = bank(bank.features[:0], runner.batch[1][:0], update=False)
     assert features.shape == (20, bank.dim)  # full before the first timed step
     assert bool((labels >= 0).all())
     runner.step()

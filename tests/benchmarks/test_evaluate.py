@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +24,13 @@ from lightly_hmlc.hierarchy import LabelHierarchy
 from lightly_hmlc.metrics import per_level_accuracy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FAST = {"probe_epochs": 30, "probe_lr": 0.01, "probe_batch_size": 64, "knn_k": 5, "hdist_k": 2}
+FAST: dict[str, Any] = {
+    "probe_epochs": 30,
+    "probe_lr": 0.01,
+    "probe_batch_size": 64,
+    "knn_k": 5,
+    "hdist_k": 2,
+}
 
 
 @pytest.fixture
@@ -222,6 +229,7 @@ class TinyNet(nn.Module):
 def test_extract_features_shapes_and_restores_modes() -> None:
     torch.manual_seed(0)
     model = TinyNet()
+    assert model.norm.running_mean is not None
     model.norm.running_mean.uniform_()
     images = torch.randn(10, 3, 8, 8)
     paths = torch.randint(0, 3, (10, 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import main
 import mask_report
@@ -32,7 +33,7 @@ def test_a_partition_has_the_width_of_its_dimensions_and_no_overlap() -> None:
 
 def test_per_sample_masks_have_a_spread() -> None:
     masks = torch.rand(16, 3, 8, generator=torch.Generator().manual_seed(0)).double()
-    assert mask_report.summarize(masks)["sample spread"] > 0.1
+    assert cast(float, mask_report.summarize(masks)["sample spread"]) > 0.1
 
 
 @pytest.mark.parametrize("placement", ["projection", "backbone"])

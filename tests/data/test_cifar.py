@@ -1,6 +1,7 @@
 import pickle
 import tarfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def write_cifar100(root: Path, fine: list[int], seed: int = 0, corrupt: bool = F
     folder.mkdir(parents=True)
     fine_names = C100.leaves  # the official fine_label_names are sorted
     coarse_names = C100.level_names(0)
-    coarse = [coarse_names.index(C100.parent(fine_names[f])) for f in fine]
+    coarse = [coarse_names.index(cast(str, C100.parent(fine_names[f]))) for f in fine]
     if corrupt:
         coarse[0] = (coarse[0] + 1) % 20
     _dump(

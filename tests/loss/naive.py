@@ -7,6 +7,7 @@ obviously correct, and shares no code with ``lightly_hmlc.loss``.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +245,7 @@ def hmlc(
         return torch.stack(means).mean()
     weights = penalty_weights(num_levels, penalty)
     divisor = sum(weights) if normalize_weights else num_levels
-    return sum(w * m for w, m in zip(weights, means, strict=True)) / divisor
+    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / divisor)
 
 
 def reference_algorithm(

@@ -24,7 +24,7 @@ def _inputs(
 
 # float64 throughout: agreement with a float64 per-anchor loop to 1e-12.
 
-FLOAT64 = {"rtol": 0.0, "atol": 1e-12}
+FLOAT64: dict[str, Any] = {"rtol": 0.0, "atol": 1e-12}
 
 
 def test_supcon_float64_matches_the_float64_reference_to_1e_12() -> None:

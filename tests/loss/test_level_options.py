@@ -8,7 +8,7 @@ autograd gradients and, on the unmasked paths, with ``torch.autograd.gradcheck``
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ from lightly.loss import NTXentLoss
 from torch import Tensor
 
 from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, SupConLoss
+from lightly_hmlc.models.modules import AttentionMaskHead
 from tests.loss import naive
 from tests.loss.test_checks import _SyncRecorder
 
@@ -158,7 +159,7 @@ def _setting(name: str, seed: int = 0) -> dict[str, Any]:
     soft = torch.rand(rows, LEVELS, DIM, generator=generator, dtype=torch.float64)
     soft_memory = torch.rand(MEMORY, LEVELS, DIM, generator=generator, dtype=torch.float64)
     shared = torch.rand(1, LEVELS, DIM, generator=generator, dtype=torch.float64)
-    return {
+    settings: dict[str, dict[str, Any]] = {
         "plain": {},
         "partition": {"masks": partition},
         "soft_per_row": {"masks": soft},
@@ -166,7 +167,8 @@ def _setting(name: str, seed: int = 0) -> dict[str, Any]:
         "memory": {"memory": memory},
         "memory_partition": {"masks": partition, "memory": memory},
         "memory_soft_per_row": {"masks": soft, "memory": memory, "memory_masks": soft_memory},
-    }[name]
+    }
+    return settings[name]
 
 
 SETTINGS = [
@@ -209,7 +211,7 @@ def test_per_level_temperature_matches_the_loop(
     loss_type: str, hce_form: str, setting: str
 ) -> None:
     loss_fn = HMLCLoss(loss_type, temperature=list(TEMPS), hce_form=hce_form)
-    options = {"temps": TEMPS, "loss_type": loss_type, "hce_form": hce_form}
+    options: dict[str, Any] = {"temps": TEMPS, "loss_type": loss_type, "hce_form": hce_form}
     _compare(loss_fn, _setting(setting), **options)
 
 
@@ -259,7 +261,7 @@ def test_per_level_temperature_in_the_masked_losses() -> None:
     ahmlc = AHMLCLoss(num_levels=LEVELS, dim=DIM, temperature=TEMPS, hierarchy_margin=0).double()
     masks = ahmlc.mask_head(F.normalize(torch.cat([out0, out1]), dim=1), labels.repeat(2, 1))
     expected, _, _ = loop_loss(out0, out1, labels, TEMPS, "hmce", masks=masks)
-    penalty = ahmlc.mask_head.regularization(masks)
+    penalty = cast(AttentionMaskHead, ahmlc.mask_head).regularization(masks)
     torch.testing.assert_close(ahmlc(out0, out1, labels), expected + penalty)
     ghmlc = GHMLCLoss(num_levels=LEVELS, dim=DIM, temperature=list(TEMPS), hce_form="batch_mean")
     assert ghmlc.temperature == TEMPS
@@ -280,7 +282,12 @@ def test_l_in_matches_the_loop(
 ) -> None:
     temperature: Any = temps[0] if len(set(temps)) == 1 else temps
     loss_fn = HMLCLoss(loss_type, temperature=temperature, hce_form=hce_form, supcon_form="in")
-    options = {"temps": temps, "loss_type": loss_type, "hce_form": hce_form, "supcon_form": "in"}
+    options: dict[str, Any] = {
+        "temps": temps,
+        "loss_type": loss_type,
+        "hce_form": hce_form,
+        "supcon_form": "in",
+    }
     _compare(loss_fn, _setting(setting), **options)
 
 
@@ -385,7 +392,7 @@ def test_instance_term_matches_the_loop(
         supcon_form=supcon_form,
         instance_weight=0.7,
     )
-    options = {
+    options: dict[str, Any] = {
         "temps": TEMPS,
         "loss_type": loss_type,
         "hce_form": hce_form,
@@ -418,7 +425,7 @@ def test_instance_term_enters_the_normalisation_as_one_more_weighted_level(
     """``(Z * loss_0 + w L_inst) / (Z + w)``, Z = sum(lambda) or L (hce: L), and the label
     levels (their HCE constraint included) are computed exactly as without it."""
     out0, out1, labels = _inputs(11, batch=8)
-    kwargs = {"hce_form": hce_form, "normalize_weights": normalize_weights}
+    kwargs: dict[str, Any] = {"hce_form": hce_form, "normalize_weights": normalize_weights}
     base, base_levels = HMLCLoss(loss_type, **kwargs)(out0, out1, labels, return_level_losses=True)
     weight = 2.5
     loss, levels = HMLCLoss(loss_type, instance_weight=weight, **kwargs)(
@@ -456,7 +463,7 @@ def test_instance_term_in_the_masked_losses_uses_the_finest_masks() -> None:
     ).double()
     masks = ahmlc.mask_head(F.normalize(torch.cat([out0, out1]), dim=1), labels.repeat(2, 1))
     expected, _, _ = loop_loss(out0, out1, labels, (0.1,) * 3, masks=masks, instance_weight=0.5)
-    penalty = ahmlc.mask_head.regularization(masks)
+    penalty = cast(AttentionMaskHead, ahmlc.mask_head).regularization(masks)
     torch.testing.assert_close(ahmlc(out0, out1, labels), expected + penalty)
     assert "instance_weight=0.5" in repr(ahmlc)
 
@@ -521,10 +528,19 @@ def test_repr_shows_the_options_only_when_set() -> None:
         (lambda: HMLCLoss(temperature=[]), "temperature is an empty sequence"),
         (lambda: HMLCLoss(temperature=[0.1, -1.0]), r"temperature\[1\] must be > 0 and finite"),
         (lambda: HMLCLoss(temperature=[0.1, math.nan]), r"temperature\[1\] must be > 0"),
-        (lambda: HMLCLoss(temperature=[0.1, "0.2"]), r"temperature\[1\] must be a number"),
+        (
+            lambda: HMLCLoss(temperature=[0.1, "0.2"]),  # type: ignore[list-item]  # wrong on purpose
+            r"temperature\[1\] must be a number",
+        ),
         (lambda: HMLCLoss(temperature=[0.1, True]), r"temperature\[1\] must be a number"),
-        (lambda: HMLCLoss(temperature="0.1"), "a number > 0 or a list of them"),
-        (lambda: HMLCLoss(temperature=torch.tensor(0.1)), "a number > 0 or a list of them"),
+        (
+            lambda: HMLCLoss(temperature="0.1"),  # type: ignore[arg-type]  # wrong on purpose
+            "a number > 0 or a list of them",
+        ),
+        (
+            lambda: HMLCLoss(temperature=torch.tensor(0.1)),  # type: ignore[arg-type]  # wrong on purpose
+            "a number > 0 or a list of them",
+        ),
         (
             lambda: HMLCLoss(temperature=[0.2, 0.1], num_levels=3),
             r"temperature has 2 values \(one per level\) but the labels have 3 level\(s\): "
@@ -562,7 +578,10 @@ def test_repr_shows_the_options_only_when_set() -> None:
         (lambda: HMLCLoss(instance_weight=math.inf), "instance_weight must be a finite"),
         (lambda: HMLCLoss(instance_weight=math.nan), "instance_weight must be a finite"),
         (lambda: HMLCLoss(instance_weight=True), "instance_weight must be a finite"),
-        (lambda: HMLCLoss(instance_weight="1"), "instance_weight must be a finite"),
+        (
+            lambda: HMLCLoss(instance_weight="1"),  # type: ignore[arg-type]  # wrong on purpose
+            "instance_weight must be a finite",
+        ),
     ],
 )
 def test_bad_options_are_clear_errors(make: Any, message: str) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc.loss import HMLCLoss
 from lightly_hmlc.loss.masked import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
-from lightly_hmlc.models.modules import AttentionMaskHead
+from lightly_hmlc.models.modules import AttentionMaskHead, GMMFeatureMaskHead
 from tests.loss import naive
 
 
@@ -58,7 +60,9 @@ def _naive_masked(
     if loss_type == "hce":
         return torch.stack(level_terms).mean()
     weights = naive.penalty_weights(num_levels, "exp")
-    return sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
+    return cast(
+        Tensor, sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
+    )
 
 
 @pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)
@@ -189,7 +193,7 @@ def test_ghmlc_trains_masks_and_passes_no_gradient_through_them() -> None:
     loss.backward()
     assert torch.isfinite(loss) and level_losses.shape == (2,)
     assert bool(loss_fn.mask_head.fitted)
-    masks = loss_fn.mask_head.masks
+    masks = cast(GMMFeatureMaskHead, loss_fn.mask_head).masks
     assert not masks.requires_grad and not torch.equal(masks, torch.ones_like(masks))
     assert out0.grad is not None and torch.isfinite(out0.grad).all()
 

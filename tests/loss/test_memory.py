@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc.loss import HMLCLoss, SupConLoss
 from lightly_hmlc.loss.masked import AHMLCLoss, MaskedHMLCLoss
-from lightly_hmlc.models.modules import HierarchicalMemoryBank
+from lightly_hmlc.models.modules import AttentionMaskHead, HierarchicalMemoryBank
 from tests.loss import naive
 from tests.loss.test_checks import _SyncRecorder
 from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
@@ -90,12 +90,12 @@ def plain_hmce(means: list[Tensor]) -> Tensor:
     num_levels = len(means)
     means = [torch.stack(means[level:]).max() for level in range(num_levels)]
     weights = naive.penalty_weights(num_levels, "exp")
-    return sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights))
 
 
 def plain_weighted(means: list[Tensor]) -> Tensor:
     weights = naive.penalty_weights(len(means), "exp")
-    return sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights))
 
 
 def _data(seed: int = 0, memory: int = MEMORY) -> tuple[Tensor, ...]:
@@ -164,7 +164,9 @@ def test_memory_changes_the_loss_and_gradients_match(loss_type: str) -> None:
         expected = torch.stack([torch.stack(means[h:]).max() for h in range(2)]).mean()
     else:
         weights = naive.penalty_weights(2, "exp")
-        expected = sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+        expected = cast(
+            Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
+        )
     (expected_grad,) = torch.autograd.grad(expected, [out0])
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(grad, expected_grad)
@@ -250,7 +252,7 @@ def test_a_hmlc_convenience_masks_memory_rows_with_its_head() -> None:
     torch.manual_seed(0)
     loss_fn = AHMLCLoss(num_levels=2, dim=DIM, init_std=1.0).double()
     got = loss_fn(out0, out1, labels, memory=(bank, bank_labels))
-    head = loss_fn.mask_head
+    head = cast(AttentionMaskHead, loss_fn.mask_head)
     z = F.normalize(torch.cat([out0, out1]), dim=1)
     expected = HMLCLoss("hmce", hierarchy_margin=0.2)(  # A-HMLC's default margin
         out0,

@@ -3,7 +3,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import huggingface_hub.constants
 import pytest
@@ -65,8 +65,9 @@ def test_cifar_stem_keeps_4x4_map(name: str, shape: tuple[int, ...]) -> None:
     model, dim = create_backbone(name)
     assert dim == shape[1]
     model.eval()
+    resnet = cast(timm.models.resnet.ResNet, model)  # a timm ResNet: it has forward_features
     with torch.no_grad():
-        assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == shape
+        assert resnet.forward_features(torch.randn(2, 3, 32, 32)).shape == shape
     assert isinstance(model, timm.models.resnet.ResNet)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, nn.Identity)
@@ -76,8 +77,9 @@ def test_imagenet_resnet_shrinks_32x32_to_1x1() -> None:
     # The contrast that motivates the CIFAR stem.
     model, _ = create_backbone("resnet18")
     model.eval()
+    resnet = cast(timm.models.resnet.ResNet, model)  # a timm ResNet: it has forward_features
     with torch.no_grad():
-        assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 512, 1, 1)
+        assert resnet.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 512, 1, 1)
 
 
 def test_timm_create_model_knows_cifar_models() -> None:
@@ -92,11 +94,14 @@ def test_timm_create_model_knows_cifar_models() -> None:
     assert {"resnet18_cifar", "resnet50_cifar", "resnet_tiny_cifar"} <= set(
         timm.list_models("*_cifar")
     )
-    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+    # timm sets pretrained_cfg on the model it builds; nn.Module does not declare it.
+    assert cast(dict[str, Any], model.pretrained_cfg)["input_size"] == (3, 32, 32)
 
 
 def test_cifar_features_only_reductions() -> None:
-    model = timm.create_model("resnet_tiny_cifar", features_only=True)
+    model = cast(
+        timm.models.FeatureListNet, timm.create_model("resnet_tiny_cifar", features_only=True)
+    )
     assert model.feature_info.reduction() == [1, 1, 2, 4, 8]
     maps = model(torch.randn(1, 3, 32, 32))
     assert [m.shape[-1] for m in maps] == [32, 32, 16, 8, 4]

@@ -115,6 +115,7 @@ def test_gradients_reach_the_head_and_z() -> None:
     # The gradient into z includes the path through the masks, not only the product.
     z2 = z.detach().clone().requires_grad_(True)
     (F.normalize(z2[:, None] * masks.detach(), dim=-1) * target).sum().backward()
+    assert z2.grad is not None
     assert not torch.allclose(z.grad, z2.grad)
 
 

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -324,7 +325,7 @@ def test_statistics_match_a_direct_group_by() -> None:
     labels = torch.cat([b[1] for b in batches])
     for level in range(3):
         valid = (labels[:, : level + 1] >= 0).all(1)
-        expected = {}
+        expected: dict[tuple[int, ...], tuple[int, Tensor]] = {}
         for row, x in zip(labels[valid, : level + 1].tolist(), z[valid], strict=True):
             count, total = expected.get(tuple(row), (0, 0))
             expected[tuple(row)] = (count + 1, total + x)
@@ -364,7 +365,7 @@ def test_lazy_decay_stays_finite_over_long_runs() -> None:
 
 
 @pytest.mark.parametrize("relevance", ["conditional", "marginal"])
-def test_descriptors_are_log_fisher_ratios(relevance: str) -> None:
+def test_descriptors_are_log_fisher_ratios(relevance: Literal["conditional", "marginal"]) -> None:
     g = torch.Generator().manual_seed(0)
     fine = torch.randint(6, (200,), generator=g)
     labels = torch.stack([fine // 3, fine], 1)
@@ -375,7 +376,7 @@ def test_descriptors_are_log_fisher_ratios(relevance: str) -> None:
         momentum=1.0,
         relevance=relevance,
         warmup_steps=10,
-        normalize_input=False,  # type: ignore[arg-type]
+        normalize_input=False,
     )
     head(z[:100], labels[:100])
     head(z[100:], labels[100:])

@@ -1,3 +1,5 @@
+from typing import cast
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,7 +192,7 @@ def test_new_heads_train_in_the_masked_loss_chain(name: str) -> None:
     labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 2], [1, 3], [0, 0]])
     z0 = torch.randn(6, 8, requires_grad=True)
     z1 = torch.randn(6, 8)
-    head = create_head(name, num_levels=2, dim=8)
+    head = cast(FeatureMaskHead, create_head(name, num_levels=2, dim=8))
     masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))
     loss = HMLCLoss("hmce")(z0, z1, labels, masks=masks) + head.regularization(masks)
     # At init the masks are constant, so the chain equals plain HMLC. (Checked with "hmc":

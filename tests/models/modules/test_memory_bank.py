@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,7 +104,7 @@ def test_moves_and_casts_with_the_module_and_stores_in_its_dtype() -> None:
         ({"size": 4, "dim": 3, "num_levels": True}, "num_levels must be a positive int"),
     ],
 )
-def test_constructor_validation(kwargs: dict[str, int], match: str) -> None:
+def test_constructor_validation(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         HierarchicalMemoryBank(**kwargs)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightly_hmlc.models.modules import (
     AttentionMaskHead,
+    FeatureMaskHead,
     GMMFeatureMaskHead,
     QueryAttentionMaskHead,
     StaticMaskHead,
@@ -51,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 L, D, B = 3, 16, 8
 
-HEADS: dict[str, Callable[[], nn.Module]] = {
+HEADS: dict[str, Callable[[], FeatureMaskHead]] = {
     "gmm": lambda: GMMFeatureMaskHead(L, D, warmup_steps=10**6, momentum=0.9),
     "gmm-plain-sums": lambda: GMMFeatureMaskHead(L, D, warmup_steps=10**6, momentum=1.0),
     # 0.01 ** -51 > 1e100: the lazy decay is renormalised on the way, still without a read.
