@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.benchmarks.suite_utils import tiny_args
-from tests.loss.naive import hce_pair_level_means, penalty_weights
+from tests.loss.naive import hce_pair_level_means, penalty_weights, weighted_sum
 
 LABELS = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 4)
 
@@ -60,9 +60,7 @@ def test_each_level_s_term_is_on_its_own_projection_of_the_masked_backbone_featu
     # The methods' default hierarchy margin (0.2) acts in the level terms here too.
     means = hce_pair_level_means(level_z, LABELS, 0.1, "anchor_mean", margin=0.2)
     weights = penalty_weights(2, "exp")
-    expected = cast(
-        torch.Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
-    )
+    expected = weighted_sum(weights, means) / sum(weights)
     regularization = logs.get("mask_regularization", torch.zeros(()))
     assert torch.allclose(loss.double() - regularization.double(), expected, atol=1e-5)
     assert {"loss_level0", "loss_level1"} <= set(logs)

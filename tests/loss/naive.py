@@ -111,6 +111,11 @@ def penalty_weights(num_levels: int, penalty: str) -> list[float]:
     return [functions[penalty](1.0 / (num_levels - level)) for level in range(num_levels)]
 
 
+def weighted_sum(weights: list[float], terms: list[Tensor]) -> Tensor:
+    """``sum_l w_l * term_l``, a plain Python sum in level order (the level weighting)."""
+    return cast(Tensor, sum(w * t for w, t in zip(weights, terms, strict=True)))
+
+
 def positives_of(paths: list[list[int]], i: int, level: int) -> list[int]:
     """Rows that share anchor i's fully known prefix down to ``level`` (i excluded)."""
     prefix = paths[i][: level + 1]
@@ -245,7 +250,7 @@ def hmlc(
         return torch.stack(means).mean()
     weights = penalty_weights(num_levels, penalty)
     divisor = sum(weights) if normalize_weights else num_levels
-    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / divisor)
+    return weighted_sum(weights, means) / divisor
 
 
 def reference_algorithm(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,9 +89,7 @@ def _weighted(means: list[torch.Tensor], loss_type: str) -> torch.Tensor:
     if loss_type == "hce":
         return torch.stack(means).mean()
     weights = naive.penalty_weights(len(means), "exp")
-    return cast(
-        torch.Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
-    )
+    return naive.weighted_sum(weights, means) / sum(weights)
 
 
 @pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)

@@ -133,7 +133,7 @@ def loop_loss(
             for i in range(rows)
         ]
     ).mean()
-    total = sum(w * m for w, m in zip(weights, means, strict=True)) + instance_weight * instance
+    total = naive.weighted_sum(weights, means) + instance_weight * instance
     return total / (divisor + instance_weight), plain_means, instance
 
 

@@ -60,9 +60,7 @@ def _naive_masked(
     if loss_type == "hce":
         return torch.stack(level_terms).mean()
     weights = naive.penalty_weights(num_levels, "exp")
-    return cast(
-        Tensor, sum(w * t for w, t in zip(weights, level_terms, strict=True)) / sum(weights)
-    )
+    return naive.weighted_sum(weights, level_terms) / sum(weights)
 
 
 @pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)

@@ -90,12 +90,12 @@ def plain_hmce(means: list[Tensor]) -> Tensor:
     num_levels = len(means)
     means = [torch.stack(means[level:]).max() for level in range(num_levels)]
     weights = naive.penalty_weights(num_levels, "exp")
-    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights))
+    return naive.weighted_sum(weights, means) / sum(weights)
 
 
 def plain_weighted(means: list[Tensor]) -> Tensor:
     weights = naive.penalty_weights(len(means), "exp")
-    return cast(Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights))
+    return naive.weighted_sum(weights, means) / sum(weights)
 
 
 def _data(seed: int = 0, memory: int = MEMORY) -> tuple[Tensor, ...]:
@@ -164,9 +164,7 @@ def test_memory_changes_the_loss_and_gradients_match(loss_type: str) -> None:
         expected = torch.stack([torch.stack(means[h:]).max() for h in range(2)]).mean()
     else:
         weights = naive.penalty_weights(2, "exp")
-        expected = cast(
-            Tensor, sum(w * m for w, m in zip(weights, means, strict=True)) / sum(weights)
-        )
+        expected = naive.weighted_sum(weights, means) / sum(weights)
     (expected_grad,) = torch.autograd.grad(expected, [out0])
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(grad, expected_grad)
