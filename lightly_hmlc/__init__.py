@@ -12,6 +12,7 @@ from lightly_hmlc.loss import (
     GHMLCLoss,
     HMLCLoss,
     MaskedHMLCLoss,
+    ReferenceHMLCLoss,
     RegisteredHeadHMLCLoss,
     SupConLoss,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "LabelHierarchy",
     "MaskedHMLCLoss",
     "QueryAttentionMaskHead",
+    "ReferenceHMLCLoss",
     "RegisteredHeadHMLCLoss",
     "StaticMaskHead",
     "SupConLoss",

@@ -7,6 +7,7 @@ from lightly_hmlc.loss.masked import (
     MaskedHMLCLoss,
     RegisteredHeadHMLCLoss,
 )
+from lightly_hmlc.loss.reference import ReferenceHMLCLoss
 from lightly_hmlc.loss.supcon import SupConLoss
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "GHMLCLoss",
     "HMLCLoss",
     "MaskedHMLCLoss",
+    "ReferenceHMLCLoss",
     "RegisteredHeadHMLCLoss",
     "SupConLoss",
 ]

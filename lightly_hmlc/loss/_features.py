@@ -1,4 +1,4 @@
-"""The rows every level sees: L2-normalised embeddings, optionally per-level masked.
+"""The checked inputs of every loss: label paths, L2-normalised rows and masks.
 
 :func:`prepare_inputs` is the one entry of every loss: the checks of
 :func:`validate_inputs`, the normalisation, the masks, and, under
@@ -7,15 +7,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-import torch.nn.functional as F
 from lightly.utils import dist
 from torch import Tensor
 
 from lightly_hmlc.label_paths import check_label_paths
-from lightly_hmlc.loss._gather import LossBatch, share_errors
+from lightly_hmlc.loss._batch import share_errors
 
 
 def validate_inputs(
@@ -78,33 +75,6 @@ def check_finite(*embeddings: Tensor) -> None:
             "The embeddings contain NaN or Inf. Check the model's outputs (e.g. a diverged "
             "training step or a too-large learning rate)."
         )
-
-
-def apply_masks(
-    features: Tensor,
-    masks: Tensor,
-    num_levels: int,
-    source: str = "masks",
-    check_values: bool = True,
-) -> Tensor:
-    """Per-level masked features ``normalize(z * masks[:, h])``, shape ``[2B, L, D]``."""
-    masks = check_masks(features, masks, num_levels, source, check_values)
-    return mask_levels(features, masks)
-
-
-def mask_levels(features: Tensor, masks: Tensor) -> Tensor:
-    """``normalize(z * masks[:, h])`` of every level: ``[N, L, D]`` from rows ``[N, D]``
-    and checked masks ``[1 | N, L, D]``."""
-    return F.normalize(features.unsqueeze(1) * masks, dim=2)
-
-
-def mask_batch(batch: LossBatch, masks: Tensor) -> LossBatch:
-    """``batch`` with its anchors and contrast rows turned into per-level masked features
-    by shared masks ``[1, L, D]``; anchors that are the contrast rows stay one tensor
-    (masked once)."""
-    anchors = mask_levels(batch.anchors, masks)
-    contrast = anchors if batch.anchors is batch.contrast else mask_levels(batch.contrast, masks)
-    return dataclasses.replace(batch, anchors=anchors, contrast=contrast)
 
 
 def check_masks(
@@ -204,13 +174,12 @@ def prepare_inputs(
     """The one entry of every loss: checked ``[2B, L]`` labels, the rows and the masks.
 
     Returns the labels of both views, the L2-normalised rows ``[2B, D]`` and the masks
-    as :func:`check_masks` returns them (``None`` without masks). The masks are checked
-    here, with the inputs, but not applied: the fast masked level terms take the rows
-    and the masks apart (:func:`apply_masks` applies them).
+    as :func:`check_masks` returns them (``None`` without masks), checked here with the
+    inputs (one error decision for all ranks) and applied with the memory rows.
 
     With ``gather_distributed`` on several ranks and ``check_values``, a data error found
     on any rank is raised on every rank with the same message (see
-    :func:`~lightly_hmlc.loss._gather.share_errors`), before any other collective. With
+    :func:`~lightly_hmlc.loss._batch.share_errors`), before any other collective. With
     ``check_values=False`` nothing is exchanged: shape errors are still raised, but only
     by the rank that finds them.
     """

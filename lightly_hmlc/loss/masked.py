@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._features import check_masks
+from lightly_hmlc.loss._batch import check_memory, loss_batch
+from lightly_hmlc.loss._features import check_masks, prepare_inputs
 from lightly_hmlc.loss._levels import LayerPenalty
-from lightly_hmlc.loss._memory import check_memory
-from lightly_hmlc.loss.hmlc import _HierarchicalLoss
+from lightly_hmlc.loss.hmlc import HMLCLoss
 
 
-class MaskedHMLCLoss(_HierarchicalLoss):
+class MaskedHMLCLoss(HMLCLoss):
     """HMLC with a feature-mask head in front of the level terms (Ott et al. [0]).
 
     A convenience for one-line use: the loss owns ``mask_head`` and runs the chain
@@ -40,9 +40,8 @@ class MaskedHMLCLoss(_HierarchicalLoss):
 
     Args:
         mask_head: The module that produces the per-level masks.
-        loss_type, temperature, layer_penalty, num_levels, normalize_weights,
-        gather_distributed, hce_form, check_values, level_balance, supcon_form,
-        instance_weight, hierarchy_margin: As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, hce_form, hierarchy_margin,
+        num_levels, gather_distributed, check_values: As in :class:`HMLCLoss`.
 
     Examples:
         >>> import torch
@@ -63,31 +62,23 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         self,
         mask_head: nn.Module,
         loss_type: str = "hmce",
-        temperature: float | Sequence[float] = 0.1,
+        temperature: float = 0.1,
         layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
-        num_levels: int | None = None,
-        normalize_weights: bool = True,
-        gather_distributed: bool = False,
-        hce_form: str | None = None,
-        check_values: bool = True,
-        level_balance: str = "none",
-        supcon_form: str = "out",
-        instance_weight: float = 0.0,
+        hce_form: str = "anchor_mean",
         hierarchy_margin: float = 0.0,
+        num_levels: int | None = None,
+        gather_distributed: bool = False,
+        check_values: bool = True,
     ) -> None:
         super().__init__(
             loss_type=loss_type,
             temperature=temperature,
             layer_penalty=layer_penalty,
-            num_levels=num_levels,
-            normalize_weights=normalize_weights,
-            gather_distributed=gather_distributed,
             hce_form=hce_form,
-            check_values=check_values,
-            level_balance=level_balance,
-            supcon_form=supcon_form,
-            instance_weight=instance_weight,
             hierarchy_margin=hierarchy_margin,
+            num_levels=num_levels,
+            gather_distributed=gather_distributed,
+            check_values=check_values,
         )
         if not isinstance(mask_head, nn.Module):
             raise ValueError(
@@ -96,7 +87,7 @@ class MaskedHMLCLoss(_HierarchicalLoss):
             )
         self.mask_head = mask_head
 
-    def forward(
+    def forward(  # type: ignore[override]  # the head makes the masks
         self,
         out0: Tensor,
         out1: Tensor,
@@ -121,19 +112,28 @@ class MaskedHMLCLoss(_HierarchicalLoss):
         Returns:
             The scalar loss, or ``(loss, level_losses)`` with ``return_level_losses``.
         """
-        paths, features, _ = self._prepare(out0, out1, labels)
+        paths, features, _ = prepare_inputs(
+            out0, out1, labels, self.num_levels, self.check_values, self.gather_distributed
+        )
+        num_levels = paths.shape[1]
         masks = self.mask_head(features, paths)
         checked = check_masks(
-            features, masks, paths.shape[1], "The mask head's output", self.check_values
+            features, masks, num_levels, "The mask head's output", self.check_values
         )
-        bank = check_memory(memory, features, paths.shape[1], self.check_values)
+        bank = check_memory(memory, features, num_levels, self.check_values)
         if bank is not None and memory_masks is None and checked.shape[0] > 1:
             # Per-row masks: the memory rows get theirs from the same head.
             memory_masks = self.mask_head(bank[0])
-        # The checked rows go on (an empty memory as given, so that the level terms'
-        # own refusals still see it): the memory is validated once per call.
-        memory = memory if bank is None else bank
-        loss, level_losses = self._memory_loss(features, paths, checked, memory, memory_masks)
+        batch = loss_batch(
+            features,
+            paths,
+            checked,
+            memory if bank is None else bank,  # validated once per call
+            memory_masks,
+            self.gather_distributed,
+            self.check_values,
+        )
+        loss, level_losses = self._batch_loss(batch)
         regularize = getattr(self.mask_head, "regularization", None)
         if callable(regularize):
             loss = loss + regularize(masks)
@@ -144,9 +144,7 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
     """A masked loss that builds its own head from ``num_levels``, ``dim`` and options.
 
     ``hierarchy_margin=None`` takes the class's ``default_hierarchy_margin``: 0.2 for
-    G-HMLC and A-HMLC, which with it beat HMCE at the coarse level on three datasets'
-    validation splits (benchmarks/RESULTS.md, "The hierarchy margin in the hierarchical
-    losses"), 0 for heads it was not measured with.
+    G-HMLC and A-HMLC, chosen on validation (``docs/METHOD.md``), 0 for other heads.
     """
 
     default_hierarchy_margin: float = 0.0
@@ -156,16 +154,12 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
         num_levels: int,
         dim: int,
         loss_type: str = "hmce",
-        temperature: float | Sequence[float] = 0.1,
+        temperature: float = 0.1,
         layer_penalty: str | Sequence[float] | LayerPenalty = "exp",
-        normalize_weights: bool = True,
-        gather_distributed: bool = False,
-        hce_form: str | None = None,
-        check_values: bool = True,
-        level_balance: str = "none",
-        supcon_form: str = "out",
-        instance_weight: float = 0.0,
+        hce_form: str = "anchor_mean",
         hierarchy_margin: float | None = None,
+        gather_distributed: bool = False,
+        check_values: bool = True,
         **head_kwargs: Any,
     ) -> None:
         if hierarchy_margin is None:
@@ -175,15 +169,11 @@ class _HeadBuildingLoss(MaskedHMLCLoss):
             loss_type=loss_type,
             temperature=temperature,
             layer_penalty=layer_penalty,
-            num_levels=num_levels,
-            normalize_weights=normalize_weights,
-            gather_distributed=gather_distributed,
             hce_form=hce_form,
-            check_values=check_values,
-            level_balance=level_balance,
-            supcon_form=supcon_form,
-            instance_weight=instance_weight,
             hierarchy_margin=hierarchy_margin,
+            num_levels=num_levels,
+            gather_distributed=gather_distributed,
+            check_values=check_values,
         )
 
     @staticmethod
@@ -200,13 +190,10 @@ class GHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
-            :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, hce_form, num_levels,
+        gather_distributed, check_values: As in :class:`HMLCLoss`.
         hierarchy_margin: As in :class:`HMLCLoss`, but on by default: ``None`` means
-            0.2, the margin chosen on validation (benchmarks/RESULTS.md; docs/METHOD.md,
-            "The hierarchy margin"). Pass 0 for the margin-free loss (needed with
-            ``supcon_form="in"``).
+            0.2, the margin chosen on validation (``docs/METHOD.md``). 0 turns it off.
         **head_kwargs: Passed to ``GMMFeatureMaskHead`` (e.g. ``refit_every``).
 
     Examples:
@@ -239,9 +226,8 @@ class AHMLCLoss(_HeadBuildingLoss):
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight: As in
-            :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, hce_form, num_levels,
+        gather_distributed, check_values: As in :class:`HMLCLoss`.
         hierarchy_margin: As in :class:`GHMLCLoss`: ``None`` (default) means 0.2.
         **head_kwargs: Passed to ``AttentionMaskHead`` (e.g. ``gate="softmax"``).
 
@@ -276,9 +262,8 @@ class RegisteredHeadHMLCLoss(_HeadBuildingLoss):
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
         head: The head's registry name (``lightly_hmlc.registry.list_components()``).
-        loss_type, temperature, layer_penalty, normalize_weights, gather_distributed,
-        hce_form, check_values, level_balance, supcon_form, instance_weight,
-        hierarchy_margin: As in :class:`HMLCLoss`.
+        loss_type, temperature, layer_penalty, hce_form, hierarchy_margin,
+        num_levels, gather_distributed, check_values: As in :class:`HMLCLoss`.
         **head_kwargs: Passed to the head.
 
     Examples:

@@ -1,4 +1,4 @@
-"""Per-level temperatures, L_in and the instance term through the suite and the lab."""
+"""Loss options (``--loss-option``, lab variants) through the suite and the lab."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tests.benchmarks.suite_utils import load_metrics, tiny_args
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 OPTIONS = [
-    "--loss-option", "temperature=[0.3,0.2,0.1]",
-    "--loss-option", 'supcon_form="in"',
-    "--loss-option", "instance_weight=1.0",
+    "--loss-option", "temperature=0.3",
+    "--loss-option", "layer_penalty=[0.5,1.0,2.0]",
+    "--loss-option", "hierarchy_margin=0.1",
 ]  # fmt: skip
 
 
@@ -27,32 +27,33 @@ def test_the_options_reach_the_loss_and_a_loss_temperature_overrides_the_flag() 
         args, "hmc", num_classes_per_level=[2, 4, 8], temperature=args.temperature
     )
     criterion = model.criterion
-    assert criterion.temperature == (0.3, 0.2, 0.1)  # the loss option, not --temperature
-    assert (criterion.supcon_form, criterion.instance_weight) == ("in", 1.0)
+    assert criterion.temperature == 0.3  # the loss option, not --temperature
+    assert criterion.hierarchy_margin == 0.1
+    assert criterion.level_weights(3).tolist() == [0.5 / 3.5, 1.0 / 3.5, 2.0 / 3.5]
     assert model.temperature == 0.4  # the suite's flag is kept for the rest of the suite
     assert model.hparams["loss_options"] == {
-        "temperature": [0.3, 0.2, 0.1],
-        "supcon_form": "in",
-        "instance_weight": 1.0,
+        "temperature": 0.3,
+        "layer_penalty": [0.5, 1.0, 2.0],
+        "hierarchy_margin": 0.1,
     }
     # Without a loss option the flag is the loss's temperature; masked methods too.
     flag_only = main.parse_args(["--temperature", "0.4"])
     plain = main.build_model(flag_only, "hmce", num_classes_per_level=[2, 4], temperature=0.4)
     assert plain.criterion.temperature == 0.4
-    args = main.parse_args(["--temperature", "0.4", "--loss-option", "temperature=[0.2,0.1]"])
+    args = main.parse_args(["--temperature", "0.4", "--loss-option", "temperature=0.2"])
     masked = main.build_model(
         args, "g-hmlc", num_classes_per_level=[2, 4], proj_dim=8, temperature=args.temperature
     )
-    assert masked.criterion.temperature == (0.2, 0.1)
+    assert masked.criterion.temperature == 0.2
 
 
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        ("temperature=[0.2,0.1]", "temperature has 2 values (one per level) but the labels have 3"),
-        ("temperature=[0.2,-0.1,0.1]", "temperature[1] must be > 0"),
-        ('supcon_form="inner"', "Unknown supcon_form 'inner'"),
-        ("instance_weight=-1", "instance_weight must be a finite number >= 0"),
+        ("temperature=-0.1", "temperature must be > 0"),
+        ("hierarchy_margin=-1", "hierarchy_margin must be finite and >= 0"),
+        ('hce_form="pair"', "Unknown hce_form 'pair'"),
+        ('supcon_form="in"', "supcon_form"),
     ],
 )
 def test_bad_values_are_clean_errors_before_training(
@@ -64,46 +65,36 @@ def test_bad_values_are_clean_errors_before_training(
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_l_in_with_the_per_pair_form_is_a_clean_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = tiny_args(tmp_path, "--methods", "hmce", "--loss-option", 'supcon_form="in"')
-    assert main.main(args) == 2
-    assert "L_in has no per-pair losses" in capsys.readouterr().err
-
-
 def test_the_lab_variant_syntax_carries_the_options() -> None:
-    text = "supcon,t=hmc:temperature=[0.3,0.2,0.1]:supcon_form=in:instance_weight=1.0,hmce"
+    text = "supcon,t=hmc:temperature=0.3:layer_penalty=[0.5,1.0,2.0]:hierarchy_margin=0.1,hmce"
     variants = [Variant.parse(part) for part in split_variants(text)]
     assert [v.name for v in variants] == ["supcon", "t", "hmce"]
     variant = variants[1]
     assert variant.loss_options == {
-        "temperature": [0.3, 0.2, 0.1],
-        "supcon_form": "in",
-        "instance_weight": 1.0,
+        "temperature": 0.3,
+        "layer_penalty": [0.5, 1.0, 2.0],
+        "hierarchy_margin": 0.1,
     }
     args = main.parse_args(variant.suite_args())
     model = main.build_model(args, variant.method, num_classes_per_level=[2, 4, 8])
-    assert model.criterion.temperature == (0.3, 0.2, 0.1)
-    assert model.criterion.supcon_form == "in" and model.criterion.instance_weight == 1.0
+    assert model.criterion.temperature == 0.3 and model.criterion.hierarchy_margin == 0.1
     # suite.temperature is the flag: the loss option still wins for the loss.
-    both = Variant.parse("b=hmc:temperature=[0.3,0.2,0.1]:suite.temperature=0.5")
+    both = Variant.parse("b=hmc:temperature=0.3:suite.temperature=0.5")
     assert both.suite_args()[-2:] == ["--temperature", "0.5"]
     args = main.parse_args(both.suite_args())
     model = main.build_model(
         args, "hmc", num_classes_per_level=[2, 4, 8], temperature=args.temperature
     )
-    assert model.criterion.temperature == (0.3, 0.2, 0.1) and model.temperature == 0.5
+    assert model.criterion.temperature == 0.3 and model.temperature == 0.5
 
 
-def test_a_run_with_the_options_logs_the_instance_term(tmp_path: Path) -> None:
+def test_a_run_records_the_loss_options(tmp_path: Path) -> None:
     args = tiny_args(tmp_path, "--methods", "hmc", "--no-plots", "--temperature", "0.4", *OPTIONS)
     assert main.main(args) == 0
     run_dir = tmp_path / "shapes" / "hmc" / "seed0"
     # The record keeps both: the suite's flag and what the loss got (which won).
     record = load_metrics(run_dir)
-    assert record["run"]["loss_options"]["temperature"] == [0.3, 0.2, 0.1]
+    assert record["run"]["loss_options"]["temperature"] == 0.3
     assert json.loads((run_dir / "config.json").read_text())["temperature"] == 0.4
     stats = json.loads((run_dir / "train_stats.json").read_text())
-    # Three label levels, then the instance term.
-    assert {f"train/loss_level{level}" for level in range(4)} <= set(stats["history"])
+    assert {f"train/loss_level{level}" for level in range(3)} <= set(stats["history"])

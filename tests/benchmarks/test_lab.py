@@ -105,7 +105,7 @@ def test_prepare_cifar10_lt3_builds_a_3_level_imbalanced_tree(tmp_path: Path) ->
 def test_variant_list_keeps_json_lists_whole() -> None:
     from lab import split_variants
 
-    text = "supcon,aux=hmc:layer_penalty=[1.0,2.0]:normalize_weights=false,hmce"
+    text = "supcon,aux=hmc:layer_penalty=[1.0,2.0]:hierarchy_margin=0.1,hmce"
     names = [Variant.parse(v).name for v in split_variants(text)]
     assert names == ["supcon", "aux", "hmce"]
     assert Variant.parse(split_variants(text)[1]).loss_options["layer_penalty"] == [1.0, 2.0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.loss import HMLCLoss, ReferenceHMLCLoss, SupConLoss
 from tests.loss import naive
 from tests.two_ranks import WORLD_SIZE, run_on_two_ranks
 
@@ -23,7 +23,7 @@ CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("hmlc", {"loss_type": "hmce"}),
     ("hmlc", {"loss_type": "hmce", "hce_form": "batch_mean"}),
     ("hmlc", {"loss_type": "hmce", "hierarchy_margin": 0.3}),
-    ("hmlc", {"loss_type": "hmce", "reference_compatible": True}),
+    ("reference", {"loss_type": "hmce"}),
 ]
 
 
@@ -32,6 +32,8 @@ def _make_loss(kind: str, kwargs: dict[str, object], gather: bool) -> nn.Module:
         margin = float(kwargs.get("hierarchy_margin", 0.0))  # type: ignore[arg-type]
         return SupConLoss(temperature=0.2, gather_distributed=gather, hierarchy_margin=margin)
     kwargs = {k: v for k, v in kwargs.items() if k != "paths"}
+    if kind == "reference":
+        return ReferenceHMLCLoss(temperature=0.2, gather_distributed=gather, **kwargs)  # type: ignore[arg-type]
     return HMLCLoss(temperature=0.2, gather_distributed=gather, **kwargs)  # type: ignore[arg-type]
 
 
@@ -51,7 +53,7 @@ def _global_batch(unknown: float) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def _rank_results(rank: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     results = []
     for index, (kind, kwargs) in enumerate(CONFIGS):
-        unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
+        unknown = 0.0 if kind == "reference" else 0.25
         out0, out1, labels = _global_batch(unknown)
         rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         local0 = out0[rows].clone().requires_grad_(True)
@@ -68,7 +70,7 @@ def _rank_results(rank: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torc
 def test_gathered_loss_equals_global_batch_loss(tmp_path: Path) -> None:
     per_rank = run_on_two_ranks(_rank_results, tmp_path)
     for index, (kind, kwargs) in enumerate(CONFIGS):
-        unknown = 0.0 if kwargs.get("reference_compatible") else 0.25
+        unknown = 0.0 if kind == "reference" else 0.25
         out0, out1, labels = _global_batch(unknown)
         out0.requires_grad_(True)
         out1.requires_grad_(True)

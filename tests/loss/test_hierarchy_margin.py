@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.loss import HMLCLoss, ReferenceHMLCLoss, SupConLoss
 from lightly_hmlc.loss.masked import (
     AHMLCLoss,
     GHMLCLoss,
@@ -69,8 +69,6 @@ def test_bad_margins_name_the_fix() -> None:
     for not_a_number in (True, "0.1", float("nan")):
         with pytest.raises(ValueError, match="finite and >= 0"):
             SupConLoss(hierarchy_margin=not_a_number)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="L_out form only"):
-        SupConLoss(hierarchy_margin=0.1, supcon_form="in")
     out0, out1 = torch.randn(4, 3), torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"needs \[B, L\] label paths"):
         SupConLoss(hierarchy_margin=0.1)(out0, out1, torch.tensor([0, 0, 1, 1]))
@@ -115,17 +113,6 @@ def test_hmlc_finest_term_is_supcon_with_the_margin() -> None:
     )
 
 
-def test_hmlc_margin_per_level_temperature_scales_each_level() -> None:
-    out0, out1, labels = _batch(6, [2, 3], unknown=0.2)
-    ours = HMLCLoss("hmc", temperature=[0.3, 0.1], hierarchy_margin=0.25)(out0, out1, labels)
-    z = [naive.stacked_views(out0, out1)] * 2
-    means = [
-        naive.hce_pair_level_means(z, labels, temperature, "none", 0.25)[level]
-        for level, temperature in enumerate([0.3, 0.1])
-    ]
-    naive.assert_value_and_gradients_close(ours, _weighted(means, "hmc"), [out0, out1])
-
-
 class _Masks(nn.Module):
     """The same masks every call: shared ``[1, L, D]`` or per row ``[2B, L, D]``."""
 
@@ -137,7 +124,7 @@ class _Masks(nn.Module):
         return self.masks
 
 
-@pytest.mark.parametrize("hce_form", ["anchor_mean", "pair", "batch_mean"])
+@pytest.mark.parametrize("hce_form", ["anchor_mean", "batch_mean"])
 @pytest.mark.parametrize("per_row", [False, True])
 def test_masked_margin_matches_the_loop(hce_form: str, per_row: bool) -> None:
     out0, out1, labels = _batch(7, [2, 3], unknown=0.2)
@@ -174,13 +161,9 @@ def test_feature_identification_losses_take_the_margin_by_default(
     default, explicit = _seeded(loss_class), _seeded(loss_class, hierarchy_margin=0.2)
     without = _seeded(loss_class, hierarchy_margin=0.0)
     assert "hierarchy_margin=0.2" in repr(default)
-    assert "hierarchy_margin" not in repr(without)
+    assert "hierarchy_margin=0.0" in repr(without)
     assert torch.equal(default(out0, out1, labels), explicit(out0, out1, labels))
     assert default(out0, out1, labels) > without(out0, out1, labels)
-    with pytest.raises(ValueError, match="pass hierarchy_margin=0 with supcon_form='in'"):
-        loss_class(num_levels=2, dim=6, loss_type="hmc", supcon_form="in")
-    in_form = loss_class(num_levels=2, dim=6, loss_type="hmc", supcon_form="in", hierarchy_margin=0)
-    assert in_form.hierarchy_margin == 0.0
 
 
 def test_masked_losses_without_a_measured_margin_default_to_none() -> None:
@@ -193,11 +176,9 @@ def test_masked_losses_without_a_measured_margin_default_to_none() -> None:
 def test_hmlc_margin_combinations_name_the_fix() -> None:
     with pytest.raises(ValueError, match="finite and >= 0"):
         HMLCLoss(hierarchy_margin=-1.0)
-    with pytest.raises(ValueError, match="L_out form only"):
-        HMLCLoss("hmc", supcon_form="in", hierarchy_margin=0.1)
-    with pytest.raises(ValueError, match="no margin"):
-        HMLCLoss(reference_compatible=True, hierarchy_margin=0.1)
+    with pytest.raises(TypeError, match="hierarchy_margin"):
+        ReferenceHMLCLoss(hierarchy_margin=0.1)  # type: ignore[call-arg]
     out0, out1 = torch.randn(4, 3), torch.randn(4, 3)
     with pytest.raises(ValueError, match="L >= 2"):
         HMLCLoss(hierarchy_margin=0.1)(out0, out1, torch.tensor([0, 0, 1, 1]))
-    assert "hierarchy_margin" not in repr(HMLCLoss())
+    assert "hierarchy_margin=0.0" in repr(HMLCLoss())

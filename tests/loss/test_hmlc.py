@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightly_hmlc.loss import HMLCLoss, SupConLoss
+from lightly_hmlc.loss import HMLCLoss, ReferenceHMLCLoss, SupConLoss
 from tests.loss import naive
 
 
@@ -25,11 +25,8 @@ def _inputs(
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
 @pytest.mark.parametrize("penalty", ["exp", "pow2"])
-@pytest.mark.parametrize("normalize_weights", [True, False])
 @pytest.mark.parametrize("unknown", [0.0, 0.3])
-def test_value_and_gradients_match_naive(
-    loss_type: str, penalty: str, normalize_weights: bool, unknown: float
-) -> None:
+def test_value_and_gradients_match_naive(loss_type: str, penalty: str, unknown: float) -> None:
     for seed in range(2):
         out0, out1, labels = _inputs(seed, unknown=unknown)
         out0.requires_grad_(True)
@@ -38,21 +35,18 @@ def test_value_and_gradients_match_naive(
             loss_type,
             temperature=0.3,
             layer_penalty=penalty,
-            normalize_weights=normalize_weights,
             hce_form="batch_mean",
         )
         ours = loss_fn(out0, out1, labels)
         grads = torch.autograd.grad(ours, [out0, out1])
-        expected = naive.hmlc(
-            out0, out1, labels, loss_type, 0.3, penalty, normalize_weights, "batch_mean"
-        )
+        expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, penalty, True, "batch_mean")
         expected_grads = torch.autograd.grad(expected, [out0, out1])
         torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
         for got, want in zip(grads, expected_grads, strict=True):
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("form", [None, "pair", "anchor_mean"])  # None: the default
+@pytest.mark.parametrize("form", [None, "anchor_mean"])  # None: the default
 @pytest.mark.parametrize("loss_type", ["hce", "hmce"])
 @pytest.mark.parametrize("unknown", [0.0, 0.3])
 def test_per_pair_hce_matches_naive_pair_loop(
@@ -61,7 +55,7 @@ def test_per_pair_hce_matches_naive_pair_loop(
     out0, out1, labels = _inputs(11, batch_size=8, unknown=unknown)
     out0.requires_grad_(True)
     out1.requires_grad_(True)
-    ours, level_losses = HMLCLoss(loss_type, temperature=0.3, hce_form=form)(
+    ours, level_losses = HMLCLoss(loss_type, temperature=0.3, hce_form=form or "anchor_mean")(
         out0, out1, labels, return_level_losses=True
     )
     expected = naive.hmlc(out0, out1, labels, loss_type, 0.3, "exp", True, form or "anchor_mean")
@@ -91,45 +85,25 @@ def _clustered(seed: int, batch_size: int = 24) -> tuple[torch.Tensor, torch.Ten
     return view(), view(), labels
 
 
-def test_per_pair_hmce_differs_from_hmc_on_a_clustered_embedding() -> None:
+def test_anchor_mean_bound_binds_on_a_clustered_embedding() -> None:
     out0, out1, labels = _clustered(0)
     hmc = HMLCLoss("hmc")(out0, out1, labels)
-    hmce, level_losses = HMLCLoss("hmce", hce_form="pair")(
-        out0, out1, labels, return_level_losses=True
-    )
+    anchor_mean, level_losses = HMLCLoss("hmce")(out0, out1, labels, return_level_losses=True)
     batch_mean = HMLCLoss("hmce", hce_form="batch_mean")(out0, out1, labels)
     # The batch-mean constraint never binds here: the coarse term is the larger one...
     assert level_losses[0] > level_losses[1]
     torch.testing.assert_close(batch_mean, hmc)
-    # ...but per pair it does: coarse positives closer than the worst fine one are raised.
-    assert hmce > hmc + 1e-3
-    expected = naive.hmlc(out0, out1, labels, "hmce", 0.1, "exp", True, "pair")
-    torch.testing.assert_close(hmce, expected)
-
-
-def test_anchor_mean_bound_binds_on_a_clustered_embedding_and_is_milder_than_pair() -> None:
-    out0, out1, labels = _clustered(0)
-    hmc = HMLCLoss("hmc")(out0, out1, labels)
-    pair = HMLCLoss("hmce", hce_form="pair")(out0, out1, labels)
-    anchor_mean = HMLCLoss("hmce")(out0, out1, labels)  # the default form
-    # The mean of the finer pair losses never exceeds their maximum, and it binds: the
-    # coarse term's same-class pairs below the anchor's mean fine loss are raised.
-    assert hmc + 1e-4 < anchor_mean < pair - 1e-3
+    # ...but per pair it does: coarse positives closer than the anchor's mean fine pair
+    # are raised.
+    assert hmc + 1e-4 < anchor_mean
     expected = naive.hmlc(out0, out1, labels, "hmce", 0.1, "exp", True, "anchor_mean")
     torch.testing.assert_close(anchor_mean, expected)
 
 
 def test_hce_form_validation() -> None:
     with pytest.raises(ValueError, match="Unknown hce_form"):
-        HMLCLoss("hce", hce_form="per_anchor")
-    for form in ("pair", "same_pair", "anchor_mean"):  # never silently ignored
-        with pytest.raises(ValueError, match=f"reference_compatible=True applies.*'{form}'"):
-            HMLCLoss("hce", reference_compatible=True, hce_form=form)
-    assert HMLCLoss("hce", reference_compatible=True, hce_form="batch_mean").hce_form == (
-        "batch_mean"
-    )
+        HMLCLoss("hce", hce_form="pair")
     assert HMLCLoss("hce").hce_form == "anchor_mean"
-    assert HMLCLoss("hce", reference_compatible=True).hce_form == "batch_mean"
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
@@ -138,9 +112,7 @@ def test_reference_compatible_matches_reference_algorithm(loss_type: str, penalt
     for seed in range(3):
         out0, out1, labels = _inputs(seed, batch_size=12, branching=(2, 3, 2))
         out0.requires_grad_(True)
-        loss_fn = HMLCLoss(
-            loss_type, temperature=0.1, layer_penalty=penalty, reference_compatible=True
-        )
+        loss_fn = ReferenceHMLCLoss(loss_type, temperature=0.1, layer_penalty=penalty)
         ours = loss_fn(out0, out1, labels)
         expected = naive.reference_algorithm(out0, out1, labels, loss_type, 0.1, penalty)
         torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
@@ -152,7 +124,7 @@ def test_reference_compatible_matches_reference_algorithm(loss_type: str, penalt
 def test_reference_mode_differs_from_paper_formula() -> None:
     out0, out1, labels = _inputs(0, batch_size=12)
     paper = HMLCLoss("hmce")(out0, out1, labels)
-    reference = HMLCLoss("hmce", reference_compatible=True)(out0, out1, labels)
+    reference = ReferenceHMLCLoss("hmce")(out0, out1, labels)
     assert not torch.allclose(paper, reference)
 
 
@@ -160,7 +132,7 @@ def test_reference_mode_rejects_unknown_labels() -> None:
     out0, out1, labels = _inputs(0, unknown=0.5)
     assert (labels < 0).any()
     with pytest.raises(ValueError, match="does not support -1"):
-        HMLCLoss(reference_compatible=True)(out0, out1, labels)
+        ReferenceHMLCLoss()(out0, out1, labels)
 
 
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
@@ -267,7 +239,6 @@ def test_invariant_to_batch_permutation_and_relabelling(seed: int, loss_type: st
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"num_levels": 0}, "num_levels must be >= 1"),
         ({"layer_penalty": "cubic"}, "Unknown layer_penalty"),
-        ({"base_temperature": -1.0}, "base_temperature must be > 0"),
     ],
 )
 def test_constructor_validation(kwargs: dict[str, object], message: str) -> None:
@@ -339,22 +310,18 @@ def test_repr_names_the_settings() -> None:
             temperature=0.2,
             layer_penalty="pow2",
             num_levels=3,
-            normalize_weights=False,
             gather_distributed=True,
-            hce_form="same_pair",
+            hce_form="batch_mean",
             check_values=False,
-            level_balance="class",
         )
     )
     assert text == (
-        "HMLCLoss(loss_type='hmc', temperature=0.2, layer_penalty='pow2', num_levels=3, "
-        "normalize_weights=False, hce_form='same_pair', level_balance='class', "
+        "HMLCLoss(loss_type='hmc', temperature=0.2, layer_penalty='pow2', "
+        "hce_form='batch_mean', hierarchy_margin=0.0, num_levels=3, "
         "gather_distributed=True, check_values=False)"
     )
-    # The reference mode's own settings appear only in that mode.
-    reference = repr(HMLCLoss(reference_compatible=True, base_temperature=0.5))
-    assert "hce_form='batch_mean'" in reference
-    assert reference.endswith("reference_compatible=True, base_temperature=0.5)")
+    reference = repr(ReferenceHMLCLoss(base_temperature=0.5))
+    assert reference.endswith("base_temperature=0.5)")
 
 
 def test_repr_shows_a_penalty_by_name_weights_or_function_name() -> None:

@@ -54,7 +54,7 @@ def plain_pair_level_means(
     level_rows: list[Tensor], paths: list[list[int]], num_anchors: int, temperature: float
 ) -> list[Tensor]:
     """As :func:`plain_level_means` with HiConE per pair: pair (i, p) at level l costs at
-    least the worst pair loss of the same anchor at every finer level."""
+    least the anchor's mean pair loss at every finer level where it has positives."""
 
     def positives(i: int, level: int) -> list[int]:
         prefix = paths[i][: level + 1]
@@ -72,7 +72,11 @@ def plain_pair_level_means(
     for level in range(num_levels):
         terms = []
         for i in range(num_anchors):
-            finer = [pair(f, i, q) for f in range(level + 1, num_levels) for q in positives(i, f)]
+            finer = [
+                torch.stack([pair(f, i, q) for q in positives(i, f)]).mean()
+                for f in range(level + 1, num_levels)
+                if positives(i, f)
+            ]
             pairs = []
             for p in positives(i, level):
                 loss = pair(level, i, p)
@@ -132,7 +136,7 @@ def _plain(
     return means(level_rows, paths, 2 * BATCH, temperature)
 
 
-@pytest.mark.parametrize("hce_form", ["pair", "batch_mean"])
+@pytest.mark.parametrize("hce_form", ["anchor_mean", "batch_mean"])
 def test_hmlc_with_memory_equals_plain_computation_over_batch_and_queue(hce_form: str) -> None:
     out0, out1, labels, bank, bank_labels = _data()
     assert bool((bank_labels < 0).any()) and bool((labels < 0).any())  # -1 on both sides
@@ -142,7 +146,7 @@ def test_hmlc_with_memory_equals_plain_computation_over_batch_and_queue(hce_form
     )
     means = _plain(out0, out1, labels, bank, bank_labels, 0.3)
     torch.testing.assert_close(level_losses, torch.stack(means).detach())
-    if hce_form == "pair":
+    if hce_form == "anchor_mean":
         expected = plain_weighted(_plain(out0, out1, labels, bank, bank_labels, 0.3, pair=True))
     else:
         expected = plain_hmce(means)
@@ -204,7 +208,7 @@ class FixedMaskHead(nn.Module):
         return self.masks.unsqueeze(0)
 
 
-@pytest.mark.parametrize("hce_form", ["pair", "batch_mean"])
+@pytest.mark.parametrize("hce_form", ["anchor_mean", "batch_mean"])
 @pytest.mark.parametrize("kind", ["partition", "overlapping"])
 def test_shared_masks_apply_to_memory_rows(kind: str, hce_form: str) -> None:
     out0, out1, labels, bank, bank_labels = _data(4)
@@ -220,7 +224,7 @@ def test_shared_masks_apply_to_memory_rows(kind: str, hce_form: str) -> None:
     convenience = MaskedHMLCLoss(FixedMaskHead(masks), temperature=0.3, hce_form=hce_form)(
         out0, out1, labels, memory=memory
     )
-    pair = hce_form == "pair"
+    pair = hce_form == "anchor_mean"
     means = _plain(out0, out1, labels, bank, bank_labels, 0.3, masks[None], masks[None], pair)
     expected = plain_weighted(means) if pair else plain_hmce(means)
     torch.testing.assert_close(chain, expected)
@@ -266,7 +270,7 @@ def test_a_hmlc_convenience_masks_memory_rows_with_its_head() -> None:
 def test_a_masked_loss_checks_its_memory_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # The head needs the checked rows before the level terms run; they must not check
     # (and, with check_values, synchronise on) the same rows a second time.
-    import lightly_hmlc.loss._memory as memory_module
+    import lightly_hmlc.loss._batch as memory_module
 
     memory_checks = []
     check_label_paths = memory_module.check_label_paths
@@ -318,13 +322,6 @@ def _error(**kwargs: object) -> None:
             r"memory_masks has shape \(2, 2, 5\)",
         ),
         ({"memory_masks": torch.rand(1, 2, DIM).double()}, "without masks"),
-        (
-            {
-                "loss_fn": HMLCLoss("hmce", reference_compatible=True),
-                "memory": (torch.randn(3, DIM).double(), torch.zeros(3, 2).long()),
-            },
-            "reference_compatible=True takes no memory",
-        ),
     ],
 )
 def test_bad_memory_raises_a_clear_error(kwargs: dict[str, object], match: str) -> None:
