@@ -93,7 +93,7 @@ run_step() {  # run_step NAME LIMIT COMMAND...: output to $OUT_DIR/NAME.md and t
 REFERENCE_ARGS=()
 [[ -n "$REFERENCE" ]] && REFERENCE_ARGS=(--reference-repo "$REFERENCE" --reference-max-batch 4096)
 run_step loss_speed "$LIMIT_LOSS" "$PY" benchmarks/loss_speed.py --device "$DEVICE" \
-    --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups core,masked,memory \
+    --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups defaults,core,memory,compiled \
     --memory "$MEMORY" "${REFERENCE_ARGS[@]}" "${LOSS_EXTRA[@]}" \
     --output "$OUT_DIR/loss_speed.json"
 

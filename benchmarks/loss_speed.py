@@ -1,39 +1,28 @@
-"""Forward + backward time and peak memory of the hierarchical losses.
+"""Forward + backward time and peak memory of the losses, against SupCon.
 
-Compares, at dim 128 and several batch sizes:
+Groups of rows (``--groups``), at dim 128 and several batch sizes, on a 3-level tree
+(20 > 100 > 500 classes; ``core`` also 2 and 4 levels):
 
-- ``SupConLoss`` (one level);
-- ``HMLCLoss`` (hmce) with 2, 3 and 4 levels;
-- a straightforward per-level loop: one ``[2B, 2B]`` positive mask and one SupCon pass
-  per level, written the usual way (the baseline the shared level core replaces);
-- optionally the public reference implementation of Zhang et al., loaded at run time
-  from a local clone given with ``--reference-repo`` (its ``losses/losses.py``; nothing
-  of it is part of this package);
-- the masked losses (group ``masked``), margin-free (``hierarchy_margin=0``: the
-  margin, their default, has no fast masked path; group ``margin``): ``GHMLCLoss`` with
-  fitted masks (nested, the default, and a partition, ``nested=False``) and
-  ``AHMLCLoss``, each with its head in training mode (the GMM statistics update and the
-  attention MLPs are part of the step), against the same masks through the general
-  per-level path (full-width masked features, autograd's log-sum-exp, and for the
-  per-pair form the dense ``[L, N, N]`` pair losses), which is what the masked losses
-  ran before the fast masked level terms; both ``hce_form``s are measured (``pair``,
-  the default, and ``batch_mean``);
-- a memory bank (group ``memory``): HMCE with ``K`` extra contrast rows (``--memory``);
-- the hierarchy margin (group ``margin``): ``SupConLoss``, HMCE, G-HMLC and A-HMLC with
-  ``hierarchy_margin=0.2`` (the margin takes the dense per-level path, no fast masked one;
-  0.2 is G-HMLC's and A-HMLC's default), with margin-free G-HMLC and A-HMLC
-  (``hierarchy_margin=0``) beside them.
+- ``defaults``: every loss built exactly as a user builds it, with no options:
+  ``SupConLoss()`` (on the finest labels), ``HMLCLoss("hmce")``, ``GHMLCLoss(3, 128)``
+  and ``AHMLCLoss(3, 128)`` (their heads in training mode: the GMM statistics update and
+  the attention MLPs are part of the step);
+- ``core``: HMCE with 2, 3 and 4 levels, the batch-mean form, HMCE written as a plain
+  per-level loop, and optionally the public reference implementation of Zhang et al.,
+  loaded at run time from a local clone (``--reference-repo``; nothing of it is part of
+  this package);
+- ``memory``: HMCE with ``K`` extra contrast rows (``--memory``);
+- ``compiled``: the defaults under ``torch.compile`` (the losses with
+  ``check_values=False``, which never synchronises and so compiles into one graph).
 
-The summary tables give every row against SupCon, and the masked rows against HMCE L=3.
-
-Peak memory on the CPU is the peak of the allocated total during one forward and
-backward, replayed from ``torch.profiler``'s memory timeline; on CUDA it is
-``torch.cuda.max_memory_allocated`` above the inputs.
+Every row is reported against SupCon measured in the same process. Peak memory on the
+CPU is the peak of the allocated total during one forward and backward, replayed from
+``torch.profiler``'s memory timeline; on CUDA it is ``torch.cuda.max_memory_allocated``
+above the inputs.
 
 Usage:
-    python benchmarks/loss_speed.py --batch-sizes 256,1024,4096 --output runs/loss_speed.json
-    python benchmarks/loss_speed.py --reference-repo /path/to/hierarchicalContrastiveLearning
-    python benchmarks/loss_speed.py --groups masked --batch-sizes 1024 --threads 1
+    python benchmarks/loss_speed.py --groups defaults --batch-sizes 1024,2048 --threads 1
+    python benchmarks/loss_speed.py --groups core --reference-repo /path/to/clone
 """
 
 from __future__ import annotations
@@ -56,21 +45,15 @@ from torch import Tensor
 
 from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, HMLCLoss, SupConLoss
 
-# The general masked path is internal: it is timed here only as the baseline of the fast
-# masked level terms.
-from lightly_hmlc.loss._features import apply_masks, normalize_features
-from lightly_hmlc.loss._gather import gather_for_loss, reduce_levels
-from lightly_hmlc.loss._hce import pair_constrained_level_losses
-from lightly_hmlc.loss._levels import aggregate_levels, anchor_level_losses, build_level_groups
-from lightly_hmlc.models.modules import FeatureMaskHead
-
 LossCall = Callable[[Tensor, Tensor, Tensor], Tensor]
+GROUPS = ("defaults", "core", "memory", "compiled")
 
 
 def per_level_loop_loss(
     out0: Tensor, out1: Tensor, labels: Tensor, temperature: float = 0.1
 ) -> Tensor:
-    """HMCE written the straightforward way: a positive mask and a SupCon pass per level."""
+    """HMCE (batch-mean constraint) the straightforward way: a positive mask and a SupCon
+    pass per level."""
     z = F.normalize(torch.cat([out0, out1]).float(), dim=1)
     paths = labels.repeat(2, 1)
     n, num_levels = paths.shape
@@ -88,66 +71,6 @@ def per_level_loop_loss(
     terms = torch.flip(torch.cummax(torch.flip(terms, [0]), 0).values, [0])
     weights = torch.exp(1.0 / torch.arange(num_levels, 0, -1, device=z.device, dtype=torch.float32))
     return (weights * terms).sum() / weights.sum()
-
-
-def fitted_ghmlc(
-    num_levels: int,
-    dim: int,
-    hce_form: str = "anchor_mean",
-    nested: bool = True,
-    hierarchy_margin: float = 0.0,
-) -> GHMLCLoss:
-    """G-HMLC whose head fits its masks (nested by default, else a partition) on the first
-    (warm-up) call, then never."""
-    return GHMLCLoss(
-        num_levels=num_levels,
-        dim=dim,
-        hce_form=hce_form,
-        hierarchy_margin=hierarchy_margin,
-        warmup_steps=1,
-        refit_every=10**9,
-        nested=nested,
-    )
-
-
-class GeneralMaskedPath:
-    """A masked loss's head and aggregation, with the level terms of the general path."""
-
-    def __init__(self, loss_fn: GHMLCLoss | AHMLCLoss) -> None:
-        self.loss_fn = loss_fn
-
-    def __call__(self, out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
-        loss_fn = self.loss_fn
-        features = normalize_features(out0, out1)
-        paths = labels.repeat(2, 1)
-        masks = loss_fn.mask_head(features, paths)
-        level_features = apply_masks(features, masks, paths.shape[1])
-        batch = gather_for_loss(level_features, paths, False)
-        groups = build_level_groups(batch.contrast_labels)
-        if loss_fn.loss_type != "hmc" and loss_fn.hce_form != "batch_mean":
-            # The dense per-pair forms: [L, N, N] pair losses on the per-level features.
-            constrained, _, is_anchor = pair_constrained_level_losses(
-                batch.anchors,
-                batch.contrast,
-                batch.anchor_index,
-                groups,
-                loss_fn.temperature,
-                form=loss_fn.hce_form,
-            )
-            share, value = reduce_levels(constrained, is_anchor, False)
-            weights = loss_fn.level_weights(len(value), share.dtype, share.device)
-            loss = aggregate_levels(share, value, "hmc", weights)
-        else:
-            terms, is_anchor = anchor_level_losses(
-                batch.anchors, batch.contrast, batch.anchor_index, groups, loss_fn.temperature
-            )
-            share, value = reduce_levels(terms, is_anchor, False)
-            weights = loss_fn.level_weights(len(value), share.dtype, share.device)
-            loss = aggregate_levels(share, value, loss_fn.loss_type, weights)
-        head = loss_fn.mask_head
-        assert isinstance(head, FeatureMaskHead)  # for mypy: nn.Module has no regularization
-        result: Tensor = loss + head.regularization(masks)
-        return result
 
 
 class WithMemory:
@@ -268,31 +191,40 @@ def git_commit() -> str:
         return "unknown"
 
 
+def finest(loss_fn: LossCall) -> LossCall:
+    """SupCon on the finest level's labels, as a user with label paths would call it."""
+
+    def call(out0: Tensor, out1: Tensor, labels: Tensor) -> Tensor:
+        return loss_fn(out0, out1, labels[:, -1])
+
+    return call
+
+
+def default_losses(dim: int, device: torch.device, check_values: bool = True) -> list[Any]:
+    """``(name, levels, loss)`` of the four defaults, as users construct them."""
+    return [
+        ("SupConLoss()", 3, finest(SupConLoss(check_values=check_values))),
+        ('HMLCLoss("hmce")', 3, HMLCLoss("hmce", check_values=check_values)),
+        (f"GHMLCLoss(3, {dim})", 3, GHMLCLoss(3, dim, check_values=check_values).to(device)),
+        (f"AHMLCLoss(3, {dim})", 3, AHMLCLoss(3, dim, check_values=check_values).to(device)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch-sizes", default="256,1024,4096")
+    parser.add_argument("--batch-sizes", default="256,1024,2048")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--reference-repo",
-        type=Path,
-        default=None,
-        help="local clone of salesforce/hierarchicalContrastiveLearning",
-    )
+    parser.add_argument("--groups", default="defaults", help=f"comma list of {GROUPS}")
+    parser.add_argument("--reference-repo", type=Path, default=None)
     parser.add_argument(
         "--reference-max-batch",
         type=int,
         default=1024,
         help="the reference loops over samples in Python; skip it above this",
-    )
-    parser.add_argument(
-        "--groups",
-        default="core,masked",
-        help="comma list of row groups: core (SupCon, HMLC, loop, reference), masked, memory, "
-        "margin",
     )
     parser.add_argument("--memory", type=int, default=4096, help="K of the memory rows")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -308,94 +240,37 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     groups = set(args.groups.split(","))
-    unknown = groups - {"core", "masked", "memory", "margin"}
-    if unknown:
-        parser.error(f"unknown --groups {sorted(unknown)}; use core, masked, memory, margin")
+    if groups - set(GROUPS):
+        parser.error(f"unknown --groups {sorted(groups - set(GROUPS))}; use {GROUPS}")
 
-    # SupCon and HMCE L=3 are the baselines of the summaries: always measured.
-    candidates: list[tuple[str, int, LossCall]] = [("SupConLoss", 1, SupConLoss(temperature=0.1))]
-    for levels in (2, 3, 4) if "core" in groups else (3,):
-        candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce", temperature=0.1)))
+    # SupCon is every row's baseline: always measured, first.
+    candidates: list[tuple[str, int, LossCall]] = default_losses(args.dim, device)
+    if "defaults" not in groups:
+        candidates = candidates[:1]
     if "core" in groups:
-        # The worst-pair HiConE (the default until the anchor-mean bound), and the
-        # group-sum form of the foundation issue's targets (and of hmc).
-        if "masked" not in groups:  # the masked group measures it as its baseline
-            candidates.append(("HMLCLoss hmce L=3 pair", 3, HMLCLoss("hmce", hce_form="pair")))
         for levels in (2, 3, 4):
-            name = f"HMLCLoss hmce L={levels} batch_mean"
-            candidates.append((name, levels, HMLCLoss("hmce", hce_form="batch_mean")))
-        candidates.append(("per-level loop L=3", 3, per_level_loop_loss))
+            candidates.append((f"HMLCLoss hmce L={levels}", levels, HMLCLoss("hmce")))
+        candidates.append(
+            ('HMLCLoss("hmce", hce_form="batch_mean")', 3, HMLCLoss("hmce", hce_form="batch_mean"))
+        )
+        candidates.append(("per-level loop (hmce, batch mean)", 3, per_level_loop_loss))
         if args.reference_repo is not None:
-            candidates.append(("reference HMLC L=3", 3, load_reference(args.reference_repo)))
-    if "masked" in groups:
-        dim = args.dim
-        # The default hce_form is the anchor-mean HiConE, "pair" the worst-pair one and
-        # "batch_mean" the group-sum form.
-        for form in ("anchor_mean", "pair", "batch_mean"):
-            tag = "" if form == "anchor_mean" else f" {form}"
-            if form != "anchor_mean":
-                candidates.append((f"HMLCLoss hmce L=3{tag}", 3, HMLCLoss("hmce", hce_form=form)))
-            candidates += [
-                (f"GHMLCLoss L=3{tag}", 3, fitted_ghmlc(3, dim, form).to(device)),
-                (
-                    f"GHMLCLoss L=3{tag} partition",
-                    3,
-                    fitted_ghmlc(3, dim, form, nested=False).to(device),
-                ),
-                (
-                    f"GHMLCLoss L=3{tag} general path",
-                    3,
-                    GeneralMaskedPath(fitted_ghmlc(3, dim, form).to(device)),
-                ),
-                (
-                    f"AHMLCLoss L=3{tag}",
-                    3,
-                    AHMLCLoss(3, dim, hce_form=form, hierarchy_margin=0.0).to(device),
-                ),
-                (
-                    f"AHMLCLoss L=3{tag} general path",
-                    3,
-                    GeneralMaskedPath(
-                        AHMLCLoss(3, dim, hce_form=form, hierarchy_margin=0.0).to(device)
-                    ),
-                ),
-            ]
-    if "margin" in groups:
-        margin = 0.2
-        candidates.append(
-            ("SupConLoss margin", 3, SupConLoss(temperature=0.1, hierarchy_margin=margin))
-        )
-        candidates.append(
-            ("HMLCLoss hmce L=3 margin", 3, HMLCLoss("hmce", hierarchy_margin=margin))
-        )
-        if "masked" not in groups:  # their plain rows, measured by the masked group too
-            candidates.append(
-                ("GHMLCLoss L=3", 3, fitted_ghmlc(3, args.dim, "anchor_mean").to(device))
-            )
-            candidates.append(
-                ("AHMLCLoss L=3", 3, AHMLCLoss(3, args.dim, hierarchy_margin=0.0).to(device))
-            )
-        ghmlc = fitted_ghmlc(3, args.dim, hierarchy_margin=margin)
-        candidates.append(("GHMLCLoss L=3 margin", 3, ghmlc.to(device)))
-        candidates.append(
-            ("AHMLCLoss L=3 margin", 3, AHMLCLoss(3, args.dim, hierarchy_margin=margin).to(device))
-        )
+            candidates.append(("reference HMLC (hmce)", 3, load_reference(args.reference_repo)))
     if "memory" in groups:
-        candidates.append(
-            (
-                f"HMLCLoss hmce L=3 memory K={args.memory}",
-                3,
-                WithMemory(args.memory, args.dim, 3, device),
-            )
-        )
+        name = f"HMLCLoss hmce + memory K={args.memory}"
+        candidates.append((name, 3, WithMemory(args.memory, args.dim, 3, device)))
+    if "compiled" in groups:
+        for name, levels, loss_fn in default_losses(args.dim, device, check_values=False):
+            compiled = torch.compile(loss_fn, fullgraph=True)
+            candidates.append((f"compiled {name}", levels, compiled))
 
     rows: list[dict[str, Any]] = []
-    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        for name, levels, fn in candidates:
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        for name, levels, loss_fn in candidates:
             if name.startswith("reference") and batch_size > args.reference_max_batch:
                 continue
-            seconds, mib = measure(
-                fn,
+            seconds, peak = measure(
+                loss_fn,
                 batch_size,
                 args.dim,
                 levels,
@@ -405,57 +280,37 @@ def main() -> None:
                 peak_memory=not args.no_peak_memory,
             )
             rows.append(
-                {
-                    "loss": name,
-                    "levels": levels,
-                    "batch_size": batch_size,
-                    "ms": seconds * 1e3,
-                    "peak_mib": mib,
-                }
+                {"loss": name, "batch_size": batch_size, "ms": seconds * 1e3, "peak_mib": peak}
             )
-            print(
-                f"{name:24s} B={batch_size:5d}  {seconds * 1e3:9.2f} ms  {mib:9.1f} MiB", flush=True
-            )
-
-    by_key = {(r["loss"], r["batch_size"]): r for r in rows}
+            print(f"{name:48s} batch {batch_size:5d}: {seconds * 1e3:9.1f} ms, {peak:8.1f} MiB")
+    baseline = {r["batch_size"]: r for r in rows if r["loss"] == "SupConLoss()"}
+    threads = torch.get_num_threads()
     print(
-        f"\ndevice: {device} ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads), torch {torch.__version__}, commit {git_commit()}\n"
+        f"\ncommit {git_commit()}, {platform.processor() or platform.machine()}, "
+        f"{device}, {threads} thread(s), torch {torch.__version__}, dim {args.dim}"
     )
     print("| loss | batch | fwd+bwd ms | peak MiB | time vs SupCon | memory vs SupCon |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        base = by_key[("SupConLoss", row["batch_size"])]
+        base = baseline[row["batch_size"]]
+        row["time_vs_supcon"] = row["ms"] / base["ms"]
+        row["memory_vs_supcon"] = row["peak_mib"] / base["peak_mib"]
         print(
-            f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | {row['peak_mib']:.1f} | "
-            f"{row['ms'] / base['ms']:.2f}x | {row['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |"
+            f"| {row['loss']} | {row['batch_size']} | {row['ms']:.1f} | {row['peak_mib']:.0f} | "
+            f"{row['time_vs_supcon']:.2f}x | {row['memory_vs_supcon']:.2f}x |"
         )
-    masked = [row for row in rows if "HMLCLoss L=3" in row["loss"]]
-    if masked:
-        print("\n| masked loss | batch | fwd+bwd ms | time vs HMCE L=3 (same hce_form) |")
-        print("|---|---:|---:|---:|")
-        for row in masked:
-            tag = next((f" {f}" for f in ("batch_mean", "pair") if f" {f}" in row["loss"]), "")
-            base = by_key[(f"HMLCLoss hmce L=3{tag}", row["batch_size"])]
-            print(
-                f"| {row['loss']} | {row['batch_size']} | {row['ms']:.2f} | "
-                f"{row['ms'] / base['ms']:.2f}x |"
-            )
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            json.dumps(
-                {
-                    "device": str(device),
-                    "commit": git_commit(),
-                    "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "clock": "process CPU time" if args.cpu_time else "wall clock",
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
+        record = {
+            "commit": git_commit(),
+            "machine": platform.processor() or platform.machine(),
+            "device": str(device),
+            "threads": threads,
+            "torch": torch.__version__,
+            "dim": args.dim,
+            "rows": rows,
+        }
+        args.output.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
