@@ -22,8 +22,6 @@ from lightly_hmlc.models.modules import (
     FeatureMaskHead,
     GMMFeatureMaskHead,
     HierarchicalMemoryBank,
-    QueryAttentionMaskHead,
-    StaticMaskHead,
 )
 from lightly_hmlc.registry import (
     create_head,
@@ -47,9 +45,7 @@ __all__ = [
     "HierarchicalMemoryBank",
     "LabelHierarchy",
     "MaskedHMLCLoss",
-    "QueryAttentionMaskHead",
     "RegisteredHeadHMLCLoss",
-    "StaticMaskHead",
     "SupConLoss",
     "create_backbone",
     "create_head",

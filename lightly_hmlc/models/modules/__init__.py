@@ -11,7 +11,6 @@ from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
-from lightly_hmlc.models.modules.learned_mask_heads import QueryAttentionMaskHead, StaticMaskHead
 from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 
@@ -23,8 +22,6 @@ __all__ = [
     "GaussianMixtureFit",
     "HierarchicalMemoryBank",
     "LabelPrefixStatistics",
-    "QueryAttentionMaskHead",
-    "StaticMaskHead",
     "fit_gaussian_mixture",
     "select_n_components_bic",
     "select_n_components_dpgmm",
