@@ -1,12 +1,7 @@
 """Feature-mask heads (G-HMLC's Gaussian mixture head, A-HMLC's attention heads, baselines) and
 the hierarchical memory bank."""
 
-from lightly_hmlc.models.modules._gmm import (
-    GaussianMixtureFit,
-    fit_gaussian_mixture,
-    select_n_components_bic,
-)
-from lightly_hmlc.models.modules._level_estimate import select_n_components_dpgmm
+from lightly_hmlc.models.modules._gmm import GaussianMixtureFit, fit_gaussian_mixture
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
@@ -23,6 +18,4 @@ __all__ = [
     "HierarchicalMemoryBank",
     "LabelPrefixStatistics",
     "fit_gaussian_mixture",
-    "select_n_components_bic",
-    "select_n_components_dpgmm",
 ]

@@ -82,11 +82,6 @@ class GaussianMixtureFit:
         cov_params = k * f * (f + 1) // 2 if self.covariance_type == "full" else k * f
         return cov_params + k * f + k - 1
 
-    def bic(self) -> Tensor:
-        """Bayesian information criterion on the fitted data (lower is better), 0-dim."""
-        n = self.n_samples
-        return -2.0 * self.log_likelihood * n + self.n_parameters() * math.log(n)
-
     def score_samples(self, x: Tensor) -> Tensor:
         """Log density of each sample under the mixture.
 
@@ -245,40 +240,6 @@ def fit_gaussian_mixture(
             "singular). Increase reg_covar or use covariance_type='diag'."
         )
     return fit
-
-
-def select_n_components_bic(
-    x: Tensor,
-    max_components: int,
-    **fit_kwargs: object,
-) -> tuple[int, Tensor]:
-    """Chooses the number of mixture components by BIC.
-
-    Args:
-        x: Samples of shape [N, F].
-        max_components: Largest K tried; K runs over ``1..min(max_components, N)``.
-        **fit_kwargs: Passed to :func:`fit_gaussian_mixture`.
-
-    Returns:
-        The K with the lowest BIC and the BIC of every K tried (shape [K_max], float64,
-        index k holds K = k + 1).
-
-    Examples:
-        >>> x = torch.cat([torch.randn(60, 1) - 8, torch.randn(60, 1), torch.randn(60, 1) + 8])
-        >>> k, bics = select_n_components_bic(x, max_components=5)
-        >>> k, bics.shape
-        (3, torch.Size([5]))
-    """
-    if max_components < 1:
-        raise ValueError(f"max_components must be >= 1, got {max_components}.")
-    k_max = min(max_components, x.shape[0])
-    bics = torch.stack(
-        [
-            fit_gaussian_mixture(x, k, **fit_kwargs).bic().to(torch.float64)  # type: ignore[arg-type]
-            for k in range(1, k_max + 1)
-        ]
-    )
-    return int(bics.argmin()) + 1, bics
 
 
 def _as_data(x: Tensor, dtype: torch.dtype, n_features: int) -> Tensor:

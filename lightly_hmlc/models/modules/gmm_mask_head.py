@@ -2,8 +2,8 @@
 
 Ott et al. (https://arxiv.org/abs/2510.00837) produce one hard mask per hierarchy level with
 a GMM. The head does the schedule and the wiring; its parts are ``prefix_statistics``
-(running statistics), ``_fisher`` (descriptors), ``_gmm`` (EM fit), ``_assignment`` (matching
-and masks) and ``_level_estimate`` (how many levels: BIC or DP-GMM).
+(running statistics), ``_fisher`` (descriptors), ``_gmm`` (EM fit), and ``_assignment``
+(matching and masks).
 """
 
 from __future__ import annotations
@@ -34,14 +34,6 @@ from lightly_hmlc.models.modules._gmm import (
     GaussianMixtureFit,
     check_fit_options,
     fit_gaussian_mixture,
-    select_n_components_bic,
-)
-from lightly_hmlc.models.modules._level_estimate import (
-    DEFAULT_WEIGHT_THRESHOLD,
-    LevelEstimator,
-    check_estimate_options,
-    estimate_components,
-    select_n_components_dpgmm,
 )
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.prefix_statistics import (
@@ -53,8 +45,6 @@ __all__ = [
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",
     "fit_gaussian_mixture",
-    "select_n_components_bic",
-    "select_n_components_dpgmm",
 ]
 
 # Buffers that moved into the ``statistics`` submodule; old checkpoints name them directly.
@@ -92,10 +82,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         step: Buffer, number of training steps seen.
         fitted: Buffer, whether the masks come from a fit.
         descriptors: Buffer [D, L], the descriptors of the last fit (NaN before).
-        estimated_num_levels: Buffer, the last estimate of the number of levels (-1 before).
-        bic_scores: Buffer [max_levels_to_try], BIC per number of components (NaN before).
-        dpgmm_weights: Buffer [max_levels_to_try], the DP-GMM's sorted mixing weights (NaN
-            before a ``"dpgmm"`` estimate).
         last_fit: The :class:`GaussianMixtureFit` of the last refit (not saved).
         statistics: The :class:`LabelPrefixStatistics` the descriptors are computed from
             (its buffers are also readable as ``class_keys``, ``num_classes``,
@@ -119,10 +105,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     step: Tensor
     fitted: Tensor
     descriptors: Tensor
-    estimated_num_levels: Tensor
-    bic_scores: Tensor
-    dpgmm_weights: Tensor
-    _float64_buffers = ("descriptors", "bic_scores", "dpgmm_weights")
+    _float64_buffers = ("descriptors",)
 
     def __init__(
         self,
@@ -145,9 +128,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
         seed: int = 0,
-        estimate_levels: bool | LevelEstimator = False,
-        max_levels_to_try: int | None = None,
-        level_weight_threshold: float = DEFAULT_WEIGHT_THRESHOLD,
         sync_distributed: bool = True,
         normalize_input: bool = True,
         nested: bool = True,
@@ -182,14 +162,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             tol: EM convergence threshold (change of mean log-likelihood per dimension).
             reg_covar: Added to the covariance diagonals.
             seed: Seed of the EM initialisation; fits are deterministic for a given seed.
-            estimate_levels: ``"bic"`` (or True) or ``"dpgmm"``: every refit also estimates
-                the number of levels the embedding supports, by BIC over 1..max components
-                or by a Dirichlet-process GMM, and stores it in ``estimated_num_levels``
-                (a report; the masks still use ``num_levels`` components). False: off.
-            max_levels_to_try: Largest number of components tried by the estimate
-                (default ``num_levels + 2``, at most D); the DP-GMM's truncation.
-            level_weight_threshold: A DP-GMM component counts as a level when its mixing
-                weight exceeds this, in (0, 1) (default 0.05).
             sync_distributed: All-reduce the statistics over the default process group
                 before each refit when torch.distributed runs with world size > 1.
             normalize_input: Compute the statistics on ``z / |z|`` (in float64), so raw
@@ -213,9 +185,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             assignment, assignment_threshold, min_dims_per_level, num_levels, dim
         )
         check_fit_options(covariance_type, n_init, max_iter, tol, reg_covar)
-        max_levels_to_try = check_estimate_options(
-            estimate_levels, level_weight_threshold, max_levels_to_try, num_levels, dim
-        )
 
         self.refit_every = refit_every
         self.warmup_steps = warmup_steps
@@ -233,10 +202,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.tol = tol
         self.reg_covar = reg_covar
         self.seed = seed
-        self.estimate_levels = estimate_levels
-        self.level_estimator: LevelEstimator = "dpgmm" if estimate_levels == "dpgmm" else "bic"
-        self.level_weight_threshold = level_weight_threshold
-        self.max_levels_to_try = max_levels_to_try
         self.sync_distributed = sync_distributed
         self.normalize_input = normalize_input
         self.nested = nested
@@ -248,9 +213,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("descriptors", torch.full((D, L), math.nan, dtype=f64))
-        self.register_buffer("estimated_num_levels", torch.full((), -1, dtype=torch.long))
-        self.register_buffer("bic_scores", torch.full((max_levels_to_try,), math.nan, dtype=f64))
-        self.register_buffer("dpgmm_weights", torch.full_like(self.bic_scores, math.nan))
         self.statistics = LabelPrefixStatistics(  # validates momentum and the capacity
             L,
             D,
@@ -302,30 +264,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         return self.masks.clone()
 
     @torch.no_grad()
-    def estimate_num_levels(
-        self, max_levels: int | None = None, method: LevelEstimator | None = None
-    ) -> int:
-        """Estimates how many levels the embedding supports, by BIC or a DP-GMM.
-
-        Merges the pending statistics, then either fits GMMs with 1..max_levels components
-        to the descriptors and keeps the lowest BIC (scores in ``bic_scores``), or fits a
-        Dirichlet-process GMM truncated at max_levels and counts the components with
-        weight > ``level_weight_threshold`` (weights in ``dpgmm_weights``). The choice is
-        stored in ``estimated_num_levels``; the masks are not changed.
-
-        Args:
-            max_levels: Largest number of components (default ``max_levels_to_try``).
-            method: ``"bic"`` or ``"dpgmm"`` (default: the ``estimate_levels`` choice,
-                else ``"bic"``).
-
-        Returns:
-            The estimated number of levels.
-        """
-        self._merge(explicit=True)  # raises when there is nothing to estimate from
-        points = fit_points(self.compute_descriptors(), self.descriptor_normalization)
-        return self._estimate(points, max_levels, method or self.level_estimator)
-
-    @torch.no_grad()
     def compute_descriptors(self) -> Tensor:
         """Log Fisher ratios of the merged statistics (pending batches not included).
 
@@ -365,14 +303,14 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # Checkpoints from before the split name the statistics on the head itself, and
-        # have no DP-GMM weights.
+        # Checkpoints from before the split name the statistics on the head itself; those
+        # of the removed level estimate carry its report buffers.
         for name in (*_STAT_NAMES, "_extra_state"):
             old, new = prefix + name, prefix + "statistics." + name
             if old in state_dict and new not in state_dict:
                 state_dict[new] = state_dict.pop(old)
-        if prefix + "bic_scores" in state_dict:
-            state_dict.setdefault(prefix + "dpgmm_weights", self.dpgmm_weights.clone())
+        for name in ("estimated_num_levels", "bic_scores", "dpgmm_weights"):
+            state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------ fit
@@ -386,7 +324,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         if explicit:
             raise RuntimeError(
                 "No labelled sample seen yet (or all labels unknown): call the head in "
-                "training mode with labels before refit() or estimate_num_levels()."
+                "training mode with labels before refit()."
             )
         return False
 
@@ -399,8 +337,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.descriptors.copy_(descriptors)
         self.masks.copy_(masks.to(self.masks.dtype))
         self.fitted.fill_(True)
-        if self.estimate_levels:
-            self._estimate(points, None, self.level_estimator)
 
     def _gmm_kwargs(self) -> dict[str, Any]:
         return {
@@ -427,24 +363,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             assignment_threshold=self.assignment_threshold,
             nested=self.nested,
         )
-
-    def _estimate(self, points: Tensor, max_levels: int | None, method: LevelEstimator) -> int:
-        k_max = self.max_levels_to_try if max_levels is None else max_levels
-        if not 1 <= k_max <= self.dim:
-            raise ValueError(f"max_levels must be in [1, dim={self.dim}], got {k_max}.")
-        best, scores = estimate_components(
-            points,
-            k_max,
-            method,
-            weight_threshold=self.level_weight_threshold,
-            **self._gmm_kwargs(),
-        )
-        self.estimated_num_levels.fill_(best)
-        stored = self.dpgmm_weights if method == "dpgmm" else self.bic_scores
-        stored.fill_(math.nan)
-        n = min(scores.shape[0], stored.shape[0])
-        stored[:n] = scores[:n].to(stored)
-        return best
 
 
 def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:
