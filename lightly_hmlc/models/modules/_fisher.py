@@ -14,18 +14,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Relevance = Literal["conditional", "marginal"]
 DescriptorNormalization = Literal["none", "center"]
 
 _TINY = torch.finfo(torch.float64).tiny
 
 
-def check_descriptor_options(
-    relevance: str, descriptor_normalization: str, fisher_floor: float
-) -> None:
+def check_descriptor_options(descriptor_normalization: str, fisher_floor: float) -> None:
     """Raises a ValueError naming a descriptor option that is out of range."""
-    if relevance not in ("conditional", "marginal"):
-        raise ValueError(f"relevance must be 'conditional' or 'marginal', got {relevance!r}.")
     if descriptor_normalization not in ("none", "center"):
         raise ValueError(
             f"descriptor_normalization must be 'none' or 'center', got "
@@ -42,7 +37,6 @@ def fisher_descriptors(
     class_sum: Tensor,
     level_sumsq: Tensor,
     *,
-    relevance: Relevance = "conditional",
     fisher_floor: float = 1e-6,
 ) -> Tensor:
     """Clamped log Fisher ratio of every dimension at every level.
@@ -53,9 +47,6 @@ def fisher_descriptors(
         class_count: [L, C] (decayed) sample count per class.
         class_sum: [L, C, D] (decayed) sum of the projections per class.
         level_sumsq: [L, D] (decayed) sum of squared projections per level.
-        relevance: ``"conditional"``: between-class variance around each class's parent
-            mean (what level l separates beyond level l-1); ``"marginal"``: around the
-            global mean.
         fisher_floor: Ratios are clamped to ``[fisher_floor, 1 / fisher_floor]`` first.
 
     Returns:
@@ -79,7 +70,7 @@ def fisher_descriptors(
         total = counts.sum()
         safe = counts.clamp_min(_TINY)
         ss_class = torch.where(counts[:, None] > 0, sums.square() / safe[:, None], 0).sum(0)
-        if relevance == "conditional" and level > 0 and n > 0:
+        if level > 0 and n > 0:
             parents = class_keys[level, :n, :level]
             _, group = torch.unique(parents, dim=0, return_inverse=True)
             # n groups at most; unused ones have zero count and add nothing (no device read).

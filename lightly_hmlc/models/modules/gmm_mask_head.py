@@ -23,7 +23,6 @@ from lightly_hmlc.models.modules._assignment import (
 )
 from lightly_hmlc.models.modules._fisher import (
     DescriptorNormalization,
-    Relevance,
     check_descriptor_options,
     fisher_descriptors,
     fit_points,
@@ -116,7 +115,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         warmup_steps: int = 100,
         momentum: float = 0.99,
         max_classes_per_level: int = 1024,
-        relevance: Relevance = "conditional",
         descriptor_normalization: DescriptorNormalization = "none",
         fisher_floor: float = 1e-6,
         assignment: Assignment = "argmax",
@@ -144,8 +142,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             max_classes_per_level: Capacity of the class tables; a refit raises a ValueError
                 when more label prefixes than this were seen at one level. Memory is about
                 16 * L * max_classes_per_level * D bytes.
-            relevance: ``"conditional"`` (between-class variance around the parent-class
-                means) or ``"marginal"`` (around the global mean).
             descriptor_normalization: ``"none"`` fits on the log Fisher ratios;
                 ``"center"`` subtracts each dimension's mean over levels first (relative
                 relevance; the GMM then runs on the L-1 free coordinates).
@@ -180,7 +176,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         check_int("refit_every", refit_every, 1)
         check_int("warmup_steps", warmup_steps, 0)
         # Each part validates its own options.
-        check_descriptor_options(relevance, descriptor_normalization, fisher_floor)
+        check_descriptor_options(descriptor_normalization, fisher_floor)
         check_assignment_options(
             assignment, assignment_threshold, min_dims_per_level, num_levels, dim
         )
@@ -190,7 +186,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.warmup_steps = warmup_steps
         self.momentum = momentum
         self.max_classes_per_level = max_classes_per_level
-        self.relevance = relevance
         self.descriptor_normalization = descriptor_normalization
         self.fisher_floor = fisher_floor
         self.assignment = assignment
@@ -278,7 +273,6 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             stats.class_count,
             stats.class_sum,
             stats.level_sumsq,
-            relevance=self.relevance,
             fisher_floor=self.fisher_floor,
         )
 
@@ -293,7 +287,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         return (
             f"{super().extra_repr()}, refit_every={self.refit_every}, "
             f"warmup_steps={self.warmup_steps}, momentum={self.momentum}, "
-            f"relevance={self.relevance!r}, covariance_type={self.covariance_type!r}, "
+            f"covariance_type={self.covariance_type!r}, "
             f"normalize_input={self.normalize_input}, nested={self.nested}"
         )
 

@@ -161,7 +161,6 @@ def test_masks_are_all_ones_before_the_first_fit() -> None:
     "options",
     [
         {},
-        {"relevance": "marginal"},
         {"descriptor_normalization": "center"},
         {"covariance_type": "diag"},
         {"momentum": 1.0, "n_init": 1},
@@ -351,7 +350,7 @@ def test_lazy_decay_stays_finite_over_long_runs() -> None:
     )
 
 
-@pytest.mark.parametrize("relevance", ["conditional", "marginal"])
+@pytest.mark.parametrize("relevance", ["conditional"])
 def test_descriptors_are_log_fisher_ratios(relevance: Literal["conditional", "marginal"]) -> None:
     g = torch.Generator().manual_seed(0)
     fine = torch.randint(6, (200,), generator=g)
@@ -361,7 +360,6 @@ def test_descriptors_are_log_fisher_ratios(relevance: Literal["conditional", "ma
         2,
         5,
         momentum=1.0,
-        relevance=relevance,
         warmup_steps=10,
         normalize_input=False,
     )
@@ -474,7 +472,6 @@ def test_half_precision_keeps_float64_statistics() -> None:
         ({"num_levels": 3, "dim": 8, "min_dims_per_level": 3}, "min_dims_per_level"),
         ({"num_levels": 2, "dim": 8, "momentum": 0.0}, "momentum"),
         ({"num_levels": 2, "dim": 8, "refit_every": 0}, "refit_every"),
-        ({"num_levels": 2, "dim": 8, "relevance": "foo"}, "relevance"),
         ({"num_levels": 2, "dim": 8, "covariance_type": "tied"}, "covariance_type"),
         ({"num_levels": 2, "dim": 8, "assignment": "soft"}, "assignment"),
         ({"num_levels": 2, "dim": 8, "max_classes_per_level": 1}, "max_classes_per_level"),
