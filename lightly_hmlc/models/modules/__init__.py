@@ -1,7 +1,7 @@
 """Feature-mask heads (G-HMLC's Gaussian mixture head, A-HMLC's attention heads, baselines) and
 the hierarchical memory bank."""
 
-from lightly_hmlc.models.modules._gmm import GaussianMixtureFit, fit_gaussian_mixture
+from lightly_hmlc.models.modules._gmm import EMOptions, GaussianMixtureFit, fit_gaussian_mixture
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
@@ -12,6 +12,7 @@ from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 __all__ = [
     "AttentionMaskHead",
     "BlockMaskHead",
+    "EMOptions",
     "FeatureMaskHead",
     "GMMFeatureMaskHead",
     "GaussianMixtureFit",

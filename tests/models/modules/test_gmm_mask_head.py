@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead, fit_gaussian_mixture
+from lightly_hmlc.models.modules.gmm_mask_head import (
+    EMOptions,
+    GMMFeatureMaskHead,
+    fit_gaussian_mixture,
+)
 from tests.two_ranks import run_on_two_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,9 +165,7 @@ def test_masks_are_all_ones_before_the_first_fit() -> None:
     "options",
     [
         {},
-        {"descriptor_normalization": "center"},
-        {"covariance_type": "diag"},
-        {"momentum": 1.0, "n_init": 1},
+        {"momentum": 1.0, "em_options": EMOptions(n_init=1)},
     ],
 )
 def test_planted_dimensions_are_assigned_to_their_level(options: dict) -> None:
@@ -218,18 +220,6 @@ def test_min_dims_moves_the_most_responsible_dims() -> None:
     # Already satisfied: nothing moves.
     unchanged = enforce_min_dims(level, level_resp, 3, 2)
     assert torch.equal(unchanged, level)
-
-
-def test_threshold_assignment_gives_overlapping_supersets() -> None:
-    hard = GMMFeatureMaskHead(2, D, warmup_steps=3)
-    soft = GMMFeatureMaskHead(
-        2, D, warmup_steps=3, assignment="threshold", assignment_threshold=1e-9
-    )
-    feed(hard, 3, noise=3.0)
-    feed(soft, 3, noise=3.0)
-    assert torch.all(soft.masks >= hard.masks)
-    assert soft.masks.sum() > hard.masks.sum()
-    assert set(soft.masks.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_refit_schedule() -> None:
@@ -408,7 +398,9 @@ def test_refit_without_statistics_raises() -> None:
 
 
 def test_explicit_refit_and_determinism() -> None:
-    heads = [GMMFeatureMaskHead(2, D, warmup_steps=1000, seed=3) for _ in range(2)]
+    heads = [
+        GMMFeatureMaskHead(2, D, warmup_steps=1000, em_options=EMOptions(seed=3)) for _ in range(2)
+    ]
     for head in heads:
         feed(head, 3, noise=2.0)
     first = heads[0].refit()
@@ -472,8 +464,6 @@ def test_half_precision_keeps_float64_statistics() -> None:
         ({"num_levels": 3, "dim": 8, "min_dims_per_level": 3}, "min_dims_per_level"),
         ({"num_levels": 2, "dim": 8, "momentum": 0.0}, "momentum"),
         ({"num_levels": 2, "dim": 8, "refit_every": 0}, "refit_every"),
-        ({"num_levels": 2, "dim": 8, "covariance_type": "tied"}, "covariance_type"),
-        ({"num_levels": 2, "dim": 8, "assignment": "soft"}, "assignment"),
         ({"num_levels": 2, "dim": 8, "max_classes_per_level": 1}, "max_classes_per_level"),
     ],
 )
@@ -660,11 +650,10 @@ def test_without_normalize_input_the_scale_of_z_counts() -> None:
     torch.testing.assert_close(heads[1].class_sum[0, 0], 6 * z.double().sum(0))
 
 
-@pytest.mark.parametrize("assignment", ["argmax", "threshold"])
+@pytest.mark.parametrize("assignment", ["argmax"])
 def test_nested_masks_are_the_coarse_to_fine_union_of_the_partition(assignment: str) -> None:
-    kwargs = {"warmup_steps": 3, "assignment": assignment, "assignment_threshold": 0.3}
-    flat = GMMFeatureMaskHead(3, D, **kwargs)  # type: ignore[arg-type]
-    nested = GMMFeatureMaskHead(3, D, nested=True, **kwargs)  # type: ignore[arg-type]
+    flat = GMMFeatureMaskHead(3, D, warmup_steps=3, nested=False)
+    nested = GMMFeatureMaskHead(3, D, warmup_steps=3, nested=True)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         z, labels = planted_batch(generator, noise=2.0)
