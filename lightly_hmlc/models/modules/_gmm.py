@@ -109,10 +109,14 @@ def check_fit_options(
 
 @dataclass(frozen=True)
 class EMOptions:
-    """The EM settings of a fit: restarts, iteration limit, tolerance, regulariser, seed.
+    """The EM settings of G-HMLC's fit, passed on to :func:`fit_gaussian_mixture`.
 
-    Passed on to :func:`fit_gaussian_mixture` (``**dataclasses.asdict(options)``); the
-    defaults are those of G-HMLC's head.
+    Attributes:
+        n_init: Restarts; the highest final log-likelihood wins.
+        max_iter: Maximum EM iterations per restart.
+        tol: Threshold on the change of the mean log-likelihood per sample.
+        reg_covar: Non-negative value added to the covariance diagonals.
+        seed: Seed of the initialisation; a fit is deterministic for a seed.
 
     Examples:
         >>> EMOptions(n_init=1)
@@ -153,10 +157,7 @@ def fit_gaussian_mixture(
         x: Samples [N, F] on any device.
         n_components: Number of components K, in [1, N].
         covariance_type: ``"full"`` or ``"diag"``.
-        n_init: Number of restarts.
-        max_iter: Maximum EM iterations per restart.
-        tol: Threshold on the change of the mean log-likelihood per sample.
-        reg_covar: Non-negative value added to the covariance diagonals.
+        n_init, max_iter, tol, reg_covar: As :class:`EMOptions`.
         init: ``"kmeans"`` (k-means++ seeding, then Lloyd iterations, as sklearn),
             ``"kmeans++"`` (seeding only) or ``"random"`` (random responsibilities).
         seed: Seed of the generator used when ``generator`` is None.

@@ -33,19 +33,16 @@ _STAT_NAMES = ("class_keys", "num_classes", "class_count", "class_sum", "level_s
 class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     """Hard per-level feature masks from a Gaussian mixture over embedding dimensions (G-HMLC).
 
-    Following Ott et al. [0], a GMM with one component per hierarchy level assigns every
-    embedding dimension to a level, and the level-h term of HMLC [1] sees only mask M_h.
-    Dimension d is the point of its log Fisher ratios at the L levels, from running
-    statistics of ``z / |z|`` per label prefix (what level l separates beyond level l-1).
-    Components are matched to levels exactly, each dimension goes to its most responsible
-    component's level, and every level keeps ``min_dims_per_level`` dimensions. Nested
-    masks (default) are cumulative: level l sees the dimensions of levels 0..l, the finest
-    all of them; ``nested=False`` gives the partition. See ``docs/METHOD.md``.
+    Following Ott et al. [0], a GMM with one component per level assigns every embedding
+    dimension to a level; the level-h term of HMLC [1] sees only mask M_h. Dimension d is
+    the point of its log Fisher ratios at the L levels, from running statistics of
+    ``z / |z|`` per label prefix. Nested masks (default) are cumulative: level l sees the
+    dimensions of levels 0..l, the finest all; ``nested=False`` gives the partition.
 
-    Each forward in training mode with labels is a step. The masks are refitted after
-    ``warmup_steps`` steps, then every ``refit_every`` steps, and are all ones (plain HMLC)
-    before. A step never reads the device; a refit does. Under DDP every rank refits on the
-    merged statistics of all ranks, so all hold identical masks.
+    Each forward in training mode with labels is a step. The masks are all ones (plain
+    HMLC) until the first fit after ``warmup_steps`` steps, then refitted every
+    ``refit_every`` steps. Only refits read the device; under DDP every rank refits on the
+    merged statistics of all ranks. See ``docs/METHOD.md``.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
     - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
@@ -63,9 +60,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         em_options: The EM settings of the fit (default :class:`EMOptions`).
 
     Attributes:
-        masks: Buffer [L, D] of 0/1 masks, coarse to fine.
-        step: Buffer, the number of training steps seen.
-        fitted: Buffer, whether the masks come from a fit.
+        masks: Buffer [L, D] of 0/1 masks, coarse to fine; ``step``, ``fitted``: buffers.
         descriptors: Buffer [D, L], the descriptors of the last fit (NaN before).
         last_fit: The :class:`GaussianMixtureFit` of the last refit (not saved).
         statistics: The :class:`LabelPrefixStatistics` behind the descriptors.
@@ -135,15 +130,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Updates the statistics (training mode with labels) and refits on schedule.
-
-        Args:
-            z: Projections [B, D], raw or normalised.
-            labels: Label paths [B, L] (negative = unknown) or None.
-
-        Returns:
-            Detached 0/1 masks [1, L, D] in the dtype of ``z``.
-        """
+        """Detached masks [1, L, D] in the dtype of the projections ``z`` [B, D]; in
+        training mode with label paths [B, L], updates the statistics and refits on
+        schedule."""
         self.check_inputs(z, labels)
         if self.training and labels is not None:
             x = z.detach().to(torch.float64)
