@@ -101,13 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --memory-bank: fill the queue from a momentum (EMA) copy of backbone and "
         "head, MoCo-style, momentum M in [0, 1), e.g. 0.99 (default: off)",
     )
-    add(
-        "--mask-placement",
-        choices=methods.MASK_PLACEMENTS,
-        default="projection",
-        help="g-hmlc / a-hmlc: mask the projections (default) or the backbone features, "
-        "each level then with its own projection of its masked features",
-    )
     add("--dataset", default="shapes", help=f"one of {sorted(DATASETS)}")
     add("--data-dir", default=None, help="dataset folder or file (or $LIGHTLY_HMLC_DATA_DIR)")
     add("--hierarchy", default=None, help="hierarchy file: edge list or JSON")

@@ -3,7 +3,7 @@
 For each embedding width D and number of levels L, a GMMFeatureMaskHead is fed synthetic
 hierarchical embeddings (every level owns D / L planted dimensions); its descriptors
 (D points in R^L) are then fitted by ``fit_gaussian_mixture`` and by
-``sklearn.mixture.GaussianMixture`` with the same number of components, covariance type,
+``sklearn.mixture.GaussianMixture`` with the same number of components (full covariances),
 n_init, max_iter, tol and reg_covar. The full ``head.refit()`` (merge statistics, compute
 descriptors, fit, match levels, build masks) is timed as well.
 
@@ -29,14 +29,17 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead, fit_gaussian_mixture
+from lightly_hmlc.models.modules.gmm_mask_head import (
+    EMOptions,
+    GMMFeatureMaskHead,
+    fit_gaussian_mixture,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512, 2048])
     parser.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4, 5])
-    parser.add_argument("--covariance-type", choices=["full", "diag"], default="full")
     parser.add_argument("--n-init", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--tol", type=float, default=1e-3)
@@ -58,12 +61,7 @@ def synthetic_head(dim: int, levels: int, args: argparse.Namespace) -> GMMFeatur
         levels,
         dim,
         warmup_steps=10**9,  # refits are triggered explicitly by the benchmark
-        covariance_type=args.covariance_type,
-        n_init=args.n_init,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        reg_covar=args.reg_covar,
-        seed=args.seed,
+        em_options=EMOptions(args.n_init, args.max_iter, args.tol, args.reg_covar, args.seed),
     ).to(device)
     generator = torch.Generator().manual_seed(args.seed)
     leaves = 2**levels
@@ -107,7 +105,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             x_np = descriptors.cpu().numpy()
 
             common = {
-                "covariance_type": args.covariance_type,
                 "n_init": args.n_init,
                 "max_iter": args.max_iter,
                 "tol": args.tol,

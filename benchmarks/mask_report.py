@@ -2,8 +2,8 @@
 
 For each run folder (``.../<dataset>/<method>/seed<k>``), rebuild the run's evaluation
 set from its ``config.json`` (the split it was probed on), load ``last.ckpt``, and compute
-the masks of every evaluation sample exactly as training did (on the projections, or on
-the backbone features with ``--mask-placement backbone``). It prints, per run:
+the masks of every evaluation sample exactly as training did (on the projections). It
+prints, per run:
 
 - ``width``: per level, the mean over samples of the mask's participation ratio
   ``(sum_d m_d)^2 / (D sum_d m_d^2)``: 1 for a constant mask, ``k / D`` for a 0/1 mask
@@ -54,7 +54,7 @@ def run_masks(model: methods.LabelPathMethod, dataset: torch.utils.data.Dataset)
     out = []
     for x, _ in torch.utils.data.DataLoader(dataset, batch_size=256):
         features = model(x)
-        rows = features if model.mask_placement == "backbone" else model.projection_head(features)
+        rows = model.projection_head(features)
         masks = model.mask_head(F.normalize(rows, dim=1))
         out.append(masks.expand(x.shape[0], -1, -1))
     return torch.cat(out).double()

@@ -486,8 +486,6 @@ MASKED_METHODS: dict[str, MaskedMethod] = {
 }
 # What the suite offers every registered loss and head; each gets the ones it names.
 _SUITE_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
-# Where the mask head of a MASKED_METHODS method acts (LabelPathMethod's mask_placement).
-MASK_PLACEMENTS = ("projection", "backbone")
 
 
 class LabelPathMethod(HierarchicalMethod):
@@ -530,23 +528,10 @@ class LabelPathMethod(HierarchicalMethod):
             is a frozen submodule (``momentum_backbone``, ``momentum_projection_head``):
             checkpointed, moved with the model and left out of the optimiser. ``None``
             (default): no copy, the queue gets ``z1``.
-        mask_placement: Where the mask head of G-HMLC / A-HMLC acts. ``"projection"``
-            (default, the chain of ``GHMLCLoss``/``AHMLCLoss``): on the projections ``z``.
-            ``"backbone"``: on the backbone features ``h`` (what the evaluation probes),
-            ``m = mask_head(normalize(h), paths)`` of width ``F``; level ``l``'s term is
-            computed on its own projection ``g(h * m_l)`` through the one shared
-            projection head ``g``, so that a level's term moves only the backbone
-            features its mask selects. The L projections are passed to the loss side by
-            side, ``[2B, L * D]``, with disjoint block masks (level ``l`` sees block
-            ``l``), which is exactly level ``l``'s term on ``normalize(g(h * m_l))``.
-            ``g`` runs once per level, so its BatchNorm statistics stay per level and
-            hard masks keep a level's gradient inside its features. The memory bank
-            holds single projections, so it is refused here.
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
 
     mask_head: nn.Module | None
-    level_blocks: Tensor
     memory_bank: HierarchicalMemoryBank | None
     momentum_backbone: nn.Module | None
     momentum_projection_head: nn.Module | None
@@ -559,27 +544,8 @@ class LabelPathMethod(HierarchicalMethod):
         head_options: dict[str, Any] | None = None,
         memory_bank_size: int = 0,
         momentum_encoder: float | None = None,
-        mask_placement: str = "projection",
         **kwargs: Any,
     ) -> None:
-        # Set before the base __init__, which checks the name and builds the loss.
-        if mask_placement not in MASK_PLACEMENTS:
-            raise ValueError(
-                f"mask_placement must be one of {MASK_PLACEMENTS}, got {mask_placement!r}."
-            )
-        if mask_placement != "projection":
-            if method not in MASKED_METHODS:
-                raise ValueError(
-                    f"mask_placement={mask_placement!r} places a mask head: it applies only to "
-                    f"the methods with one, {sorted(MASKED_METHODS)}; method {method!r} has none."
-                )
-            if memory_bank_size:
-                raise ValueError(
-                    f"mask_placement={mask_placement!r} gives every level its own projection, "
-                    "but the memory bank queues one projection per row: drop the memory bank "
-                    "(memory_bank_size=0, no --memory-bank) or keep mask_placement='projection'."
-                )
-        self.mask_placement = mask_placement
         if isinstance(memory_bank_size, bool) or memory_bank_size < 0:
             raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}.")
         if momentum_encoder is not None:
@@ -669,13 +635,7 @@ class LabelPathMethod(HierarchicalMethod):
                     head_kwargs["warmup_steps"] = self.mask_warmup_steps
                 if self.mask_refit_every is not None:
                     head_kwargs["refit_every"] = self.mask_refit_every
-            if self.mask_placement == "backbone" and "dim" in head_kwargs:
-                head_kwargs["dim"] = self.feature_dim  # the head masks the backbone features
             self.mask_head = create_head(head_name, **{**head_kwargs, **self.head_options})
-        if self.mask_placement == "backbone":
-            # Level l's block of the side-by-side level projections.
-            blocks = torch.eye(self.num_levels).repeat_interleave(self.proj_dim, dim=1)
-            self.register_buffer("level_blocks", blocks.unsqueeze(0), persistent=False)
         defaults = masked.loss_defaults if masked else {}
         kwargs = {**self._offered("loss", loss_name), **defaults, **self.loss_options}
         criterion = create_loss(loss_name, **kwargs)
@@ -701,26 +661,6 @@ class LabelPathMethod(HierarchicalMethod):
             )
         return criterion
 
-    def encode_views(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """As the base class; with masks on the backbone the projections are made per level
-        in :meth:`compute_loss`, so none is made here."""
-        if self.mask_placement == "backbone":
-            return self.forward(torch.cat([views[0], views[1]])), None, None
-        return super().encode_views(views)
-
-    def level_projections(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Backbone placement: the masks ``[2B | 1, L, F]`` of the backbone features
-        ``[2B, F]``, and each level's projection ``g(h * m_l)`` side by side ``[2B, L * D]``."""
-        assert self.mask_head is not None and self.projection_head is not None
-        masks: Tensor = self.mask_head(F.normalize(features, dim=1), labels.repeat(2, 1))
-        # One call per level, not one over all levels' rows: the head's BatchNorm would
-        # otherwise mix the levels' statistics, and a level's term would reach features
-        # outside its mask through them.
-        projections = [
-            self.projection_head(features * masks[:, level]) for level in range(masks.shape[1])
-        ]
-        return masks, torch.cat(projections, dim=1)
-
     def compute_loss(
         self,
         features: Tensor,
@@ -732,15 +672,10 @@ class LabelPathMethod(HierarchicalMethod):
         """The loss of the two views' projections, and its per-level terms if any.
 
         ``keys`` are the rows the memory bank enqueues (the momentum encoder's
-        projections of view 1); ``None``: ``z1``. With ``mask_placement="backbone"`` the
-        projections are made here, per level, and ``z0``, ``z1`` are ignored.
+        projections of view 1); ``None``: ``z1``.
         """
         logs: dict[str, Tensor] = {}
         extra: dict[str, Any] = dict(self._level_kwargs)
-        if self.mask_placement == "backbone":
-            masks, wide = self.level_projections(features, labels)
-            result = self.criterion(*wide.chunk(2), labels, masks=self.level_blocks, **extra)
-            return self._with_regularization(result, masks, logs)
         assert z0 is not None and z1 is not None
         if self.memory_bank is not None:
             extra["memory"] = self.memory_bank((z1 if keys is None else keys).detach(), labels)
@@ -811,6 +746,9 @@ def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
         >>> model.method_name, type(model.criterion).__name__
         ('hmce', 'HMLCLoss')
     """
+    # Checkpoints of before the backbone placement's removal record the kept placement.
+    if kwargs.pop("mask_placement", "projection") != "projection":
+        raise ValueError("mask_placement='backbone' was removed; only the projections are masked.")
     if method in BASELINES:
         for key in ("loss_options", "head_options", "memory_bank_size"):
             if kwargs.pop(key, None):
@@ -819,8 +757,6 @@ def create_method(method: str, **kwargs: Any) -> HierarchicalMethod:
             raise ValueError(
                 f"method {method!r} has no memory bank to fill: drop momentum_encoder."
             )
-        if kwargs.pop("mask_placement", "projection") != "projection":
-            raise ValueError(f"method {method!r} has no mask head to place: drop mask_placement.")
         return BASELINES[method](**kwargs)
     if method not in method_names():
         raise ValueError(f"Unknown method {method!r}; choose from {method_names()}.")

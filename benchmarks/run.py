@@ -95,9 +95,11 @@ NO_EFFECT_FIELDS = frozenset(
 ADDED_FIELDS: dict[str, Any] = {
     "memory_bank": 0,
     "momentum_encoder": None,
-    "mask_placement": "projection",
     "sampler_option": [],
 }
+# Settings since removed, with the value that runs now have: a checkpoint that recorded
+# that value resumes.
+REMOVED_FIELDS: dict[str, Any] = {"mask_placement": "projection"}
 
 _EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
 
@@ -276,7 +278,7 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: 
     changed = []
     for key in sorted(set(saved) | set(current)):
         old = saved.get(key, ADDED_FIELDS.get(key, missing))
-        new = current.get(key, missing)
+        new = current.get(key, REMOVED_FIELDS.get(key, missing))
         if old != new:
             name = f"--{key.replace('_', '-')}" if key in current or key in saved else key
             show = [("(unset)" if v is missing else json.dumps(v, default=str)) for v in (old, new)]
@@ -489,8 +491,6 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
         kwargs.update(memory_bank_size=args.memory_bank)
     if args.momentum_encoder is not None:
         kwargs.update(momentum_encoder=args.momentum_encoder)
-    if args.mask_placement != "projection":
-        kwargs.update(mask_placement=args.mask_placement)
     try:
         return methods.create_method(method, **kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -499,8 +499,6 @@ def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods
             given.append(f"--memory-bank {args.memory_bank}")
         if args.momentum_encoder is not None:
             given.append(f"--momentum-encoder {args.momentum_encoder}")
-        if args.mask_placement != "projection":
-            given.append(f"--mask-placement {args.mask_placement}")
         options = f" (options {given})" if given else ""
         raise UserError(f"Cannot build method {method!r}{options}: {error}") from error
 

@@ -23,8 +23,6 @@ from lightly_hmlc.models.modules import (
     FeatureMaskHead,
     GMMFeatureMaskHead,
     HierarchicalMemoryBank,
-    QueryAttentionMaskHead,
-    StaticMaskHead,
 )
 from lightly_hmlc.registry import (
     create_head,
@@ -48,10 +46,8 @@ __all__ = [
     "HierarchicalMemoryBank",
     "LabelHierarchy",
     "MaskedHMLCLoss",
-    "QueryAttentionMaskHead",
     "ReferenceHMLCLoss",
     "RegisteredHeadHMLCLoss",
-    "StaticMaskHead",
     "SupConLoss",
     "create_backbone",
     "create_head",

@@ -1,9 +1,7 @@
 """Weights for timm backbones from local files only: checkpoints and timm's caches.
 
-Nothing here downloads. :func:`load_checkpoint` reads a local checkpoint with timm's
-``load_state_dict`` and loads it with clear errors; :func:`find_cached_weights` finds
-timm's pretrained weights in the local Hugging Face or torch hub cache, so that
-``create_backbone(name, pretrained=True)`` works offline or fails at once.
+Nothing here downloads, so ``create_backbone(name, pretrained=True)`` works offline or
+fails at once.
 """
 
 from __future__ import annotations
@@ -23,26 +21,22 @@ __all__ = ["find_cached_weights", "load_checkpoint"]
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Loads a local checkpoint into ``model``, dropping classifier keys.
+    """Loads a local checkpoint into ``model`` in place, dropping classifier keys.
 
-    Reading is timm's ``timm.models.load_state_dict``: a state dict, or a dict with it
-    under ``"state_dict"`` or ``"model"``; ``"module."`` (DistributedDataParallel) and
-    ``"_orig_mod."`` (``torch.compile``) prefixes are removed; ``.safetensors`` files are
-    read with safetensors. EMA weights are not preferred (``use_ema=False``), so the
-    weights loaded are the ones saved under ``"state_dict"``. On top of timm, keys of
-    the classifier named in ``model.pretrained_cfg`` are dropped, missing and
-    unexpected keys are reported in a warning, and tensors whose shapes differ, or a
-    checkpoint with no key in common with the model, raise.
+    Reading is timm's ``load_state_dict`` (a state dict, or one under ``"state_dict"`` or
+    ``"model"``; DDP and ``torch.compile`` prefixes removed; ``.safetensors`` supported;
+    not the EMA weights). The classifier named in ``model.pretrained_cfg`` is dropped,
+    missing and unexpected keys are reported in a warning, and differing shapes, or no
+    key in common with the model, raise.
 
     Args:
-        model: The model to load into, in place.
-        path: A ``.pth``/``.pt``/``.bin`` file (read with ``weights_only=True``) or a
+        model: The model to load into.
+        path: A ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``) or
             ``.safetensors`` file.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a state dict, no key matches, or shapes
-            differ.
+        ValueError: If the file is not a state dict, no key matches, or shapes differ.
 
     Examples:
         >>> import tempfile, pathlib, torch
@@ -91,7 +85,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
 
 def find_cached_weights(name: str, cache_dir: str | os.PathLike[str] | None) -> str:
-    """Returns the path of timm's pretrained weights for ``name`` in the local cache."""
+    """The path of timm's pretrained weights for ``name`` in the local HF or hub cache."""
     try:
         cfg = get_pretrained_cfg(name)
     except RuntimeError as err:

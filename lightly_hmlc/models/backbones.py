@@ -1,31 +1,14 @@
-"""timm backbones for hierarchical contrastive learning.
+"""timm backbones for hierarchical contrastive learning, and CIFAR-stem ResNets.
 
-``create_backbone`` is a thin factory over ``timm.create_model`` that returns a
-model producing pooled features ``[B, F]`` together with ``F``. Any timm name
-works (ResNet, ConvNeXt, ViT, ...).
+:func:`create_backbone` is a thin factory over ``timm.create_model`` that returns a model
+producing pooled features [B, F] together with F; any timm name works. Pretrained weights
+are never downloaded: ``pretrained=True`` uses only weights already in the local cache.
 
-Importing this module also registers CIFAR-stem ResNets with timm, so that
-``timm.create_model("resnet18_cifar")`` works afterwards. They replace the
-ImageNet stem (7x7 stride-2 convolution and max-pool) by a single 3x3 stride-1
-convolution, as is usual for 32x32 inputs (He et al., CVPR 2016, Sec. 4.2), so a
-32x32 image keeps a 4x4 final feature map instead of 1x1:
-
-==================== ======================== ======== =================
-name                 blocks, channels         F        use
-==================== ======================== ======== =================
-``resnet18_cifar``   basic 2-2-2-2, 64..512   512      CIFAR benchmarks
-``resnet34_cifar``   basic 3-4-6-3, 64..512   512
-``resnet50_cifar``   bottleneck 3-4-6-3       2048
-``resnet_tiny_cifar`` basic 1-1-1-1, 8..64    64       tests, CPU runs
-==================== ======================== ======== =================
-
-They are timm ``ResNet`` instances, so ``num_classes=0``, ``head_hidden_size``,
-``forward_features`` and ``features_only=True`` keep timm's contract. No
-pretrained weights exist for them.
-
-Pretrained weights are never downloaded here: ``pretrained=True`` only uses
-weights already in the local Hugging Face or torch hub cache, and fails at once
-otherwise; ``pretrained="/path/to/weights.pth"`` loads a local checkpoint.
+Importing this module registers CIFAR-stem ResNets with timm (``resnet18_cifar``,
+``resnet34_cifar``, ``resnet50_cifar`` and the 64-feature ``resnet_tiny_cifar`` for tests
+and CPU runs). They replace the ImageNet stem by one 3x3 stride-1 convolution, as usual
+for 32x32 inputs (He et al., CVPR 2016, Sec. 4.2), and are timm ``ResNet`` instances
+without pretrained weights.
 """
 
 from __future__ import annotations
@@ -63,34 +46,26 @@ def create_backbone(
     img_size: int | None = None,
     **timm_kwargs: Any,
 ) -> tuple[nn.Module, int]:
-    """Creates a timm model without classifier and returns it with its feature width.
+    """Creates a timm model without classifier; returns it and its feature width.
 
     Args:
-        name: Any ``timm.create_model`` name, with or without a pretrained tag
-            (``"resnet18"``, ``"resnet18.tv_in1k"``, ``"convnext_atto"``,
-            ``"vit_tiny_patch16_224"``), one of the CIFAR-stem models of this module
-            (``"resnet18_cifar"``), or ``"local-dir:/path/to/model_folder"``.
-        pretrained: ``False`` for random initialisation. A path to a local
-            checkpoint (``.pth``, ``.pt``, ``.bin`` or ``.safetensors``; a state dict,
-            or a dict holding it under ``"state_dict"`` or ``"model"``) loads it,
-            dropping the classifier keys. ``True`` loads timm's pretrained weights
-            only if they are already in the local cache; it never downloads.
+        name: A ``timm.create_model`` name, with or without a pretrained tag
+            (``"resnet18.tv_in1k"``), a CIFAR-stem model of this module, or
+            ``"local-dir:/path/to/model_folder"``.
+        pretrained: False for random weights; a path to a local checkpoint (``.pth``,
+            ``.pt``, ``.bin``, ``.safetensors``), loaded without the classifier keys; True
+            for timm's weights, only if they are already in the local cache.
         in_chans: Number of input channels.
-        img_size: Input size, for models with a fixed input size such as ViT
-            (``img_size=32`` for a ViT on 32x32 images). Leave ``None`` for
-            convolutional networks.
-        **timm_kwargs: Passed on to ``timm.create_model`` (``drop_path_rate``,
-            ``global_pool``, ``cache_dir``, ...).
+        img_size: Input size of models with a fixed one, such as ViT; None otherwise.
+        **timm_kwargs: Passed on to ``timm.create_model`` (``drop_path_rate``, ...).
 
     Returns:
-        ``(model, num_features)``: ``model(x)`` maps ``[B, in_chans, H, W]`` to
-        pooled features ``[B, num_features]``.
+        ``(model, num_features)``; ``model(x)`` maps [B, in_chans, H, W] to [B, F].
 
     Raises:
-        ValueError: For an unknown model name (close matches are suggested), a
-            model without pretrained weights, or a checkpoint that does not fit.
-        FileNotFoundError: If a checkpoint path does not exist, or if
-            ``pretrained=True`` and the weights are not in the local cache.
+        ValueError: For an unknown name (close matches are suggested), a model without
+            pretrained weights, or a checkpoint that does not fit.
+        FileNotFoundError: For a missing checkpoint, or uncached weights with True.
 
     Examples:
         >>> import torch
@@ -133,9 +108,7 @@ def create_backbone(
 
 
 def feature_dim(model: nn.Module) -> int:
-    """Returns the width of the pooled features of a timm model without classifier.
-
-    Reads timm's ``head_hidden_size`` and falls back to ``num_features``.
+    """The pooled feature width of a timm model: ``head_hidden_size``, else ``num_features``.
 
     Examples:
         >>> model, _ = create_backbone("resnet_tiny_cifar")
@@ -153,11 +126,10 @@ def feature_dim(model: nn.Module) -> int:
 
 
 class CifarResNet(ResNet):
-    """timm ``ResNet`` with a CIFAR stem: one 3x3 stride-1 convolution and no max-pool.
+    """timm ``ResNet`` with a CIFAR stem: one 3x3 stride-1 convolution, no max-pool.
 
-    Takes the arguments of ``timm.models.resnet.ResNet``. The stem width equals
-    the width of the first stage, ``channels[0]`` (64 for ResNet-18/34/50).
-    ``feature_info`` reductions are 1, 1, 2, 4, 8 (stem, stage 1 to 4).
+    Takes ``ResNet``'s arguments; the stem is as wide as the first stage, and the
+    ``feature_info`` reductions are 1, 1, 2, 4, 8.
 
     Examples:
         >>> import timm, torch
@@ -210,14 +182,8 @@ def _cifar_cfg() -> dict[str, Any]:
 
 
 # timm's register_model reads pretrained cfgs from this module-level name.
-default_cfgs = generate_default_cfgs(
-    {
-        "resnet18_cifar": _cifar_cfg(),
-        "resnet34_cifar": _cifar_cfg(),
-        "resnet50_cifar": _cifar_cfg(),
-        "resnet_tiny_cifar": _cifar_cfg(),
-    }
-)
+_CIFAR_NAMES = ("resnet18_cifar", "resnet34_cifar", "resnet50_cifar", "resnet_tiny_cifar")
+default_cfgs = generate_default_cfgs({name: _cifar_cfg() for name in _CIFAR_NAMES})
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool, **kwargs: Any) -> ResNet:
@@ -248,10 +214,8 @@ def resnet50_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
 
 @register_model
 def resnet_tiny_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Tiny 4-stage ResNet with a CIFAR stem (one basic block per stage, 8 to 64 channels).
-
-    About 77k parameters and 64 features: for tests and CPU benchmarks.
-    """
+    """Tiny ResNet with a CIFAR stem: one basic block per stage, 8 to 64 channels, 64
+    features, about 77k parameters (tests and CPU runs)."""
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
     return _create_cifar_resnet("resnet_tiny_cifar", pretrained, **dict(args, **kwargs))
 

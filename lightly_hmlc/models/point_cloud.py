@@ -1,28 +1,17 @@
-"""Point clouds as multi-view depth images, after SimpleView.
+"""Point clouds as multi-view depth images, after SimpleView (Goyal et al., ICML 2021).
 
-SimpleView (Goyal et al., "Revisiting Point Cloud Shape Classification with a
-Simple and Effective Baseline", ICML 2021) projects a point cloud orthographically
-onto the six faces of its bounding cube and runs an image backbone on the depth
-images. ``render_depth_views`` does the projection with a vectorised z-buffer,
-and ``DepthViewEncoder`` wraps any image backbone (a timm name or module) into a
-point-cloud encoder, so that the hierarchical losses apply to 3D shapes unchanged.
+SimpleView projects a cloud orthographically onto the faces of its bounding cube and runs
+an image backbone on the depth images, so the hierarchical losses apply to 3D shapes
+unchanged. Conventions of :func:`render_depth_views`:
 
-Conventions of ``render_depth_views``:
-
-- Each cloud is centred on the centre of its bounding box and scaled into the
-  unit sphere (``normalize=True``), so the image plane ``[-1, 1]^2`` holds the
-  whole shape. Unlike the centroid, the box centre does not depend on how densely
-  parts are sampled, and it makes the images exactly invariant to point order.
-- Views, in this order (the first four form a ring around the ``y`` axis, so
-  ``num_views=4`` gives the side views): camera on ``+z`` (front), ``+x``
-  (right), ``-z`` (back), ``-x`` (left), each with ``+y`` up, then ``+y`` (top)
+- Each cloud is centred on its bounding-box centre (independent of sampling density and
+  point order) and scaled into the unit sphere, so ``[-1, 1]^2`` holds the whole shape.
+- Views, in order: camera on ``+z`` (front), ``+x`` (right), ``-z`` (back), ``-x``
+  (left), each with ``+y`` up (``num_views=4`` gives the side views), then ``+y`` (top)
   and ``-y`` (bottom).
-- A pixel holds the *nearness* of the closest point to the camera: ``1.0`` for a
-  point on the camera side of the unit sphere, falling linearly to ``far_value``
-  on the far side. Background pixels are ``0.0``. So the values lie in
-  ``{0} U [far_value, 1]``, and a larger value means closer.
-- Rendering is not differentiable: the images carry no gradient to the points
-  (pixel positions are discrete). Treat it as a fixed input transform.
+- A pixel holds the nearness of the closest point: 1 on the camera side of the unit
+  sphere, falling linearly to ``far_value`` on the far side; background is 0.
+- Rendering is a fixed input transform: no gradient reaches the points.
 """
 
 from __future__ import annotations
@@ -33,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_hmlc.models.backbones import create_backbone
+from lightly_hmlc.models.backbones import create_backbone, feature_dim
 
 __all__ = ["DepthViewEncoder", "render_depth_views", "view_frames"]
 
@@ -51,7 +40,7 @@ _VIEWS = (
 
 
 def view_frames(num_views: int = MAX_VIEWS) -> Tensor:
-    """Returns the camera frames ``[V, 3, 3]``; rows are (right, up, towards camera).
+    """The camera frames [V, 3, 3]; rows are (right, up, towards the camera).
 
     Examples:
         >>> view_frames(1)
@@ -78,26 +67,17 @@ def render_depth_views(
     far_value: float = 0.1,
     normalize: bool = True,
 ) -> Tensor:
-    """Renders orthographic depth images of point clouds from axis-aligned views.
+    """Orthographic depth images [B, V, 1, H, W] of point clouds [B, N, 3], no gradient.
 
     Args:
-        points: ``[B, N, 3]`` point clouds (floating point, finite).
-        num_views: Number of views, 1 to 6, taken in the order of the module
-            docstring (front, right, back, left, top, bottom).
-        resolution: Height and width ``H = W`` of each image.
-        splat: Odd size of a max-pool that grows each point into a
-            ``splat x splat`` patch to fill holes between sparse points; the
-            nearer point wins where patches overlap. ``1`` disables it.
-        far_value: Value of a point on the far side of the unit sphere, in
-            ``(0, 1]``; the nearest possible point gets ``1.0`` and background
-            ``0.0``.
-        normalize: Centre each cloud on the centre of its bounding box and scale
-            it into the unit sphere. With ``False`` the points must already lie in ``[-1, 1]^3``;
-            points outside are not drawn.
-
-    Returns:
-        ``[B, V, 1, H, W]`` depth images with values in ``{0} U [far_value, 1]``,
-        without gradient.
+        points: Finite floating point clouds [B, N, 3], N >= 1.
+        num_views: Number of views, 1 to 6, in the order of the module docstring.
+        resolution: Height and width H = W of each image.
+        splat: Odd size of a max-pool that grows each point into a patch to fill holes
+            (the nearer point wins); 1 disables it.
+        far_value: Value of a point on the far side of the unit sphere, in (0, 1].
+        normalize: Centre and scale each cloud into the unit sphere; with False the
+            points must lie in ``[-1, 1]^3`` (points outside are not drawn).
 
     Examples:
         >>> points = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
@@ -166,33 +146,27 @@ def render_depth_views(
 class DepthViewEncoder(nn.Module):
     """Encodes point clouds by an image backbone on multi-view depth images (SimpleView).
 
-    Renders ``num_views`` depth images per cloud with ``render_depth_views``,
-    repeats the depth channel to the backbone's ``in_chans``, runs the backbone
-    on all ``B * V`` images at once and fuses the per-view features.
+    Renders ``num_views`` depth images per cloud, repeats the depth channel to the
+    backbone's ``in_chans``, runs the backbone on all ``B * V`` images at once and fuses
+    the per-view features.
 
-    - Goyal et al., "Revisiting Point Cloud Shape Classification with a Simple
-      and Effective Baseline", ICML 2021, https://arxiv.org/abs/2106.05304
+    - Goyal et al., ICML 2021, https://arxiv.org/abs/2106.05304
 
     Args:
-        backbone: A timm model name (created with ``create_backbone``; ViTs get
-            ``img_size=resolution``) or a module mapping ``[B, C, H, W]`` to
-            pooled features ``[B, F]``.
+        backbone: A timm model name (``create_backbone``; a ViT gets
+            ``img_size=resolution``) or a module mapping [B, C, H, W] to features [B, F].
         num_views: Number of views, 1 to 6.
         resolution: Image size.
-        in_chans: Channels the backbone takes; the depth image is repeated to
-            this number. Defaults to the module's ``in_chans`` attribute, or 3.
-        fuse: ``"mean"`` or ``"max"`` over views (``feature_dim = F``), or
-            ``"concat"`` (``feature_dim = V * F``; SimpleView's choice).
-        splat: Passed to ``render_depth_views``.
-        far_value: Passed to ``render_depth_views``.
-        backbone_dim: Feature width ``F`` of a module backbone without timm's
-            ``head_hidden_size``/``num_features``; inferred by one forward pass if
-            omitted.
-        **backbone_kwargs: Passed to ``create_backbone`` when ``backbone`` is a name
-            (``pretrained``, ``drop_path_rate``, ...).
+        in_chans: Channels the backbone takes (default: the module's ``in_chans``, or 3).
+        fuse: ``"mean"`` or ``"max"`` over views (F features), or ``"concat"`` (V * F).
+        splat: Passed to :func:`render_depth_views`.
+        far_value: Passed to :func:`render_depth_views`.
+        backbone_dim: F of a module without ``head_hidden_size`` / ``num_features``;
+            inferred by one forward pass if omitted.
+        **backbone_kwargs: Passed to ``create_backbone`` for a name.
 
     Attributes:
-        feature_dim: Width of the fused features returned by ``forward``.
+        feature_dim: Width of the fused features.
 
     Examples:
         >>> encoder = DepthViewEncoder("resnet_tiny_cifar", num_views=6, fuse="concat")
@@ -257,7 +231,7 @@ class DepthViewEncoder(nn.Module):
         self.feature_dim = self.backbone_dim * (num_views if fuse == "concat" else 1)
 
     def render(self, points: Tensor) -> Tensor:
-        """Returns the ``[B, V, 1, H, W]`` depth images this encoder sees."""
+        """The depth images [B, V, 1, H, W] this encoder sees."""
         return render_depth_views(
             points,
             self.num_views,
@@ -267,7 +241,7 @@ class DepthViewEncoder(nn.Module):
         )
 
     def forward(self, points: Tensor) -> Tensor:
-        """Maps ``[B, N, 3]`` point clouds to fused features ``[B, feature_dim]``."""
+        """Fused features [B, feature_dim] of point clouds [B, N, 3]."""
         views = self.render(points)
         batch = views.shape[0]
         images = views.expand(-1, -1, self.in_chans, -1, -1).reshape(
@@ -305,10 +279,10 @@ def _has_fixed_input_size(name: str) -> bool:
 
 
 def _infer_dim(module: nn.Module, in_chans: int, resolution: int) -> int:
-    for attr in ("head_hidden_size", "num_features"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    try:
+        return feature_dim(module)
+    except ValueError:
+        pass
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = module.training

@@ -166,3 +166,19 @@ def test_memory_bank_in_the_suite_and_refused_without_a_label_path_loss(
     assert int(state["state_dict"]["memory_bank.num_filled"]) == 48
     assert main.main(tiny_args(tmp_path, "--methods", "simclr", "--memory-bank", "8")) == 2
     assert "memory_bank_size" in capsys.readouterr().err
+
+
+def test_runs_that_recorded_the_removed_mask_placement_still_load_and_resume() -> None:
+    import run
+
+    # Checkpoints of before the backbone placement's removal record mask_placement.
+    model = methods.create_method(
+        "a-hmlc", num_classes_per_level=[2, 4], mask_placement="projection"
+    )
+    assert model.method_name == "a-hmlc"
+    with pytest.raises(ValueError, match="was removed"):
+        methods.create_method("g-hmlc", num_classes_per_level=[2, 4], mask_placement="backbone")
+    saved = {"lr": 0.5, "mask_placement": "projection"}
+    run.check_resume_config(saved, {"lr": 0.5}, "Checkpoint 'x'")
+    with pytest.raises(main.UserError, match=r"--mask-placement \"backbone\" -> \"projection\""):
+        run.check_resume_config({**saved, "mask_placement": "backbone"}, {"lr": 0.5}, "x")

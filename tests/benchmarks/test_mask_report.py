@@ -36,11 +36,10 @@ def test_per_sample_masks_have_a_spread() -> None:
     assert cast(float, mask_report.summarize(masks)["sample spread"]) > 0.1
 
 
-@pytest.mark.parametrize("placement", ["projection", "backbone"])
 def test_the_report_reads_a_finished_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], placement: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = tiny_args(tmp_path, "--methods", "a-hmlc", "--mask-placement", placement, "--no-plots")
+    args = tiny_args(tmp_path, "--methods", "a-hmlc", "--no-plots")
     assert main.main(args) == 0
     capsys.readouterr()
     run_dir = tmp_path / "shapes/a-hmlc/seed0"

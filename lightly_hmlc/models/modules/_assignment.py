@@ -1,29 +1,18 @@
-"""From a GMM over embedding dimensions to per-level hard masks (G-HMLC).
+"""From a GMM over embedding dimensions to G-HMLC's per-level 0/1 masks.
 
-Pure functions: match the mixture components to hierarchy levels, assign every dimension
-to a level, and build the 0/1 masks of Ott et al. (https://arxiv.org/abs/2510.00837).
-The choices are ours (the paper's public text does not give them); see ``docs/METHOD.md``.
+Pure functions: match the mixture components to hierarchy levels, give every dimension a
+level (each level keeping a minimum), and build the masks.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-Assignment = Literal["argmax", "threshold"]
 
-
-def check_assignment_options(
-    assignment: str, threshold: float, min_dims_per_level: int, num_levels: int, dim: int
-) -> None:
-    """Raises a ValueError naming an assignment option that is out of range."""
-    if assignment not in ("argmax", "threshold"):
-        raise ValueError(f"assignment must be 'argmax' or 'threshold', got {assignment!r}.")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"assignment_threshold must be in (0, 1], got {threshold}.")
+def check_min_dims(min_dims_per_level: int, num_levels: int, dim: int) -> None:
+    """Raises a ValueError unless ``min_dims_per_level`` is an int >= 1 that ``dim`` allows."""
     if (
         isinstance(min_dims_per_level, bool)
         or not isinstance(min_dims_per_level, int)
@@ -38,17 +27,11 @@ def check_assignment_options(
 
 
 def match_components(component_means: Tensor) -> Tensor:
-    """Component per level maximising the summed mean relevance of the matched pairs.
+    """The component [L] of each level that maximises the summed score of the pairs.
 
-    An exact maximum-weight bipartite matching (``scipy.optimize.linear_sum_assignment``),
-    for any number of levels.
-
-    Args:
-        component_means: [K, L] with K >= L; entry (k, h) is component k's
-            responsibility-weighted mean relevance to level h.
-
-    Returns:
-        Long tensor [L] on the device of the input: the component matched to each level.
+    An exact maximum-weight bipartite matching (``scipy.optimize.linear_sum_assignment``)
+    of ``component_means`` [K, L], K >= L, whose entry (k, h) is component k's score for
+    level h.
 
     Examples:
         >>> match_components(torch.tensor([[0.1, 0.9], [0.8, 0.7]])).tolist()
@@ -65,18 +48,9 @@ def match_components(component_means: Tensor) -> Tensor:
 def enforce_min_dims(level: Tensor, level_resp: Tensor, num_levels: int, minimum: int) -> Tensor:
     """Moves the most responsible dimensions into levels with fewer than ``minimum`` dims.
 
-    Every level keeps its ``minimum`` most responsible dimensions ("protected"); a level
-    short of dimensions takes the unprotected ones with the highest responsibility for its
+    Every level keeps its ``minimum`` most responsible dimensions; a short level takes the
+    other dimensions with the highest responsibility ``level_resp`` [D, L] for its
     component. Fixed shapes only; feasible because D >= L * minimum.
-
-    Args:
-        level: [D] level of each dimension.
-        level_resp: [D, L] responsibility of each level's component for each dimension.
-        num_levels: L.
-        minimum: Dimensions every level must get.
-
-    Returns:
-        The new [D] levels.
 
     Examples:
         >>> resp = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
@@ -109,31 +83,15 @@ def assign_masks(
     responsibilities: Tensor,
     *,
     min_dims_per_level: int = 1,
-    assignment: Assignment = "argmax",
-    assignment_threshold: float = 0.5,
     nested: bool = False,
 ) -> Tensor:
-    """0/1 masks [L, D] from the GMM responsibilities of the D dimensions.
+    """0/1 masks [L, D] (float32) from the GMM responsibilities [D, K] of the dimensions.
 
-    Component k's score for level h is its responsibility-weighted mean of ``scores[:, h]``;
-    components are matched to levels by :func:`match_components`. Each dimension goes to
-    the level of its most responsible component, every level keeps at least
-    ``min_dims_per_level`` dimensions (:func:`enforce_min_dims`); with
-    ``assignment="threshold"`` a dimension also joins every level whose component has
-    responsibility >= ``assignment_threshold``. With ``nested=True`` the masks are
-    cumulative from coarse to fine: level l sees the dimensions of levels 0..l, so the
-    coarsest level keeps only its own dimensions and the finest sees them all.
-
-    Args:
-        scores: [D, L] relevance of each dimension to each level.
-        responsibilities: [D, K] GMM posteriors, K >= L.
-        min_dims_per_level: Minimum dimensions per level (D >= L * minimum).
-        assignment: ``"argmax"`` (partition) or ``"threshold"`` (may overlap).
-        assignment_threshold: Threshold of ``"threshold"``, in (0, 1].
-        nested: Cumulative (coarse to fine) instead of per-level masks.
-
-    Returns:
-        float32 masks [L, D] on the device of ``responsibilities``.
+    Component k's score for level h is its responsibility-weighted mean of
+    ``scores[:, h]`` ([D, L]); components are matched to levels by
+    :func:`match_components`. Each dimension goes to the level of its most responsible
+    component, and every level keeps ``min_dims_per_level`` dimensions. Nested masks are
+    cumulative from coarse to fine: level l sees the dimensions of levels 0..l.
 
     Examples:
         >>> scores = torch.tensor([[5.0, 0.0], [4.0, 1.0], [0.0, 6.0]])
@@ -153,9 +111,6 @@ def assign_masks(
     level = level_resp.argmax(1)
     level = enforce_min_dims(level, level_resp, num_levels, min_dims_per_level)
     masks = torch.nn.functional.one_hot(level, num_levels).T.to(torch.float32)  # [L, D]
-    if assignment == "threshold":
-        extra = (level_resp.T >= assignment_threshold).to(torch.float32)
-        masks = torch.maximum(masks, extra)
     if nested:
         masks = masks.cummax(dim=0).values
     return masks

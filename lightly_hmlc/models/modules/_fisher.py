@@ -1,38 +1,16 @@
-"""Per-dimension relevance descriptors for G-HMLC: log Fisher ratios per hierarchy level.
+"""G-HMLC's descriptors: the log Fisher ratio of every embedding dimension at every level.
 
-Pure functions of the running class statistics of
-:class:`~lightly_hmlc.models.modules.prefix_statistics.LabelPrefixStatistics`. Each
-embedding dimension d becomes a point in R^L whose coordinate l is the log Fisher ratio
-(between-class / within-class variance) of d at level l; the GMM of G-HMLC (Ott et al.,
-https://arxiv.org/abs/2510.00837) clusters these points. See ``docs/METHOD.md``.
+Dimension d becomes a point in R^L whose coordinate l is its between-class / within-class
+variance ratio at level l, from the statistics of
+:class:`~lightly_hmlc.models.modules.prefix_statistics.LabelPrefixStatistics`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-Relevance = Literal["conditional", "marginal"]
-DescriptorNormalization = Literal["none", "center"]
-
 _TINY = torch.finfo(torch.float64).tiny
-
-
-def check_descriptor_options(
-    relevance: str, descriptor_normalization: str, fisher_floor: float
-) -> None:
-    """Raises a ValueError naming a descriptor option that is out of range."""
-    if relevance not in ("conditional", "marginal"):
-        raise ValueError(f"relevance must be 'conditional' or 'marginal', got {relevance!r}.")
-    if descriptor_normalization not in ("none", "center"):
-        raise ValueError(
-            f"descriptor_normalization must be 'none' or 'center', got "
-            f"{descriptor_normalization!r}."
-        )
-    if not 0.0 < fisher_floor < 1.0:
-        raise ValueError(f"fisher_floor must be in (0, 1), got {fisher_floor}.")
 
 
 def fisher_descriptors(
@@ -42,10 +20,12 @@ def fisher_descriptors(
     class_sum: Tensor,
     level_sumsq: Tensor,
     *,
-    relevance: Relevance = "conditional",
     fisher_floor: float = 1e-6,
 ) -> Tensor:
-    """Clamped log Fisher ratio of every dimension at every level.
+    """Clamped log Fisher ratio [D, L] (float64) of every dimension at every level.
+
+    The between-class variance of level l > 0 is taken around each class's parent mean
+    (what level l separates beyond level l-1); level 0 uses the global mean.
 
     Args:
         class_keys: [L, C, L] label prefixes of the classes (padded with -1).
@@ -53,13 +33,7 @@ def fisher_descriptors(
         class_count: [L, C] (decayed) sample count per class.
         class_sum: [L, C, D] (decayed) sum of the projections per class.
         level_sumsq: [L, D] (decayed) sum of squared projections per level.
-        relevance: ``"conditional"``: between-class variance around each class's parent
-            mean (what level l separates beyond level l-1); ``"marginal"``: around the
-            global mean.
         fisher_floor: Ratios are clamped to ``[fisher_floor, 1 / fisher_floor]`` first.
-
-    Returns:
-        float64 tensor [D, L].
 
     Examples:
         >>> keys = torch.tensor([[[0], [1]]])  # one level, two classes
@@ -79,7 +53,7 @@ def fisher_descriptors(
         total = counts.sum()
         safe = counts.clamp_min(_TINY)
         ss_class = torch.where(counts[:, None] > 0, sums.square() / safe[:, None], 0).sum(0)
-        if relevance == "conditional" and level > 0 and n > 0:
+        if level > 0 and n > 0:
             parents = class_keys[level, :n, :level]
             _, group = torch.unique(parents, dim=0, return_inverse=True)
             # n groups at most; unused ones have zero count and add nothing (no device read).
@@ -96,43 +70,3 @@ def fisher_descriptors(
         ratio = between / within.clamp_min(_TINY)
         desc[:, level] = ratio.clamp(fisher_floor, 1.0 / fisher_floor).log()
     return desc
-
-
-def relevance_scores(descriptors: Tensor, normalization: DescriptorNormalization) -> Tensor:
-    """The per-level scores used to match components to levels, [D, L].
-
-    Args:
-        descriptors: [D, L] log Fisher ratios.
-        normalization: ``"none"`` keeps them; ``"center"`` subtracts each dimension's mean
-            over levels (relative relevance).
-
-    Returns:
-        Tensor [D, L].
-
-    Examples:
-        >>> relevance_scores(torch.tensor([[1.0, 3.0]]), "center")
-        tensor([[-1.,  1.]])
-    """
-    if normalization == "center":
-        return descriptors - descriptors.mean(1, keepdim=True)
-    return descriptors
-
-
-def fit_points(descriptors: Tensor, normalization: DescriptorNormalization) -> Tensor:
-    """The points the GMM clusters: the descriptors, or their free centered coordinates.
-
-    Args:
-        descriptors: [D, L] log Fisher ratios.
-        normalization: ``"none"`` or ``"center"`` (see :func:`relevance_scores`).
-
-    Returns:
-        [D, L] for ``"none"`` (or L == 1), [D, L - 1] for ``"center"``.
-
-    Examples:
-        >>> fit_points(torch.tensor([[1.0, 3.0]]), "center")
-        tensor([[-1.]])
-    """
-    if normalization == "center" and descriptors.shape[1] > 1:
-        # The centered points live in an (L-1)-dim subspace: drop the dependent coordinate.
-        return relevance_scores(descriptors, normalization)[:, :-1]
-    return descriptors

@@ -1,10 +1,7 @@
-"""Gaussian mixture models fitted by EM in torch: batched, on any device, seeded.
+"""Gaussian mixture models fitted by EM in torch: batched restarts, any device, seeded.
 
-Used by :class:`~lightly_hmlc.models.modules.gmm_mask_head.GMMFeatureMaskHead` (G-HMLC of
-Ott et al., https://arxiv.org/abs/2510.00837) to cluster embedding dimensions, but written
-as a general function. Conventions follow ``sklearn.mixture.GaussianMixture``: the
-log-likelihood is the mean per sample (``GaussianMixture.score``), convergence is declared
-when it changes by less than ``tol`` between EM iterations, and ``reg_covar`` is added to the
+Conventions follow ``sklearn.mixture.GaussianMixture``: the log-likelihood is the mean per
+sample, EM stops when it changes by less than ``tol``, and ``reg_covar`` is added to the
 diagonal of every covariance.
 """
 
@@ -32,28 +29,25 @@ _KMEANS_ITERS = 30
 class GaussianMixtureFit:
     """The result of :func:`fit_gaussian_mixture` (the best of its restarts).
 
-    All tensors live on the device of the data. Scalars stay 0-dim tensors so that reading
-    the fit never synchronises with an accelerator.
+    Tensors live on the device of the data; scalars stay 0-dim tensors, so reading a fit
+    never synchronises an accelerator.
 
     Attributes:
-        weights: Mixing weights, shape [K].
-        means: Component means, shape [K, F].
-        covariances: Shape [K, F, F] for ``"full"``, [K, F] (variances) for ``"diag"``.
+        weights: Mixing weights [K].
+        means: Component means [K, F].
+        covariances: [K, F, F] for ``"full"``, variances [K, F] for ``"diag"``.
         covariance_type: ``"full"`` or ``"diag"``.
-        log_likelihood: Mean log-likelihood per sample of the returned parameters (the value
-            ``sklearn.mixture.GaussianMixture.score`` would report), 0-dim.
-        responsibilities: Posterior probability of each component per sample, shape [N, K].
+        log_likelihood: Mean log-likelihood per sample (sklearn's ``score``), 0-dim.
+        responsibilities: Posterior of each component per sample [N, K].
         converged: Whether EM met ``tol`` before ``max_iter``, 0-dim bool.
-        n_iter: Number of EM iterations run, 0-dim int64.
+        n_iter: EM iterations run, 0-dim int64.
         n_samples: N, the number of samples fitted.
 
     Examples:
         >>> x = torch.cat([torch.randn(50, 2) - 4, torch.randn(50, 2) + 4])
         >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
-        >>> fit.means.shape, fit.responsibilities.shape
-        (torch.Size([2, 2]), torch.Size([100, 2]))
-        >>> bool(fit.converged)
-        True
+        >>> fit.means.shape, fit.responsibilities.shape, bool(fit.converged)
+        (torch.Size([2, 2]), torch.Size([100, 2]), True)
     """
 
     weights: Tensor
@@ -77,25 +71,13 @@ class GaussianMixtureFit:
         return int(self.means.shape[1])
 
     def n_parameters(self) -> int:
-        """Number of free parameters (as in sklearn's ``_n_parameters``)."""
+        """Number of free parameters (sklearn's ``_n_parameters``)."""
         k, f = self.n_components, self.n_features
         cov_params = k * f * (f + 1) // 2 if self.covariance_type == "full" else k * f
         return cov_params + k * f + k - 1
 
-    def bic(self) -> Tensor:
-        """Bayesian information criterion on the fitted data (lower is better), 0-dim."""
-        n = self.n_samples
-        return -2.0 * self.log_likelihood * n + self.n_parameters() * math.log(n)
-
     def score_samples(self, x: Tensor) -> Tensor:
-        """Log density of each sample under the mixture.
-
-        Args:
-            x: Samples of shape [N, F].
-
-        Returns:
-            Log densities of shape [N].
-        """
+        """Log density [N] of each sample of ``x`` [N, F] under the mixture."""
         x = _as_data(x, self.means.dtype, self.n_features)
         weighted = _weighted_log_prob(
             x, self.weights[None], self.means[None], self.covariances[None], self.covariance_type
@@ -103,14 +85,7 @@ class GaussianMixtureFit:
         return torch.logsumexp(weighted, dim=-1)
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Posterior probability of each component.
-
-        Args:
-            x: Samples of shape [N, F].
-
-        Returns:
-            Responsibilities of shape [N, K].
-        """
+        """Posterior [N, K] of each component for the samples ``x`` [N, F]."""
         x = _as_data(x, self.means.dtype, self.n_features)
         weighted = _weighted_log_prob(
             x, self.weights[None], self.means[None], self.covariances[None], self.covariance_type
@@ -132,6 +107,32 @@ def check_fit_options(
     check_positive("reg_covar", reg_covar, allow_zero=True)
 
 
+@dataclass(frozen=True)
+class EMOptions:
+    """The EM settings of G-HMLC's fit, passed on to :func:`fit_gaussian_mixture`.
+
+    Attributes:
+        n_init: Restarts; the highest final log-likelihood wins.
+        max_iter: Maximum EM iterations per restart.
+        tol: Threshold on the change of the mean log-likelihood per sample.
+        reg_covar: Non-negative value added to the covariance diagonals.
+        seed: Seed of the initialisation; a fit is deterministic for a seed.
+
+    Examples:
+        >>> EMOptions(n_init=1)
+        EMOptions(n_init=1, max_iter=100, tol=0.001, reg_covar=1e-06, seed=0)
+    """
+
+    n_init: int = 3
+    max_iter: int = 100
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fit_options("full", self.n_init, self.max_iter, self.tol, self.reg_covar)
+
+
 def fit_gaussian_mixture(
     x: Tensor,
     n_components: int,
@@ -148,28 +149,20 @@ def fit_gaussian_mixture(
 ) -> GaussianMixtureFit:
     """Fits a Gaussian mixture model with EM, all restarts in one batched computation.
 
-    The ``n_init`` restarts run side by side as a leading batch dimension; a restart that
-    has converged is frozen, so each restart gives exactly the result of running it alone.
-    The restart with the highest final log-likelihood is returned. On an accelerator the
-    convergence test reads the device only every 10 iterations.
+    The ``n_init`` restarts run side by side; a converged restart is frozen, so each gives
+    exactly its result alone, and the highest final log-likelihood wins. On an
+    accelerator the convergence test reads the device every 10 iterations only.
 
     Args:
-        x: Samples of shape [N, F] on any device.
-        n_components: Number of components K (1 <= K <= N).
-        covariance_type: ``"full"`` (one full matrix per component) or ``"diag"``.
-        n_init: Number of restarts from different initialisations.
-        max_iter: Maximum number of EM iterations per restart.
-        tol: Convergence threshold on the change of the mean log-likelihood per sample.
-        reg_covar: Non-negative value added to the diagonal of the covariances.
-        init: ``"kmeans"`` (k-means++ seeding then Lloyd iterations, like sklearn's
-            default), ``"kmeans++"`` (seeding only) or ``"random"`` (random responsibilities).
+        x: Samples [N, F] on any device.
+        n_components: Number of components K, in [1, N].
+        covariance_type: ``"full"`` or ``"diag"``.
+        n_init, max_iter, tol, reg_covar: As :class:`EMOptions`.
+        init: ``"kmeans"`` (k-means++ seeding, then Lloyd iterations, as sklearn),
+            ``"kmeans++"`` (seeding only) or ``"random"`` (random responsibilities).
         seed: Seed of the generator used when ``generator`` is None.
         generator: A ``torch.Generator`` on the device of ``x``; overrides ``seed``.
-        dtype: Floating dtype of the computation (float64 by default: the data are small and
-            the covariances need the precision).
-
-    Returns:
-        A :class:`GaussianMixtureFit`.
+        dtype: Floating dtype of the computation.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -178,8 +171,6 @@ def fit_gaussian_mixture(
     Examples:
         >>> x = torch.cat([torch.randn(50, 2) - 5, torch.randn(50, 2) + 5])
         >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
-        >>> fit.means.shape, fit.responsibilities.shape
-        (torch.Size([2, 2]), torch.Size([100, 2]))
         >>> sorted(fit.means[:, 0].round().tolist())
         [-5.0, 5.0]
     """
@@ -245,40 +236,6 @@ def fit_gaussian_mixture(
             "singular). Increase reg_covar or use covariance_type='diag'."
         )
     return fit
-
-
-def select_n_components_bic(
-    x: Tensor,
-    max_components: int,
-    **fit_kwargs: object,
-) -> tuple[int, Tensor]:
-    """Chooses the number of mixture components by BIC.
-
-    Args:
-        x: Samples of shape [N, F].
-        max_components: Largest K tried; K runs over ``1..min(max_components, N)``.
-        **fit_kwargs: Passed to :func:`fit_gaussian_mixture`.
-
-    Returns:
-        The K with the lowest BIC and the BIC of every K tried (shape [K_max], float64,
-        index k holds K = k + 1).
-
-    Examples:
-        >>> x = torch.cat([torch.randn(60, 1) - 8, torch.randn(60, 1), torch.randn(60, 1) + 8])
-        >>> k, bics = select_n_components_bic(x, max_components=5)
-        >>> k, bics.shape
-        (3, torch.Size([5]))
-    """
-    if max_components < 1:
-        raise ValueError(f"max_components must be >= 1, got {max_components}.")
-    k_max = min(max_components, x.shape[0])
-    bics = torch.stack(
-        [
-            fit_gaussian_mixture(x, k, **fit_kwargs).bic().to(torch.float64)  # type: ignore[arg-type]
-            for k in range(1, k_max + 1)
-        ]
-    )
-    return int(bics.argmin()) + 1, bics
 
 
 def _as_data(x: Tensor, dtype: torch.dtype, n_features: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Fixed per-level blocks of the embedding: per-level projection heads, as a mask head."""
+"""Fixed per-level blocks of the embedding (per-level projection heads) as a mask head."""
 
 from __future__ import annotations
 
@@ -13,32 +13,20 @@ from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 class BlockMaskHead(FeatureMaskHead):
     """Hard masks that give every hierarchy level a fixed block of the embedding.
 
-    The baseline that feature identification has to beat: no statistics and nothing
-    learned, the embedding is cut into ``L`` contiguous blocks, coarse to fine, and the
-    level-``h`` term of HMLC sees only its block. With a projection head in front, this
-    is the same as ``L`` per-level projection heads that share all but the last layer
-    (the last layer's rows are the blocks), so the coarse term can pull same-coarse
-    samples together without folding the fine structure of the other blocks.
+    The baseline that feature identification has to beat: nothing is fitted or learned,
+    the embedding is cut into L contiguous blocks, coarse to fine, and level h's term
+    sees only its block. Behind a projection head this equals L per-level projection
+    heads that share all but the last layer. With ``nested=True`` level h sees blocks
+    0..h, so the finest level sees every dimension, as in Ott et al.'s nested layout [0].
 
-    ``nested=True`` gives level ``h`` the blocks ``0..h`` instead: the coarsest level
-    sees only its own block, the finest level sees every dimension (so the finest term
-    is SupCon on the whole embedding), and a finer level's dimensions include the
-    coarser ones. This is the hard-mask analogue of Ott et al.'s per-level features [0]
-    in which the hierarchy is kept in the feature layout; the partition (default) keeps
-    the levels apart.
-
-    - [0] Ott et al., Feature Identification for Hierarchical Contrastive Learning,
-      arXiv 2510.00837
+    - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
 
     Args:
         num_levels: L, the depth of the label paths.
         dim: D, the width of the projections.
-        block_sizes: The width of each level's block, coarse to fine, summing to ``dim``.
-            Default: ``dim // L`` each, the remainder going to the finest block.
-        nested: Level ``h`` sees blocks ``0..h`` instead of block ``h`` alone.
-
-    Raises:
-        ValueError: If the block sizes are not ``L`` positive integers summing to ``dim``.
+        block_sizes: Each level's block width, coarse to fine, summing to ``dim``.
+            Default: ``dim // L`` each, the remainder to the finest block.
+        nested: Level h sees blocks 0..h instead of block h alone.
 
     Examples:
         >>> head = BlockMaskHead(num_levels=2, dim=5)
@@ -84,15 +72,7 @@ class BlockMaskHead(FeatureMaskHead):
         self.register_buffer("masks", own.float().unsqueeze(0), persistent=False)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The fixed masks ``[1, L, D]``, in ``z``'s dtype and device.
-
-        Args:
-            z: Projections ``[B, D]`` (only checked: the masks do not depend on them).
-            labels: Label paths ``[B, L]`` or None (unused).
-
-        Returns:
-            ``[1, L, D]`` 0/1 masks.
-        """
+        """The fixed 0/1 masks [1, L, D] in the dtype and device of ``z`` (only checked)."""
         self.check_inputs(z, labels)
         return self.masks.to(device=z.device, dtype=z.dtype)
 

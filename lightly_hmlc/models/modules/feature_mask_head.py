@@ -11,23 +11,19 @@ from lightly_hmlc.models.modules._arguments import check_int
 class FeatureMaskHead(nn.Module):
     """Base class of the heads that map projections to one feature mask per hierarchy level.
 
-    Ott et al. [0] weight the embedding with a mask M_h before computing the level-h term of
-    HMLC [1]. The head is a model part, called once per training step on both views
-    concatenated: ``masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))``, then
-    ``loss = HMLCLoss(...)(z0, z1, labels, masks=masks) + head.regularization(masks)``; the
-    loss computes the level-h term on ``normalize(normalize(z) * masks[:, h])``. The
-    convenience losses (``GHMLCLoss``, ``AHMLCLoss``, ``MaskedHMLCLoss``) run the same chain.
-    A new head only has to implement :meth:`forward` (and optionally :meth:`regularization`),
-    no loss needs to change.
+    Ott et al. [0] weight the embedding with a mask M_h before the level-h term of HMLC
+    [1]. A head is a model part, called once per step on both views:
+    ``masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))``, then
+    ``loss = HMLCLoss(...)(z0, z1, labels, masks=masks) + head.regularization(masks)``;
+    the loss computes level h on ``normalize(normalize(z) * masks[:, h])``. A new head
+    implements :meth:`forward` (and optionally :meth:`regularization`); no loss changes.
 
-    - [0] Ott et al., Hierarchical Multi-Label Contrastive Learning with feature masks, 2025,
-      https://arxiv.org/abs/2510.00837
-    - [1] Zhang et al., Use All The Labels: A Hierarchical Multi-Label Contrastive Learning
-      Framework, CVPR 2022, https://arxiv.org/abs/2204.13207
+    - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
+    - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
 
-    Attributes:
-        num_levels: Number of hierarchy levels L.
-        dim: Embedding width D.
+    Args:
+        num_levels: Number of hierarchy levels L (>= 1).
+        dim: Embedding width D (>= 1).
 
     Examples:
         >>> import torch
@@ -46,15 +42,6 @@ class FeatureMaskHead(nn.Module):
     dim: int
 
     def __init__(self, num_levels: int, dim: int) -> None:
-        """Stores and validates the shape of the masks.
-
-        Args:
-            num_levels: Number of hierarchy levels L (>= 1).
-            dim: Embedding width D (>= 1).
-
-        Raises:
-            ValueError: If ``num_levels`` or ``dim`` is not a positive integer.
-        """
         super().__init__()
         check_int("num_levels", num_levels, meaning="the depth of the label paths")
         check_int("dim", dim, meaning="the width of the projections z")
@@ -62,27 +49,12 @@ class FeatureMaskHead(nn.Module):
         self.dim = dim
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Computes the per-level feature masks.
-
-        Args:
-            z: Projections of shape [B, D], not necessarily normalised.
-            labels: Label paths of shape [B, L] (coarse -> fine, negative = unknown) or None.
-
-        Returns:
-            Float masks of shape [B, L, D] (one per row of ``z``) or [1, L, D] (shared),
-            level order coarse -> fine.
-        """
+        """Float masks [B, L, D] (one per row) or [1, L, D] (shared), coarse to fine, of
+        the projections ``z`` [B, D] and label paths [B, L] (negative = unknown) or None."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")
 
     def regularization(self, masks: Tensor) -> Tensor:
-        """Extra loss term computed from the masks this head just returned.
-
-        Args:
-            masks: The output of :meth:`forward`.
-
-        Returns:
-            A 0-dim tensor; zero for heads without a regulariser.
-        """
+        """A 0-dim loss term from the masks :meth:`forward` returned (zero by default)."""
         return masks.new_zeros(())
 
     def extra_repr(self) -> str:
@@ -90,19 +62,8 @@ class FeatureMaskHead(nn.Module):
         return f"num_levels={self.num_levels}, dim={self.dim}"
 
     def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
-        """Raises a ValueError if ``z`` or ``labels`` do not fit this head.
-
-        Only shapes and dtypes are checked, so that the check never synchronises with an
-        accelerator; the labels by :func:`~lightly_hmlc.label_paths.check_label_paths`,
-        the package's one label-path check.
-
-        Args:
-            z: Projections, expected shape [B, D].
-            labels: Label paths, expected integer tensor of shape [B, L], or None.
-
-        Raises:
-            ValueError: If a shape or dtype does not match.
-        """
+        """Raises a ValueError unless ``z`` is [B, D] floating and ``labels`` integer
+        [B, L] or None. Shapes and dtypes only, so it never synchronises the device."""
         if not isinstance(z, Tensor):
             raise ValueError(f"z must be a torch.Tensor of shape [B, {self.dim}], got {type(z)}.")
         if z.ndim != 2 or z.shape[1] != self.dim:

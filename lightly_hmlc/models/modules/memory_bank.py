@@ -14,54 +14,34 @@ from lightly_hmlc.models.modules._arguments import check_int
 class HierarchicalMemoryBank(nn.Module):
     """FIFO queue of projected embeddings and their label paths, for the contrastive losses.
 
-    MoCo (He et al. [0]) keeps the embeddings of past batches in a queue and contrasts the
-    current batch against them; Lightly's ``MemoryBankModule`` implements that queue for
-    features only. Supervised and hierarchical contrastive losses also need the labels of
-    the queued rows, to know which of them are positives at each level (the motivation of
-    the label-aware bank asked for in lightly-ai/lightly PR #1877, SupCon). This module
-    mirrors ``MemoryBankModule`` and stores, beside each embedding, its label path
-    ``[L]`` (coarse to fine, ``-1`` for an unknown level).
+    MoCo (He et al. [0]) contrasts the current batch against a queue of past embeddings;
+    Lightly's ``MemoryBankModule`` keeps features only. Supervised and hierarchical
+    losses also need the queued rows' labels, to find the positives at each level, so
+    this bank stores beside each embedding its label path [L] (-1 for unknown).
 
-    :meth:`forward` returns the queue as it was BEFORE this batch is enqueued (MoCo
-    semantics: a batch is never contrasted against itself through the queue) and only
-    the rows filled so far, so the first call returns an empty queue. The returned rows
-    are detached copies: a later enqueue never changes them. Pass them to a loss as
-    ``memory=(bank_features, bank_labels)``; the losses use them as extra contrast rows
-    and positives at every level, never as anchors.
+    :meth:`forward` returns the filled rows from before this batch is enqueued (MoCo
+    semantics). Pass them as ``memory=(bank_features, bank_labels)``: extra contrast rows
+    and positives at every level, never anchors. The queue is a set of buffers, so it is
+    checkpointed and follows ``.to(device)``.
 
-    The queue is a set of registered buffers, so it is saved in ``state_dict`` (a resumed
-    run continues with the same queue) and follows ``.to(device)``. The features are stored
-    as given (the losses and mask heads normalise internally) in the bank's dtype
-    (float32 unless the module is cast).
+    With ``gather_distributed=True`` under DDP every rank enqueues the all-gathered batch
+    (same batch size on every rank), so the queues stay identical on all ranks. Without
+    it each rank keeps its own queue, which DDP's buffer broadcast overwrites with rank
+    0's when the bank is part of the wrapped model.
 
-    Distributed: with ``gather_distributed=True`` and ``torch.distributed`` running with
-    world size > 1, every rank all-gathers the batch's features and labels (rank order)
-    and enqueues the same rows, so the queues stay identical on all ranks and the queue
-    content does not depend on the number of ranks. Every rank must then call the bank
-    with the same batch size. Without it, each rank keeps its own queue; note that DDP
-    (``broadcast_buffers=True``, its default) then overwrites every rank's queue with rank
-    0's if the bank is part of the wrapped model, so use ``gather_distributed=True`` there.
-
-    - [0] Momentum Contrast for Unsupervised Visual Representation Learning, He et al.,
-      CVPR 2020, https://arxiv.org/abs/1911.05722
+    - [0] He et al., Momentum Contrast, CVPR 2020, https://arxiv.org/abs/1911.05722
 
     Args:
-        size: K, the number of rows the queue holds (>= 1).
+        size: K, the number of rows the queue holds.
         dim: D, the width of the embeddings.
         num_levels: L, the depth of the label paths.
-        gather_distributed: Enqueue the rows of all ranks (see above).
-        check_values: Reject NaN/Inf features and labels below -1 (a host-device
-            synchronisation per call); ``False`` checks shapes only, like the losses'
-            ``check_values=False``, so that a step never synchronises.
+        gather_distributed: Enqueue the rows of all ranks.
+        check_values: Reject NaN/Inf features and labels below -1 (a device read per
+            call); False checks shapes only, so a step never synchronises.
 
     Attributes:
-        features: Buffer ``[K, D]``, the queued embeddings (rows past ``num_filled`` unused).
-        labels: Buffer ``[K, L]``, their label paths (``-1`` in unused rows).
-        ptr: Buffer ``[1]``, the row the next enqueue writes first.
-        num_filled: Buffer ``[1]``, how many rows hold data (``<= K``).
-
-    Raises:
-        ValueError: If ``size``, ``dim`` or ``num_levels`` is not a positive int.
+        features: Buffer [K, D]; labels: Buffer [K, L] (-1 in unused rows).
+        ptr: Buffer [1], the next row written; num_filled: Buffer [1], rows with data.
 
     Examples:
         >>> bank = HierarchicalMemoryBank(size=4, dim=2, num_levels=2)
@@ -69,21 +49,13 @@ class HierarchicalMemoryBank(nn.Module):
         >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels)  # before it: empty
         >>> bank_z.shape, bank_labels.shape
         (torch.Size([0, 2]), torch.Size([0, 2]))
-        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 1)
-        >>> bank_labels.tolist()  # the first batch
-        [[0, 0], [1, -1]]
-        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 2)
-        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels + 3)
+        >>> for shift in (1, 2, 3):
+        ...     bank_z, bank_labels = bank(torch.randn(2, 2), labels + shift)
         >>> bank_labels.tolist()  # full: the first batch was dequeued, oldest first
         [[1, 1], [2, 0], [2, 2], [3, 1]]
-
-        In a training step, the queue before the batch joins the loss's contrast set:
-
         >>> from lightly_hmlc.loss import HMLCLoss
         >>> z0, z1 = torch.randn(2, 2), torch.randn(2, 2)
-        >>> memory = bank(z1.detach(), labels)  # (features [4, 2], labels [4, 2])
-        >>> loss = HMLCLoss("hmce")(z0, z1, labels, memory=memory)
-        >>> loss.shape
+        >>> HMLCLoss("hmce")(z0, z1, labels, memory=bank(z1.detach(), labels)).shape
         torch.Size([])
     """
 
@@ -128,19 +100,13 @@ class HierarchicalMemoryBank(nn.Module):
         """Returns the queue before this batch, then enqueues the batch.
 
         Args:
-            features: ``[B, D]`` projected embeddings (detached before they are stored).
-                In a two-view setup pass one view (e.g. ``z1.detach()``) or a momentum
-                encoder's keys.
-            labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown (``[B]``
-                when ``L = 1``).
-            update: Enqueue the batch (set False, e.g., in validation).
+            features: Projections [B, D], e.g. ``z1.detach()`` or a momentum encoder's keys.
+            labels: Label paths [B, L], -1 for unknown ([B] when L = 1).
+            update: Enqueue the batch (False e.g. in validation).
 
         Returns:
-            ``(bank_features [K', D], bank_labels [K', L])``: detached copies of the
-            ``K' = min(rows seen, K)`` filled rows, oldest first.
-
-        Raises:
-            ValueError: For a wrong shape, dtype, non-finite features or labels below -1.
+            Detached ``(features [K', D], labels [K', L])`` of the ``K' = min(seen, K)``
+            filled rows, oldest first.
         """
         labels = self._check(features, labels)
         num_filled = self._host_filled

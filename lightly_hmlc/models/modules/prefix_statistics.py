@@ -1,11 +1,8 @@
-"""Running per-class statistics keyed on label prefixes, kept on the device.
+"""Running per-class statistics of projections keyed on label prefixes, kept on the device.
 
-G-HMLC (Ott et al., https://arxiv.org/abs/2510.00837) needs, for every hierarchy level, the
-class means and the within-class scatter of each embedding dimension; the classes of level
-l are the label prefixes ``labels[:, :l + 1]`` of the label paths of HMLC (Zhang et al.,
-CVPR 2022, https://arxiv.org/abs/2204.13207). :class:`LabelPrefixStatistics` accumulates
-them over training steps without ever synchronising the device, and merges the ranks'
-statistics under DDP when asked to.
+G-HMLC's descriptors need, per hierarchy level, the class means and the within-class
+scatter of every embedding dimension; the classes of level l are the label prefixes
+``labels[:, :l + 1]``.
 """
 
 from __future__ import annotations
@@ -26,11 +23,8 @@ _MAX_LAZY_SCALE = 1e100
 
 
 class Float64BuffersMixin(nn.Module):
-    """Keeps the buffers named in ``_float64_buffers`` float64 through any model cast.
-
-    ``model.half()`` or ``model.to(torch.bfloat16)`` would round running sums; a module
-    using this mixin only moves those buffers to the new device, with their exact values.
-    """
+    """Keeps the buffers named in ``_float64_buffers`` float64, with exact values, through
+    any model cast (``model.half()`` would round running sums); they only move device."""
 
     _float64_buffers: tuple[str, ...] = ()
 
@@ -55,30 +49,29 @@ class Float64BuffersMixin(nn.Module):
 class LabelPrefixStatistics(Float64BuffersMixin):
     """Decayed per-class count and sum, and per-level sum of squares, of projections.
 
-    For level l the classes are the label prefixes 0..l (a fine label reused under two
-    parents is two classes); a sample counts at level l only if its labels 0..l are all
-    known (>= 0). Per step the statistics decay by ``momentum``.
+    The classes of level l are the label prefixes 0..l (a fine label under two parents is
+    two classes); a sample counts at level l only if its labels 0..l are known (>= 0).
+    The statistics decay by ``momentum`` per step and stay float64 through model casts.
 
-    Two copies are kept. The *merged* buffers hold the statistics of all ranks as of the
-    last :meth:`merge` and are identical on every rank (so DDP's buffer broadcast is
-    harmless). Each rank adds its batches to a private *pending* table (extra state,
-    saved in ``state_dict`` but never broadcast) with fixed shapes, so :meth:`update`
-    never synchronises the device. Decay is lazy: the true statistics are the stored
-    ones times ``momentum ** since_merge``, so a new batch is stored with weight
-    ``momentum ** -since_merge`` and no table is rescaled per step. At :meth:`merge` the
-    ranks gather their pending class keys, build the sorted union of label prefixes,
-    re-lay their tables on it and all-reduce, so every rank holds the statistics of all
-    data. All ranks must merge together.
+    :meth:`update` never synchronises the device: each rank adds its batches to a
+    private pending table of fixed shape (extra state, saved but never broadcast), and
+    decay is lazy (a new batch is stored with weight ``momentum ** -since_merge``).
+    :meth:`merge`, which all ranks must call together, gathers the ranks' label
+    prefixes, lays every table on their sorted union and all-reduces them, so the merged
+    buffers hold the statistics of all data, identical on every rank.
 
-    All statistics are float64 and stay float64 through ``.half()`` or ``.to(bf16)``.
+    Args:
+        num_levels: Number of hierarchy levels L.
+        dim: Width D of the projections.
+        max_classes_per_level: Capacity C of each level's class table (>= 2).
+        momentum: Decay per step, in (0, 1]; 1 keeps plain sums.
+        sync_distributed: Merge over the default process group when torch.distributed
+            runs with world size > 1.
+        owner: The module named in error messages.
 
     Attributes:
-        class_keys: [L, C, L] label prefixes padded with -1, sorted, slots
-            ``[0, num_classes[l])`` in use.
-        num_classes: [L] number of classes seen per level.
-        class_count: [L, C] decayed sample count per class.
-        class_sum: [L, C, D] decayed sum of the projections per class.
-        level_sumsq: [L, D] decayed sum of squared projections per level.
+        class_keys: [L, C, L] sorted label prefixes padded with -1 (``num_classes`` [L] in
+            use); class_count [L, C] and class_sum [L, C, D] per class; level_sumsq [L, D].
 
     Examples:
         >>> stats = LabelPrefixStatistics(num_levels=2, dim=3, momentum=1.0)
@@ -106,20 +99,6 @@ class LabelPrefixStatistics(Float64BuffersMixin):
         sync_distributed: bool = True,
         owner: str = "LabelPrefixStatistics",
     ) -> None:
-        """Builds empty tables.
-
-        Args:
-            num_levels: Number of hierarchy levels L (>= 1).
-            dim: Width D of the projections (>= 1).
-            max_classes_per_level: Capacity C of each level's class table (>= 2).
-            momentum: Decay per step, in (0, 1]; 1 keeps plain sums.
-            sync_distributed: Merge over the default process group when torch.distributed
-                runs with world size > 1.
-            owner: Name used in error messages (the module the user built).
-
-        Raises:
-            ValueError: If an argument is out of range.
-        """
         super().__init__()
         for name, value, minimum in (
             ("num_levels", num_levels, 1),
@@ -151,12 +130,8 @@ class LabelPrefixStatistics(Float64BuffersMixin):
 
     @torch.no_grad()
     def update(self, z: Tensor, labels: Tensor) -> None:
-        """Adds a batch to this rank's pending statistics without synchronising the device.
-
-        Args:
-            z: Projections [B, D] (any floating dtype and device; stored as float64).
-            labels: Label paths [B, L], negative = unknown.
-        """
+        """Adds projections [B, D] and their label paths [B, L] (negative = unknown) to this
+        rank's pending statistics, without synchronising the device."""
         p = self._ensure_pending()
         scale = 1.0
         if self.momentum < 1.0:
@@ -186,11 +161,10 @@ class LabelPrefixStatistics(Float64BuffersMixin):
     def merge(self) -> None:
         """Adds every rank's pending statistics to the merged buffers and clears them.
 
-        Synchronises the device (a few small reads) and, under DDP, all ranks.
+        Synchronises the device and, under DDP, all ranks.
 
         Raises:
-            ValueError: If more label prefixes than ``max_classes_per_level`` were seen at
-                one level.
+            ValueError: If a level saw more label prefixes than ``max_classes_per_level``.
         """
         p = self._ensure_pending()
         L, C, D = self.num_levels, self.max_classes_per_level, self.dim
@@ -326,10 +300,9 @@ class LabelPrefixStatistics(Float64BuffersMixin):
     def _lookup_or_insert(self, level: int, rows: Tensor, ok: Tensor) -> Tensor:
         """Slot of each row in the pending table of ``level``; new prefixes get new slots.
 
-        The table rows and the batch rows are sorted together (lexicographically, one stable
-        argsort per prefix column), so equal prefixes form groups; everything has a fixed
-        shape, so the device is never synchronised, and memory is O(C + B). Unknown
-        prefixes and prefixes beyond the capacity go to the spare slot C; overflow is
+        Table and batch rows are sorted together (one stable argsort per prefix column) so
+        equal prefixes form groups: fixed shapes, no device read, O(C + B) memory. Unknown
+        prefixes and those beyond the capacity go to the spare slot C; an overflow is
         flagged and reported at the next merge.
         """
         p = self._pending

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor
 
 from lightly_hmlc.models.modules.gmm_mask_head import (
+    EMOptions,
     GMMFeatureMaskHead,
     fit_gaussian_mixture,
-    select_n_components_bic,
 )
 from tests.two_ranks import run_on_two_ranks
 
@@ -129,15 +129,6 @@ def test_em_restarts_keep_the_best() -> None:
     assert batched >= min(singles) - 1e-9
 
 
-def test_select_n_components_bic() -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(80, 2, generator=g) + c for c in (-8.0, 0.0, 8.0)])
-    best, bics = select_n_components_bic(x, 6, covariance_type="diag")
-    assert best == 3
-    assert bics.shape == (6,)
-    assert int(bics.argmin()) == 2
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -174,10 +165,7 @@ def test_masks_are_all_ones_before_the_first_fit() -> None:
     "options",
     [
         {},
-        {"relevance": "marginal"},
-        {"descriptor_normalization": "center"},
-        {"covariance_type": "diag"},
-        {"momentum": 1.0, "n_init": 1},
+        {"momentum": 1.0, "em_options": EMOptions(n_init=1)},
     ],
 )
 def test_planted_dimensions_are_assigned_to_their_level(options: dict) -> None:
@@ -232,18 +220,6 @@ def test_min_dims_moves_the_most_responsible_dims() -> None:
     # Already satisfied: nothing moves.
     unchanged = enforce_min_dims(level, level_resp, 3, 2)
     assert torch.equal(unchanged, level)
-
-
-def test_threshold_assignment_gives_overlapping_supersets() -> None:
-    hard = GMMFeatureMaskHead(2, D, warmup_steps=3)
-    soft = GMMFeatureMaskHead(
-        2, D, warmup_steps=3, assignment="threshold", assignment_threshold=1e-9
-    )
-    feed(hard, 3, noise=3.0)
-    feed(soft, 3, noise=3.0)
-    assert torch.all(soft.masks >= hard.masks)
-    assert soft.masks.sum() > hard.masks.sum()
-    assert set(soft.masks.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_refit_schedule() -> None:
@@ -364,7 +340,7 @@ def test_lazy_decay_stays_finite_over_long_runs() -> None:
     )
 
 
-@pytest.mark.parametrize("relevance", ["conditional", "marginal"])
+@pytest.mark.parametrize("relevance", ["conditional"])
 def test_descriptors_are_log_fisher_ratios(relevance: Literal["conditional", "marginal"]) -> None:
     g = torch.Generator().manual_seed(0)
     fine = torch.randint(6, (200,), generator=g)
@@ -374,7 +350,6 @@ def test_descriptors_are_log_fisher_ratios(relevance: Literal["conditional", "ma
         2,
         5,
         momentum=1.0,
-        relevance=relevance,
         warmup_steps=10,
         normalize_input=False,
     )
@@ -423,7 +398,9 @@ def test_refit_without_statistics_raises() -> None:
 
 
 def test_explicit_refit_and_determinism() -> None:
-    heads = [GMMFeatureMaskHead(2, D, warmup_steps=1000, seed=3) for _ in range(2)]
+    heads = [
+        GMMFeatureMaskHead(2, D, warmup_steps=1000, em_options=EMOptions(seed=3)) for _ in range(2)
+    ]
     for head in heads:
         feed(head, 3, noise=2.0)
     first = heads[0].refit()
@@ -479,22 +456,6 @@ def test_half_precision_keeps_float64_statistics() -> None:
     assert level_accuracy(head.masks.float()) >= 0.95
 
 
-def test_estimate_num_levels() -> None:
-    # A 3-level head on an embedding that only separates 2 levels.
-    head = GMMFeatureMaskHead(3, D, warmup_steps=4, estimate_levels=True)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        z, labels = planted_batch(generator)
-        labels = torch.cat([labels, labels[:, 1:]], 1)  # level 3 adds nothing
-        head(z, labels)
-    assert int(head.estimated_num_levels) in (2, 3)
-    assert torch.isfinite(head.bic_scores).all()
-    assert head.bic_scores.shape == (5,)
-    assert head.masks.shape == (3, D)  # masks still come from num_levels components
-    assert head.masks.sum(1).min() >= 1
-    assert head.estimate_num_levels(max_levels=2) in (1, 2)
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -503,11 +464,7 @@ def test_estimate_num_levels() -> None:
         ({"num_levels": 3, "dim": 8, "min_dims_per_level": 3}, "min_dims_per_level"),
         ({"num_levels": 2, "dim": 8, "momentum": 0.0}, "momentum"),
         ({"num_levels": 2, "dim": 8, "refit_every": 0}, "refit_every"),
-        ({"num_levels": 2, "dim": 8, "relevance": "foo"}, "relevance"),
-        ({"num_levels": 2, "dim": 8, "covariance_type": "tied"}, "covariance_type"),
-        ({"num_levels": 2, "dim": 8, "assignment": "soft"}, "assignment"),
         ({"num_levels": 2, "dim": 8, "max_classes_per_level": 1}, "max_classes_per_level"),
-        ({"num_levels": 2, "dim": 8, "max_levels_to_try": 9}, "max_levels_to_try"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict, match: str) -> None:
@@ -693,11 +650,10 @@ def test_without_normalize_input_the_scale_of_z_counts() -> None:
     torch.testing.assert_close(heads[1].class_sum[0, 0], 6 * z.double().sum(0))
 
 
-@pytest.mark.parametrize("assignment", ["argmax", "threshold"])
+@pytest.mark.parametrize("assignment", ["argmax"])
 def test_nested_masks_are_the_coarse_to_fine_union_of_the_partition(assignment: str) -> None:
-    kwargs = {"warmup_steps": 3, "assignment": assignment, "assignment_threshold": 0.3}
-    flat = GMMFeatureMaskHead(3, D, **kwargs)  # type: ignore[arg-type]
-    nested = GMMFeatureMaskHead(3, D, nested=True, **kwargs)  # type: ignore[arg-type]
+    flat = GMMFeatureMaskHead(3, D, warmup_steps=3, nested=False)
+    nested = GMMFeatureMaskHead(3, D, warmup_steps=3, nested=True)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         z, labels = planted_batch(generator, noise=2.0)
@@ -711,64 +667,3 @@ def test_nested_masks_are_the_coarse_to_fine_union_of_the_partition(assignment: 
         assert torch.equal(nested.masks[2], torch.ones(D))  # the finest sees every dim
         assert (nested.masks.sum(1).diff() > 0).all()  # each finer level adds dims
     assert torch.equal(nested(z), nested.masks.unsqueeze(0))
-
-
-# -------------------------------------------------------------- level estimates
-
-
-def _clustered_descriptors(k: int, seed: int, n: int = 120) -> Tensor:
-    """n points in R^3 from k well separated clusters, like descriptors of k levels."""
-    g = torch.Generator().manual_seed(seed)
-    centers = 4 * torch.randn(k, 3, generator=g)
-    return torch.cat([c + 0.5 * torch.randn(n // k, 3, generator=g) for c in centers])
-
-
-@pytest.mark.parametrize("k", [2, 3, 4])
-def test_dpgmm_recovers_the_number_of_clusters(k: int) -> None:
-    from lightly_hmlc.models.modules import select_n_components_dpgmm
-
-    for seed in (0, 1) if k == 3 else (0,):
-        x = _clustered_descriptors(k, seed=10 * k + seed)
-        found, weights = select_n_components_dpgmm(x, k + 3)
-        assert found == k, weights
-        assert weights.shape == (k + 3,)
-        assert torch.all(weights[:-1] >= weights[1:])  # sorted
-        assert float(weights.sum()) == pytest.approx(1.0)
-        assert found == int((weights > 0.05).sum())
-        assert select_n_components_bic(x, k + 3)[0] == k  # BIC agrees on easy data
-
-
-def test_dpgmm_threshold_counts_components_above_it() -> None:
-    from lightly_hmlc.models.modules import select_n_components_dpgmm
-
-    x = _clustered_descriptors(3, seed=0)
-    found, weights = select_n_components_dpgmm(x, 6, weight_threshold=0.4)
-    assert found == 1 and weights[0] > 0.3  # the largest third counts at most
-    with pytest.raises(ValueError, match="weight_threshold"):
-        select_n_components_dpgmm(x, 6, weight_threshold=1.0)
-    with pytest.raises(ValueError, match="max_components"):
-        select_n_components_dpgmm(x, 0)
-    with pytest.raises(ValueError, match="shape"):
-        select_n_components_dpgmm(torch.randn(5), 2)
-
-
-def test_head_estimates_levels_with_the_dpgmm() -> None:
-    head = GMMFeatureMaskHead(3, D, warmup_steps=4, estimate_levels="dpgmm")
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        z, labels = planted_batch(generator)
-        head(z, torch.cat([labels, labels[:, 1:]], 1))  # level 3 adds nothing: 2 levels
-    assert int(head.estimated_num_levels) == 2
-    assert head.dpgmm_weights[:2].sum() > 0.9 and torch.isnan(head.bic_scores).all()
-    assert head.masks.shape == (3, D)  # a report: the masks still have num_levels levels
-    assert head.estimate_num_levels(method="bic") == 2
-    assert torch.isfinite(head.bic_scores).all()
-    with pytest.raises(ValueError, match="estimate_levels"):
-        GMMFeatureMaskHead(2, 8, estimate_levels="aic")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="level_weight_threshold"):
-        GMMFeatureMaskHead(2, 8, level_weight_threshold=0.0)
-    # Checkpoints from before the DP-GMM estimate have no dpgmm_weights.
-    state = {k: v for k, v in head.state_dict().items() if k != "dpgmm_weights"}
-    restored = GMMFeatureMaskHead(3, D, warmup_steps=4, estimate_levels="dpgmm")
-    restored.load_state_dict(state)
-    assert torch.isnan(restored.dpgmm_weights).all()

@@ -18,8 +18,6 @@ from lightly_hmlc.models.modules import (
     AttentionMaskHead,
     FeatureMaskHead,
     GMMFeatureMaskHead,
-    QueryAttentionMaskHead,
-    StaticMaskHead,
 )
 
 # Ops whose result needs the value of a device tensor on the host.
@@ -58,8 +56,6 @@ HEADS: dict[str, Callable[[], FeatureMaskHead]] = {
     "gmm-renormalised": lambda: GMMFeatureMaskHead(L, D, warmup_steps=10**6, momentum=0.01),
     "attention": lambda: AttentionMaskHead(L, D),
     "attention-softmax": lambda: AttentionMaskHead(L, D, gate="softmax", separation_weight=0.1),
-    "query-attention": lambda: QueryAttentionMaskHead(L, D, separation_weight=0.1),
-    "static": lambda: StaticMaskHead(L, D, separation_weight=0.1, l1_weight=0.1),
 }
 
 
