@@ -13,9 +13,11 @@ finer level where it has positives is not constrained.
 
 Since ``max(l, c) = l + relu(c - l)`` and ``c_l(i) - l_l(i, p) = s_l(i, p) - t_l(i)``
 with ``t_l(i) = log D_l(i) - c_l(i)``, the constrained term is the plain one plus
-``mean_{p in P_l(i)} relu(s_l(i, p) - t_l(i))``: one elementwise pass over the logits per
-constrained level, with the positives from group ids, and no ``[L, N, N]`` pair losses.
-The bound ``c`` is differentiable (it is the finer levels' own terms).
+``mean_{p in P_l(i)} relu(s_l(i, p) - t_l(i))``. Only positives enter that sum, and in
+the lexicographic order of the label paths an anchor's positives at every level are one
+contiguous run of columns: so the sum reads a window of the logits ``[Na, W]``, ``W``
+the largest coarse group, instead of ``[L, Na, Nc]`` pair losses. The bound ``c`` is
+differentiable (it is the finer levels' own terms).
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import LevelGroups, LevelStatistics, same_group
+from lightly_hmlc.loss._levels import LevelGroups, LevelStatistics
 
 
 def anchor_mean_level_losses(
-    stats: LevelStatistics, groups: LevelGroups, anchor_index: Tensor
+    stats: LevelStatistics, groups: LevelGroups, anchor_index: Tensor, sync: bool = True
 ) -> Tensor:
     """``[L, Na]`` constrained level term of every anchor (0 where it is not an anchor).
 
     Args:
         stats: The level statistics of the batch (``_levels.level_statistics``).
-        groups: Prefix groups of the contrast rows.
+        groups: Prefix groups of the contrast rows, with their lexicographic order.
         anchor_index: ``[Na]`` position of each anchor among the contrast rows.
+        sync: Read the window's width from the device (a host synchronisation); else
+            the window is the whole row (no data-dependent shape, e.g. for compiling).
     """
     plain = stats.level_losses()
     num_levels = plain.shape[0]
@@ -44,17 +48,51 @@ def anchor_mean_level_losses(
     # c_l(i): the largest term over the finer levels where i is an anchor.
     level_bound = torch.where(stats.is_anchor, plain, no_bound)
     finer_max = torch.cummax(level_bound.flip(0), dim=0).values.flip(0)  # levels >= l
-    has_bound = torch.isfinite(finer_max[1:])  # levels > l, for l < L - 1
+    has_bound = torch.isfinite(finer_max[1:]) & stats.is_anchor[:-1]  # [L - 1, Na]
     # Where there is no bound, any finite threshold serves: the relu term is dropped.
     bound = torch.where(has_bound, finer_max[1:], torch.zeros_like(finer_max[1:]))
     threshold = stats.log_denominator[:-1] - bound  # [L - 1, Na]
+
+    window, members = positive_windows(groups, anchor_index, num_levels - 1, sync)
     lifts = []
     for level in range(num_levels - 1):  # a loop over levels, never over samples
-        logits = stats.logits[min(level, stats.logits.shape[0] - 1)]
+        logits = stats.logits[min(level, stats.logits.shape[0] - 1)].gather(1, window)
         # The anchor's own column is -inf in the logits: its relu is 0.
         excess = torch.relu(logits - threshold[level].unsqueeze(1))
-        positive = same_group(groups, anchor_index, level)
-        lifts.append((excess * positive).sum(dim=1))
+        lifts.append((excess * members[level]).sum(dim=1))
     lift = torch.stack(lifts) / stats.positive_count[:-1].clamp(min=1.0)
-    lift = torch.where(has_bound & stats.is_anchor[:-1], lift, torch.zeros_like(lift))
+    lift = torch.where(has_bound, lift, torch.zeros_like(lift))
     return plain + torch.cat([lift, torch.zeros_like(lift[:1])])
+
+
+def positive_windows(
+    groups: LevelGroups, anchor_index: Tensor, num_levels: int, sync: bool
+) -> tuple[Tensor, list[Tensor]]:
+    """The columns of every anchor's coarsest group, and its positives at each level.
+
+    Returns ``window [Na, W]``, contrast columns in lexicographic order starting at the
+    anchor's level-0 group, and for each of the first ``num_levels`` levels ``[Na, W]``
+    0/1 weights: whether that column is in the anchor's (known) group at that level.
+    """
+    assert groups.order is not None, "groups from build_level_groups carry their order"
+    order = groups.order
+    num_contrast = order.shape[0]
+    sorted_ids = groups.ids[order]  # non-decreasing in every column
+    anchor_ids, anchor_valid = groups.ids[anchor_index], groups.valid[anchor_index]
+    starts, sizes = [], []
+    for level in range(num_levels):
+        column = sorted_ids[:, level].contiguous()
+        start = torch.searchsorted(column, anchor_ids[:, level].contiguous())
+        end = torch.searchsorted(column, anchor_ids[:, level].contiguous(), right=True)
+        starts.append(start)
+        sizes.append(torch.where(anchor_valid[:, level], end - start, torch.zeros_like(start)))
+    width = int(sizes[0].max()) if sync else num_contrast  # the largest coarse group
+    offsets = torch.arange(max(width, 1), device=order.device)
+    window = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
+    members = []
+    dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
+    for start, size in zip(starts, sizes, strict=True):
+        first = (start - starts[0]).unsqueeze(1)
+        inside = (offsets >= first) & (offsets < first + size.unsqueeze(1))
+        members.append(inside.to(dtype))
+    return window, members

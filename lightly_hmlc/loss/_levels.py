@@ -151,11 +151,14 @@ class LevelGroups:
             id at level ``l`` agree from the root down to ``l``.
         valid: ``[N, L]`` whether the prefix down to level ``l`` is fully known (no -1).
         num_groups: An upper bound on the ids (the number of rows: no data-dependent shape).
+        order: ``[N]`` the rows in lexicographic order of their paths: every level's groups
+            are contiguous runs in it (``None`` for groups not made here).
     """
 
     ids: Tensor
     valid: Tensor
     num_groups: int
+    order: Tensor | None = None
 
 
 def build_level_groups(labels: Tensor) -> LevelGroups:
@@ -180,7 +183,7 @@ def build_level_groups(labels: Tensor) -> LevelGroups:
     ).cumsum(dim=0)
     ids = torch.empty_like(sorted_ids).index_copy_(0, order, sorted_ids)
     valid = torch.cumprod((labels >= 0).long(), dim=1).bool()
-    return LevelGroups(ids=ids, valid=valid, num_groups=num_rows)
+    return LevelGroups(ids=ids, valid=valid, num_groups=num_rows, order=order)
 
 
 def same_group(groups: LevelGroups, anchor_index: Tensor, level: int) -> Tensor:

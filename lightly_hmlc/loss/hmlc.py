@@ -216,7 +216,9 @@ class HMLCLoss(nn.Module):
             return aggregate_levels(share, value, self.loss_type, weights), value
         # One reduction for both: the constrained terms carry the loss, the plain ones
         # are the reported level losses.
-        constrained = anchor_mean_level_losses(stats, groups, batch.anchor_index)
+        constrained = anchor_mean_level_losses(
+            stats, groups, batch.anchor_index, sync=self.check_values
+        )
         share, value = reduce_levels(
             torch.cat([constrained, plain]),
             torch.cat([stats.is_anchor, stats.is_anchor]),
