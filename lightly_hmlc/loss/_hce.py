@@ -54,11 +54,14 @@ def anchor_mean_level_losses(
     threshold = stats.log_denominator[:-1] - bound  # [L - 1, Na]
 
     window, members = positive_windows(groups, anchor_index, num_levels - 1, sync)
+    # One gather per similarity matrix (shared by the levels without masks): its
+    # gradient is one scatter into the logits' gradient.
+    logits = stats.logits[: num_levels - 1]
+    windows = logits.gather(2, window.expand(logits.shape[0], -1, -1))  # [1 | L - 1, Na, W]
     lifts = []
     for level in range(num_levels - 1):  # a loop over levels, never over samples
-        logits = stats.logits[min(level, stats.logits.shape[0] - 1)].gather(1, window)
         # The anchor's own column is -inf in the logits: its relu is 0.
-        excess = torch.relu(logits - threshold[level].unsqueeze(1))
+        excess = torch.relu(windows[min(level, windows.shape[0] - 1)] - threshold[level, :, None])
         lifts.append((excess * members[level]).sum(dim=1))
     lift = torch.stack(lifts) / stats.positive_count[:-1].clamp(min=1.0)
     lift = torch.where(has_bound, lift, torch.zeros_like(lift))
