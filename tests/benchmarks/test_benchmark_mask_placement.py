@@ -118,7 +118,7 @@ def test_the_suite_flag_trains_a_run_and_an_older_checkpoint_resumes_with_it_off
 ) -> None:
     args = tiny_args(tmp_path, "--methods", "g-hmlc", "--mask-placement", "backbone", "--no-plots")
     assert main.main(args) == 0
-    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=True)
     assert state["hyper_parameters"]["mask_placement"] == "backbone"
     assert main.main(tiny_args(tmp_path, "--methods", "hmce", "--mask-placement", "backbone")) == 2
     assert "mask_placement" in capsys.readouterr().err
