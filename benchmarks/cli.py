@@ -182,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bars (default: on a terminal; else one line per epoch)",
     )
     add("--plots", action=argparse.BooleanOptionalAction, default=True, help="write the PNGs")
-    add("--traceback", action="store_true", help="show the traceback of bad-input errors")
+    add(
+        "--traceback",
+        action="store_true",
+        help="show the traceback of bad-input and filesystem errors",
+    )
     return p
 
 

@@ -15,13 +15,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from run_files import RunFileError, os_error_line, read_json_record, write_text_atomic
 
 Aggregated = dict[tuple[str, str], dict[str, list[float]]]
 
@@ -35,6 +36,7 @@ def find_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: If a path does not exist or holds no run.
+        RunFileError: If a ``metrics.json`` is truncated or not JSON.
     """
     records: list[dict[str, Any]] = []
     for raw in paths:
@@ -51,7 +53,8 @@ def find_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 "benchmarks/main.py (<output-dir>/<dataset>/<method>/seed<k>)."
             )
         for file in files:
-            records.append(json.loads(file.read_text()))
+            fix = "Rerun that run with --resume auto to write it again, or delete its folder."
+            records.append(read_json_record(file, fix))
     return records
 
 
@@ -192,17 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metrics", default=None, help="comma list of metric keys, or 'all' (default: main ones)"
     )
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument("--traceback", action="store_true", help="show the traceback of errors")
     args = parser.parse_args(argv)
     try:
         records = find_records(args.runs)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",")]
+        table = format_table(aggregate(records), metrics)
+        print(table)
+        if args.output:
+            write_text_atomic(Path(args.output), table + "\n")
+    except (RunFileError, OSError) as error:
+        if args.traceback:
+            raise
+        shown = os_error_line(error) if isinstance(error, OSError) else str(error)
+        print(f"error: {shown}", file=sys.stderr)
         return 2
-    metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",")]
-    table = format_table(aggregate(records), metrics)
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table + "\n")
     return 0
 
 

@@ -4,21 +4,22 @@ The analysis scripts (``mask_report.py``, ``level_recovery.py``) read a run fold
 (``.../<dataset>/<method>/seed<k>``) the same way: the suite arguments from the run's
 ``config.json`` and the model from ``checkpoints/last.ckpt``, rebuilt from the
 checkpoint's hyper-parameters and loaded strictly, so that a checkpoint that does not
-fit the code fails loudly instead of leaving weights at their initial values.
+fit the code fails loudly instead of leaving weights at their initial values. The
+checkpoint is loaded without pickle (``run.read_checkpoint``): one that needs pickle is
+refused, since loading it could run any code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import main as suite  # noqa: E402
 import methods  # noqa: E402
+from run import read_checkpoint  # noqa: E402
+from run_files import RunFileError, read_json_record  # noqa: E402
 
 
 def run_args(run_dir: Path) -> argparse.Namespace:
@@ -29,7 +30,13 @@ def run_args(run_dir: Path) -> argparse.Namespace:
             f"{run_dir}: no config.json; pass the folder of one run (.../<method>/seed<k>)."
         )
     args = suite.parse_args([])
-    for key, value in json.loads(config_path.read_text()).items():
+    try:
+        config = read_json_record(
+            config_path, "Rerun the run with --resume auto to write it again."
+        )
+    except RunFileError as error:
+        raise SystemExit(str(error)) from error
+    for key, value in config.items():
         if hasattr(args, key):
             setattr(args, key, value)
     return args
@@ -40,7 +47,10 @@ def load_model(run_dir: Path) -> methods.HierarchicalMethod:
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt_path.is_file():
         raise SystemExit(f"{run_dir}: no checkpoints/last.ckpt; has the run finished?")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = read_checkpoint(ckpt_path)  # without pickle: a foreign file is refused
+    except suite.UserError as error:
+        raise SystemExit(str(error)) from error
     hparams = dict(ckpt["hyper_parameters"])
     model = methods.create_method(hparams.pop("method"), **hparams)
     model.load_state_dict(ckpt["state_dict"])

@@ -32,8 +32,10 @@ augmentation is seeded by ``(seed, epoch, index)`` and every epoch's order by
 depend on the number of data workers, and a run resumed from a checkpoint sees
 exactly the batches of an uninterrupted run.
 
-Exit codes: 0 done; 2 bad input (one line ``error: ...``); 143 / 130 stopped by
-SIGTERM / SIGINT after saving a checkpoint (``--resume auto`` continues).
+Exit codes: 0 done; 2 bad input, a damaged record, a run folder in use by another run
+or a filesystem error (one line ``error: ...``; ``--traceback`` shows the traceback);
+143 / 130 stopped by SIGTERM / SIGINT after saving a checkpoint (``--resume auto``
+continues).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from run import (
     run_dir_of,
     run_one,
 )
+from run_files import RunFileError, os_error_line, write_text_atomic
 
 __all__ = [
     "DATASETS",
@@ -115,7 +118,7 @@ def run_suite(
     if results:
         table = compare.format_table(compare.aggregate([r.metrics for r in results]))
         summary = Path(args.output_dir) / args.dataset / "summary.md"
-        summary.write_text(table + "\n")
+        write_text_atomic(summary, table + "\n")
         print(f"\n{args.dataset}: {len(results)} runs, records under {summary.parent}\n")
         print(table)
     return results
@@ -155,10 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_args(args)
             torch.set_num_threads(args.threads)
         run_suite(args)
-    except UserError as error:
+    except (UserError, RunFileError, OSError) as error:
         if args.traceback:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        shown = os_error_line(error) if isinstance(error, OSError) else str(error)
+        print(f"error: {shown}", file=sys.stderr)
         return 2
     except RunInterrupted as stop:
         print(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from run_files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,6 +181,5 @@ def _git(*command: str) -> str | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Writes ``data`` as indented, sorted JSON (creating the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Writes ``data`` as indented, sorted JSON (creating the folder), atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

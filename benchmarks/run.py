@@ -7,7 +7,14 @@ then replaces ``last.ckpt`` (``os.replace``), so a run killed at any moment, eve
 SIGKILL during a write, leaves the previous complete checkpoint. The training loader
 is resumable (``datasets.ResumableLoader``): a run resumed from a checkpoint written
 inside an epoch continues with the next batch, so it trains on the batches of an
-uninterrupted run.
+uninterrupted run. Checkpoints hold only tensors and plain values and are loaded
+without pickle (``weights_only=True``, by :func:`read_checkpoint` and by Lightning), so
+a checkpoint from elsewhere cannot run code; one that needs pickle is refused.
+
+Run folder. A run holds the folder's lock (``run_files.RunFolderLock``, ``run.lock``)
+from before it reads anything there until it ends, so that a second run started into
+the same folder is refused instead of mixing its records in. Records are written
+atomically (``run_files.write_text_atomic``).
 
 Signals. Lightning's SIGTERM handler (``trainer.received_sigterm``) stops the run at
 the end of the current batch by raising ``SIGTERMException``; SIGINT (Ctrl+C) is
@@ -30,11 +37,13 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -55,6 +64,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from records import RunRecorder, environment_info, write_json
+from run_files import RunFolderLock, read_json_record, write_text_atomic
 from torch import nn
 
 # Settings that cannot change what a run computes: a resume may change them. Paths
@@ -292,18 +302,41 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: 
         )
 
 
-def _read_checkpoint(path: str) -> dict[str, Any]:
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded without pickle (``weights_only=True``).
+
+    The suite's checkpoints hold only tensors and plain values, so they never need
+    pickle; a file that does could run any code while it loads, and is refused.
+
+    Raises:
+        UserError: If the file needs pickle, is truncated or is not a checkpoint.
+    """
     try:
-        # The user's own run's file: it holds plain Python objects next to the tensors.
-        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"Refused checkpoint {str(path)!r}: it holds Python objects that only pickle can "
+            f"load, and loading them could run any code ({_unpickling_reason(error)}). This "
+            "suite's checkpoints never need pickle: pass one written by benchmarks/main.py, "
+            "or start the run over with --overwrite."
+        ) from error
     except Exception as error:  # truncated (EOFError, RuntimeError) or not a checkpoint
         raise UserError(
-            f"Cannot read checkpoint {path!r} ({type(error).__name__}: {error}); it is "
+            f"Cannot read checkpoint {str(path)!r} ({type(error).__name__}: {error}); it is "
             "truncated or not a checkpoint. Delete it to start the run over, or pass --overwrite."
         ) from error
     return checkpoint
+
+
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """torch's own cause (e.g. ``unsupported GLOBAL posix.system``) from its long message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if "unsupported" in line.lower()]
+    return (causes or lines or ["unknown cause"])[0].rstrip(".")
 
 
 def _resume_checkpoint(args: argparse.Namespace, run_dir: Path) -> str | None:
@@ -335,6 +368,34 @@ def run_one(
         RunInterrupted: If SIGTERM or SIGINT stopped the run (after saving it).
     """
     run_dir = run_dir_of(args, method, seed)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    last = LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", args.checkpoint_every_n_steps)
+    recorder = RunRecorder(run_dir, args.batch_size)
+    # The recorder adds an epoch to the history before that epoch's checkpoint is written.
+    callbacks: list[pl.Callback] = [*extra_callbacks, recorder, last]
+    if not show_progress_bar(args):
+        callbacks.append(EpochLines(f"{run_label(args, method)} seed {seed}"))
+    trainer = build_trainer(args, run_dir, callbacks)
+    # One run per folder, locked before any file in it is read or deleted. Rank 0 holds
+    # the lock: the other ranks are processes of the same run.
+    lock: AbstractContextManager[Any] = (
+        RunFolderLock(run_dir) if trainer.is_global_zero else nullcontext()
+    )
+    with lock:
+        return _train_and_evaluate(args, bundle, method, seed, run_dir, trainer, last, recorder)
+
+
+def _train_and_evaluate(
+    args: argparse.Namespace,
+    bundle: DatasetBundle,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    trainer: pl.Trainer,
+    last: LastCheckpoint,
+    recorder: RunRecorder,
+) -> RunResult | None:
+    """:func:`run_one`'s work, in the locked run folder: checks, training, evaluation."""
     ckpt_path = _resume_checkpoint(args, run_dir)
     fresh = ckpt_path is None
     if fresh and (run_dir / "checkpoints").exists() and not (args.overwrite or args.resume):
@@ -351,7 +412,7 @@ def run_one(
                     "by this suite (<output-dir>/<dataset>/<method>/seed<k>/checkpoints/"
                     "last.ckpt), or --resume auto."
                 )
-            checkpoint = _read_checkpoint(ckpt_path)
+            checkpoint = read_checkpoint(ckpt_path)
             methods.check_checkpoint_hparams(
                 checkpoint.get("hyper_parameters", {}),
                 method=method,
@@ -365,14 +426,6 @@ def run_one(
         for stale in ("checkpoints/last.ckpt", "train_stats.json", "metrics.json"):
             (run_dir / stale).unlink(missing_ok=True)
 
-    pl.seed_everything(seed, workers=True, verbose=False)
-    last = LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", args.checkpoint_every_n_steps)
-    recorder = RunRecorder(run_dir, args.batch_size)
-    # The recorder adds an epoch to the history before that epoch's checkpoint is written.
-    callbacks: list[pl.Callback] = [*extra_callbacks, recorder, last]
-    if not show_progress_bar(args):
-        callbacks.append(EpochLines(f"{run_label(args, method)} seed {seed}"))
-    trainer = build_trainer(args, run_dir, callbacks)
     world = trainer.world_size
     config = result_config(args, method, seed, world, trainer.strategy.root_device.type, bundle)
     if checkpoint is not None:
@@ -431,8 +484,8 @@ def run_one(
         write_json(run_dir / "config.json", record)
         write_json(run_dir / "environment.json", environment_info(seed))
     try:
-        # weights_only=False: the checkpoint is this suite's own (it holds Python objects).
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        # weights_only=True: Lightning loads the checkpoint again, also without pickle.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException as stop:
         raise RunInterrupted(
             last.signal_name or "SIGTERM", last.path, trainer.global_step
@@ -564,7 +617,13 @@ def evaluate_run(
 ) -> RunResult:
     """Probes the frozen backbone and writes metrics.json, metrics.md and the plots."""
     stats_path = run_dir / "train_stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats: dict[str, Any] = {}
+    if stats_path.is_file():
+        stats = read_json_record(
+            stats_path,
+            "Delete it and rerun with --resume auto (metrics.json then lacks the training "
+            "figures), or start the run over with --overwrite.",
+        )
     history = stats.pop("history", {})
     device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
     bar = show_progress_bar(args)
@@ -622,7 +681,7 @@ def evaluate_run(
         f"{stats.get('peak_memory_mb', 0.0):.0f} MB ({stats.get('peak_memory_kind', '?')}).\n"
     )
     table = format_metrics_table({method: results})
-    (run_dir / "metrics.md").write_text(title + table + training)
+    write_text_atomic(run_dir / "metrics.md", title + table + training)
     if args.plots:
         plot_embeddings(test_x, test_y, bundle.hierarchy, run_dir / "embeddings.png", seed=seed)
         if any(history.values()):

@@ -32,7 +32,7 @@ LONG = (
 
 
 def _step(checkpoint: Path) -> int:
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
 
 
 @pytest.fixture(scope="module")

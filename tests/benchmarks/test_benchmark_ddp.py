@@ -24,5 +24,5 @@ def test_ddp_spawn_on_two_cpu_processes(tmp_path: Path) -> None:
     assert stats["world_size"] == 2 and stats["global_step"] == 2 and stats["samples"] == 64
     record = load_metrics(run_dir)
     assert all(math.isfinite(record["eval"][key]) for key in LEVEL_KEYS)
-    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["gather_distributed"] is True

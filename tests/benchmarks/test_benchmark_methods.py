@@ -65,7 +65,7 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
     assert "git_commit" in env and env["machine"]["cpu_count"] >= 1
     assert method in (run_dir / "metrics.md").read_text()
 
-    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["method"] == method
     assert checkpoint["hyper_parameters"]["backbone"] == "resnet_tiny_cifar"
     state = checkpoint["state_dict"]
@@ -162,7 +162,7 @@ def test_memory_bank_in_the_suite_and_refused_without_a_label_path_loss(
 ) -> None:
     args = tiny_args(tmp_path, "--methods", "g-hmlc", "--memory-bank", "48", "--no-plots")
     assert main.main(args) == 0
-    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=True)
     assert int(state["state_dict"]["memory_bank.num_filled"]) == 48
     assert main.main(tiny_args(tmp_path, "--methods", "simclr", "--memory-bank", "8")) == 2
     assert "memory_bank_size" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def test_modelnet40_trains_through_depth_views(tmp_path: Path) -> None:
     [result] = main.run_suite(main.parse_args(args))
     record = result.metrics
     assert all(math.isfinite(record["eval"][key]) for key in LEVEL_KEYS[:6])
-    checkpoint = torch.load(result.run_dir / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(result.run_dir / "checkpoints/last.ckpt", weights_only=True)
     hparams = checkpoint["hyper_parameters"]
     assert hparams["encoder"] == "depth_views"
     assert hparams["encoder_kwargs"] == {"num_views": 2, "resolution": 16, "fuse": "mean"}

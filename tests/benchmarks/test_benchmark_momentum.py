@@ -201,7 +201,7 @@ def test_a_suite_run_with_a_momentum_encoder_trains_and_records_it(momentum_run:
     assert 0.0 <= record["eval"]["level0/linear_acc"] <= 1.0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["momentum_encoder"] == 0.99 and config["memory_bank"] == 64
-    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["momentum_encoder"] == 0.99
     assert checkpoint["callbacks"]["RunRecorder"]["config"]["momentum_encoder"] == 0.99
     state = checkpoint["state_dict"]
@@ -237,8 +237,8 @@ def test_resume_refuses_a_changed_momentum_and_matches_an_uninterrupted_run(
     assert main.main(again) == 0
 
     ckpt = "shapes/hmce/seed0/checkpoints/last.ckpt"
-    a = torch.load(straight / ckpt, weights_only=False)
-    b = torch.load(resumed / ckpt, weights_only=False)
+    a = torch.load(straight / ckpt, weights_only=True)
+    b = torch.load(resumed / ckpt, weights_only=True)
     assert a["global_step"] == b["global_step"] == 4
     names = [k for k in a["state_dict"] if k.startswith(("momentum_", "memory_bank."))]
     assert any(k.startswith("momentum_backbone.") for k in names)

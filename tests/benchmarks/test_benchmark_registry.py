@@ -57,7 +57,7 @@ def test_a_registered_loss_runs_in_the_suite(
     assert 0.0 <= record["eval"]["level0/linear_acc"] <= 1.0
     stats = json.loads((run_dir / "train_stats.json").read_text())
     assert len(stats["history"]["train/loss_level0"]) == 1  # the per-level term it returned
-    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["method"] == registered
     model = methods.create_method(registered, num_classes_per_level=[3, 6, 12], temperature=0.3)
     assert isinstance(model.criterion, CoarseSupCon)

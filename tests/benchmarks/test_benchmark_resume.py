@@ -47,8 +47,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert b["train"]["train/complete"] is True
     for key in [*LEVEL_KEYS, "hier/mistake_severity"]:
         assert b["eval"][key] == pytest.approx(a["eval"][key], abs=1e-6), key
-    state_a = torch.load(straight / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
-    state_b = torch.load(resumed / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=False)
+    state_a = torch.load(straight / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=True)
+    state_b = torch.load(resumed / "shapes/g-hmlc/seed0/checkpoints/last.ckpt", weights_only=True)
     for name, tensor in state_a["state_dict"].items():
         other = state_b["state_dict"][name]
         if isinstance(tensor, dict):  # the GMM head's extra state: its pending statistics
@@ -96,7 +96,7 @@ def test_checkpoint_of_another_method_or_backbone_is_refused(
 
 
 def test_lightning_module_refuses_checkpoint_of_another_method(hmce_checkpoint: Path) -> None:
-    checkpoint = torch.load(hmce_checkpoint, weights_only=False)
+    checkpoint = torch.load(hmce_checkpoint, weights_only=True)
     model = methods.create_method("supcon", num_classes_per_level=[3, 6, 12])
     with pytest.raises(methods.CheckpointMismatchError, match="'hmce'.*'supcon'"):
         model.on_load_checkpoint(checkpoint)
