@@ -29,7 +29,7 @@ def test_the_options_reach_the_loss_and_a_loss_temperature_overrides_the_flag() 
     criterion = model.criterion
     assert criterion.temperature == 0.3  # the loss option, not --temperature
     assert criterion.hierarchy_margin == 0.1
-    assert criterion.level_weights(3).tolist() == [0.5 / 3.5, 1.0 / 3.5, 2.0 / 3.5]
+    assert criterion.level_weights(3).tolist() == [0.5 / 3.5, 1.0 / 3.5, 2.0 / 3.5]  # type: ignore[operator]
     assert model.temperature == 0.4  # the suite's flag is kept for the rest of the suite
     assert model.hparams["loss_options"] == {
         "temperature": 0.3,
