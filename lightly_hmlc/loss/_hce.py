@@ -25,20 +25,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightly_hmlc.loss._levels import LevelGroups, LevelStatistics
+from lightly_hmlc.loss._levels import LevelStatistics, PositiveWindows
 
 
-def anchor_mean_level_losses(
-    stats: LevelStatistics, groups: LevelGroups, anchor_index: Tensor, sync: bool = True
-) -> Tensor:
+def anchor_mean_level_losses(stats: LevelStatistics, windows: PositiveWindows) -> Tensor:
     """``[L, Na]`` constrained level term of every anchor (0 where it is not an anchor).
 
     Args:
         stats: The level statistics of the batch (``_levels.level_statistics``).
-        groups: Prefix groups of the contrast rows, with their lexicographic order.
-        anchor_index: ``[Na]`` position of each anchor among the contrast rows.
-        sync: Read the window's width from the device (a host synchronisation); else
-            the window is the whole row (no data-dependent shape, e.g. for compiling).
+        windows: The anchors' positive windows (``_levels.positive_windows``).
     """
     plain = stats.level_losses()
     num_levels = plain.shape[0]
@@ -53,49 +48,15 @@ def anchor_mean_level_losses(
     bound = torch.where(has_bound, finer_max[1:], torch.zeros_like(finer_max[1:]))
     threshold = stats.log_denominator[:-1] - bound  # [L - 1, Na]
 
-    window, members = positive_windows(groups, anchor_index, num_levels - 1, sync)
     # One gather per similarity matrix (shared by the levels without masks): its
     # gradient is one scatter into the logits' gradient.
     logits = stats.logits[: num_levels - 1]
-    windows = logits.gather(2, window.expand(logits.shape[0], -1, -1))  # [1 | L - 1, Na, W]
+    window = logits.gather(2, windows.columns.expand(logits.shape[0], -1, -1))
     lifts = []
     for level in range(num_levels - 1):  # a loop over levels, never over samples
         # The anchor's own column is -inf in the logits: its relu is 0.
-        excess = torch.relu(windows[min(level, windows.shape[0] - 1)] - threshold[level, :, None])
-        lifts.append((excess * members[level]).sum(dim=1))
+        excess = torch.relu(window[min(level, window.shape[0] - 1)] - threshold[level, :, None])
+        lifts.append((excess * windows.members[level]).sum(dim=1))
     lift = torch.stack(lifts) / stats.positive_count[:-1].clamp(min=1.0)
     lift = torch.where(has_bound, lift, torch.zeros_like(lift))
     return plain + torch.cat([lift, torch.zeros_like(lift[:1])])
-
-
-def positive_windows(
-    groups: LevelGroups, anchor_index: Tensor, num_levels: int, sync: bool
-) -> tuple[Tensor, list[Tensor]]:
-    """The columns of every anchor's coarsest group, and its positives at each level.
-
-    Returns ``window [Na, W]``, contrast columns in lexicographic order starting at the
-    anchor's level-0 group, and for each of the first ``num_levels`` levels ``[Na, W]``
-    0/1 weights: whether that column is in the anchor's (known) group at that level.
-    """
-    assert groups.order is not None, "groups from build_level_groups carry their order"
-    order = groups.order
-    num_contrast = order.shape[0]
-    sorted_ids = groups.ids[order]  # non-decreasing in every column
-    anchor_ids, anchor_valid = groups.ids[anchor_index], groups.valid[anchor_index]
-    starts, sizes = [], []
-    for level in range(num_levels):
-        column = sorted_ids[:, level].contiguous()
-        start = torch.searchsorted(column, anchor_ids[:, level].contiguous())
-        end = torch.searchsorted(column, anchor_ids[:, level].contiguous(), right=True)
-        starts.append(start)
-        sizes.append(torch.where(anchor_valid[:, level], end - start, torch.zeros_like(start)))
-    width = int(sizes[0].max()) if sync else num_contrast  # the largest coarse group
-    offsets = torch.arange(max(width, 1), device=order.device)
-    window = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
-    members = []
-    dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
-    for start, size in zip(starts, sizes, strict=True):
-        first = (start - starts[0]).unsqueeze(1)
-        inside = (offsets >= first) & (offsets < first + size.unsqueeze(1))
-        members.append(inside.to(dtype))
-    return window, members

@@ -9,7 +9,7 @@ these parts, so that a fix or a speed-up lands everywhere:
   every level, from ONE similarity matrix (or one per level for per-level features).
   Positives enter through per-group sums of embeddings,
   ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``: no ``[N, N]`` positive mask.
-- :func:`margin_bias`: the hierarchy margin's denominator offsets.
+- :func:`margin_log_denominators`: the hierarchy margin's denominators.
 - :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation of the level terms.
 
 Nothing here synchronises host and device: shapes never depend on the data, and
@@ -194,33 +194,106 @@ def same_group(groups: LevelGroups, anchor_index: Tensor, level: int) -> Tensor:
     return same & valid[anchor_index].unsqueeze(1) & valid.unsqueeze(0)
 
 
-def margin_bias(
-    groups: LevelGroups,
-    anchor_index: Tensor,
-    margin: float,
-    temperature: float,
-    dtype: torch.dtype,
-    finest_only: bool = False,
-) -> Tensor:
-    """The hierarchy margin's logit offsets in the denominators, ``[L | 1, Na, Nc]``.
+@dataclass(frozen=True)
+class PositiveWindows:
+    """Every anchor's coarsest group as one window of columns in lexicographic order.
 
-    Level ``l``'s offset of a contrast row is ``k * margin / T``, ``k`` the number of
-    levels coarser than ``l`` at which both prefixes are known and differ (an unknown
-    coarse label is no evidence that two rows lie on different branches). The coarsest
-    level has none; a level's own negatives keep ``k = 0``. ``finest_only`` gives only
-    the finest level's offsets (SupCon's margin).
+    In the lexicographic order of the label paths, an anchor's positives at every level
+    are one contiguous run of columns inside its coarsest (level-0) group. So whatever
+    only its positives need reads a window ``[Na, W]`` of the logits, ``W`` the largest
+    coarse group, instead of ``[L, Na, Nc]``.
+
+    Attributes:
+        columns: ``[Na, W]`` contrast columns, starting at the anchor's level-0 group.
+        members: ``[L, Na, W]`` 0/1: whether the column is in the anchor's known group at
+            each level (its own column included).
+        known_levels: ``[Nc]`` how many leading levels of each contrast row are known.
     """
-    dtype = torch.promote_types(dtype, torch.float32)  # margin / T is no half-precision value
-    num_levels = groups.ids.shape[1]
-    ids, valid = groups.ids[:, :-1], groups.valid[:, :-1]
-    apart = ids[anchor_index].unsqueeze(1) != ids.unsqueeze(0)
-    apart &= valid[anchor_index].unsqueeze(1) & valid.unsqueeze(0)  # [Na, Nc, L - 1]
-    if finest_only:
-        return (apart.sum(dim=2).to(dtype) * (margin / temperature)).unsqueeze(0)
-    apart_levels = apart.to(dtype).movedim(2, 0)
-    coarser = torch.cat([torch.zeros_like(apart_levels[:1]), apart_levels.cumsum(dim=0)])
-    assert coarser.shape[0] == num_levels
-    return coarser * (margin / temperature)
+
+    columns: Tensor
+    members: Tensor
+    known_levels: Tensor
+
+
+def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> PositiveWindows:
+    """The windows of ``groups``' anchors; ``sync`` reads the width from the device (a host
+    synchronisation), else the window is the whole row (no data-dependent shape)."""
+    assert groups.order is not None, "groups from build_level_groups carry their order"
+    order = groups.order
+    num_contrast, num_levels = groups.ids.shape
+    sorted_ids = groups.ids[order]  # non-decreasing in every column
+    anchor_ids, anchor_valid = groups.ids[anchor_index], groups.valid[anchor_index]
+    starts, sizes = [], []
+    for level in range(num_levels):
+        column = sorted_ids[:, level].contiguous()
+        ids = anchor_ids[:, level].contiguous()
+        start = torch.searchsorted(column, ids)
+        size = torch.searchsorted(column, ids, right=True) - start
+        starts.append(start)
+        sizes.append(torch.where(anchor_valid[:, level], size, torch.zeros_like(size)))
+    width = max(int(sizes[0].max()), 1) if sync else num_contrast  # the largest coarse group
+    offsets = torch.arange(width, device=order.device)
+    columns = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
+    members = []
+    for start, size in zip(starts, sizes, strict=True):
+        first = (start - starts[0]).unsqueeze(1)
+        members.append((offsets >= first) & (offsets < first + size.unsqueeze(1)))
+    dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
+    return PositiveWindows(columns, torch.stack(members).to(dtype), groups.valid.sum(dim=1))
+
+
+def margin_log_denominators(
+    logits: Tensor,
+    windows: PositiveWindows,
+    anchor_index: Tensor,
+    scale: float,
+    levels: Sequence[int],
+) -> Tensor:
+    """``[len(levels), Na]`` log-denominators with the hierarchy margin, from the logits.
+
+    At level ``l`` a contrast row ``j`` counts as ``exp(s_ij + scale * k)``, ``k`` the
+    number of levels coarser than ``l`` at which both prefixes are known and differ
+    (``scale = margin / T``): ``k = max(0, min(l, v_i, v_j) - d_ij)`` with ``v`` the known
+    levels of a row and ``d_ij`` the levels the two paths share. Outside the anchor's
+    coarse group ``d = 0``, so there ``k`` depends on ``v_j`` alone: those rows enter
+    through their sums per ``v_j`` (one thin matmul); the rows inside come from the
+    window. No ``[L, Na, Nc]`` offsets are built.
+
+    Args:
+        logits: ``[1 | L, Na, Nc]`` similarities / T, ``-inf`` on each anchor's own column.
+        windows: The anchors' positive windows.
+        anchor_index: ``[Na]`` position of each anchor among the contrast rows.
+        scale: ``margin / T``.
+        levels: The levels whose denominators to return.
+    """
+    known = windows.known_levels
+    num_classes = int(windows.members.shape[0]) + 1  # v in 0..L
+    dtype = logits.dtype
+    # A row's largest logit, as logsumexp shifts (never -inf: a row has another column).
+    shift = logits.amax(dim=2, keepdim=True).detach().clamp(min=torch.finfo(dtype).min)
+    exp = (logits - shift).exp()  # [1 | L, Na, Nc]
+    classes = torch.arange(num_classes, device=logits.device)
+    # One-hot by comparison: F.one_hot checks its values on the host.
+    per_known = exp @ (known.unsqueeze(1) == classes).to(dtype)  # [1 | L, Na, L + 1]
+    inside = windows.members[0].to(dtype)
+    window = exp.gather(2, windows.columns.expand(exp.shape[0], -1, -1)) * inside
+    window_known = known[windows.columns]  # [Na, W]
+    outside = per_known - torch.zeros_like(per_known).scatter_add(
+        2, window_known.expand(exp.shape[0], -1, -1), window
+    )
+    shared = windows.members.sum(dim=0)  # d_ij inside the coarse group
+    anchor_known = known[anchor_index].unsqueeze(1)
+    results = []
+    for level in levels:
+        source = min(level, exp.shape[0] - 1)
+        outside_k = torch.minimum(anchor_known, classes).clamp(max=level)  # [Na, L + 1]
+        inside_k = (torch.minimum(anchor_known, window_known).clamp(max=level) - shared).clamp(
+            min=0
+        )
+        total = (outside[source] * torch.exp(outside_k.to(dtype) * scale)).sum(dim=1)
+        total = total + (window[source] * torch.exp(inside_k.to(dtype) * scale)).sum(dim=1)
+        results.append(shift[source, :, 0] + total.log())
+    return torch.stack(results)
 
 
 @dataclass(frozen=True)
@@ -254,7 +327,7 @@ def level_statistics(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
-    denominator_bias: Tensor | None = None,
+    log_denominators: Callable[[Tensor], Tensor] | None = None,
     include_in_denominator: Tensor | None = None,
 ) -> LevelStatistics:
     """The logits, log-denominators and positive means of every anchor at every level.
@@ -270,8 +343,8 @@ def level_statistics(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature.
-        denominator_bias: Optional ``[1 | L, Na, Nc]`` offsets added to the logits inside
-            the denominator only (the hierarchy margin).
+        log_denominators: Optional map from the logits to the ``[L, Na]`` log-denominators
+            (the hierarchy margin's, :func:`margin_log_denominators`); default: log-sum-exp.
         include_in_denominator: Optional ``[Nc, L]``: which rows enter level ``l``'s
             denominator (the reference implementation's row selection).
     """
@@ -288,13 +361,15 @@ def level_statistics(
         # In place is safe: bmm saves its inputs, not its output. A tensor, not a Python
         # scalar: no host-to-device copy. An anchor is never its own negative.
         logits[:, rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=device)
-        denominator = logits
-        if include_in_denominator is not None:
-            keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
-            denominator = denominator.masked_fill(~keep, -math.inf)
-        if denominator_bias is not None:  # out of place: ``logits`` stays the plain one
-            denominator = denominator + denominator_bias.to(logits.dtype)
-        log_denominator = torch.logsumexp(denominator, dim=2).expand(num_levels, num_anchors)
+        if log_denominators is not None:
+            log_denominator = log_denominators(logits)
+        else:
+            denominator = logits
+            if include_in_denominator is not None:
+                keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
+                denominator = denominator.masked_fill(~keep, -math.inf)
+            log_denominator = torch.logsumexp(denominator, dim=2)
+        log_denominator = log_denominator.expand(num_levels, num_anchors)
 
         # Group sums of the contrast rows, every level at once: ids offset per level.
         flat_ids = groups.ids.t() + torch.arange(num_levels, device=device).unsqueeze(1) * (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,8 @@ from lightly_hmlc.loss._levels import (
     describe_layer_penalty,
     layer_penalties,
     level_statistics,
-    margin_bias,
+    margin_log_denominators,
+    positive_windows,
     resolve_layer_penalty,
 )
 
@@ -191,36 +193,45 @@ class HMLCLoss(nn.Module):
         """``(loss, level_losses)`` of rows ``[N, D]`` or per-level features ``[N, L, D]``."""
         groups = build_level_groups(batch.contrast_labels)
         num_levels = groups.ids.shape[1]
-        bias = None
-        if self.hierarchy_margin > 0:
-            if num_levels < 2:
-                raise ValueError(
-                    f"hierarchy_margin={self.hierarchy_margin} needs label paths with L >= 2 "
-                    "levels (coarse to fine), got 1: with one level no negative lies on "
-                    "another branch. Pass the label paths, or use hierarchy_margin=0."
-                )
-            bias = margin_bias(
-                groups,
-                batch.anchor_index,
-                self.hierarchy_margin,
-                self.temperature,
-                batch.contrast.dtype,
+        constrained = self.loss_type != "hmc" and self.hce_form == "anchor_mean"
+        margin = self.hierarchy_margin > 0
+        if margin and num_levels < 2:
+            raise ValueError(
+                f"hierarchy_margin={self.hierarchy_margin} needs label paths with L >= 2 "
+                "levels (coarse to fine), got 1: with one level no negative lies on "
+                "another branch. Pass the label paths, or use hierarchy_margin=0."
+            )
+        windows = None
+        if constrained or margin:
+            windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
+        log_denominators = None
+        if margin:
+            assert windows is not None
+            log_denominators = functools.partial(
+                margin_log_denominators,
+                windows=windows,
+                anchor_index=batch.anchor_index,
+                scale=self.hierarchy_margin / self.temperature,
+                levels=range(num_levels),
             )
         stats = level_statistics(
-            batch.anchors, batch.contrast, batch.anchor_index, groups, self.temperature, bias
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            groups,
+            self.temperature,
+            log_denominators,
         )
         plain = stats.level_losses()
         weights = self.level_weights(num_levels, plain.dtype, plain.device)
-        if self.loss_type == "hmc" or self.hce_form == "batch_mean":
+        if not constrained:
             share, value = reduce_levels(plain, stats.is_anchor, batch.distributed)
             return aggregate_levels(share, value, self.loss_type, weights), value
         # One reduction for both: the constrained terms carry the loss, the plain ones
         # are the reported level losses.
-        constrained = anchor_mean_level_losses(
-            stats, groups, batch.anchor_index, sync=self.check_values
-        )
+        assert windows is not None
         share, value = reduce_levels(
-            torch.cat([constrained, plain]),
+            torch.cat([anchor_mean_level_losses(stats, windows), plain]),
             torch.cat([stats.is_anchor, stats.is_anchor]),
             batch.distributed,
         )

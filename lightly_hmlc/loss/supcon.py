@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -14,7 +16,8 @@ from lightly_hmlc.loss._levels import (
     check_hierarchy_margin,
     check_temperature,
     level_statistics,
-    margin_bias,
+    margin_log_denominators,
+    positive_windows,
 )
 
 
@@ -116,21 +119,25 @@ class SupConLoss(nn.Module):
                 "hierarchy_margin=0."
             )
         groups = build_level_groups(paths)
-        bias = None
+        log_denominators = None
         if self.hierarchy_margin > 0:
-            bias = margin_bias(
-                groups,
-                batch.anchor_index,
-                self.hierarchy_margin,
-                self.temperature,
-                batch.contrast.dtype,
-                finest_only=True,
+            log_denominators = functools.partial(
+                margin_log_denominators,
+                windows=positive_windows(groups, batch.anchor_index, sync=self.check_values),
+                anchor_index=batch.anchor_index,
+                scale=self.hierarchy_margin / self.temperature,
+                levels=[paths.shape[1] - 1],  # the finest level's offsets only
             )
         # The whole path is the class; a row that is entirely unknown stays unknown.
         known = ~(paths < 0).all(dim=1, keepdim=True)
         classes = LevelGroups(groups.ids[:, -1:], known, groups.num_groups)
         stats = level_statistics(
-            batch.anchors, batch.contrast, batch.anchor_index, classes, self.temperature, bias
+            batch.anchors,
+            batch.contrast,
+            batch.anchor_index,
+            classes,
+            self.temperature,
+            log_denominators,
         )
         share, value = reduce_levels(stats.level_losses(), stats.is_anchor, batch.distributed)
         loss = aggregate_levels(share, value, "hmc", torch.ones_like(share))
