@@ -48,10 +48,8 @@ def anchor_mean_level_losses(stats: LevelStatistics, windows: PositiveWindows) -
     bound = torch.where(has_bound, finer_max[1:], torch.zeros_like(finer_max[1:]))
     threshold = stats.log_denominator[:-1] - bound  # [L - 1, Na]
 
-    # One gather per similarity matrix (shared by the levels without masks): its
-    # gradient is one scatter into the logits' gradient.
-    logits = stats.logits[: num_levels - 1]
-    window = logits.gather(2, windows.columns.expand(logits.shape[0], -1, -1))
+    window = stats.window_logits  # [1 | L, Na, W]
+    assert window is not None, "level_statistics(..., windows=windows)"
     lifts = []
     for level in range(num_levels - 1):  # a loop over levels, never over samples
         # The anchor's own column is -inf in the logits: its relu is 0.

@@ -244,6 +244,7 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
 
 def margin_log_denominators(
     logits: Tensor,
+    window_logits: Tensor,
     windows: PositiveWindows,
     anchor_index: Tensor,
     scale: float,
@@ -261,6 +262,7 @@ def margin_log_denominators(
 
     Args:
         logits: ``[1 | L, Na, Nc]`` similarities / T, ``-inf`` on each anchor's own column.
+        window_logits: ``[1 | L, Na, W]`` the logits at the windows' columns.
         windows: The anchors' positive windows.
         anchor_index: ``[Na]`` position of each anchor among the contrast rows.
         scale: ``margin / T``.
@@ -276,7 +278,7 @@ def margin_log_denominators(
     # One-hot by comparison: F.one_hot checks its values on the host.
     per_known = exp @ (known.unsqueeze(1) == classes).to(dtype)  # [1 | L, Na, L + 1]
     inside = windows.members[0].to(dtype)
-    window = exp.gather(2, windows.columns.expand(exp.shape[0], -1, -1)) * inside
+    window = (window_logits - shift).exp() * inside
     window_known = known[windows.columns]  # [Na, W]
     outside = per_known - torch.zeros_like(per_known).scatter_add(
         2, window_known.expand(exp.shape[0], -1, -1), window
@@ -307,6 +309,8 @@ class LevelStatistics:
         mean_positive_logit: ``[L, Na]`` mean logit over the anchor's positives.
         positive_count: ``[L, Na]`` number of positives.
         is_anchor: ``[L, Na]`` known prefix and at least one positive.
+        window_logits: ``[1 | L, Na, W]`` the logits at the positive windows' columns
+            (``None`` without windows).
     """
 
     logits: Tensor
@@ -314,6 +318,7 @@ class LevelStatistics:
     mean_positive_logit: Tensor
     positive_count: Tensor
     is_anchor: Tensor
+    window_logits: Tensor | None = None
 
     def level_losses(self) -> Tensor:
         """``[L, Na]`` SupCon's L_out term of every anchor at every level (0 off anchors)."""
@@ -327,7 +332,8 @@ def level_statistics(
     anchor_index: Tensor,
     groups: LevelGroups,
     temperature: float,
-    log_denominators: Callable[[Tensor], Tensor] | None = None,
+    windows: PositiveWindows | None = None,
+    margin: tuple[float, Sequence[int]] | None = None,
     include_in_denominator: Tensor | None = None,
 ) -> LevelStatistics:
     """The logits, log-denominators and positive means of every anchor at every level.
@@ -343,8 +349,10 @@ def level_statistics(
         anchor_index: ``[Na]`` position of each anchor in ``contrast``.
         groups: Prefix groups of the contrast rows.
         temperature: Softmax temperature.
-        log_denominators: Optional map from the logits to the ``[L, Na]`` log-denominators
-            (the hierarchy margin's, :func:`margin_log_denominators`); default: log-sum-exp.
+        windows: The anchors' positive windows, when the margin or the anchor-mean bound
+            need them: the logits at their columns are then read once.
+        margin: ``(margin / T, levels)``: the hierarchy margin's log-denominators of those
+            levels (:func:`margin_log_denominators`, needs ``windows``); default: plain.
         include_in_denominator: Optional ``[Nc, L]``: which rows enter level ``l``'s
             denominator (the reference implementation's row selection).
     """
@@ -361,8 +369,14 @@ def level_statistics(
         # In place is safe: bmm saves its inputs, not its output. A tensor, not a Python
         # scalar: no host-to-device copy. An anchor is never its own negative.
         logits[:, rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=device)
-        if log_denominators is not None:
-            log_denominator = log_denominators(logits)
+        window_logits = None
+        if windows is not None:  # [1 | L, Na, W]; its gradient is one scatter
+            window_logits = logits.gather(2, windows.columns.expand(logits.shape[0], -1, -1))
+        if margin is not None:
+            assert windows is not None and window_logits is not None
+            log_denominator = margin_log_denominators(
+                logits, window_logits, windows, anchor_index, *margin
+            )
         else:
             denominator = logits
             if include_in_denominator is not None:
@@ -396,6 +410,7 @@ def level_statistics(
             mean_positive_logit=positive_dot / temperature / positive_count.clamp(min=1.0),
             positive_count=positive_count,
             is_anchor=valid[:, anchor_index] & (positive_count > 0),
+            window_logits=window_logits,
         )
 
 

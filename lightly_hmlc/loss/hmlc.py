@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +20,6 @@ from lightly_hmlc.loss._levels import (
     describe_layer_penalty,
     layer_penalties,
     level_statistics,
-    margin_log_denominators,
     positive_windows,
     resolve_layer_penalty,
 )
@@ -204,23 +202,14 @@ class HMLCLoss(nn.Module):
         windows = None
         if constrained or margin:
             windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
-        log_denominators = None
-        if margin:
-            assert windows is not None
-            log_denominators = functools.partial(
-                margin_log_denominators,
-                windows=windows,
-                anchor_index=batch.anchor_index,
-                scale=self.hierarchy_margin / self.temperature,
-                levels=range(num_levels),
-            )
         stats = level_statistics(
             batch.anchors,
             batch.contrast,
             batch.anchor_index,
             groups,
             self.temperature,
-            log_denominators,
+            windows,
+            (self.hierarchy_margin / self.temperature, range(num_levels)) if margin else None,
         )
         plain = stats.level_losses()
         weights = self.level_weights(num_levels, plain.dtype, plain.device)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
@@ -16,7 +14,6 @@ from lightly_hmlc.loss._levels import (
     check_hierarchy_margin,
     check_temperature,
     level_statistics,
-    margin_log_denominators,
     positive_windows,
 )
 
@@ -119,15 +116,10 @@ class SupConLoss(nn.Module):
                 "hierarchy_margin=0."
             )
         groups = build_level_groups(paths)
-        log_denominators = None
-        if self.hierarchy_margin > 0:
-            log_denominators = functools.partial(
-                margin_log_denominators,
-                windows=positive_windows(groups, batch.anchor_index, sync=self.check_values),
-                anchor_index=batch.anchor_index,
-                scale=self.hierarchy_margin / self.temperature,
-                levels=[paths.shape[1] - 1],  # the finest level's offsets only
-            )
+        windows = margin = None
+        if self.hierarchy_margin > 0:  # the finest level's offsets only
+            windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
+            margin = (self.hierarchy_margin / self.temperature, [paths.shape[1] - 1])
         # The whole path is the class; a row that is entirely unknown stays unknown.
         known = ~(paths < 0).all(dim=1, keepdim=True)
         classes = LevelGroups(groups.ids[:, -1:], known, groups.num_groups)
@@ -137,7 +129,8 @@ class SupConLoss(nn.Module):
             batch.anchor_index,
             classes,
             self.temperature,
-            log_denominators,
+            windows,
+            margin,
         )
         share, value = reduce_levels(stats.level_losses(), stats.is_anchor, batch.distributed)
         loss = aggregate_levels(share, value, "hmc", torch.ones_like(share))
