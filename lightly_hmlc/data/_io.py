@@ -5,7 +5,9 @@ Nothing here downloads anything; every reader raises an error that names the fil
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import functools
 import gzip
 import os
 import pickle
@@ -256,12 +258,38 @@ def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     The official CIFAR files are Python 2 pickles; read with ``encoding="bytes"``
     their keys are ``b"data"``, ``b"labels"``, ... Both spellings are accepted.
+
+    Unpickling can run any code a file names, so only what CIFAR's python files need is
+    allowed: dicts, lists, numbers, strings, bytes and numpy arrays (numpy's array
+    reconstruction functions, ``ndarray``, ``dtype``, numpy scalars, and
+    ``_codecs.encode``, which Python 3 uses for bytes in protocol 2). A file that names
+    any other global is refused before that global is imported or called.
+
+    Raises:
+        OSError: Naming the file if it is not a pickle of a dict, or names a global
+            outside that list (naming the global).
+
+    Examples:
+        >>> import pickle, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "batches.meta"
+        >>> _ = f.write_bytes(pickle.dumps({b"label_names": [b"cat", b"dog"]}, protocol=2))
+        >>> load_pickle(f)
+        {'label_names': ['cat', 'dog']}
     """
     try:
         with open(path, "rb") as file:
-            raw = pickle.load(file, encoding="bytes")
+            raw = _DataUnpickler(file, encoding="bytes").load()
     except FileNotFoundError:
         raise
+    except _ForbiddenGlobal as error:
+        raise OSError(
+            f"Refused to load pickle file {str(path)!r}: it names the global "
+            f"{error.name!r}, which a CIFAR python file never holds (only dicts, lists, "
+            "numbers, bytes and numpy arrays), and unpickling it could run code. Nothing "
+            "from it was imported or run. Use the official release (cifar-10-python.tar.gz "
+            "or cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html); "
+            "for a copy you wrote yourself, store only those types."
+        ) from None
     except Exception as error:  # unpickling can raise almost anything on a bad file
         raise OSError(f"Cannot read pickle file {str(path)!r}: {error}.") from error
     if not isinstance(raw, dict):
@@ -273,6 +301,46 @@ def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
             value = [item.decode("latin1") for item in value]
         out[name] = value
     return out
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"global {name!r} is not allowed")
+        self.name = name
+
+
+@functools.cache
+def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The globals that numpy arrays (and bytes under protocol 2) are pickled with.
+
+    numpy 2 moved ``numpy.core`` to ``numpy._core``; pickles name either, whatever numpy
+    wrote them, so both spellings map to the installed numpy's functions.
+    """
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # pragma: no cover - numpy < 1.26
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        # getattr: numpy's type stubs do not list this private function.
+        allowed[(f"{core}.numeric", "_frombuffer")] = getattr(numeric, "_frombuffer")  # noqa: B009
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :func:`_allowed_pickle_globals`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _allowed_pickle_globals()
+        if (module, name) not in allowed:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return allowed[(module, name)]
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
