@@ -192,11 +192,34 @@ def _check_tar_members(archive: Path, out: Path) -> None:  # pragma: no cover - 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
     """Opens an image file fully and converts it to ``mode``.
 
+    Images of more than 8 bits per pixel (PIL modes ``I;16*``, ``I`` and ``F``: 16-bit
+    PNG, TIFF and PGM files, 32-bit integer and float TIFFs) are rescaled to 8 bits
+    first when ``mode`` is an 8-bit mode such as ``"RGB"`` or ``"L"``; PIL's own
+    conversion clips them at 255, which turns a 16-bit photo almost all white. The
+    rescaling is fixed per file, so the same file always gives the same pixels:
+
+    - integer pixels within 0..65535 (every 16-bit file) are divided by 257 and rounded,
+      which maps 0..65535 onto 0..255 (an 8-bit value ``v`` stored as ``257 v`` comes
+      back as ``v``);
+    - float pixels within 0..1 are multiplied by 255 and rounded;
+    - other images (negative or larger values) are stretched from their own minimum and
+      maximum to 0..255 (a constant image becomes 0).
+
     Raises:
-        OSError: Naming the file when PIL cannot read it (corrupt or not an image).
+        OSError: Naming the file when PIL cannot read it (corrupt or not an image), or a
+            float image holds NaN or Inf.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "depth.png"
+        >>> Image.fromarray(np.array([[0, 257, 65535]], dtype=np.uint16)).save(f)
+        >>> np.asarray(load_image(f, "L")).tolist()
+        [[0, 1, 255]]
     """
     try:
         with Image.open(path) as image:
+            if image.mode.startswith(_WIDE_MODES) and not mode.startswith(_WIDE_MODES):
+                return _to_8_bits(np.asarray(image)).convert(mode)
             return image.convert(mode)
     except FileNotFoundError:
         raise
@@ -204,6 +227,27 @@ def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
         raise OSError(
             f"Cannot read image file {str(path)!r}: {error}. Replace or delete the file."
         ) from error
+
+
+# PIL's modes of more than 8 bits per channel: I;16 (and its byte orders), I (int32), F.
+_WIDE_MODES = ("I", "F")
+
+
+def _to_8_bits(pixels: np.ndarray) -> Image.Image:
+    """A one-channel image of more than 8 bits as mode ``L``, by the rules of load_image."""
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the image holds NaN or Inf pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if pixels.dtype.kind in "iu" and low >= 0 and high <= 65535:
+        scaled = values / 257
+    elif pixels.dtype.kind == "f" and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif high > low:
+        scaled = (values - low) * (255 / (high - low))
+    else:
+        scaled = np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # mode L
 
 
 def scan_image_folder(
