@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.datasets.mnist import SN3_PASCALVINCENT_TYPEMAP, read_sn3_pascalvincent_tensor
 from torchvision.datasets.utils import extract_archive
 
@@ -257,7 +257,12 @@ def scan_image_folder(
 
     Classes are the sub-folders of ``root`` in sorted order (as in torchvision);
     images are found recursively, in sorted path order, and matched by extension
-    (case-insensitive).
+    (case-insensitive): the samples and their order are torchvision's ``ImageFolder``'s.
+    Symlinked folders are followed (a class folder may link to images stored elsewhere),
+    but each real folder is scanned once per class, and never the dataset root, a folder
+    above it or another class's folder: a link back to a folder already scanned, such as
+    a loop to a parent, adds no sample (torchvision follows it until the path is too
+    long, listing the same images dozens of times).
 
     Returns:
         ``(classes, samples)`` with ``samples`` a list of ``(path, class index)``.
@@ -285,8 +290,13 @@ def scan_image_folder(
         )
     suffixes = tuple(ext.lower() for ext in extensions)
     class_to_idx = {name: index for index, name in enumerate(classes)}
-    # allow_empty: the empty classes are reported below with the fix.
-    samples = make_dataset(root, class_to_idx, extensions=suffixes, allow_empty=True)
+    # Real folders no class may wander into through a link: the other classes' folders.
+    class_folders = {os.path.realpath(os.path.join(root, name)) for name in classes}
+    samples = [
+        (path, class_to_idx[name])
+        for name in classes
+        for path in _files_in_folder(os.path.join(root, name), suffixes, root, class_folders)
+    ]
     counts = np.bincount([index for _, index in samples], minlength=len(classes))
     empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
     if empty:
@@ -295,6 +305,33 @@ def scan_image_folder(
             f"{str(root)!r}. Remove the empty folders or add images."
         )
     return classes, samples
+
+
+def _files_in_folder(
+    folder: str, suffixes: tuple[str, ...], root: Path, class_folders: set[str]
+) -> list[str]:
+    """The files under ``folder`` ending in one of ``suffixes`` (lower case), in sorted
+    path order; symlinked folders are followed into each real folder once, but never
+    into ``root``, a folder above it, or one of ``class_folders``."""
+    root_real = Path(os.path.realpath(root))
+    seen = {*class_folders, os.path.realpath(folder)}
+    listed: list[tuple[str, list[str]]] = []
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        # Sorted, so that which of two paths to one real folder is kept is deterministic.
+        unseen = []
+        for name in sorted(folders):
+            real = os.path.realpath(os.path.join(parent, name))
+            if real not in seen and not root_real.is_relative_to(real):
+                seen.add(real)
+                unseen.append(name)
+        folders[:] = unseen
+        listed.append((parent, files))
+    return [
+        os.path.join(parent, name)
+        for parent, files in sorted(listed)
+        for name in sorted(files)
+        if name.lower().endswith(suffixes)
+    ]
 
 
 def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -219,3 +219,34 @@ def test_load_pickle_refuses_other_globals_before_importing_them(tmp_path: Path)
     path.write_bytes(pickle.dumps({b"label_names": collections.OrderedDict()}, protocol=2))
     with pytest.raises(OSError, match="'collections.OrderedDict'"):
         load_pickle(path)
+
+
+def test_symlink_loop_in_a_class_folder_adds_no_sample(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lightly_hmlc.data._io import scan_image_folder
+
+    root = tmp_path / "images"
+    for name in ["cat", "dog"]:
+        (root / name).mkdir(parents=True)
+    for i in range(9):
+        Image.new("RGB", (2, 2)).save(root / "cat" / f"{i}.png")
+    Image.new("RGB", (2, 2)).save(root / "dog" / "0.png")
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    classes, samples = scan_image_folder(root)  # torchvision: 369 cat samples
+    assert [path for path, index in samples if index == 0] == [
+        str(root / "cat" / f"{i}.png") for i in range(9)
+    ]
+    # A link to images stored elsewhere is followed, once per real folder.
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (2, 2)).save(tmp_path / "elsewhere" / "far.png")
+    (root / "dog" / "a").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "dog" / "b").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    classes, samples = scan_image_folder(root)
+    dog = [str(root / "dog" / "0.png"), str(root / "dog" / "a" / "far.png")]
+    assert classes == ["cat", "dog"] and [path for path, index in samples if index == 1] == dog
+    # Links to the dataset root, above it, or to another class's folder add nothing.
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)
+    (root / "dog" / "cats").symlink_to(root / "cat", target_is_directory=True)
+    (root / "dog" / "disk").symlink_to(tmp_path.parent, target_is_directory=True)
+    assert scan_image_folder(root) == (classes, samples)
