@@ -160,3 +160,12 @@ def test_32_bit_integer_and_float_images_are_rescaled(tmp_path: Path) -> None:
     ds = _single_image_folder(tmp_path / "nan", broken, "x.tiff")
     with pytest.raises(OSError, match=r"x\.tiff.*NaN"):
         ds[0]
+
+
+def test_decomposed_folder_names_match_a_composed_hierarchy(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["cafe\u0301", "tea"], per_class=1)  # as macOS names folders
+    tree = tmp_path / "tree.txt"
+    tree.write_text("drink caf\u00e9\ndrink tea\n", encoding="utf-8")
+    ds = HierarchicalImageFolder(tmp_path / ".", tree)
+    assert ds.classes == ["cafe\u0301", "tea"]
+    assert ds.label_paths.tolist() == [[0, 0], [0, 1]]
