@@ -80,7 +80,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     Schedule: every forward call in training mode with labels is one step; the masks are
     refitted after ``warmup_steps`` steps and then every ``refit_every`` steps, all ones
-    (plain HMLC) before the first fit. Eval mode updates nothing. A step never reads the
+    (plain HMLC) before the first fit. Eval mode updates nothing, nor does a call under
+    ``torch.inference_mode()``. A step never reads the
     device; a refit does. Under DDP every rank refits on the merged statistics of all
     ranks at the same step, so all hold identical masks (see :class:`LabelPrefixStatistics`).
 
@@ -264,7 +265,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Updates the statistics (training mode with labels), refits on schedule.
+        """Updates the statistics (training mode with labels, outside
+        ``torch.inference_mode()``), refits on schedule.
 
         Args:
             z: Projections of shape [B, D], raw or normalised (see ``normalize_input``).
@@ -274,7 +276,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             Detached 0/1 masks of shape [1, L, D] in the dtype of ``z``.
         """
         self.check_inputs(z, labels)
-        if self.training and labels is not None:
+        # Under torch.inference_mode() the statistics would become inference tensors,
+        # which a later training step could not update in place: such a call is
+        # evaluation, whatever the module's mode.
+        if self.training and labels is not None and not torch.is_inference_mode_enabled():
             x = z.detach().to(torch.float64)
             self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
             self.step.add_(1)
