@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,90 @@ def test_formats_module_gives_parent_maps(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     formats.to_json(parents, path)
     assert formats.load_parents(path) == tree().to_dict()["parents"]
+
+
+# ------------------------------------------------ names from files you did not write
+@pytest.mark.parametrize(
+    ("separator", "shown"),
+    [("\x0b", "U+000B"), ("\x0c", "U+000C"), ("\x85", "U+0085"), ("\u2028", "U+2028")],
+)
+def test_edge_lists_break_lines_only_at_newlines(
+    tmp_path: Path, separator: str, shown: str
+) -> None:
+    # str.splitlines would break here too and silently make "dog" a top-level class.
+    path = tmp_path / "tree.txt"
+    path.write_text(f"animal cat\nanimal{separator}dog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"tree.txt:2: {shown} ")) as info:
+        LabelHierarchy.load(path)
+    assert "control or invisible" in str(info.value)
+    path.write_bytes(b"animal cat\r\nanimal dog\rvehicle\tcar\n")  # CRLF, CR; tab separates
+    assert LabelHierarchy.load(path).parent("dog") == "animal"
+    assert LabelHierarchy.load(path).parent("car") == "vehicle"
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("cat\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("c\u200dat", "U+200D ZERO WIDTH JOINER"),
+        ("cat\u2060", "U+2060 WORD JOINER"),
+        ("c\ufeffat", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+        ("ca\x00t", "U+0000 control character"),
+        ("ca\x1bt", "U+001B control character"),
+    ],
+)
+def test_invisible_and_control_characters_in_names_are_refused(
+    tmp_path: Path, name: str, shown: str
+) -> None:
+    path = tmp_path / "tree.txt"
+    path.write_text(f"# header\nanimal dog\nanimal {name}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"tree.txt:3: {shown} at position")):
+        LabelHierarchy.load(path)
+    for build in (
+        lambda: LabelHierarchy.from_json(json.dumps({"animal": [name]})),
+        lambda: LabelHierarchy.from_edges([("animal", name)]),
+        lambda: LabelHierarchy({name: "animal"}),
+        lambda: LabelHierarchy.from_label_paths([["animal", name]]),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"Class name {name!r} has {shown}")):
+            build()
+    # In JSON a tab is no separator: a name cannot hold it either.
+    with pytest.raises(ValueError, match=re.escape("U+0009 control character")):
+        LabelHierarchy.from_json('{"animal": ["sea\\tlion"]}')
+    # A byte-order mark at the start of the file is still dropped.
+    path.write_text("\ufeffanimal cat\n", encoding="utf-8")
+    assert LabelHierarchy.load(path).level_names(0) == ["animal"]
+
+
+def test_names_are_normalised_to_nfc(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    path = tmp_path / "tree.txt"
+    path.write_text(f"drink {composed}\ndrink {decomposed}\ndrink tea\n", encoding="utf-8")
+    h = LabelHierarchy.load(path)
+    assert h.leaves == [composed, "tea"]  # one class, not two that look the same
+    assert LabelHierarchy.from_nested({"drink": [decomposed, "tea"]}) == h
+    assert LabelHierarchy({decomposed: "drink", "tea": "drink"}) == h
+    # Lookups take either spelling (folder names on macOS are decomposed).
+    assert h.leaf_id(decomposed) == h.leaf_id(composed) == 0
+    assert h.parent(decomposed) == "drink" and h.level_of(decomposed) == 1
+    assert h.label_paths([decomposed]).tolist() == [[0, 0]]
+    assert h.path_table([decomposed, "tea"]).tolist() == [[0, 0], [0, 1]]
+    with pytest.raises(ValueError, match="two Unicode spellings"):
+        LabelHierarchy({composed: "drink", decomposed: "food"})
+
+
+def test_a_chain_thousands_of_levels_deep(tmp_path: Path) -> None:
+    depth = 2000
+    path = tmp_path / "chain.txt"
+    path.write_text("".join(f"n{i} n{i + 1}\n" for i in range(depth - 1)), encoding="utf-8")
+    h = LabelHierarchy.load(path)
+    assert h.num_levels == depth and h.leaves == [f"n{depth - 1}"]
+    assert h.level_of("n1234") == 1234 and h.ancestors("n3") == ["n0", "n1", "n2"]
+    assert h.leaf_paths.tolist() == [[0] * depth]
+    with path.open("a") as file:  # closing the chain into a loop
+        file.write(f"n{depth - 1} n0\n")
+    with pytest.raises(ValueError, match="has two parents|cycle"):
+        LabelHierarchy.load(path)
+    cycle = {f"n{i + 1}": f"n{i}" for i in range(depth - 1)} | {"n0": f"n{depth - 1}"}
+    with pytest.raises(ValueError, match="cycle through"):
+        LabelHierarchy(cycle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -150,6 +151,8 @@ def check_classes_match(
         ...
         ValueError: The class names do not match the hierarchy's leaves: inner node(s) used as class: ['animal']; hierarchy leaves without a class: ['dog']. ...
     """
+    # The hierarchy stores names in Unicode NFC; folder names may be decomposed (macOS).
+    classes = [unicodedata.normalize("NFC", name) for name in classes]
     known = set(hierarchy.classes)
     leaves = set(hierarchy.leaves)
     not_in_hierarchy = [name for name in classes if name not in known]

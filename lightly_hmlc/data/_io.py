@@ -5,7 +5,9 @@ Nothing here downloads anything; every reader raises an error that names the fil
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import functools
 import gzip
 import os
 import pickle
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.datasets.mnist import SN3_PASCALVINCENT_TYPEMAP, read_sn3_pascalvincent_tensor
 from torchvision.datasets.utils import extract_archive
 
@@ -190,11 +192,34 @@ def _check_tar_members(archive: Path, out: Path) -> None:  # pragma: no cover - 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
     """Opens an image file fully and converts it to ``mode``.
 
+    Images of more than 8 bits per pixel (PIL modes ``I;16*``, ``I`` and ``F``: 16-bit
+    PNG, TIFF and PGM files, 32-bit integer and float TIFFs) are rescaled to 8 bits
+    first when ``mode`` is an 8-bit mode such as ``"RGB"`` or ``"L"``; PIL's own
+    conversion clips them at 255, which turns a 16-bit photo almost all white. The
+    rescaling is fixed per file, so the same file always gives the same pixels:
+
+    - integer pixels within 0..65535 (every 16-bit file) are divided by 257 and rounded,
+      which maps 0..65535 onto 0..255 (an 8-bit value ``v`` stored as ``257 v`` comes
+      back as ``v``);
+    - float pixels within 0..1 are multiplied by 255 and rounded;
+    - other images (negative or larger values) are stretched from their own minimum and
+      maximum to 0..255 (a constant image becomes 0).
+
     Raises:
-        OSError: Naming the file when PIL cannot read it (corrupt or not an image).
+        OSError: Naming the file when PIL cannot read it (corrupt or not an image), or a
+            float image holds NaN or Inf.
+
+    Examples:
+        >>> import tempfile, pathlib, numpy as np
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "depth.png"
+        >>> Image.fromarray(np.array([[0, 257, 65535]], dtype=np.uint16)).save(f)
+        >>> np.asarray(load_image(f, "L")).tolist()
+        [[0, 1, 255]]
     """
     try:
         with Image.open(path) as image:
+            if image.mode.startswith(_WIDE_MODES) and not mode.startswith(_WIDE_MODES):
+                return _to_8_bits(np.asarray(image)).convert(mode)
             return image.convert(mode)
     except FileNotFoundError:
         raise
@@ -204,6 +229,27 @@ def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
         ) from error
 
 
+# PIL's modes of more than 8 bits per channel: I;16 (and its byte orders), I (int32), F.
+_WIDE_MODES = ("I", "F")
+
+
+def _to_8_bits(pixels: np.ndarray) -> Image.Image:
+    """A one-channel image of more than 8 bits as mode ``L``, by the rules of load_image."""
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the image holds NaN or Inf pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if pixels.dtype.kind in "iu" and low >= 0 and high <= 65535:
+        scaled = values / 257
+    elif pixels.dtype.kind == "f" and low >= 0 and high <= 1:
+        scaled = values * 255
+    elif high > low:
+        scaled = (values - low) * (255 / (high - low))
+    else:
+        scaled = np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # mode L
+
+
 def scan_image_folder(
     root: str | os.PathLike[str], extensions: Sequence[str] = IMG_EXTENSIONS
 ) -> tuple[list[str], list[tuple[str, int]]]:
@@ -211,7 +257,12 @@ def scan_image_folder(
 
     Classes are the sub-folders of ``root`` in sorted order (as in torchvision);
     images are found recursively, in sorted path order, and matched by extension
-    (case-insensitive).
+    (case-insensitive): the samples and their order are torchvision's ``ImageFolder``'s.
+    Symlinked folders are followed (a class folder may link to images stored elsewhere),
+    but each real folder is scanned once per class, and never the dataset root, a folder
+    above it or another class's folder: a link back to a folder already scanned, such as
+    a loop to a parent, adds no sample (torchvision follows it until the path is too
+    long, listing the same images dozens of times).
 
     Returns:
         ``(classes, samples)`` with ``samples`` a list of ``(path, class index)``.
@@ -239,8 +290,13 @@ def scan_image_folder(
         )
     suffixes = tuple(ext.lower() for ext in extensions)
     class_to_idx = {name: index for index, name in enumerate(classes)}
-    # allow_empty: the empty classes are reported below with the fix.
-    samples = make_dataset(root, class_to_idx, extensions=suffixes, allow_empty=True)
+    # Real folders no class may wander into through a link: the other classes' folders.
+    class_folders = {os.path.realpath(os.path.join(root, name)) for name in classes}
+    samples = [
+        (path, class_to_idx[name])
+        for name in classes
+        for path in _files_in_folder(os.path.join(root, name), suffixes, root, class_folders)
+    ]
     counts = np.bincount([index for _, index in samples], minlength=len(classes))
     empty = [name for name, count in zip(classes, counts, strict=True) if count == 0]
     if empty:
@@ -251,17 +307,70 @@ def scan_image_folder(
     return classes, samples
 
 
+def _files_in_folder(
+    folder: str, suffixes: tuple[str, ...], root: Path, class_folders: set[str]
+) -> list[str]:
+    """The files under ``folder`` ending in one of ``suffixes`` (lower case), in sorted
+    path order; symlinked folders are followed into each real folder once, but never
+    into ``root``, a folder above it, or one of ``class_folders``."""
+    root_real = Path(os.path.realpath(root))
+    seen = {*class_folders, os.path.realpath(folder)}
+    listed: list[tuple[str, list[str]]] = []
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        # Sorted, so that which of two paths to one real folder is kept is deterministic.
+        unseen = []
+        for name in sorted(folders):
+            real = os.path.realpath(os.path.join(parent, name))
+            if real not in seen and not root_real.is_relative_to(real):
+                seen.add(real)
+                unseen.append(name)
+        folders[:] = unseen
+        listed.append((parent, files))
+    return [
+        os.path.join(parent, name)
+        for parent, files in sorted(listed)
+        for name in sorted(files)
+        if name.lower().endswith(suffixes)
+    ]
+
+
 def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a (Python 2 or 3) pickle of a dict; bytes keys and names become ``str``.
 
     The official CIFAR files are Python 2 pickles; read with ``encoding="bytes"``
     their keys are ``b"data"``, ``b"labels"``, ... Both spellings are accepted.
+
+    Unpickling can run any code a file names, so only what CIFAR's python files need is
+    allowed: dicts, lists, numbers, strings, bytes and numpy arrays (numpy's array
+    reconstruction functions, ``ndarray``, ``dtype``, numpy scalars, and
+    ``_codecs.encode``, which Python 3 uses for bytes in protocol 2). A file that names
+    any other global is refused before that global is imported or called.
+
+    Raises:
+        OSError: Naming the file if it is not a pickle of a dict, or names a global
+            outside that list (naming the global).
+
+    Examples:
+        >>> import pickle, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "batches.meta"
+        >>> _ = f.write_bytes(pickle.dumps({b"label_names": [b"cat", b"dog"]}, protocol=2))
+        >>> load_pickle(f)
+        {'label_names': ['cat', 'dog']}
     """
     try:
         with open(path, "rb") as file:
-            raw = pickle.load(file, encoding="bytes")
+            raw = _DataUnpickler(file, encoding="bytes").load()
     except FileNotFoundError:
         raise
+    except _ForbiddenGlobal as error:
+        raise OSError(
+            f"Refused to load pickle file {str(path)!r}: it names the global "
+            f"{error.name!r}, which a CIFAR python file never holds (only dicts, lists, "
+            "numbers, bytes and numpy arrays), and unpickling it could run code. Nothing "
+            "from it was imported or run. Use the official release (cifar-10-python.tar.gz "
+            "or cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html); "
+            "for a copy you wrote yourself, store only those types."
+        ) from None
     except Exception as error:  # unpickling can raise almost anything on a bad file
         raise OSError(f"Cannot read pickle file {str(path)!r}: {error}.") from error
     if not isinstance(raw, dict):
@@ -273,6 +382,46 @@ def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
             value = [item.decode("latin1") for item in value]
         out[name] = value
     return out
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"global {name!r} is not allowed")
+        self.name = name
+
+
+@functools.cache
+def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The globals that numpy arrays (and bytes under protocol 2) are pickled with.
+
+    numpy 2 moved ``numpy.core`` to ``numpy._core``; pickles name either, whatever numpy
+    wrote them, so both spellings map to the installed numpy's functions.
+    """
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # pragma: no cover - numpy < 1.26
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        # getattr: numpy's type stubs do not list this private function.
+        allowed[(f"{core}.numeric", "_frombuffer")] = getattr(numeric, "_frombuffer")  # noqa: B009
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :func:`_allowed_pickle_globals`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _allowed_pickle_globals()
+        if (module, name) not in allowed:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return allowed[(module, name)]
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:

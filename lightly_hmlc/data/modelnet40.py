@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ class ModelNet40Hierarchical(HierarchicalDataset):
     Raises:
         FileNotFoundError: If the files are missing (says what to get and where).
         ImportError: If ``h5py`` is not installed.
-        ValueError: On a bad argument, or categories that do not match the hierarchy.
+        ValueError: On a bad argument, categories that do not match the hierarchy, or,
+            naming the file, a category listed twice in ``shape_names.txt``, labels that
+            are not whole numbers, or NaN / Inf point coordinates.
 
     Attributes:
         data: The clouds, ``float32`` array ``[N, num_points, 3]``.
@@ -91,8 +94,7 @@ class ModelNet40Hierarchical(HierarchicalDataset):
                 f"modelnet40_ply_hdf5_2048.zip (PointNet) and extract it so that "
                 f"{str(root / _RELEASE_DIR)!r} holds these files."
             )
-        classes = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines()]
-        classes = [name for name in classes if name]
+        classes = _read_shape_names(names_file)
         if hierarchy is None:
             hierarchy = self.build_hierarchy()
         elif not isinstance(hierarchy, LabelHierarchy):
@@ -161,8 +163,16 @@ def _read_h5(files: list[Path], num_points: int) -> tuple[np.ndarray, np.ndarray
                         f"num_points={num_points} but {str(path)!r} has only {data.shape[1]} "
                         "points per cloud; lower num_points."
                     )
-                clouds.append(np.asarray(data[:, :num_points], dtype=np.float32))
-                labels.append(np.asarray(h5["label"], dtype=np.int64).reshape(-1))
+                cloud = np.asarray(data[:, :num_points], dtype=np.float32)
+                if not np.isfinite(cloud).all():
+                    bad = int((~np.isfinite(cloud)).any(axis=(1, 2)).sum())
+                    raise ValueError(
+                        f"{str(path)!r}: {bad} point cloud(s) hold NaN or Inf coordinates "
+                        "(in the first num_points points); the file is corrupt. Replace it "
+                        "or drop those clouds."
+                    )
+                clouds.append(cloud)
+                labels.append(_integer_labels(np.asarray(h5["label"]).reshape(-1), path))
         except OSError as error:
             if str(path) in str(error):
                 raise
@@ -170,3 +180,37 @@ def _read_h5(files: list[Path], num_points: int) -> tuple[np.ndarray, np.ndarray
         if len(labels[-1]) != len(clouds[-1]):
             raise OSError(f"{str(path)!r}: {len(clouds[-1])} clouds but {len(labels[-1])} labels.")
     return np.concatenate(clouds), np.concatenate(labels)
+
+
+def _read_shape_names(path: Path) -> list[str]:
+    """The category names of ``shape_names.txt``, one a line, blank lines skipped.
+
+    Raises:
+        ValueError: If a name is listed twice (the label ids would be ambiguous).
+    """
+    # Lines end at \n, \r\n or \r only (str.splitlines also breaks at \v, \f, \x85...).
+    text = path.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    names = [name for name in (line.strip() for line in text.split("\n")) if name]
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ValueError(
+            f"{str(path)!r} lists {repeated} more than once; label i is the category on "
+            "line i, so every name must appear once. Use the release's shape_names.txt."
+        )
+    return names
+
+
+def _integer_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """``labels`` as int64; a ValueError naming the file if any is not a whole number."""
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind != "f":
+        raise ValueError(f"{str(path)!r}: 'label' has dtype {labels.dtype}, not integers.")
+    fractional = labels[labels != np.rint(labels)]  # NaN included
+    if fractional.size == 0:
+        return labels.astype(np.int64)  # whole numbers stored as floats
+    raise ValueError(
+        f"{str(path)!r}: 'label' holds {fractional.size} value(s) that are not whole "
+        f"numbers, e.g. {fractional[:5].tolist()}; labels are category ids. The file is "
+        "corrupt or not the ModelNet40 HDF5 release."
+    )

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,9 +62,8 @@ def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
         {'cat': 'animal', 'animal': None}
     """
     parents: Parents = {}
-    for parent, child in edges:
-        check_name(parent)
-        check_name(child)
+    for raw_parent, raw_child in edges:
+        parent, child = check_name(raw_parent), check_name(raw_child)
         if child == parent:
             raise ValueError(f"Class {child!r} is its own parent: remove that edge.")
         known = parents.get(child)
@@ -88,11 +89,18 @@ def read_edge_list(path: str | os.PathLike[str]) -> Parents:
       (e.g. ``"sea lion"``), write a nested JSON dict instead and load it with
       :func:`read_json` or ``LabelHierarchy.load`` (``.json`` suffix).
     - Blank lines are ignored. A line with a single name declares a top-level class.
+    - Lines end at ``\n``, ``\r\n`` or ``\r`` only; other characters that
+      ``str.splitlines`` would break at (``\v``, ``\f``, ``\x85``, ``\u2028``, ...) are
+      refused, as are all control characters (tab is a separator) and invisible format
+      characters such as zero-width spaces (see :func:`check_name`).
+    - Names are normalised to Unicode NFC, so the composed and decomposed spellings of
+      ``café`` are one class.
     - The file is read as UTF-8; a byte-order mark (as Notepad writes) is dropped.
 
     Raises:
-        ValueError: If a line has more than two names, a class has two parents, or the
-            file is not UTF-8 text (the message names the file).
+        ValueError: If a line has more than two names or a refused character, a class
+            has two parents, or the file is not UTF-8 text (the message names the file
+            and the line).
 
     Examples:
         >>> import tempfile, pathlib
@@ -103,8 +111,16 @@ def read_edge_list(path: str | os.PathLike[str]) -> Parents:
     """
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
-    for number, raw in enumerate(read_text(path).splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+    for number, raw in enumerate(_LINE_BREAK.split(read_text(path)), start=1):
+        content = raw.split("#", 1)[0]
+        refused = refused_character(content.replace("\t", " "))
+        if refused is not None:
+            raise ValueError(
+                f"{path}:{number}: {refused} in {content.strip()!r}; class names cannot "
+                "hold control or invisible characters. Delete it (an editor that shows "
+                "invisible characters helps) and load the file again."
+            )
+        line = unicodedata.normalize("NFC", content).strip()
         if not line:
             continue
         parts = line.split()
@@ -158,8 +174,8 @@ def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
                 f"Unsupported node {node!r} under {parent!r}: use a dict, a list, a "
                 "class name, or None for a leaf."
             )
-        for name, sub in items:
-            check_name(name)
+        for raw_name, sub in items:
+            name = check_name(raw_name)
             if parent is None:
                 roots.append(name)
             else:
@@ -187,14 +203,13 @@ def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
     for path in paths:
-        names = [name for name in path if name is not None]
+        names = [check_name(name) for name in path if name is not None]
         if not names:
             raise ValueError("A label path is empty: give at least the top-level class.")
         roots.append(names[0])
         edges.extend(zip(names[:-1], names[1:], strict=True))
     parents = parents_from_edges(edges)
     for root in roots:
-        check_name(root)
         if parents.get(root) is not None:
             raise ValueError(
                 f"Class {root!r} starts a label path but also has parent {parents[root]!r}."
@@ -304,10 +319,58 @@ def read_text(path: str | os.PathLike[str]) -> str:
         ) from error
 
 
-def check_name(name: object) -> None:
-    """Raises a ValueError unless ``name`` is a non-empty string."""
+def check_name(name: object) -> str:
+    """``name`` in Unicode NFC, if it is a valid class name.
+
+    A class name is a non-empty string without control characters (Unicode category
+    Cc, tab included), invisible format characters (Cf: zero-width spaces and joiners,
+    word joiner, byte-order mark, bidirectional controls, soft hyphen, ...), line or
+    paragraph separators (Zl, Zp) or lone surrogates (Cs): they make two names that look
+    the same different classes, or break a line where an editor shows none. NFC makes
+    the composed and decomposed spellings of a name (``é`` as one code point, or ``e``
+    and a combining accent) the same name.
+
+    Raises:
+        ValueError: Naming the name and the refused character.
+
+    Examples:
+        >>> check_name("cafe\u0301") == "caf\u00e9"
+        True
+        >>> check_name("cat\u200b")
+        Traceback (most recent call last):
+        ...
+        ValueError: Class name 'cat\u200b' has U+200B ZERO WIDTH SPACE at position 3; class names cannot hold control or invisible characters: remove it.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
+    refused = refused_character(name)
+    if refused is not None:
+        raise ValueError(
+            f"Class name {name!r} has {refused}; class names cannot hold control or "
+            "invisible characters: remove it."
+        )
+    return unicodedata.normalize("NFC", name)
+
+
+#: Line ends of the text formats; ``str.splitlines`` also breaks at \v, \f, \x1c-\x1e,
+#: \x85, \u2028 and \u2029, which an editor may not show as line ends.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+#: Unicode categories refused in class names: control, format (invisible), surrogate,
+#: line and paragraph separator.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def refused_character(text: str) -> str | None:
+    """The first character of ``text`` that a class name cannot hold, described as
+    ``"U+200B ZERO WIDTH SPACE at position 3"``; None if there is none."""
+    for position, char in enumerate(text):
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES:
+            what = unicodedata.name(char, "" if category == "Cc" else "lone surrogate")
+            what = what or "control character"
+            return f"U+{ord(char):04X} {what} at position {position}"
+    return None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import operator
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, SupportsIndex, cast
 
@@ -59,10 +60,15 @@ class LabelHierarchy(HierarchyConstructors):
 
     def __init__(self, parents: Mapping[str, str | None]) -> None:
         full: dict[str, str | None] = {}
-        for child, parent in parents.items():
-            check_name(child)
-            if parent is not None:
-                check_name(parent)
+        for raw_child, raw_parent in parents.items():
+            # Names are stored in Unicode NFC; two spellings of one name are one class.
+            child = check_name(raw_child)
+            parent = None if raw_parent is None else check_name(raw_parent)
+            if child in full and full[child] != parent:
+                raise ValueError(
+                    f"Class {child!r} is given twice, in two Unicode spellings of the same "
+                    f"name, with parents {full[child]!r} and {parent!r}: keep one entry."
+                )
             full[child] = parent
         for parent in list(full.values()):
             if parent is not None and parent not in full:
@@ -72,7 +78,7 @@ class LabelHierarchy(HierarchyConstructors):
                 "The hierarchy is empty: give at least one class, e.g. {'cat': 'animal'}."
             )
         self._parent = full
-        self._depth = {name: self._compute_depth(name) for name in full}
+        self._depth = _depths(full)
         children: dict[str, list[str]] = {name: [] for name in full}
         for child, parent in full.items():
             if parent is not None:
@@ -90,20 +96,6 @@ class LabelHierarchy(HierarchyConstructors):
             for level, node in enumerate(self.ancestors(leaf, include_self=True)):
                 table[i, level] = self._ids[level][node]
         self._leaf_paths = table
-
-    def _compute_depth(self, name: str) -> int:
-        seen = [name]
-        node = self._parent[name]
-        while node is not None:
-            if node in seen:
-                cycle = " -> ".join([*seen[seen.index(node) :], node])
-                raise ValueError(
-                    f"The hierarchy has a cycle through {node!r} ({cycle}); every class "
-                    "needs a chain of parents that ends at a top-level class."
-                )
-            seen.append(node)
-            node = self._parent[node]
-        return len(seen) - 1
 
     def to_nested(self) -> dict[str, Any]:
         """The tree as a nested dict (leaves map to ``None``)."""
@@ -157,22 +149,22 @@ class LabelHierarchy(HierarchyConstructors):
 
     def level_of(self, name: str) -> int:
         """The level (depth) of a class."""
-        self._check_known([name])
+        name = self._known(name)
         return self._depth[name]
 
     def parent(self, name: str) -> str | None:
         """The parent of a class, ``None`` for a top-level class."""
-        self._check_known([name])
+        name = self._known(name)
         return self._parent[name]
 
     def children(self, name: str) -> list[str]:
         """The children of a class, sorted."""
-        self._check_known([name])
+        name = self._known(name)
         return list(self._children[name])
 
     def ancestors(self, name: str, include_self: bool = False) -> list[str]:
         """The chain from the top-level class down to ``name``'s parent (or ``name``)."""
-        self._check_known([name])
+        name = self._known(name)
         chain = [name] if include_self else []
         node = self._parent[name]
         while node is not None:
@@ -182,7 +174,7 @@ class LabelHierarchy(HierarchyConstructors):
 
     def name_to_id(self, name: str) -> tuple[int, int]:
         """``(level, id within level)`` of a class name."""
-        self._check_known([name])
+        name = self._known(name)
         level = self._depth[name]
         return level, self._ids[level][name]
 
@@ -199,7 +191,7 @@ class LabelHierarchy(HierarchyConstructors):
 
     def leaf_id(self, name: str) -> int:
         """The leaf id of a fine class."""
-        self._check_known([name])
+        name = self._known(name)
         if name not in self._leaf_ids:
             raise ValueError(
                 f"Class {name!r} is not a leaf (it has children {self._children[name]}); "
@@ -227,8 +219,8 @@ class LabelHierarchy(HierarchyConstructors):
         else:
             items = list(fine)
             if all(isinstance(item, str) for item in items):
-                self._check_known([str(item) for item in items])
-                ids = torch.tensor([self.leaf_id(str(item)) for item in items], dtype=torch.long)
+                names = self._check_known([str(item) for item in items])
+                ids = torch.tensor([self.leaf_id(name) for name in names], dtype=torch.long)
             elif all(isinstance(item, int) or hasattr(item, "__index__") for item in items):
                 ids = torch.tensor([operator.index(cast(SupportsIndex, item)) for item in items])
             else:
@@ -257,7 +249,7 @@ class LabelHierarchy(HierarchyConstructors):
             >>> h.path_table(["cat", "car"]).tolist()
             [[0, 1], [1, 0]]
         """
-        names = list(class_names)
+        names = [_nfc(name) for name in class_names]
         missing = [name for name in names if name not in self._parent]
         not_leaves = [name for name in names if name in self._parent and self._children[name]]
         if missing or not_leaves:
@@ -307,15 +299,57 @@ class LabelHierarchy(HierarchyConstructors):
                 f"Level {level} does not exist: this hierarchy has levels 0..{self.num_levels - 1}."
             )
 
-    def _check_known(self, names: Iterable[str]) -> None:
-        unknown = [name for name in names if name not in self._parent]
+    def _known(self, name: str) -> str:
+        """``name`` in NFC, the form it is stored in; a ValueError if it is unknown."""
+        return self._check_known([name])[0]
+
+    def _check_known(self, names: Iterable[str]) -> list[str]:
+        """``names`` in NFC; a ValueError naming the unknown ones."""
+        stored = [_nfc(name) for name in names]
+        unknown = [name for name in stored if name not in self._parent]
         if unknown:
             raise ValueError(
                 f"Unknown class name(s) {unknown[:10]}{_suggest(unknown[0], self.classes)}. "
                 f"Known classes: {self.classes[:20]}{' ...' if len(self._parent) > 20 else ''}."
             )
+        return stored
+
+
+def _nfc(name: str) -> str:
+    # Lookups accept either spelling of a name, as the tree stores them in NFC.
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
 
 
 def _suggest(name: str, candidates: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=3)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _depths(parents: Mapping[str, str | None]) -> dict[str, int]:
+    """The depth of every node (0 for a top-level class), in time linear in the nodes.
+
+    Each chain of parents is walked up only until a node of known depth, so a chain
+    thousands of levels deep is walked once, not once per node.
+
+    Raises:
+        ValueError: If the parents have a cycle, naming it.
+    """
+    depth: dict[str, int] = {}
+    for start in parents:
+        chain: list[str] = []  # nodes of unknown depth, from ``start`` upwards
+        on_chain: set[str] = set()
+        node: str | None = start
+        while node is not None and node not in depth:
+            if node in on_chain:
+                cycle = " -> ".join([*chain[chain.index(node) :], node])
+                raise ValueError(
+                    f"The hierarchy has a cycle through {node!r} ({cycle}); every class "
+                    "needs a chain of parents that ends at a top-level class."
+                )
+            chain.append(node)
+            on_chain.add(node)
+            node = parents[node]
+        known = -1 if node is None else depth[node]
+        for steps, name in enumerate(reversed(chain), start=1):
+            depth[name] = known + steps
+    return depth

@@ -137,7 +137,8 @@ def normalize_features(out0: Tensor, out1: Tensor, check_values: bool = True) ->
     With ``check_values``, a row whose norm cannot be computed in that dtype (its
     squared norm overflows to Inf, or underflows below F.normalize's eps of 1e-12, which
     includes an all-zero row) raises a ValueError: such a row would otherwise become a
-    zero or Inf-scaled vector and give a constant loss with no error.
+    zero or Inf-scaled vector and give a constant loss with no error. Without the
+    checks, a row with a norm below the eps becomes a zero row with zero gradient.
     """
     dtype = torch.promote_types(out0.dtype, torch.float32)
     with torch.autocast(device_type=out0.device.type, enabled=False):
@@ -145,8 +146,10 @@ def normalize_features(out0: Tensor, out1: Tensor, check_values: bool = True) ->
         norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
         if check_values:
             check_norms(norms, dtype)
-        # The same arithmetic as F.normalize, reusing the norms.
-        return features / norms.clamp_min(_NORM_EPS)
+        # The same arithmetic as F.normalize, reusing the norms; but a row below the eps
+        # is zeroed with its gradient, not scaled by 1 / eps: a masked level normalises
+        # again, which made a zero row's gradient about 1 / eps**2 (~1e23, Inf in fp16).
+        return (features / norms.clamp_min(_NORM_EPS)).masked_fill(norms < _NORM_EPS, 0)
 
 
 def check_norms(norms: Tensor, dtype: torch.dtype) -> None:

@@ -1,4 +1,6 @@
+import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 from typing import cast
@@ -238,3 +240,47 @@ def test_cifar10_with_lightly_transform(tmp_path: Path) -> None:
     views, paths = next(iter(DataLoader(ds, batch_size=5)))
     assert len(views) == 2 and views[1].shape == (5, 3, 32, 32)
     assert paths.shape == (5, 2)
+
+
+class _RunsCommand:
+    """Unpickles by calling ``function(argument)``: what a malicious file can do."""
+
+    def __init__(self, function: object, argument: str) -> None:
+        self.function, self.argument = function, argument
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("via", ["os.system", "builtins.exec"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_meta_that_runs_code_is_refused(tmp_path: Path, via: str, protocol: int) -> None:
+    write_cifar10_batches(tmp_path)
+    marker = tmp_path / "MARKER"
+    payload = (
+        _RunsCommand(os.system, f"touch {marker}")
+        if via == "os.system"
+        else _RunsCommand(exec, f"open({str(marker)!r}, 'w').close()")
+    )
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(pickle.dumps({b"label_names": payload}, protocol=protocol))
+    with pytest.raises(OSError) as info:
+        CIFAR10Hierarchical(tmp_path)
+    assert not marker.exists()
+    message = str(info.value)
+    # The global as the file names it (protocol 2 spells builtins as Python 2's __builtin__).
+    forbidden = r"'posix\.system'" if via == "os.system" else r"'(__builtin__|builtins)\.exec'"
+    assert str(meta) in message and re.search(forbidden, message)
+    assert "cifar-10-python.tar.gz" in message  # the fix
+
+
+def test_cifar100_batch_that_runs_code_is_refused(tmp_path: Path) -> None:
+    write_cifar100(tmp_path, [0, 1])
+    marker = tmp_path / "MARKER"
+    train = tmp_path / "cifar-100-python" / "train"
+    entry = pickle.loads(train.read_bytes())
+    entry[b"fine_labels"] = _RunsCommand(os.system, f"touch {marker}")
+    train.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(OSError, match="posix.system"):
+        CIFAR100Hierarchical(tmp_path)
+    assert not marker.exists()

@@ -118,3 +118,54 @@ def test_nested_files_and_extensions(tmp_path: Path) -> None:
     ds = HierarchicalImageFolder(tmp_path, LabelHierarchy({"cat": "animal"}), image_mode="L")
     assert len(ds) == 3
     assert ds[2][0].mode == "L"
+
+
+def _single_image_folder(root: Path, pixels: np.ndarray, name: str) -> HierarchicalImageFolder:
+    (root / "cat").mkdir(parents=True)
+    Image.fromarray(pixels).save(root / "cat" / name)
+    return HierarchicalImageFolder(root, LabelHierarchy({"cat": "animal"}))
+
+
+def test_16_bit_png_is_rescaled_not_clipped(tmp_path: Path) -> None:
+    pixels = np.array([[0, 128, 257, 1000], [32768, 40000, 65278, 65535]], dtype=np.uint16)
+    ds = _single_image_folder(tmp_path, pixels, "depth.png")
+    with Image.open(ds.samples[0][0]) as raw:
+        assert raw.mode == "I;16"  # a real 16-bit file
+    image = ds[0][0]
+    assert image.mode == "RGB"
+    expected = np.rint(pixels / 257).astype(np.uint8)  # 0..65535 -> 0..255
+    assert expected.tolist() == [[0, 0, 1, 4], [128, 156, 254, 255]]
+    assert np.array_equal(np.asarray(image), np.repeat(expected[..., None], 3, axis=2))
+    ds.image_mode = "L"
+    assert np.array_equal(np.asarray(ds[0][0]), expected)
+    ds.image_mode = "I;16"  # a 16-bit mode asked for keeps the values
+    assert np.array_equal(np.asarray(ds[0][0]), pixels)
+
+
+def test_32_bit_integer_and_float_images_are_rescaled(tmp_path: Path) -> None:
+    # int32 beyond 16 bits: stretched from its own minimum and maximum.
+    wide = np.array([[-1000, 0], [100000, 200000]], dtype=np.int32)
+    image = _single_image_folder(tmp_path / "int", wide, "x.tiff")[0][0]
+    expected = np.rint((wide + 1000) * 255 / 201000)
+    assert np.array_equal(np.asarray(image)[..., 0], expected)
+    # float in 0..1: times 255.
+    unit = np.array([[0.0, 0.25], [0.5, 1.0]], dtype=np.float32)
+    image = _single_image_folder(tmp_path / "unit", unit, "x.tiff")[0][0]
+    assert np.asarray(image)[..., 0].tolist() == [[0, 64], [128, 255]]
+    # float outside 0..1: stretched.
+    other = np.array([[-2.0, 0.0], [1.0, 3.0]], dtype=np.float32)
+    image = _single_image_folder(tmp_path / "other", other, "x.tiff")[0][0]
+    assert np.asarray(image)[..., 0].tolist() == [[0, 102], [153, 255]]
+    broken = np.array([[0.0, np.nan]], dtype=np.float32)
+    ds = _single_image_folder(tmp_path / "nan", broken, "x.tiff")
+    with pytest.raises(OSError, match=r"x\.tiff.*NaN"):
+        ds[0]
+
+
+def test_decomposed_folder_names_match_a_composed_hierarchy(tmp_path: Path) -> None:
+    make_tree(tmp_path, ["cafe\u0301", "tea"], per_class=1)  # as macOS names folders
+    tree = tmp_path / "tree.txt"
+    tree.write_text("drink caf\u00e9\ndrink tea\n", encoding="utf-8")
+    ds = HierarchicalImageFolder(tmp_path / ".", tree)
+    assert ds.classes == ["cafe\u0301", "tea"]
+    assert ds.label_paths.tolist() == [[0, 0], [0, 1]]

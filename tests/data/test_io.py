@@ -1,9 +1,13 @@
+import collections
 import io
 import os
 import pickle
+import struct
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,3 +164,89 @@ def test_archive_with_an_unknown_suffix_says_which_names_work(tmp_path: Path) ->
     _tar(archive, {"data/a.txt": b"one"})
     with pytest.raises(ValueError, match="whose name ends in its type"):
         extract_archive_once(archive, tmp_path / "out")
+
+
+# The pure-Python pickler, whose per-type dispatch table can be changed (typeshed omits it).
+_PurePythonPickler: Any = getattr(pickle, "_Pickler")  # noqa: B009
+
+
+class _Python2Pickler(_PurePythonPickler):
+    """Writes ``bytes`` as Python 2 ``str`` (BINSTRING opcodes), as the CIFAR files do."""
+
+    dispatch = _PurePythonPickler.dispatch.copy()
+
+    def save_python2_str(self, obj: bytes) -> None:
+        size = len(obj)
+        if size < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([size]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", size) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_str
+
+
+def test_load_pickle_reads_python2_and_python3_cifar_files(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, (4, 3072), dtype=np.uint8)
+    entry = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 1, 4, 1], b"data": data}
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(entry)
+    # The official files were written by Python 2 with numpy 1: numpy.core, not numpy._core.
+    python2 = buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in python2 and b"_codecs" not in python2
+    files = {"python2": python2}
+    files.update({f"protocol{p}": pickle.dumps(entry, protocol=p) for p in range(2, 6)})
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+        loaded = load_pickle(tmp_path / name)
+        assert loaded["labels"] == [3, 1, 4, 1] and loaded["batch_label"] == entry[b"batch_label"]
+        assert loaded["data"].dtype == np.uint8 and np.array_equal(loaded["data"], data), name
+    numpy_ints = {b"fine_labels": [np.int64(7), np.uint8(2)]}  # numpy scalars are data too
+    (tmp_path / "scalars").write_bytes(pickle.dumps(numpy_ints, protocol=2))
+    assert load_pickle(tmp_path / "scalars") == {"fine_labels": [7, 2]}
+
+
+def test_load_pickle_refuses_other_globals_before_importing_them(tmp_path: Path) -> None:
+    path = tmp_path / "meta"
+    # A global of a module that is not imported yet (``this`` prints on import): refused
+    # without importing it.
+    assert "this" not in sys.modules
+    path.write_bytes(b"\x80\x02cthis\ns\nq\x00)Rq\x01.")
+    with pytest.raises(OSError, match="'this.s'") as info:
+        load_pickle(path)
+    assert str(path) in str(info.value)
+    assert "this" not in sys.modules
+    path.write_bytes(pickle.dumps({b"label_names": collections.OrderedDict()}, protocol=2))
+    with pytest.raises(OSError, match="'collections.OrderedDict'"):
+        load_pickle(path)
+
+
+def test_symlink_loop_in_a_class_folder_adds_no_sample(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lightly_hmlc.data._io import scan_image_folder
+
+    root = tmp_path / "images"
+    for name in ["cat", "dog"]:
+        (root / name).mkdir(parents=True)
+    for i in range(9):
+        Image.new("RGB", (2, 2)).save(root / "cat" / f"{i}.png")
+    Image.new("RGB", (2, 2)).save(root / "dog" / "0.png")
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    classes, samples = scan_image_folder(root)  # torchvision: 369 cat samples
+    assert [path for path, index in samples if index == 0] == [
+        str(root / "cat" / f"{i}.png") for i in range(9)
+    ]
+    # A link to images stored elsewhere is followed, once per real folder.
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (2, 2)).save(tmp_path / "elsewhere" / "far.png")
+    (root / "dog" / "a").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "dog" / "b").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    classes, samples = scan_image_folder(root)
+    dog = [str(root / "dog" / "0.png"), str(root / "dog" / "a" / "far.png")]
+    assert classes == ["cat", "dog"] and [path for path, index in samples if index == 1] == dog
+    # Links to the dataset root, above it, or to another class's folder add nothing.
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)
+    (root / "dog" / "cats").symlink_to(root / "cat", target_is_directory=True)
+    (root / "dog" / "disk").symlink_to(tmp_path.parent, target_is_directory=True)
+    assert scan_image_folder(root) == (classes, samples)

@@ -204,3 +204,41 @@ def test_augment_invalid_arguments(kwargs: dict) -> None:
 def test_augment_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"\[P, 3\]"):
         PointCloudAugment()(torch.rand(10, 2))
+
+
+def _rewrite(path: Path, name: str, values: np.ndarray) -> None:
+    with h5py.File(path, "r+") as h5:
+        del h5[name]
+        h5.create_dataset(name, data=values)
+
+
+def test_duplicate_shape_name_is_refused(tmp_path: Path) -> None:
+    write_release(tmp_path, {"train0": 2})
+    names = tmp_path / "shape_names.txt"
+    names.write_text("\n".join([*SHAPE_NAMES[:-1], "chair"]) + "\n")  # 'chair' twice
+    with pytest.raises(ValueError, match=r"shape_names\.txt.*\['chair'\] more than once"):
+        ModelNet40Hierarchical(tmp_path)
+
+
+def test_fractional_labels_are_refused_and_whole_floats_accepted(tmp_path: Path) -> None:
+    written = write_release(tmp_path, {"train0": 3})
+    file = tmp_path / "ply_data_train0.h5"
+    labels = written["train0"][1].reshape(-1)
+    _rewrite(file, "label", labels.astype(np.float32).reshape(-1, 1))
+    assert ModelNet40Hierarchical(tmp_path).targets == labels.tolist()
+    for bad in (2.5, np.nan):
+        _rewrite(file, "label", np.array([[1.0], [bad], [3.0]], dtype=np.float32))
+        with pytest.raises(ValueError, match=r"ply_data_train0\.h5.*not whole numbers"):
+            ModelNet40Hierarchical(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_points_are_refused(tmp_path: Path, bad: float) -> None:
+    written = write_release(tmp_path, {"train0": 3})
+    data = written["train0"][0].copy()
+    data[1, 5, 2] = bad
+    _rewrite(tmp_path / "ply_data_train0.h5", "data", data)
+    with pytest.raises(
+        ValueError, match=r"ply_data_train0\.h5.*1 point cloud\(s\) hold NaN or Inf"
+    ):
+        ModelNet40Hierarchical(tmp_path)

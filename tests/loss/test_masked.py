@@ -201,3 +201,33 @@ def test_repr_shows_the_loss_settings_and_the_head() -> None:
     assert (
         "(mask_head): AttentionMaskHead(num_levels=2, dim=8, hidden_dim=8, gate='softmax'" in text
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("loss_type", ["hmce", "hmc"])
+def test_ghmlc_without_value_checks_gives_a_zero_row_a_zero_gradient(
+    loss_type: str, dtype: torch.dtype
+) -> None:
+    # Normalised twice (the batch, then each masked level), a zero row's gradient was
+    # scaled by 1 / eps twice: about 1e23 in float32, Inf in float16.
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.arange(16) % 2, torch.arange(16) % 4], dim=1)
+    loss_fn = GHMLCLoss(
+        num_levels=2, dim=8, loss_type=loss_type, check_values=False, warmup_steps=1
+    )
+    loss_fn(
+        torch.randn(16, 8, generator=generator), torch.randn(16, 8, generator=generator), labels
+    )
+    masks = cast(GMMFeatureMaskHead, loss_fn.mask_head).masks
+    assert not torch.equal(masks, torch.ones_like(masks))  # fitted: the masked path runs
+    rest = torch.randn(15, 8, generator=generator).to(dtype).requires_grad_(True)
+    out1 = torch.randn(16, 8, generator=generator).to(dtype)
+    out0 = torch.cat([torch.zeros(1, 8, dtype=dtype), rest.detach()]).requires_grad_(True)
+    loss_fn.eval()  # the same masks for both calls
+    loss_fn(out0, out1, labels).backward()
+    assert out0.grad is not None and torch.isfinite(out0.grad).all()
+    assert torch.equal(out0.grad[0], torch.zeros(8, dtype=dtype))
+    # The other rows get the gradient they get when the zero row is a constant.
+    loss_fn(torch.cat([torch.zeros(1, 8, dtype=dtype), rest]), out1, labels).backward()
+    assert rest.grad is not None
+    torch.testing.assert_close(out0.grad[1:], rest.grad)

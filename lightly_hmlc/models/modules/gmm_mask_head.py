@@ -41,8 +41,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     Each forward in training mode with labels is a step. The masks are all ones (plain
     HMLC) until the first fit after ``warmup_steps`` steps, then refitted every
-    ``refit_every`` steps. Only refits read the device; under DDP every rank refits on the
-    merged statistics of all ranks. See ``docs/METHOD.md``.
+    ``refit_every`` steps. Eval mode and calls under ``torch.inference_mode()`` update
+    nothing. Only refits read the device; under DDP every rank refits on the merged
+    statistics of all ranks. See ``docs/METHOD.md``.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
     - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
@@ -134,7 +135,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         training mode with label paths [B, L], updates the statistics and refits on
         schedule."""
         self.check_inputs(z, labels)
-        if self.training and labels is not None:
+        # Under torch.inference_mode() the statistics would become inference tensors,
+        # which a later training step could not update in place: such a call is
+        # evaluation, whatever the module's mode.
+        if self.training and labels is not None and not torch.is_inference_mode_enabled():
             x = z.detach().to(torch.float64)
             self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
             self.step.add_(1)

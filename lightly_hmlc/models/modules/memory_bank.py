@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as torch_dist
 from lightly.utils import dist
@@ -28,6 +30,8 @@ class HierarchicalMemoryBank(nn.Module):
     (same batch size on every rank), so the queues stay identical on all ranks. Without
     it each rank keeps its own queue, which DDP's buffer broadcast overwrites with rank
     0's when the bank is part of the wrapped model.
+    A state whose ``num_filled`` / ``ptr`` are not those of a queue of this size raises
+    a ValueError on load.
 
     - [0] He et al., Momentum Contrast, CVPR 2020, https://arxiv.org/abs/1911.05722
 
@@ -134,6 +138,17 @@ class HierarchicalMemoryBank(nn.Module):
             f"gather_distributed={self.gather_distributed}"
         )
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Counters outside the queue would return duplicated or never-written rows as
+        # filled ones; refuse them before anything is copied in.
+        filled, ptr = state_dict.get(prefix + "num_filled"), state_dict.get(prefix + "ptr")
+        if isinstance(filled, Tensor) and isinstance(ptr, Tensor):
+            if filled.numel() == 1 and ptr.numel() == 1:
+                _check_counters(int(filled), int(ptr), self.size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check(self, features: Tensor, labels: Tensor) -> Tensor:
         if not isinstance(features, Tensor):
             raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}.")
@@ -182,6 +197,23 @@ class HierarchicalMemoryBank(nn.Module):
         self._host_filled = min(self._host_filled + rows, self.size)
         self.ptr.fill_(self._host_ptr)
         self.num_filled.fill_(self._host_filled)
+
+
+def _check_counters(num_filled: int, ptr: int, size: int) -> None:
+    """Raises a ValueError unless the counters are those of a queue of ``size`` rows."""
+    if not 0 <= num_filled <= size:
+        problem = f"num_filled={num_filled} is outside 0..{size}, the bank's size"
+    elif not 0 <= ptr < size:
+        problem = f"ptr={ptr} is outside 0..{size - 1}"
+    elif num_filled < size and ptr != num_filled:
+        problem = f"ptr={ptr} differs from num_filled={num_filled} in a queue not yet full"
+    else:
+        return
+    raise ValueError(
+        f"The memory bank's state_dict is inconsistent: {problem}. It comes from a bank "
+        "of another size or was edited; load it into a bank built with the same size, "
+        "or start with an empty queue (bank.reset())."
+    )
 
 
 def _sync_host_counters(module: nn.Module, incompatible_keys: object) -> None:

@@ -255,6 +255,26 @@ def test_eval_mode_and_missing_labels_change_nothing() -> None:
     assert head.statistics.get_extra_state()["class_count"].sum() == 0
 
 
+def test_a_call_under_inference_mode_is_evaluation_and_training_goes_on() -> None:
+    # A train-mode call under torch.inference_mode() (e.g. a sanity check) used to store
+    # inference tensors, and the next training step failed with PyTorch's "Inplace
+    # update to inference tensor outside InferenceMode".
+    head = GMMFeatureMaskHead(2, D, warmup_steps=2, refit_every=2)
+    untouched = GMMFeatureMaskHead(2, D, warmup_steps=2, refit_every=2)
+    with torch.inference_mode():
+        assert torch.equal(feed(head, 1, seed=1), torch.ones(1, 2, D))
+    # Training goes on as if that call had not happened.
+    torch.testing.assert_close(feed(head, 4), feed(untouched, 4), rtol=0, atol=0)
+    assert bool(head.fitted) and int(head.step) == 4
+    torch.testing.assert_close(head.descriptors, untouched.descriptors, rtol=0, atol=0)
+    before = head.statistics.get_extra_state()
+    with torch.inference_mode():  # also after a fit: nothing changes
+        feed(head, 2, seed=2)
+    assert int(head.step) == 4
+    after = head.statistics.get_extra_state()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+
+
 def test_masks_carry_no_gradient() -> None:
     head = GMMFeatureMaskHead(2, D, warmup_steps=1, nested=False)
     z, labels = planted_batch(torch.Generator().manual_seed(0))

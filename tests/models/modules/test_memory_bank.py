@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,33 @@ def test_state_dict_round_trip_continues_the_same_queue() -> None:
         expected = bank(*_batch(3 * step, 3))
         torch.testing.assert_close(restored(*_batch(3 * step, 3)), expected)
         torch.testing.assert_close(parent["bank"](*_batch(3 * step, 3)), expected)
+
+
+@pytest.mark.parametrize(
+    ("num_filled", "ptr", "match"),
+    [
+        (6, 2, "num_filled=6 is outside 0..4"),  # returned rows 0..3, then 0..1 again
+        (-1, 0, "num_filled=-1 is outside 0..4"),
+        (4, 4, "ptr=4 is outside 0..3"),
+        (2, 3, "ptr=3 differs from num_filled=2"),  # would return a never-written row
+    ],
+)
+def test_inconsistent_counters_in_a_state_dict_are_refused(
+    num_filled: int, ptr: int, match: str
+) -> None:
+    bank = HierarchicalMemoryBank(size=4, dim=3, num_levels=2)
+    bank(*_batch(0, 3))
+    state = bank.state_dict()
+    state["num_filled"] = torch.tensor([num_filled])
+    state["ptr"] = torch.tensor([ptr])
+    restored = HierarchicalMemoryBank(size=4, dim=3, num_levels=2)
+    parent = torch.nn.ModuleDict({"bank": HierarchicalMemoryBank(size=4, dim=3, num_levels=2)})
+    with pytest.raises(ValueError, match=re.escape(match)):
+        restored.load_state_dict(state)
+    with pytest.raises(ValueError, match="memory bank's state_dict is inconsistent"):
+        parent.load_state_dict({f"bank.{key}": value for key, value in state.items()})
+    assert int(restored.num_filled) == 0 and restored._host_filled == 0  # nothing loaded
+    assert restored(*_batch(3, 1))[0].shape == (0, 3)
 
 
 def test_moves_and_casts_with_the_module_and_stores_in_its_dtype() -> None:
