@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,19 +13,95 @@ from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._hce import anchor_mean_level_losses
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
-    LayerPenalty,
     aggregate_levels,
     build_level_groups,
     check_hierarchy_margin,
     check_temperature,
-    describe_layer_penalty,
-    layer_penalties,
     level_statistics,
     positive_windows,
-    resolve_layer_penalty,
 )
 
 HCE_FORMS = ("anchor_mean", "batch_mean")
+
+LayerPenalty = Callable[[Tensor], Tensor]
+
+_PENALTIES: dict[str, LayerPenalty] = {
+    "exp": torch.exp,
+    "pow2": lambda x: torch.pow(2.0, x),
+    "uniform": torch.ones_like,
+}
+
+
+def resolve_layer_penalty(layer_penalty: str | Sequence[float] | LayerPenalty) -> LayerPenalty:
+    """The penalty function of a name (``exp``, ``pow2``, ``uniform``), a callable, or the
+    weights themselves, coarse to fine (``[0.5, 1.0]``: the finest level counts twice)."""
+    if callable(layer_penalty):
+        return layer_penalty
+    if isinstance(layer_penalty, list | tuple):
+        return functools.partial(_fixed_weights, [float(w) for w in layer_penalty])
+    if layer_penalty not in _PENALTIES:
+        raise ValueError(
+            f"Unknown layer_penalty {layer_penalty!r}: use one of {sorted(_PENALTIES)}, a list "
+            "of weights (coarse to fine) or a callable mapping a float tensor to one."
+        )
+    return _PENALTIES[layer_penalty]
+
+
+def _fixed_weights(weights: list[float], k_inverse: Tensor) -> Tensor:
+    return torch.tensor(weights, dtype=k_inverse.dtype, device=k_inverse.device)
+
+
+def describe_layer_penalty(layer_penalty: LayerPenalty) -> str:
+    """How a resolved penalty reads in a loss's repr: ``'exp'``, ``[0.5, 1.0]``, a name.
+
+    Examples:
+        >>> describe_layer_penalty(resolve_layer_penalty([0.5, 1.0]))
+        '[0.5, 1.0]'
+    """
+    for name, penalty in _PENALTIES.items():
+        if layer_penalty is penalty:
+            return repr(name)
+    if isinstance(layer_penalty, functools.partial) and layer_penalty.func is _fixed_weights:
+        return repr(layer_penalty.args[0])
+    return getattr(layer_penalty, "__name__", None) or repr(layer_penalty)
+
+
+def layer_penalties(
+    num_levels: int,
+    layer_penalty: LayerPenalty,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    check: bool = True,
+) -> Tensor:
+    """lambda of every level, coarse to fine: ``layer_penalty(1 / k)`` with ``k = L - l``.
+
+    ``k`` counts from the finest level (k = 1) up, as the reference implementation's
+    layer index does, so an increasing penalty favours finer levels. ``check`` raises a
+    ValueError for weights that are not finite, negative or all zero (a host sync).
+    """
+    k = torch.arange(num_levels, 0, -1, dtype=dtype, device=device)
+    weights = layer_penalty(1.0 / k)
+    if not isinstance(weights, Tensor) or weights.numel() != num_levels:
+        raise ValueError(
+            f"layer_penalty must map a [{num_levels}] tensor to a tensor of the same shape, "
+            f"got {weights!r}."
+        )
+    weights = weights.to(dtype).reshape(-1)
+    if not check:
+        return weights
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError(
+            f"layer_penalty must map a [{num_levels}] tensor to finite values of the same "
+            f"shape, got {weights.tolist()}."
+        )
+    if bool((weights < 0).any()):
+        raise ValueError(f"layer_penalty gave negative weights {weights.tolist()}.")
+    if not bool((weights > 0).any()):
+        raise ValueError(
+            f"layer_penalty gave all-zero weights {weights.tolist()}: the weighted mean of "
+            "the level terms is undefined. Give at least one level a weight > 0."
+        )
+    return weights
 
 
 class HMLCLoss(nn.Module):

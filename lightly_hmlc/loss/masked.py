@@ -9,8 +9,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc.loss._batch import check_memory, loss_batch
 from lightly_hmlc.loss._features import check_masks, prepare_inputs
-from lightly_hmlc.loss._levels import LayerPenalty
-from lightly_hmlc.loss.hmlc import HMLCLoss
+from lightly_hmlc.loss.hmlc import HMLCLoss, LayerPenalty
 
 
 class MaskedHMLCLoss(HMLCLoss):

@@ -11,14 +11,16 @@ from lightly_hmlc.loss._batch import gather_for_loss
 from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._levels import (
     LOSS_TYPES,
-    LayerPenalty,
     LevelGroups,
     aggregate_levels,
     build_level_groups,
     check_temperature,
+    level_statistics,
+)
+from lightly_hmlc.loss.hmlc import (
+    LayerPenalty,
     describe_layer_penalty,
     layer_penalties,
-    level_statistics,
     resolve_layer_penalty,
 )
 
