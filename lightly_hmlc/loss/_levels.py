@@ -9,7 +9,7 @@ these parts, so that a fix or a speed-up lands everywhere:
   every level, from ONE similarity matrix (or one per level for per-level features).
   Positives enter through per-group sums of embeddings,
   ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``: no ``[N, N]`` positive mask.
-- :func:`margin_log_denominators`: the hierarchy margin's denominators.
+- :func:`margin_weights`: the hierarchy margin's weights in the denominators.
 - :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation of the level terms.
 
 Nothing here synchronises host and device: shapes never depend on the data, and
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lightly_hmlc.loss._denominators import log_denominators
 
 LOSS_TYPES = ("hmc", "hce", "hmce")
 
@@ -161,60 +163,36 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     return PositiveWindows(columns, torch.stack(members).to(dtype), groups.valid.sum(dim=1))
 
 
-def margin_log_denominators(
-    logits: Tensor,
-    window_logits: Tensor,
-    windows: PositiveWindows,
-    anchor_index: Tensor,
-    scale: float,
-    levels: Sequence[int],
-) -> Tensor:
-    """``[len(levels), Na]`` log-denominators with the hierarchy margin, from the logits.
+def margin_weights(
+    windows: PositiveWindows, anchor_index: Tensor, scale: float, levels: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """The hierarchy margin as weights on the exponentials of each level's denominator.
 
-    At level ``l`` a contrast row ``j`` counts as ``exp(s_ij + scale * k)``, ``k`` the
-    number of levels coarser than ``l`` at which both prefixes are known and differ
-    (``scale = margin / T``): ``k = max(0, min(l, v_i, v_j) - d_ij)`` with ``v`` the known
-    levels of a row and ``d_ij`` the levels the two paths share. Outside the anchor's
-    coarse group ``d = 0``, so there ``k`` depends on ``v_j`` alone: those rows enter
-    through their sums per ``v_j`` (one thin matmul); the rows inside come from the
-    window. No ``[L, Na, Nc]`` offsets are built.
+    At level ``l`` a contrast row ``j`` counts ``exp(scale * k)`` times (``scale = margin /
+    T``), ``k`` the number of levels coarser than ``l`` at which both prefixes are known
+    and differ: ``k = max(0, min(l, v_i, v_j) - d_ij)``, ``v`` the known levels of a row
+    and ``d_ij`` the levels the two paths share. Outside the anchor's coarse group
+    ``d = 0``, so there ``k`` depends on ``v_j`` alone; inside it, on the window.
 
-    Args:
-        logits: ``[1 | L, Na, Nc]`` similarities / T, ``-inf`` on each anchor's own column.
-        window_logits: ``[1 | L, Na, W]`` the logits at the windows' columns.
-        windows: The anchors' positive windows.
-        anchor_index: ``[Na]`` position of each anchor among the contrast rows.
-        scale: ``margin / T``.
-        levels: The levels whose denominators to return.
+    Returns:
+        ``outside [K, Na, V]``, the weight of a row by its known-level count ``v``, and
+        ``inside [K, Na, W]``, the correction at the window's columns in the anchor's
+        coarse group, for the ``K`` levels asked.
     """
     known = windows.known_levels
-    num_classes = int(windows.members.shape[0]) + 1  # v in 0..L
-    dtype = logits.dtype
-    # A row's largest logit, as logsumexp shifts (never -inf: a row has another column).
-    shift = logits.amax(dim=2, keepdim=True).detach().clamp(min=torch.finfo(dtype).min)
-    exp = (logits - shift).exp()  # [1 | L, Na, Nc]
-    classes = torch.arange(num_classes, device=logits.device)
-    # One-hot by comparison: F.one_hot checks its values on the host.
-    per_known = exp @ (known.unsqueeze(1) == classes).to(dtype)  # [1 | L, Na, L + 1]
-    inside = windows.members[0].to(dtype)
-    window = (window_logits - shift).exp() * inside
-    window_known = known[windows.columns]  # [Na, W]
-    outside = per_known - torch.zeros_like(per_known).scatter_add(
-        2, window_known.expand(exp.shape[0], -1, -1), window
-    )
-    shared = windows.members.sum(dim=0)  # d_ij inside the coarse group
+    dtype = windows.members.dtype
+    classes = torch.arange(windows.members.shape[0] + 1, device=known.device)  # v in 0..L
     anchor_known = known[anchor_index].unsqueeze(1)
-    results = []
+    window_known = known[windows.columns]  # [Na, W]
+    shared = windows.members.sum(dim=0)  # d_ij inside the coarse group
+    outside, inside = [], []
     for level in levels:
-        source = min(level, exp.shape[0] - 1)
-        outside_k = torch.minimum(anchor_known, classes).clamp(max=level)  # [Na, L + 1]
-        inside_k = (torch.minimum(anchor_known, window_known).clamp(max=level) - shared).clamp(
-            min=0
-        )
-        total = (outside[source] * torch.exp(outside_k.to(dtype) * scale)).sum(dim=1)
-        total = total + (window[source] * torch.exp(inside_k.to(dtype) * scale)).sum(dim=1)
-        results.append(shift[source, :, 0] + total.log())
-    return torch.stack(results)
+        weight = torch.exp(torch.minimum(anchor_known, classes).clamp(max=level).to(dtype) * scale)
+        k = (torch.minimum(anchor_known, window_known).clamp(max=level) - shared).clamp(min=0)
+        in_group = torch.exp(k.to(dtype) * scale) - weight.gather(1, window_known)
+        outside.append(weight)
+        inside.append(in_group * windows.members[0])
+    return torch.stack(outside), torch.stack(inside)
 
 
 @dataclass(frozen=True)
@@ -222,8 +200,6 @@ class LevelStatistics:
     """What every level's SupCon term is made of, per anchor.
 
     Attributes:
-        logits: ``[1 | L, Na, Nc]`` similarities / temperature, ``-inf`` in each anchor's
-            own column.
         log_denominator: ``[L, Na]`` log-sum-exp of each anchor's (offset) logits.
         mean_positive_logit: ``[L, Na]`` mean logit over the anchor's positives.
         positive_count: ``[L, Na]`` number of positives.
@@ -232,7 +208,6 @@ class LevelStatistics:
             (``None`` without windows).
     """
 
-    logits: Tensor
     log_denominator: Tensor
     mean_positive_logit: Tensor
     positive_count: Tensor
@@ -271,7 +246,7 @@ def level_statistics(
         windows: The anchors' positive windows, when the margin or the anchor-mean bound
             need them: the logits at their columns are then read once.
         margin: ``(margin / T, levels)``: the hierarchy margin's log-denominators of those
-            levels (:func:`margin_log_denominators`, needs ``windows``); default: plain.
+            levels (:func:`margin_weights`, needs ``windows``); default: plain.
         include_in_denominator: Optional ``[Nc, L]``: which rows enter level ``l``'s
             denominator (the reference implementation's row selection).
     """
@@ -280,28 +255,42 @@ def level_statistics(
         anchors, contrast = widen(anchors), widen(contrast)
         num_levels, num_anchors = groups.ids.shape[1], anchors.shape[0]
         device = anchors.device
-        # [1 | L, N, D]; 1/T folded into the anchors (one fewer pass over the logits).
+        # [1 | L, N, D]: one similarity matrix for every level, or one per level.
         anchor_feats = anchors.unsqueeze(0) if anchors.dim() == 2 else anchors.transpose(0, 1)
         contrast_feats = contrast.unsqueeze(0) if contrast.dim() == 2 else contrast.transpose(0, 1)
-        logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
-        rows = torch.arange(num_anchors, device=device)
-        # In place is safe: bmm saves its inputs, not its output. A tensor, not a Python
-        # scalar: no host-to-device copy. An anchor is never its own negative.
-        logits[:, rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=device)
         window_logits = None
-        if windows is not None:  # [1 | L, Na, W]; its gradient is one scatter
-            window_logits = logits.gather(2, windows.columns.expand(logits.shape[0], -1, -1))
-        if margin is not None:
-            assert windows is not None and window_logits is not None
-            log_denominator = margin_log_denominators(
-                logits, window_logits, windows, anchor_index, *margin
+        if include_in_denominator is not None:  # the reference's row selection
+            logits = torch.bmm(anchor_feats / temperature, contrast_feats.transpose(1, 2))
+            rows = torch.arange(num_anchors, device=device)
+            logits[:, rows, anchor_index] = torch.full(
+                (), -math.inf, dtype=logits.dtype, device=device
             )
+            keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
+            log_denominator = torch.logsumexp(logits.masked_fill(~keep, -math.inf), dim=2)
         else:
-            denominator = logits
-            if include_in_denominator is not None:
-                keep = include_in_denominator.t().unsqueeze(1)  # [L, 1, Nc]
-                denominator = denominator.masked_fill(~keep, -math.inf)
-            log_denominator = torch.logsumexp(denominator, dim=2)
+            outside = inside = None
+            num_outputs = anchor_feats.shape[0]
+            if margin is not None:
+                assert windows is not None
+                outside, inside = margin_weights(windows, anchor_index, *margin)
+                num_outputs = outside.shape[0]
+            columns = (
+                windows.columns
+                if windows is not None
+                else torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
+            )
+            log_denominator, window_logits = log_denominators(
+                anchor_feats.contiguous(),
+                contrast_feats.contiguous(),
+                anchor_index,
+                temperature,
+                columns,
+                groups.valid.sum(dim=1) if windows is None else windows.known_levels,
+                num_outputs,
+                outside,
+                inside,
+            )
+            window_logits = window_logits if windows is not None else None
         log_denominator = log_denominator.expand(num_levels, num_anchors)
 
         # Group sums of the contrast rows, every level at once: ids offset per level.
@@ -324,7 +313,6 @@ def level_statistics(
         )
         positive_count = counts[anchor_ids] - 1.0
         return LevelStatistics(
-            logits=logits,
             log_denominator=log_denominator,
             mean_positive_logit=positive_dot / temperature / positive_count.clamp(min=1.0),
             positive_count=positive_count,

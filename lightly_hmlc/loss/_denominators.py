@@ -1,0 +1,155 @@
+"""Every level's SupCon log-denominator, one similarity matrix at a time, recomputed backward.
+
+The only ``[Na, Nc]`` work of the losses is here: the similarities, their exponentials and
+row sums. :class:`_LogDenominators` keeps none of them for the backward: it saves the
+features and per-row sums and recomputes each level's similarities there, one level at a
+time, so peak memory is O(N^2) whatever the number of levels, and its gradient is formed
+in place (the softmax weights times the upstream gradient, plus the window's gradient).
+
+The hierarchy margin enters as weights on the exponentials: a contrast row outside the
+anchor's coarse group counts ``exp(scale * k)`` times, ``k`` depending only on how many of
+its levels are known (``outside[k][i, v_j]``); rows inside the group are corrected through
+the anchor's window (``inside``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale: float) -> Tensor:
+    """``[Na, Nc]`` similarities / T with ``-inf`` on each anchor's own column."""
+    logits = (anchors * scale) @ contrast.t()
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    return logits
+
+
+class _LogDenominators(torch.autograd.Function):
+    """``(log_denominator [K, Na], window_logits [M, Na, W])`` of M similarity matrices.
+
+    Output level ``k`` reads matrix ``k`` when there are several (per-level features),
+    else the one shared matrix.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        anchors: Tensor,
+        contrast: Tensor,
+        anchor_index: Tensor,
+        columns: Tensor,
+        known: Tensor,
+        outside: Tensor | None,
+        inside: Tensor | None,
+        num_outputs: int,
+        inverse_temperature: float,
+    ) -> tuple[Tensor, Tensor]:
+        num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
+        classes = None
+        if outside is not None:
+            classes = known.unsqueeze(1) == torch.arange(outside.shape[2], device=known.device)
+            classes = classes.to(anchors.dtype)  # [Nc, V] one-hot of the known-level counts
+        shifts = anchors.new_empty(num_matrices, num_anchors)
+        sums = anchors.new_empty(num_outputs, num_anchors)
+        windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
+        for matrix in range(num_matrices):
+            logits = _similarities(
+                anchors[matrix], contrast[matrix], anchor_index, inverse_temperature
+            )
+            windows[matrix] = logits.gather(1, columns)
+            # Never -inf: every row has another column.
+            shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
+            shifts[matrix] = shift
+            exp = logits.sub_(shift.unsqueeze(1)).exp_()
+            outputs = range(num_outputs) if num_matrices == 1 else [matrix]
+            if outside is None or inside is None or classes is None:
+                total = exp.sum(dim=1)
+                for output in outputs:
+                    sums[output] = total
+            else:
+                per_known = exp @ classes  # [Na, V]
+                window_exp = exp.gather(1, columns)
+                for output in outputs:
+                    sums[output] = (per_known * outside[output]).sum(dim=1) + (
+                        window_exp * inside[output]
+                    ).sum(dim=1)
+            del logits, exp  # one [Na, Nc] matrix alive at a time
+        source = torch.arange(num_outputs, device=anchors.device).clamp(max=num_matrices - 1)
+        log_denominator = shifts[source] + sums.log()
+        ctx.save_for_backward(anchors, contrast, anchor_index, columns, known, shifts, sums)
+        ctx.outside, ctx.inside = outside, inside
+        ctx.inverse_temperature = inverse_temperature
+        return log_denominator, windows
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_log: Tensor, grad_windows: Tensor) -> tuple[Tensor | None, ...]:
+        anchors, contrast, anchor_index, columns, known, shifts, sums = ctx.saved_tensors
+        outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
+        num_matrices, num_outputs = anchors.shape[0], sums.shape[0]
+        coefficient = grad_log / sums  # d log(sum) = d sum / sum
+        grad_anchors = torch.empty_like(anchors)
+        grad_contrast = torch.empty_like(contrast)
+        for matrix in range(num_matrices):
+            # The outputs of this matrix (slices, not index lists: no host-to-device copy).
+            outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
+            logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
+            exp = logits.sub_(shifts[matrix].unsqueeze(1)).exp_()
+            if outside is None or inside is None:
+                weight = coefficient[outputs].sum(dim=0)
+                grad = exp.mul_(weight.unsqueeze(1))
+            else:
+                share = coefficient[outputs].unsqueeze(2)
+                table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
+                correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
+                window_exp = exp.gather(1, columns)
+                grad = exp.mul_(table.index_select(1, known))
+                grad.scatter_add_(1, columns, window_exp * correction)
+            grad.scatter_add_(1, columns, grad_windows[matrix])
+            grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
+            grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
+            del logits, exp, grad  # one [Na, Nc] matrix alive at a time
+        return grad_anchors, grad_contrast, None, None, None, None, None, None, None
+
+
+def log_denominators(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    temperature: float,
+    columns: Tensor,
+    known: Tensor,
+    num_outputs: int,
+    outside: Tensor | None = None,
+    inside: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(log_denominator [K, Na], window_logits [M, Na, W])``.
+
+    Args:
+        anchors: ``[M, Na, D]`` features of M similarity matrices (1: shared by all levels).
+        contrast: ``[M, Nc, D]``, containing the anchors.
+        anchor_index: ``[Na]`` position of each anchor among the contrast rows.
+        temperature: Softmax temperature.
+        columns: ``[Na, W]`` window columns whose logits to return (``W`` may be 0).
+        known: ``[Nc]`` how many leading levels of each contrast row are known.
+        num_outputs: K, the number of log-denominators per anchor (M, or any with M = 1).
+        outside: Optional ``[K, Na, V]`` weight of a row by its known-level count.
+        inside: Optional ``[K, Na, W]`` correction of the weights at the window columns.
+    """
+    return _LogDenominators.apply(  # type: ignore[no-any-return]
+        anchors,
+        contrast,
+        anchor_index,
+        columns,
+        known,
+        outside,
+        inside,
+        num_outputs,
+        1.0 / temperature,
+    )
