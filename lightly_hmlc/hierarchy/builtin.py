@@ -1,25 +1,12 @@
-"""The built-in taxonomies, all in one place, as plain nested dicts.
+"""The built-in taxonomies as plain, read-only nested dicts.
 
-Every dataset of :mod:`lightly_hmlc.data` takes its default hierarchy from here, and
-:meth:`LabelHierarchy.builtin <lightly_hmlc.hierarchy.LabelHierarchy.builtin>` (or the
-``LabelHierarchy.cifar100()`` style shortcuts) builds the tree. The data is kept free of
-the tree class so that it can be read, diffed and reused without importing torch code.
-
-=============  ==============================================  =========================
-name           levels (classes per level)                      source
-=============  ==============================================  =========================
-``cifar100``   20 superclasses -> 100 classes                  official dataset meta
-``cifar10``    vehicle / animal -> 10 classes                  our grouping
-``mnist``      loop / straight / curve -> 10 digits            our grouping
-``shapes``     3 families -> 6 fills -> 12 sizes               :class:`ShapesDataset`
-``modelnet40`` 6 groups -> 40 categories                       our grouping
-=============  ==============================================  =========================
+``cifar100``: the 20 official superclasses; ``cifar10``, ``mnist`` and ``modelnet40``:
+our groupings; ``shapes``: the three levels of :class:`~lightly_hmlc.data.ShapesDataset`.
+Build a tree with ``LabelHierarchy.builtin(name)`` or ``LabelHierarchy.cifar100()``.
 
 Examples:
     >>> sorted(BUILTIN)
     ['cifar10', 'cifar100', 'mnist', 'modelnet40', 'shapes']
-    >>> BUILTIN["mnist"]["straight"]
-    ('1', '4', '7')
 """
 
 from __future__ import annotations
@@ -90,53 +77,25 @@ SHAPE_FILLS: tuple[str, ...] = ("hollow", "solid")
 SHAPE_SIZES: tuple[str, ...] = ("large", "small")
 
 #: Our coarse grouping of the 40 ModelNet40 categories (every category in one group).
+# fmt: off
 MODELNET40_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        # Pieces of furniture one sits, sleeps on or stores things in.
         "furniture": (
-            "bed",
-            "bench",
-            "bookshelf",
-            "chair",
-            "desk",
-            "dresser",
-            "night_stand",
-            "sofa",
-            "stool",
-            "table",
-            "tv_stand",
-            "wardrobe",
+            "bed", "bench", "bookshelf", "chair", "desk", "dresser", "night_stand", "sofa",
+            "stool", "table", "tv_stand", "wardrobe",
         ),
-        # Vessels that hold something.
         "containers": ("bottle", "bowl", "cup", "flower_pot", "glass_box", "vase"),
-        # Vehicles, electronics and appliances.
         "machines": (
-            "airplane",
-            "car",
-            "keyboard",
-            "laptop",
-            "monitor",
-            "radio",
-            "range_hood",
-            "xbox",
+            "airplane", "car", "keyboard", "laptop", "monitor", "radio", "range_hood", "xbox",
         ),
-        # Parts and fixtures of buildings, and shelters.
         "architecture": (
-            "bathtub",
-            "curtain",
-            "door",
-            "mantel",
-            "sink",
-            "stairs",
-            "tent",
-            "toilet",
+            "bathtub", "curtain", "door", "mantel", "sink", "stairs", "tent", "toilet",
         ),
-        # Musical instruments and other household objects.
         "instruments_and_objects": ("cone", "guitar", "lamp", "piano"),
-        # People and plants.
         "living_things": ("person", "plant"),
     }
 )
+# fmt: on
 
 
 def _shapes() -> dict[str, Any]:
@@ -149,9 +108,7 @@ def _shapes() -> dict[str, Any]:
     }
 
 
-#: Every built-in taxonomy as a nested dict (the input of ``LabelHierarchy.from_nested``).
-# Every table here is read-only (a mapping proxy of tuples), so that no caller can change
-# a built-in taxonomy for everyone else in the process.
+#: Every built-in taxonomy as a read-only nested dict (for ``LabelHierarchy.from_nested``).
 BUILTIN: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "cifar100": CIFAR100_SUPERCLASSES,

@@ -1,22 +1,9 @@
-"""File formats and builders of label hierarchies: every one yields a child -> parent map.
+"""Readers and writers of label hierarchies; every reader returns a child -> parent map.
 
-Each reader returns the ``{child: parent or None}`` mapping that
-:class:`~lightly_hmlc.hierarchy.LabelHierarchy` is built from, so the tree never needs to
-know about files, and a new format is one function here. The formats:
-
-- *edges*: ``(parent, child)`` pairs (:func:`parents_from_edges`);
-- *edge list*: a text file with one ``parent child`` pair per line (:func:`read_edge_list`);
-- *nested*: a nested dict / list of classes (:func:`parents_from_nested`);
-- *label paths*: rows of names, coarse to fine (:func:`parents_from_label_paths`);
-- *JSON*: the lossless ``lightly_hmlc.hierarchy/v1`` document written by
-  :func:`to_json`, or a nested dict in JSON (:func:`read_json`).
-
-Files are read as UTF-8 with ``utf-8-sig``, so a byte-order mark (as Windows Notepad
-writes) is dropped instead of sticking to the first class name.
+Edge pairs, edge-list files, nested dicts, label paths of names, and JSON. Text files
+are read as UTF-8, a byte-order mark dropped.
 
 Examples:
-    >>> parents_from_edges([("animal", "cat"), ("animal", "dog")])
-    {'cat': 'animal', 'animal': None, 'dog': 'animal'}
     >>> parents_from_nested({"animal": ["cat"], "vehicle": None})
     {'cat': 'animal', 'animal': None, 'vehicle': None}
 """
@@ -52,15 +39,7 @@ Parents = dict[str, str | None]
 
 
 def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
-    """The parent map of ``(parent, child)`` pairs.
-
-    Raises:
-        ValueError: If a child has two different parents or is its own parent.
-
-    Examples:
-        >>> parents_from_edges([("animal", "cat")])
-        {'cat': 'animal', 'animal': None}
-    """
+    """The parent map of ``(parent, child)`` pairs; a ValueError if a child has two parents."""
     parents: Parents = {}
     for raw_parent, raw_child in edges:
         parent, child = check_name(raw_parent), check_name(raw_child)
@@ -80,27 +59,13 @@ def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
 def read_edge_list(path: str | os.PathLike[str]) -> Parents:
     """Reads an edge-list text file: one ``parent child`` pair per line.
 
-    The format, exactly:
-
-    - ``#`` starts a comment that runs to the end of the line, wherever it stands, so a
-      class name cannot contain ``#``.
-    - Names are separated by whitespace (spaces or tabs), so a name cannot contain a
-      space. A line with three or more names is an error. For names with spaces or ``#``
-      (e.g. ``"sea lion"``), write a nested JSON dict instead and load it with
-      :func:`read_json` or ``LabelHierarchy.load`` (``.json`` suffix).
-    - Blank lines are ignored. A line with a single name declares a top-level class.
-    - Lines end at ``\n``, ``\r\n`` or ``\r`` only; other characters that
-      ``str.splitlines`` would break at (``\v``, ``\f``, ``\x85``, ``\u2028``, ...) are
-      refused, as are all control characters (tab is a separator) and invisible format
-      characters such as zero-width spaces (see :func:`check_name`).
-    - Names are normalised to Unicode NFC, so the composed and decomposed spellings of
-      ``café`` are one class.
-    - The file is read as UTF-8; a byte-order mark (as Notepad writes) is dropped.
+    ``#`` starts a comment, names are separated by whitespace (so use JSON for names with
+    spaces or ``#``), and a single name declares a top-level class. Lines end at ``\n``,
+    ``\r\n`` or ``\r``; control and invisible characters are refused (:func:`check_name`).
 
     Raises:
-        ValueError: If a line has more than two names or a refused character, a class
-            has two parents, or the file is not UTF-8 text (the message names the file
-            and the line).
+        ValueError: Naming the file and line, for a line of three names, a refused
+            character, a class with two parents, or a file that is not UTF-8.
 
     Examples:
         >>> import tempfile, pathlib
@@ -146,15 +111,7 @@ def read_edge_list(path: str | os.PathLike[str]) -> Parents:
 
 
 def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
-    """The parent map of a nested dict.
-
-    A value is a dict of children, a list of children (names or dicts), or
-    ``None`` / ``{}`` / ``[]`` for a leaf.
-
-    Examples:
-        >>> parents_from_nested({"animal": {"cat": ["tabby"]}})
-        {'cat': 'animal', 'animal': None, 'tabby': 'cat'}
-    """
+    """The parent map of a nested dict: a value is a dict or list of children, or ``None``."""
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
 
@@ -194,12 +151,7 @@ def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
 
 
 def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
-    """The parent map of label paths of names, coarse to fine.
-
-    Examples:
-        >>> parents_from_label_paths([["animal", "cat"], ["vehicle"]])
-        {'cat': 'animal', 'animal': None, 'vehicle': None}
-    """
+    """The parent map of label paths of names, coarse to fine."""
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
     for path in paths:
@@ -219,16 +171,9 @@ def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
 
 
 def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
-    """Reads the JSON written by :func:`to_json`, or a plain nested dict in JSON.
+    """Reads the JSON of :func:`to_json`, or a nested dict in JSON, from text or a file.
 
-    Accepts a JSON string or a path to a ``.json`` file. Files are read as UTF-8 and a
-    byte-order mark is dropped. JSON is the format for class names that contain spaces
-    or ``#``.
-
-    Raises:
-        ValueError: If the text is not valid JSON, an object has the same key twice
-            (Python's ``json`` would silently keep the last one, dropping a subtree), or
-            the file is not UTF-8 text.
+    An object with the same key twice is refused (``json`` would drop a subtree).
 
     Examples:
         >>> read_json('{"sea mammal": ["sea lion"]}')
@@ -261,12 +206,7 @@ def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
 
 
 def load_parents(path: str | os.PathLike[str]) -> Parents:
-    """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If the file is not UTF-8 or not in the format its suffix says.
-    """
+    """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -279,22 +219,12 @@ def load_parents(path: str | os.PathLike[str]) -> Parents:
 
 
 def to_dict(parents: Mapping[str, str | None]) -> dict[str, Any]:
-    """The JSON-ready form: the format tag and the child -> parent mapping, sorted.
-
-    Examples:
-        >>> to_dict({"cat": "animal", "animal": None})["parents"]
-        {'animal': None, 'cat': 'animal'}
-    """
+    """The JSON-ready form: the format tag and the sorted child -> parent mapping."""
     return {"format": JSON_FORMAT, "parents": {name: parents[name] for name in sorted(parents)}}
 
 
 def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | None = None) -> str:
-    """Serialises a parent map losslessly to JSON; writes it (UTF-8) to ``path`` when given.
-
-    Examples:
-        >>> read_json(to_json({"cat": "animal", "animal": None}))
-        {'animal': None, 'cat': 'animal'}
-    """
+    """Serialises a parent map losslessly to JSON; writes it (UTF-8) to ``path`` when given."""
     text = json.dumps(to_dict(parents), indent=2, ensure_ascii=False)
     if path is not None:
         Path(path).write_text(text + "\n", encoding="utf-8")
@@ -302,10 +232,8 @@ def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | No
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The text of a hierarchy file, decoded as UTF-8 without a byte-order mark.
-
-    Raises:
-        ValueError: If the file is not UTF-8, naming the file and how to fix it.
+    """The text of a hierarchy file as UTF-8 without a byte-order mark; a ValueError if it
+    is not UTF-8.
     """
     # utf-8-sig drops a leading byte-order mark; with plain utf-8 it would stick to the
     # first class name and silently create a second top-level class.
@@ -322,24 +250,12 @@ def read_text(path: str | os.PathLike[str]) -> str:
 def check_name(name: object) -> str:
     """``name`` in Unicode NFC, if it is a valid class name.
 
-    A class name is a non-empty string without control characters (Unicode category
-    Cc, tab included), invisible format characters (Cf: zero-width spaces and joiners,
-    word joiner, byte-order mark, bidirectional controls, soft hyphen, ...), line or
-    paragraph separators (Zl, Zp) or lone surrogates (Cs): they make two names that look
-    the same different classes, or break a line where an editor shows none. NFC makes
-    the composed and decomposed spellings of a name (``é`` as one code point, or ``e``
-    and a combining accent) the same name.
-
-    Raises:
-        ValueError: Naming the name and the refused character.
+    A non-empty string without control (Cc), invisible format (Cf), separator (Zl, Zp) or
+    surrogate (Cs) characters, which make two names that look the same different classes.
 
     Examples:
         >>> check_name("cafe\u0301") == "caf\u00e9"
         True
-        >>> check_name("cat\u200b")
-        Traceback (most recent call last):
-        ...
-        ValueError: Class name 'cat\u200b' has U+200B ZERO WIDTH SPACE at position 3; class names cannot hold control or invisible characters: remove it.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
@@ -362,8 +278,9 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def refused_character(text: str) -> str | None:
-    """The first character of ``text`` that a class name cannot hold, described as
-    ``"U+200B ZERO WIDTH SPACE at position 3"``; None if there is none."""
+    """The first character a class name cannot hold, as ``"U+200B ZERO WIDTH SPACE at
+    position 3"``; None if there is none.
+    """
     for position, char in enumerate(text):
         category = unicodedata.category(char)
         if category in _REFUSED_CATEGORIES:
