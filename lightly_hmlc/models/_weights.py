@@ -1,8 +1,4 @@
-"""Weights for timm backbones from local files only: checkpoints and timm's caches.
-
-Nothing here downloads, so ``create_backbone(name, pretrained=True)`` works offline or
-fails at once.
-"""
+"""Weights for timm backbones from local files only: checkpoints and timm's caches."""
 
 from __future__ import annotations
 
@@ -21,18 +17,12 @@ __all__ = ["find_cached_weights", "load_checkpoint"]
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Loads a local checkpoint into ``model`` in place, dropping classifier keys.
+    """Loads a local checkpoint into ``model`` in place, without its classifier keys.
 
-    Reading is timm's ``load_state_dict`` (a state dict, or one under ``"state_dict"`` or
-    ``"model"``; DDP and ``torch.compile`` prefixes removed; ``.safetensors`` supported;
-    not the EMA weights). The classifier named in ``model.pretrained_cfg`` is dropped,
-    missing and unexpected keys are reported in a warning, and differing shapes, or no
-    key in common with the model, raise.
-
-    Args:
-        model: The model to load into.
-        path: A ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``) or
-            ``.safetensors`` file.
+    The file is read by timm's ``load_state_dict`` (``.pth``/``.pt``/``.bin`` with
+    ``weights_only=True``, or ``.safetensors``; a nested ``"state_dict"`` or ``"model"`` and
+    DDP or ``torch.compile`` prefixes are handled). Missing and unexpected keys give a
+    warning; differing shapes, or no key in common, raise.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.

@@ -1,7 +1,7 @@
 """G-HMLC's feature-mask head: a Gaussian mixture over the embedding dimensions.
 
-The head does the schedule and the wiring; its parts are ``prefix_statistics`` (running
-statistics), ``_fisher`` (descriptors), ``_gmm`` (EM fit) and ``_assignment`` (masks).
+The head does the schedule and the wiring; its parts are ``prefix_statistics``
+(running statistics), ``_fisher`` (descriptors), ``_gmm`` (EM) and ``_assignment`` (masks).
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     """Hard per-level feature masks from a Gaussian mixture over embedding dimensions (G-HMLC).
 
     Following Ott et al. [0], a GMM with one component per level assigns every embedding
-    dimension to a level; the level-h term of HMLC [1] sees only mask M_h. Dimension d is
-    the point of its log Fisher ratios at the L levels, from running statistics of
-    ``z / |z|`` per label prefix. Nested masks (default) are cumulative: level l sees the
-    dimensions of levels 0..l, the finest all; ``nested=False`` gives the partition.
+    dimension to a level, and the level-h term of HMLC [1] sees only mask M_h. Dimension d
+    is the point of its log Fisher ratios at the L levels, from running statistics of
+    ``z / |z|`` per label prefix. Nested masks (default) are cumulative, so the finest
+    level sees all dimensions; ``nested=False`` gives a partition.
 
-    Each forward in training mode with labels is a step. The masks are all ones (plain
+    Each forward in training mode with labels is a step: the masks are all ones (plain
     HMLC) until the first fit after ``warmup_steps`` steps, then refitted every
-    ``refit_every`` steps. Eval mode and calls under ``torch.inference_mode()`` update
-    nothing. Only refits read the device; under DDP every rank refits on the merged
-    statistics of all ranks. See ``docs/METHOD.md``.
+    ``refit_every`` steps. Eval mode and ``torch.inference_mode()`` update nothing. Only
+    refits read the device; under DDP every rank refits on the merged statistics of all
+    ranks. See ``docs/METHOD.md``.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
     - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
@@ -52,19 +52,13 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         num_levels: Number of hierarchy levels L (= GMM components).
         dim: Embedding width D, at least ``L * min_dims_per_level``.
         refit_every: Training steps between refits.
-        warmup_steps: Training steps before the first fit (the first runs at step >= 1).
-        momentum: Decay of the statistics per step, in (0, 1]; 1 keeps plain sums.
-        max_classes_per_level: Capacity of the class tables (a refit raises beyond it).
+        warmup_steps: Training steps before the first fit.
+        momentum: Decay of the statistics per step, in (0, 1].
+        max_classes_per_level: Capacity of the class tables.
         min_dims_per_level: Dimensions every level's own part keeps.
-        normalize_input: Compute the statistics on ``z / |z|``; False uses z as given.
-        nested: Cumulative masks, coarse to fine, instead of a partition.
-        em_options: The EM settings of the fit (default :class:`EMOptions`).
-
-    Attributes:
-        masks: Buffer [L, D] of 0/1 masks, coarse to fine; ``step``, ``fitted``: buffers.
-        descriptors: Buffer [D, L], the descriptors of the last fit (NaN before).
-        last_fit: The :class:`GaussianMixtureFit` of the last refit (not saved).
-        statistics: The :class:`LabelPrefixStatistics` behind the descriptors.
+        normalize_input: Compute the statistics on ``z / |z|``.
+        nested: Cumulative masks instead of a partition.
+        em_options: The EM settings (default :class:`EMOptions`).
 
     Examples:
         >>> head = GMMFeatureMaskHead(num_levels=2, dim=8, warmup_steps=2, refit_every=2)
@@ -72,12 +66,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         >>> generator = torch.Generator().manual_seed(0)
         >>> for _ in range(2):
         ...     masks = head(torch.randn(16, 8, generator=generator), labels)
-        >>> masks.shape, bool(head.fitted)
-        (torch.Size([1, 2, 8]), True)
-        >>> head.masks[-1].tolist()  # nested: the finest level sees every dimension
-        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-        >>> bool((head.masks[0] <= head.masks[1]).all())
-        True
+        >>> masks.shape, bool(head.fitted), bool(head.masks[-1].all())
+        (torch.Size([1, 2, 8]), True, True)
     """
 
     masks: Tensor
@@ -131,9 +121,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Detached masks [1, L, D] in the dtype of the projections ``z`` [B, D]; in
-        training mode with label paths [B, L], updates the statistics and refits on
-        schedule."""
+        """Detached masks [1, L, D] in the dtype of ``z`` [B, D]; in training mode with label
+        paths [B, L], updates the statistics and refits on schedule.
+        """
         self.check_inputs(z, labels)
         # Under torch.inference_mode() the statistics would become inference tensors,
         # which a later training step could not update in place: such a call is
@@ -151,8 +141,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     @torch.no_grad()
     def refit(self) -> Tensor:
-        """Merges the statistics (all ranks under DDP, which must call it together) and
-        refits now; returns a copy of the masks [L, D].
+        """Merges the statistics (all ranks together under DDP) and refits now; returns the
+        masks [L, D].
 
         Raises:
             ValueError: If more classes than ``max_classes_per_level`` were seen.

@@ -16,22 +16,12 @@ from lightly_hmlc.models.modules._arguments import check_int
 class HierarchicalMemoryBank(nn.Module):
     """FIFO queue of projected embeddings and their label paths, for the contrastive losses.
 
-    MoCo (He et al. [0]) contrasts the current batch against a queue of past embeddings;
-    Lightly's ``MemoryBankModule`` keeps features only. Supervised and hierarchical
-    losses also need the queued rows' labels, to find the positives at each level, so
-    this bank stores beside each embedding its label path [L] (-1 for unknown).
-
-    :meth:`forward` returns the filled rows from before this batch is enqueued (MoCo
-    semantics). Pass them as ``memory=(bank_features, bank_labels)``: extra contrast rows
-    and positives at every level, never anchors. The queue is a set of buffers, so it is
-    checkpointed and follows ``.to(device)``.
-
-    With ``gather_distributed=True`` under DDP every rank enqueues the all-gathered batch
-    (same batch size on every rank), so the queues stay identical on all ranks. Without
-    it each rank keeps its own queue, which DDP's buffer broadcast overwrites with rank
-    0's when the bank is part of the wrapped model.
-    A state whose ``num_filled`` / ``ptr`` are not those of a queue of this size raises
-    a ValueError on load.
+    Like Lightly's ``MemoryBankModule`` for MoCo [0], but each queued row keeps its label
+    path, so that supervised and hierarchical losses find its positives at every level.
+    :meth:`forward` returns the filled rows from before the batch is enqueued; pass them as
+    ``memory=(bank_features, bank_labels)``. The queue is a set of buffers (checkpointed,
+    moved by ``.to``); a state whose counters do not fit the size is refused on load.
+    With ``gather_distributed=True`` every rank enqueues the batches of all ranks.
 
     - [0] He et al., Momentum Contrast, CVPR 2020, https://arxiv.org/abs/1911.05722
 
@@ -39,28 +29,16 @@ class HierarchicalMemoryBank(nn.Module):
         size: K, the number of rows the queue holds.
         dim: D, the width of the embeddings.
         num_levels: L, the depth of the label paths.
-        gather_distributed: Enqueue the rows of all ranks.
-        check_values: Reject NaN/Inf features and labels below -1 (a device read per
-            call); False checks shapes only, so a step never synchronises.
-
-    Attributes:
-        features: Buffer [K, D]; labels: Buffer [K, L] (-1 in unused rows).
-        ptr: Buffer [1], the next row written; num_filled: Buffer [1], rows with data.
+        gather_distributed: Enqueue the rows of all ranks (same batch size on every rank).
+        check_values: Reject NaN/Inf features and labels below -1 (reads the device).
 
     Examples:
         >>> bank = HierarchicalMemoryBank(size=4, dim=2, num_levels=2)
-        >>> labels = torch.tensor([[0, 0], [1, -1]])  # -1: fine level unknown
-        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels)  # before it: empty
-        >>> bank_z.shape, bank_labels.shape
-        (torch.Size([0, 2]), torch.Size([0, 2]))
-        >>> for shift in (1, 2, 3):
+        >>> labels = torch.tensor([[0, 0], [1, -1]])
+        >>> for shift in (0, 1, 2, 3):
         ...     bank_z, bank_labels = bank(torch.randn(2, 2), labels + shift)
-        >>> bank_labels.tolist()  # full: the first batch was dequeued, oldest first
+        >>> bank_labels.tolist()  # the queue before the last batch, oldest first
         [[1, 1], [2, 0], [2, 2], [3, 1]]
-        >>> from lightly_hmlc.loss import HMLCLoss
-        >>> z0, z1 = torch.randn(2, 2), torch.randn(2, 2)
-        >>> HMLCLoss("hmce")(z0, z1, labels, memory=bank(z1.detach(), labels)).shape
-        torch.Size([])
     """
 
     features: Tensor
@@ -101,16 +79,9 @@ class HierarchicalMemoryBank(nn.Module):
     def forward(
         self, features: Tensor, labels: Tensor, update: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """Returns the queue before this batch, then enqueues the batch.
-
-        Args:
-            features: Projections [B, D], e.g. ``z1.detach()`` or a momentum encoder's keys.
-            labels: Label paths [B, L], -1 for unknown ([B] when L = 1).
-            update: Enqueue the batch (False e.g. in validation).
-
-        Returns:
-            Detached ``(features [K', D], labels [K', L])`` of the ``K' = min(seen, K)``
-            filled rows, oldest first.
+        """Returns the queue before this batch, ``(features [K', D], labels [K', L])`` of the
+        ``K' = min(seen, K)`` filled rows, oldest first, then enqueues the batch unless
+        ``update=False``.
         """
         labels = self._check(features, labels)
         num_filled = self._host_filled
