@@ -8,10 +8,7 @@ from lightly_hmlc.data.cifar import CIFAR10Hierarchical, CIFAR100Hierarchical
 from lightly_hmlc.data.imagefolder import HierarchicalImageFolder
 from lightly_hmlc.data.mnist import MNISTHierarchical
 from lightly_hmlc.data.modelnet40 import MODELNET40_GROUPS, ModelNet40Hierarchical
-from lightly_hmlc.data.point_cloud_transforms import (
-    PointCloudAugment,
-    TwoViewPointCloudTransform,
-)
+from lightly_hmlc.data.point_cloud_transforms import PointCloudAugment, TwoViewPointCloudTransform
 from lightly_hmlc.data.relabeled import Relabeled
 from lightly_hmlc.data.sampler import HierarchicalBatchSampler
 from lightly_hmlc.data.shapes import ShapesDataset

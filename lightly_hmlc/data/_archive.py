@@ -17,7 +17,7 @@ __all__ = ["default_cache_dir", "extract_archive_once"]
 
 
 def default_cache_dir() -> Path:
-    """``$LIGHTLY_HMLC_CACHE``, else ``$XDG_CACHE_HOME/lightly_hmlc``, else ``~/.cache/lightly_hmlc``."""
+    """``$LIGHTLY_HMLC_CACHE``, else ``$XDG_CACHE_HOME/lightly_hmlc``, or ``~/.cache/...``."""
     env = os.environ.get("LIGHTLY_HMLC_CACHE")
     if env:
         return Path(env)
@@ -43,19 +43,6 @@ def extract_archive_once(
     archive's size and time, so a second call returns at once and a changed archive is
     extracted again. Extraction goes through a temporary folder, so an interrupted run
     leaves nothing half-done; members that would land outside ``dest`` are refused.
-
-    Raises:
-        FileNotFoundError: If the archive does not exist.
-        ValueError: If the file is not a supported archive or has an unsafe member.
-
-    Examples:
-        >>> import tarfile, tempfile, pathlib, io
-        >>> tmp = pathlib.Path(tempfile.mkdtemp())
-        >>> with tarfile.open(tmp / "a.tar.gz", "w:gz") as tar:
-        ...     info = tarfile.TarInfo("a/hello.txt"); info.size = 2
-        ...     tar.addfile(info, io.BytesIO(b"hi"))
-        >>> (extract_archive_once(tmp / "a.tar.gz", tmp / "out") / "a" / "hello.txt").read_text()
-        'hi'
     """
     archive = Path(archive)
     if not archive.is_file():

@@ -22,20 +22,16 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
 
     ``dataset[i]`` is ``(transform(sample), target_transform(label_path))``, the label path
     a ``LongTensor [L]``, coarse to fine, ``-1`` for a level the class does not have.
-    ``label_paths`` gives all ``[N, L]`` without loading a sample. Subclasses pass the fine
-    class of every sample and implement :meth:`load_sample`.
-
-    Attributes:
-        classes: Fine class names in the dataset's own index order.
-        class_to_idx: Name -> index of ``classes``.
-        hierarchy: The :class:`~lightly_hmlc.hierarchy.LabelHierarchy` of the classes.
-        targets: Fine class index of every sample (``list[int]``, as in torchvision).
+    ``label_paths`` gives all ``[N, L]`` without loading a sample; ``classes``,
+    ``class_to_idx`` and ``targets`` are as in torchvision. Subclasses pass the fine class
+    of every sample and implement :meth:`load_sample`.
 
     Examples:
         >>> class Points(HierarchicalDataset):
         ...     def load_sample(self, index):
         ...         return torch.tensor([float(index)])
-        >>> ds = Points(["cat", "car"], [0, 1, 1], LabelHierarchy({"cat": "animal", "car": "vehicle"}))
+        >>> hierarchy = LabelHierarchy({"cat": "animal", "car": "vehicle"})
+        >>> ds = Points(["cat", "car"], [0, 1, 1], hierarchy)
         >>> ds[2]
         (tensor([2.]), tensor([1, 0]))
     """
@@ -66,7 +62,6 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
 
     @property
     def num_levels(self) -> int:
-        """L, the length of every label path."""
         return int(self._path_table.shape[1])
 
     @property
@@ -75,7 +70,7 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
         return self._path_table[self._fine]
 
     def target_path(self, index: int) -> Tensor:
-        """The label path ``LongTensor [L]`` of sample ``index`` (no transform)."""
+        """The label path of sample ``index``, before ``target_transform``."""
         return self._path_table[self._fine[index]].clone()
 
     def load_sample(self, index: int) -> Any:
@@ -98,7 +93,6 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
         return sample, target
 
     def extra_repr(self) -> str:
-        """Subclass details for ``repr``."""
         return ""
 
     def __repr__(self) -> str:
@@ -123,15 +117,9 @@ def check_classes_match(
     where: str = "",
     kind: str = "class",
 ) -> None:
-    """Raises a ValueError listing how a dataset's classes and a hierarchy's leaves differ.
-
-    The message names classes missing from the hierarchy (with close matches), inner nodes
-    used as classes and, if ``strict``, leaves without a class; ``where`` and ``kind``
-    (e.g. ``"class folder"``) word it.
-
-    Examples:
-        >>> h = LabelHierarchy.from_nested({"animal": ["cat", "dog"]})
-        >>> check_classes_match(["cat", "dog"], h)
+    """Raises a ValueError listing how a dataset's classes and a hierarchy's leaves differ:
+    classes missing from the hierarchy, inner nodes used as classes, and (if ``strict``)
+    leaves without a class.
     """
     # The hierarchy stores names in Unicode NFC; folder names may be decomposed (macOS).
     classes = [unicodedata.normalize("NFC", name) for name in classes]

@@ -22,24 +22,15 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.datasets.mnist import SN3_PASCALVINCENT_TYPEMAP, read_sn3_pascalvincent_tensor
 
-__all__ = [
-    "IMG_EXTENSIONS",
-    "load_image",
-    "load_pickle",
-    "read_idx",
-    "scan_image_folder",
-]
+__all__ = ["IMG_EXTENSIONS", "load_image", "load_pickle", "read_idx", "scan_image_folder"]
 
 
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
-    """Opens an image file fully and converts it to ``mode``.
+    """Opens an image file fully and converts it to ``mode``, naming the file on an error.
 
-    Images of more than 8 bits per pixel are rescaled to 8 bits first (PIL would clip
-    them at 255): integers within 0..65535 divided by 257, floats within 0..1 multiplied
-    by 255, anything else stretched from its minimum and maximum to 0..255.
-
-    Raises:
-        OSError: Naming the file when it cannot be read, or a float image holds NaN/Inf.
+    Images of more than 8 bits are rescaled to 8 (PIL would clip them at 255): integers
+    within 0..65535 divided by 257, floats within 0..1 times 255, others stretched from
+    their minimum and maximum.
     """
     try:
         with Image.open(path) as image:
@@ -78,13 +69,9 @@ def _to_8_bits(pixels: np.ndarray) -> Image.Image:
 def scan_image_folder(
     root: str | os.PathLike[str], extensions: Sequence[str] = IMG_EXTENSIONS
 ) -> tuple[list[str], list[tuple[str, int]]]:
-    """Lists ``root/<class>/**/<image>`` as ``(classes, [(path, class index)])``, in
-    torchvision ImageFolder's order; hidden folders are no classes, and a symlinked
-    folder is scanned once per class, never the root, a folder above it or another class.
-
-    Raises:
-        FileNotFoundError: If ``root`` is not a folder, has no class folders, or a class
-            folder holds no image.
+    """``(classes, [(path, class index)])`` of ``root/<class>/**/<image>``, as torchvision's
+    ImageFolder lists them; a symlinked folder is scanned once per class, and never the
+    root, a folder above it or another class.
     """
     root = Path(root)
     if not root.is_dir():
@@ -148,14 +135,7 @@ def _files_in_folder(
 
 
 def load_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a (Python 2 or 3) pickle of a dict; bytes keys and names become ``str``.
-
-    Only the globals that CIFAR's python files need (numpy arrays) may be named; any
-    other is refused before it is imported, since unpickling can run code.
-
-    Raises:
-        OSError: Naming the file if it is not a pickle of a dict, or names another global.
-    """
+    """Reads a (Python 2 or 3) pickle of a dict, refusing every global but numpy arrays'."""
     try:
         with open(path, "rb") as file:
             raw = _DataUnpickler(file, encoding="bytes").load()
@@ -218,11 +198,7 @@ class _DataUnpickler(pickle.Unpickler):
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Reads an idx file (MNIST's raw format), plain or ``.gz``, with torchvision's parser.
-
-    Raises:
-        OSError: Naming the file if its header is invalid or its size does not match it.
-    """
+    """Reads an idx file (MNIST's raw format), plain or ``.gz``, checking its header and size."""
     path = Path(path)
     if path.suffix != ".gz":
         return _read_plain_idx(path, path)

@@ -47,21 +47,9 @@ def _require(entry: dict[str, Any], keys: list[str], path: Path) -> None:
 class CIFAR100Hierarchical(HierarchicalDataset):
     """CIFAR-100 with its 20 superclasses, both labels read from the official files.
 
-    Reads the python release, ``<root>/cifar-100-python/{train,test,meta}``. The files'
-    fine -> coarse pairs are checked against :meth:`LabelHierarchy.cifar100`, so a corrupt
-    or relabelled copy fails loudly; the label path ``[coarse, fine]`` equals the files'
-    ``coarse_labels`` and ``fine_labels``.
-
-    Args:
-        root: Folder that holds ``cifar-100-python/`` (or that folder itself).
-        train: The 50,000 training images if True, else the 10,000 test images.
-        transform: Applied to the PIL image.
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        download: Download the release with torchvision first (needs internet).
-
-    Raises:
-        FileNotFoundError: If the files are missing (says what to get and where).
-        ValueError: If the files' coarse labels disagree with the official mapping.
+    Reads the python release in ``root`` or ``root/cifar-100-python/``. The files' fine ->
+    coarse pairs are checked against :meth:`LabelHierarchy.cifar100`, so a relabelled copy
+    fails loudly; the label path ``[coarse, fine]`` equals the files' labels.
 
     Examples:
         >>> ds = CIFAR100Hierarchical("/path/to/data")  # doctest: +SKIP
@@ -128,11 +116,7 @@ class CIFAR100Hierarchical(HierarchicalDataset):
 
 
 def _check_cifar100(
-    fine: np.ndarray,
-    coarse: np.ndarray,
-    fine_names: list[str],
-    coarse_names: list[str],
-    path: Path,
+    fine: np.ndarray, coarse: np.ndarray, fine_names: list[str], coarse_names: list[str], path: Path
 ) -> LabelHierarchy:
     """The official hierarchy, once every fine -> coarse pair of the files agrees with it."""
     official = LabelHierarchy.cifar100()
@@ -168,24 +152,12 @@ def _check_cifar100(
 
 
 class CIFAR10Hierarchical(HierarchicalDataset):
-    """CIFAR-10 with the two-level vehicle / animal hierarchy, :meth:`LabelHierarchy.cifar10`.
+    """CIFAR-10 with the vehicle / animal hierarchy, :meth:`LabelHierarchy.cifar10`.
 
-    ``root`` is, in the order tried: the python release ``<root>/cifar-10-batches-py/``
-    (or that folder); an ImageFolder tree ``<root>/{train,test}/<class>/`` (also one level
-    down, as in ``cifar10-jpeg.tar.gz``); or an archive of either, extracted once to
-    ``extract_to`` (see :func:`extract_archive_once`).
-
-    Args:
-        root: Folder or archive, see above.
-        train: Training split if True, else the test split.
-        transform: Applied to the PIL image.
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        download: Download the python release with torchvision first (needs internet).
-        cache_in_memory: Decode an ImageFolder tree into memory once (faster epochs).
-        extract_to: Where an archive ``root`` is extracted.
-
-    Raises:
-        FileNotFoundError: If no supported layout is found under ``root``.
+    ``root`` is the python release (``<root>/cifar-10-batches-py/`` or that folder), an
+    ImageFolder tree ``<root>/{train,test}/<class>/`` (also one level down), or an archive
+    of either, extracted once to ``extract_to``. ``cache_in_memory`` decodes an ImageFolder
+    tree once, for faster epochs.
 
     Examples:
         >>> ds = CIFAR10Hierarchical("../shared/data/cifar10-jpeg.tar.gz")  # doctest: +SKIP

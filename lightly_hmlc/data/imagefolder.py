@@ -19,24 +19,9 @@ __all__ = ["HierarchicalImageFolder"]
 class HierarchicalImageFolder(HierarchicalDataset):
     """An ImageFolder tree ``root/<fine class>/**/<image>`` with a label hierarchy of any depth.
 
-    The folder names are the fine classes (sorted, as in torchvision's ``ImageFolder``) and
-    must be leaves of the hierarchy; a shallower leaf's label path is padded with ``-1``.
-
-    Args:
-        root: The folder with one sub-folder per fine class.
-        hierarchy: A ``LabelHierarchy``, or a hierarchy file (edge list or JSON).
-        transform: Applied to the loaded image.
-        target_transform: Applied to the label path ``LongTensor [L]``.
-        loader: Reads one file; defaults to PIL, converted to ``image_mode``.
-        extensions: File endings counted as images (case-insensitive).
-        image_mode: PIL mode of the default loader, e.g. ``"RGB"`` or ``"L"``.
-        strict: Require a folder for every leaf of the hierarchy.
-
-    Raises:
-        FileNotFoundError: If ``root`` or a hierarchy file is missing, or a class folder
-            holds no image.
-        ValueError: If the folders and the hierarchy's leaves disagree (the message lists
-            the differences and how to fix them).
+    The sorted folder names are the fine classes and must be leaves of ``hierarchy`` (a
+    ``LabelHierarchy`` or a hierarchy file); with ``strict`` every leaf needs a folder. The
+    default loader reads images with PIL in ``image_mode``.
 
     Examples:
         >>> import tempfile, pathlib
@@ -81,7 +66,6 @@ class HierarchicalImageFolder(HierarchicalDataset):
         )
 
     def load_sample(self, index: int) -> Any:
-        """The image of sample ``index``; an OSError names the file if it cannot be read."""
         path = self.samples[index][0]
         if self.loader is None:
             return load_image(path, self.image_mode)

@@ -24,23 +24,11 @@ _IDX_NAMES = {
 
 
 class MNISTHierarchical(HierarchicalDataset):
-    """MNIST with the hierarchy :meth:`LabelHierarchy.mnist`: digits grouped by stroke shape.
+    """MNIST with digits grouped by stroke shape, :meth:`LabelHierarchy.mnist`.
 
-    The groups are ``loop`` (0, 6, 8, 9), ``straight`` (1, 4, 7) and ``curve`` (2, 3, 5);
-    class names are ``"0"`` .. ``"9"``, so the class index is the digit. Reads an ``.npz``
-    (Keras layout: ``x_train``, ``y_train``, ``x_test``, ``y_test``) given directly or as
-    ``<root>/mnist.npz``, else the idx files (plain or ``.gz``) in ``<root>/MNIST/raw/``,
-    ``<root>/raw/`` or ``<root>/``.
-
-    Args:
-        root_or_file: The ``.npz`` file or a folder, see above.
-        train: The 60,000 training images if True, else the 10,000 test images.
-        transform: Applied to the PIL image.
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        image_mode: ``"RGB"`` (three equal channels) or ``"L"``.
-
-    Raises:
-        FileNotFoundError: If no supported file is found (the message lists where it looked).
+    Class names are ``"0"`` .. ``"9"``, so the class index is the digit. Reads an ``.npz``
+    (``x_train``, ``y_train``, ``x_test``, ``y_test``), given or as ``<root>/mnist.npz``,
+    else the idx files in ``<root>/MNIST/raw/``, ``<root>/raw/`` or ``<root>/``.
 
     Examples:
         >>> import tempfile, pathlib

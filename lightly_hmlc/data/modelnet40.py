@@ -25,25 +25,14 @@ _RELEASE_DIR = "modelnet40_ply_hdf5_2048"
 class ModelNet40Hierarchical(HierarchicalDataset):
     """ModelNet40 point clouds from the PointNet HDF5 release, with a coarse level.
 
-    Reads ``ply_data_{train,test}*.h5`` and ``shape_names.txt`` from ``root`` or
-    ``root/modelnet40_ply_hdf5_2048/`` with ``h5py``. A sample is the first
-    ``num_points`` points of a cloud, ``FloatTensor [num_points, 3]``, then ``transform``
-    (e.g. :class:`TwoViewPointCloudTransform`). The default hierarchy is our grouping of
-    the categories into 6 groups, :data:`MODELNET40_GROUPS` (``LabelHierarchy.modelnet40()``).
-
-    Args:
-        root: Folder with the ``.h5`` files and ``shape_names.txt``, or its parent.
-        split: ``"train"`` or ``"test"``.
-        num_points: Points kept per cloud (at most the file's 2048).
-        hierarchy: ``None`` for the default grouping, a ``LabelHierarchy``, or a hierarchy
-            file whose leaves are the category names.
-        transform: Applied to the point cloud tensor.
-        target_transform: Applied to the label path ``LongTensor [L]``.
+    Reads ``ply_data_{split}*.h5`` and ``shape_names.txt`` from ``root`` or
+    ``root/modelnet40_ply_hdf5_2048/``. A sample is the first ``num_points`` points of a
+    cloud, ``FloatTensor [num_points, 3]``. The default hierarchy groups the categories
+    into 6 groups, :data:`MODELNET40_GROUPS`.
 
     Raises:
         FileNotFoundError: If the files are missing (says what to get and where).
-        ValueError: On a bad argument, categories that do not match the hierarchy, or a
-            corrupt file (repeated category names, fractional labels, NaN coordinates).
+        ValueError: On a bad argument, categories not in the hierarchy, or a corrupt file.
 
     Examples:
         >>> ds = ModelNet40Hierarchical("/path/to/modelnet40_ply_hdf5_2048")  # doctest: +SKIP
@@ -93,7 +82,6 @@ class ModelNet40Hierarchical(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The default 6-group hierarchy of the 40 categories (:data:`MODELNET40_GROUPS`)."""
         return LabelHierarchy.modelnet40()
 
     def load_sample(self, index: int) -> Tensor:

@@ -16,13 +16,10 @@ __all__ = ["PointCloudAugment", "TwoViewPointCloudTransform"]
 class PointCloudAugment:
     """Random resampling, point dropout, rotation about the up axis, scaling and jitter.
 
-    The usual PointNet-style augmentations, in this order: resample to ``num_points`` (with
-    repetition only if the cloud is smaller), drop up to ``max_dropout`` of the points and
-    refill them with copies of kept ones, rotate by a uniform angle about ``up_axis``
-    (1, y, in the ModelNet40 HDF5 release), scale each axis by a factor from ``scale``,
-    and add Gaussian jitter of ``jitter_sigma`` clipped at ``jitter_clip``. Setting
-    ``rotate=False``, ``scale=(1, 1)``, ``jitter_sigma=0`` or ``max_dropout=0`` disables a
-    step; ``generator`` makes the draws reproducible.
+    The usual PointNet-style augmentations, in this order: resample to ``num_points``, drop
+    up to ``max_dropout`` of the points (refilled with copies of kept ones), rotate about
+    ``up_axis`` (y in the ModelNet40 HDF5 release), scale each axis by a factor in
+    ``scale``, and add Gaussian jitter clipped at ``jitter_clip``.
 
     Examples:
         >>> augment = PointCloudAugment(num_points=1024, generator=torch.Generator().manual_seed(0))
@@ -111,10 +108,7 @@ class PointCloudAugment:
 
 
 class TwoViewPointCloudTransform:
-    """Two independently augmented views ``[view0, view1]`` of a point cloud.
-
-    The point-cloud counterpart of Lightly's multi-view transforms; ``view_transform``
-    defaults to ``PointCloudAugment(num_points)``.
+    """Two independently augmented views of a point cloud, as Lightly's multi-view transforms.
 
     Examples:
         >>> views = TwoViewPointCloudTransform(num_points=256)(torch.rand(1024, 3))
@@ -123,9 +117,7 @@ class TwoViewPointCloudTransform:
     """
 
     def __init__(
-        self,
-        view_transform: Callable[[Any], Any] | None = None,
-        num_points: int | None = 1024,
+        self, view_transform: Callable[[Any], Any] | None = None, num_points: int | None = 1024
     ) -> None:
         self.view_transform = (
             view_transform if view_transform is not None else PointCloudAugment(num_points)

@@ -15,11 +15,8 @@ __all__ = ["Relabeled"]
 
 
 class Relabeled(Dataset[Any]):
-    """Gives a dataset's samples the label paths of another hierarchy.
-
-    Works for any dataset with ``classes`` (fine class names) and ``targets`` (the fine
-    class index of each sample), such as a torchvision dataset; the hierarchy's leaves must
-    be its classes. ``label_paths`` is the ``[N, L]`` table.
+    """Gives a dataset with ``classes`` and ``targets`` (a torchvision one, say) the label
+    paths of a hierarchy whose leaves are its classes.
 
     Examples:
         >>> class Digits(Dataset):

@@ -23,38 +23,17 @@ TOP_LEVEL_SHARES = ("equal", "frequency")
 class HierarchicalBatchSampler(Sampler[list[int]]):
     """Composes batches so that every anchor has positives at every level.
 
-    Hierarchical contrastive losses contrast an anchor against samples that share its label
-    down to level ``l``; in uniform random batches most fine-level anchors find none. This
-    sampler builds every batch from *groups*, one per drawn top-level class: at every inner
-    node of the label tree it draws ``classes_per_parent`` distinct children, and at every
-    reached leaf it takes ``samples_per_class`` samples. A group thus holds
-    ``samples_per_class * classes_per_parent ** (L - 1)`` samples in a full tree. Groups are
-    added while they fit; the remaining slots are filled one sample at a time from leaves
-    already in the batch, so every batch has exactly ``batch_size`` indices.
+    In uniform random batches most fine-level anchors find no positive. This sampler builds
+    every batch from groups, one per drawn top-level class: at every inner node of the
+    label tree it draws ``classes_per_parent`` children, at every reached leaf it takes
+    ``samples_per_class`` samples, and leaves already in the batch fill what groups leave.
 
     Classes are drawn by their unused samples this epoch (uniformly with
-    ``class_balanced=True``); the top-level classes of a batch are distinct until each has a
-    group in it. Then ``top_level_shares="equal"`` starts another round, giving every
-    top-level class the same share (oversampling small ones), and ``"frequency"`` draws the
-    further groups by unused samples, so a sample is used about once per epoch. Within a
-    leaf no sample repeats before all have been used. A leaf smaller than
-    ``samples_per_class`` repeats samples, or is skipped with ``skip_small_classes=True``;
-    all ``-1`` rows are never used. ``shuffle=False`` makes every choice round-robin.
-
-    An epoch has ``N // batch_size`` batches (``ceil`` with ``drop_last=False``). Under DDP
-    every rank computes the same batches from ``(seed, epoch)`` and keeps every
-    ``num_replicas``-th one, starting at ``rank``; ``batch_size`` is per rank.
-
-    Args:
-        label_paths: ``[N, L]`` integer label paths, coarse to fine, ``-1`` for unknown
-            (e.g. ``dataset.label_paths``).
-        batch_size: Indices per batch, at least one group.
-        samples_per_class: Samples per drawn leaf, at least 2.
-        classes_per_parent: Children drawn per inner node, at least 2.
-
-    Raises:
-        ValueError: On bad arguments or label paths, or a ``batch_size`` too small for one
-            group (the message gives the smallest valid value).
+    ``class_balanced``); a batch's top-level classes are distinct until each has a group,
+    then ``top_level_shares="equal"`` gives each the same share and ``"frequency"`` follows
+    the data. ``shuffle=False`` is deterministic round-robin. An epoch has
+    ``N // batch_size`` batches (``ceil`` without ``drop_last``); under DDP every rank
+    computes the same batches from ``(seed, epoch)`` and keeps every ``num_replicas``-th.
 
     Examples:
         >>> paths = torch.tensor([[c, 2 * c + f] for c in range(2) for f in range(2)] * 4)
@@ -143,7 +122,6 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
 
     @property
     def num_samples(self) -> int:
-        """N, the number of usable samples."""
         return self._tree.num_samples
 
     def set_epoch(self, epoch: int) -> None:
@@ -190,7 +168,7 @@ def _as_paths(label_paths: Any) -> np.ndarray:
 
 
 class _Tree:
-    """The label tree: nodes are distinct path prefixes; leaves hold sample indices."""
+    """The label tree: nodes are path prefixes, leaves hold sample indices."""
 
     def __init__(self, paths: np.ndarray, min_leaf_size: int) -> None:
         self.num_levels = paths.shape[1]
@@ -225,8 +203,7 @@ class _Tree:
             self.members[parent] = member
         for node in range(len(self.parent)):
             if len(self.members[node]) and self.children[node]:
-                # Samples whose path stops at an inner node get a leaf of their own beside
-                # the finer classes; otherwise _group, which descends to leaves, skips them.
+                # Samples whose path stops at an inner node get a leaf beside its children.
                 leaf = len(self.parent)
                 self.parent.append(node)
                 self.children.append([])
@@ -250,8 +227,6 @@ class _Tree:
 
 
 class _EpochState:
-    """Per-epoch draw state: leaf queues, remaining counts and round-robin pointers."""
-
     def __init__(
         self,
         tree: _Tree,
@@ -297,8 +272,7 @@ class _EpochState:
         return [options[int(i)] for i in np.sort(picks)]
 
     def _frequent_top(self, tops: list[int]) -> int:
-        # Drawn by unused samples (the batches follow the class frequencies); without
-        # randomness the class with the most unused samples, the first on ties.
+        # By unused samples; without randomness the one with the most (the first on ties).
         if self.rng is None:
             return max(tops, key=lambda top: self.remaining[top])
         (top,) = self._choose(tops, 1, 0)

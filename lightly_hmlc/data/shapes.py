@@ -30,24 +30,11 @@ _CHUNK = 2048  # images rendered at once: bounds the float32 work arrays to a fe
 class ShapesDataset(HierarchicalDataset):
     """Coloured shapes with a three-level hierarchy: family, fill, size.
 
-    The package's built-in dataset, generated in memory from a seed in a fraction of a
-    second; nothing is downloaded. Each image shows one shape on a noisy background, and
-    its fine class is ``<family>_<fill>_<size>``: the family (``disc``, ``square``,
-    ``triangle``) is told by the outline (the hue only hints at it), the fill (``hollow``
-    or ``solid``) moderately, and the size (``large`` or ``small``, jittered so that the
-    two overlap) only subtly. Position, rotation, colour, background and pixel noise vary
-    per image, so no level is solved by one trivial cue.
-
-    Classes are balanced and shuffled; ``classes`` equals ``hierarchy.leaves``. The train
-    and test splits come from different random streams of the seed, so they share no image.
-
-    Args:
-        num_samples: Number of images.
-        image_size: Height and width in pixels (at least 8).
-        seed: The same seed gives the same images.
-        split: ``"train"`` or ``"test"``.
-        transform: Applied to the PIL image.
-        target_transform: Applied to the label path ``LongTensor [3]``.
+    The package's built-in dataset, generated from a seed in memory. A fine class is
+    ``<family>_<fill>_<size>``: the family (disc, square, triangle) is told by the outline,
+    the fill (hollow, solid) moderately, the size (large, small, overlapping) only subtly.
+    Position, rotation, colour, background and noise vary per image, so no level is solved
+    by one trivial cue. Classes are balanced; the train and test splits share no image.
 
     Examples:
         >>> ds = ShapesDataset(num_samples=24, seed=0)
@@ -90,7 +77,6 @@ class ShapesDataset(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The 3 x 2 x 2 hierarchy of the classes, ``LabelHierarchy.shapes()``."""
         return LabelHierarchy.shapes()
 
     def load_sample(self, index: int) -> Image.Image:
@@ -166,15 +152,12 @@ def _distance(shape: np.ndarray, u: np.ndarray, v: np.ndarray, r: np.ndarray) ->
     disc = np.sqrt(u * u + v * v) - r
     # Half-side of the square with the disc's area: sqrt(pi) / 2 * r.
     square = np.maximum(np.abs(u), np.abs(v)) - 0.8862 * r
-    # Equilateral triangle pointing up, inradius chosen for the disc's area:
-    # 3 * sqrt(3) * a^2 = pi r^2  ->  a = 0.7776 r.
+    # Equilateral triangle pointing up with the disc's area: 3 sqrt(3) a^2 = pi r^2.
     a = 0.7776 * r
     s3 = np.float32(np.sqrt(3.0) / 2)
     triangle = np.maximum(np.maximum(-v, s3 * u + 0.5 * v), -s3 * u + 0.5 * v) - a
     return np.where(
-        (shape == 0)[:, None, None],
-        disc,
-        np.where((shape == 1)[:, None, None], square, triangle),
+        (shape == 0)[:, None, None], disc, np.where((shape == 1)[:, None, None], square, triangle)
     )
 
 

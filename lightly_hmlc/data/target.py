@@ -17,13 +17,12 @@ __all__ = ["LabelPathTransform"]
 class LabelPathTransform:
     """Maps a fine class index to its label path ``LongTensor [L]``, coarse to fine.
 
-    Pass it as ``target_transform`` to any torchvision-style dataset, so that the default
-    collate yields the ``[B, L]`` label paths the losses take. Index ``i`` means
-    ``class_names[i]`` (for example ``dataset.classes``; default ``hierarchy.leaves``).
+    Pass it as ``target_transform`` of a torchvision-style dataset, so that batches carry
+    the ``[B, L]`` label paths the losses take; index ``i`` is ``class_names[i]`` (default
+    ``hierarchy.leaves``).
 
     Examples:
-        >>> to_path = LabelPathTransform(LabelHierarchy.cifar10(), ["airplane", "cat"])
-        >>> to_path(1)
+        >>> LabelPathTransform(LabelHierarchy.cifar10(), ["airplane", "cat"])(1)
         tensor([0, 3])
     """
 
@@ -43,11 +42,9 @@ class LabelPathTransform:
 
     @property
     def num_levels(self) -> int:
-        """L, the length of every label path."""
         return int(self.table.shape[1])
 
     def __call__(self, index: int | np.integer | Tensor) -> Tensor:
-        """The label path of class ``index``; a ValueError unless it is an integer in range."""
         if isinstance(index, Tensor):
             if index.numel() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
                 raise ValueError(
