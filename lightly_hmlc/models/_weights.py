@@ -19,14 +19,8 @@ __all__ = ["find_cached_weights", "load_checkpoint"]
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Loads a local checkpoint into ``model`` in place, without its classifier keys.
 
-    The file is read by timm's ``load_state_dict`` (``.pth``/``.pt``/``.bin`` with
-    ``weights_only=True``, or ``.safetensors``; a nested ``"state_dict"`` or ``"model"`` and
-    DDP or ``torch.compile`` prefixes are handled). Missing and unexpected keys give a
-    warning; differing shapes, or no key in common, raise.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a state dict, no key matches, or shapes differ.
+    Read by timm's ``load_state_dict`` (``weights_only=True``, or safetensors). Missing
+    and unexpected keys give a warning; differing shapes, or no key in common, raise.
 
     Examples:
         >>> import tempfile, pathlib, torch
@@ -115,10 +109,7 @@ def find_cached_weights(name: str, cache_dir: str | os.PathLike[str] | None) -> 
 
 
 def _find_in_hf_cache(
-    hub_id: str,
-    filename: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    looked: list[str],
+    hub_id: str, filename: str | None, cache_dir: str | os.PathLike[str] | None, looked: list[str]
 ) -> str | None:
     try:
         from huggingface_hub import try_to_load_from_cache

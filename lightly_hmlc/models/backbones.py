@@ -13,11 +13,7 @@ import os
 from typing import Any
 
 import timm
-from timm.models import (
-    build_model_with_cfg,
-    generate_default_cfgs,
-    register_model,
-)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
@@ -43,19 +39,10 @@ def create_backbone(
 ) -> tuple[nn.Module, int]:
     """Creates a timm model without classifier; returns it and its feature width.
 
-    Pretrained weights are never downloaded: ``pretrained=True`` uses timm's weights only if
-    they are in the local cache, and a path loads a local checkpoint (without its classifier).
-
-    Args:
-        name: A ``timm.create_model`` name (with or without a pretrained tag), a CIFAR-stem
-            model of this module, or ``"local-dir:/path/to/model_folder"``.
-        pretrained: False, True, or the path of a ``.pth``/``.pt``/``.bin``/``.safetensors``.
-        in_chans: Number of input channels.
-        img_size: Input size of models with a fixed one, such as ViT.
-        **timm_kwargs: Passed on to ``timm.create_model``.
-
-    Returns:
-        ``(model, num_features)``; ``model(x)`` maps [B, in_chans, H, W] to [B, F].
+    ``name`` is any ``timm.create_model`` name, a CIFAR-stem model of this module, or
+    ``"local-dir:/path"``. Weights are never downloaded: ``pretrained=True`` uses timm's
+    weights only from the local cache, and a path loads a local checkpoint. ``img_size`` is
+    for models with a fixed input size, such as ViT.
 
     Raises:
         ValueError: For an unknown name (close matches are suggested), a model without
@@ -114,8 +101,6 @@ def feature_dim(model: nn.Module) -> int:
 
 class CifarResNet(ResNet):
     """timm ``ResNet`` with a CIFAR stem: one 3x3 stride-1 convolution, no max-pool.
-
-    Takes ``ResNet``'s arguments; the ``feature_info`` reductions are 1, 1, 2, 4, 8.
 
     Examples:
         >>> import timm, torch

@@ -55,14 +55,8 @@ def render_depth_views(
 ) -> Tensor:
     """Orthographic depth images [B, V, 1, H, W] of point clouds [B, N, 3], without gradient.
 
-    Args:
-        points: Finite floating point clouds [B, N, 3], N >= 1.
-        num_views: Number of views, 1 to 6, in the order of the module docstring.
-        resolution: Height and width of each image.
-        splat: Odd size of a max-pool that grows each point into a patch (1 disables it).
-        far_value: Value of a point on the far side of the unit sphere, in (0, 1].
-        normalize: Centre and scale each cloud into the unit sphere; with False, points
-            outside ``[-1, 1]^3`` are not drawn.
+    ``splat`` (odd) grows each point into a patch by a max-pool; with ``normalize=False``
+    the points must lie in ``[-1, 1]^3``.
 
     Examples:
         >>> points = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
@@ -129,22 +123,11 @@ class DepthViewEncoder(nn.Module):
     """Encodes point clouds by an image backbone on multi-view depth images (SimpleView [0]).
 
     Renders ``num_views`` depth images per cloud, repeats the depth channel to the
-    backbone's ``in_chans``, runs the backbone on all ``B * V`` images at once and fuses
-    the per-view features by ``"mean"``, ``"max"`` or ``"concat"`` (``V * F`` features).
+    backbone's ``in_chans``, runs the backbone (a timm name or a module) on all images at
+    once and fuses the per-view features by ``"mean"``, ``"max"`` or ``"concat"``.
+    ``backbone_dim`` is inferred by one forward pass if a module does not tell it.
 
     - [0] Goyal et al., ICML 2021, https://arxiv.org/abs/2106.05304
-
-    Args:
-        backbone: A timm model name (a ViT gets ``img_size=resolution``) or a module
-            mapping [B, C, H, W] to features [B, F].
-        num_views: Number of views, 1 to 6.
-        resolution: Image size.
-        in_chans: Channels the backbone takes (default: the module's ``in_chans``, or 3).
-        fuse: ``"mean"``, ``"max"`` or ``"concat"``.
-        splat: Passed to :func:`render_depth_views`.
-        far_value: Passed to :func:`render_depth_views`.
-        backbone_dim: F of a module that does not tell it; else inferred by one forward pass.
-        **backbone_kwargs: Passed to ``create_backbone`` for a name.
 
     Examples:
         >>> encoder = DepthViewEncoder("resnet_tiny_cifar", num_views=6, fuse="concat")
@@ -207,13 +190,8 @@ class DepthViewEncoder(nn.Module):
         self.feature_dim = self.backbone_dim * (num_views if fuse == "concat" else 1)
 
     def render(self, points: Tensor) -> Tensor:
-        """The depth images [B, V, 1, H, W] this encoder sees."""
         return render_depth_views(
-            points,
-            self.num_views,
-            self.resolution,
-            splat=self.splat,
-            far_value=self.far_value,
+            points, self.num_views, self.resolution, splat=self.splat, far_value=self.far_value
         )
 
     def forward(self, points: Tensor) -> Tensor:

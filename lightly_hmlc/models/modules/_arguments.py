@@ -4,14 +4,7 @@ from __future__ import annotations
 
 
 def check_int(name: str, value: object, minimum: int = 1, meaning: str = "") -> None:
-    """Raises a ValueError unless ``value`` is an int (not a bool) ``>= minimum``.
-
-    Examples:
-        >>> check_int("dim", 0, meaning="the width of the projections")
-        Traceback (most recent call last):
-        ...
-        ValueError: dim must be a positive int (the width of the projections), got 0.
-    """
+    """Raises a ValueError unless ``value`` is an int (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         explained = f" ({meaning})" if meaning else ""

@@ -23,12 +23,8 @@ def check_min_dims(min_dims_per_level: int, num_levels: int, dim: int) -> None:
 
 
 def match_components(component_means: Tensor) -> Tensor:
-    """The component [L] of each level, by an exact maximum-weight matching of
-    ``component_means`` [K, L] (component k's score for level h), K >= L.
-
-    Examples:
-        >>> match_components(torch.tensor([[0.1, 0.9], [0.8, 0.7]])).tolist()
-        [1, 0]
+    """The component of each level by an exact maximum-weight matching of
+    ``component_means`` [K, L], K >= L.
     """
     cost = component_means.detach().to(device="cpu", dtype=torch.float64).numpy()
     # Rows of the [L, K] matrix are levels; every level gets its own component.
@@ -66,24 +62,13 @@ def enforce_min_dims(level: Tensor, level_resp: Tensor, num_levels: int, minimum
 
 
 def assign_masks(
-    scores: Tensor,
-    responsibilities: Tensor,
-    *,
-    min_dims_per_level: int = 1,
-    nested: bool = False,
+    scores: Tensor, responsibilities: Tensor, *, min_dims_per_level: int = 1, nested: bool = False
 ) -> Tensor:
     """0/1 masks [L, D] (float32) from the GMM responsibilities [D, K] of the dimensions.
 
     Components are matched to levels by their responsibility-weighted mean of ``scores``
-    [D, L]; each dimension goes to the level of its most responsible component, and every
-    level keeps ``min_dims_per_level`` dimensions. Nested masks are cumulative, coarse to
-    fine: level l sees the dimensions of levels 0..l.
-
-    Examples:
-        >>> scores = torch.tensor([[5.0, 0.0], [4.0, 1.0], [0.0, 6.0]])
-        >>> resp = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1]])
-        >>> assign_masks(scores, resp).tolist()  # component 1 is level 0
-        [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    [D, L]; a dimension goes to its most responsible component's level, and every level
+    keeps ``min_dims_per_level``. Nested masks are cumulative, coarse to fine.
     """
     num_levels = scores.shape[1]
     resp = responsibilities

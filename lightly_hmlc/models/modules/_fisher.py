@@ -19,19 +19,9 @@ def fisher_descriptors(
 ) -> Tensor:
     """Clamped log Fisher ratio [D, L] (float64) of every dimension at every level.
 
-    From :class:`~.prefix_statistics.LabelPrefixStatistics`' tables: ``class_keys``
-    [L, C, L], ``class_count`` [L, C], ``class_sum`` [L, C, D], ``level_sumsq`` [L, D]. The
+    From the tables of :class:`~.prefix_statistics.LabelPrefixStatistics`. The
     between-class variance of level l > 0 is taken around each class's parent mean (what
-    level l separates beyond level l - 1); level 0 uses the global mean. Ratios are clamped
-    to ``[fisher_floor, 1 / fisher_floor]``.
-
-    Examples:
-        >>> keys = torch.tensor([[[0], [1]]])  # one level, two classes
-        >>> count = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
-        >>> sums = torch.tensor([[[0.0, 2.0], [4.0, 2.0]]], dtype=torch.float64)
-        >>> sumsq = torch.tensor([[10.0, 6.0]], dtype=torch.float64)
-        >>> fisher_descriptors(keys, [2], count, sums, sumsq).exp()[:, 0]  # dim 1: nothing
-        tensor([2.0000e+00, 1.0000e-06], dtype=torch.float64)
+    level l separates beyond level l - 1); level 0 uses the global mean.
     """
     L, D = level_sumsq.shape
     desc = torch.empty(D, L, dtype=torch.float64, device=class_sum.device)

@@ -1,8 +1,5 @@
-"""Gaussian mixture models fitted by EM in torch: batched restarts, any device, seeded.
-
-Conventions follow ``sklearn.mixture.GaussianMixture``: the log-likelihood is the mean
-per sample, EM stops when it changes by less than ``tol``, and ``reg_covar`` is added to
-the diagonal of every covariance.
+"""Gaussian mixture models fitted by EM in torch, with sklearn's conventions: batched
+restarts, any device, seeded.
 """
 
 from __future__ import annotations
@@ -29,23 +26,9 @@ _KMEANS_ITERS = 30
 class GaussianMixtureFit:
     """The result of :func:`fit_gaussian_mixture`, the best of its restarts.
 
-    Tensors live on the device of the data and scalars stay 0-dim tensors, so reading a
-    fit never synchronises an accelerator.
-
-    Attributes:
-        weights: Mixing weights [K].
-        means: Component means [K, F].
-        covariances: [K, F, F] for ``"full"``, variances [K, F] for ``"diag"``.
-        log_likelihood: Mean log-likelihood per sample (sklearn's ``score``).
-        responsibilities: Posterior of each component per sample [N, K].
-        converged: Whether EM met ``tol`` before ``max_iter``.
-        n_iter: EM iterations run.
-
-    Examples:
-        >>> x = torch.cat([torch.randn(50, 2) - 4, torch.randn(50, 2) + 4])
-        >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
-        >>> fit.means.shape, fit.responsibilities.shape, bool(fit.converged)
-        (torch.Size([2, 2]), torch.Size([100, 2]), True)
+    Tensors stay on the data's device, scalars 0-dim tensors, so reading a fit never
+    synchronises an accelerator. ``covariances`` is [K, F, F] for ``"full"``, [K, F] for
+    ``"diag"``; ``log_likelihood`` is the mean per sample (sklearn's ``score``).
     """
 
     weights: Tensor
@@ -105,14 +88,11 @@ def check_fit_options(
 
 @dataclass(frozen=True)
 class EMOptions:
-    """The EM settings of G-HMLC's fit, passed on to :func:`fit_gaussian_mixture`.
+    """The EM settings of G-HMLC's fit (see :func:`fit_gaussian_mixture`).
 
-    Attributes:
-        n_init: Restarts; the highest final log-likelihood wins.
-        max_iter: Maximum EM iterations per restart.
-        tol: Threshold on the change of the mean log-likelihood per sample.
-        reg_covar: Non-negative value added to the covariance diagonals.
-        seed: Seed of the initialisation; a fit is deterministic for a seed.
+    ``n_init`` restarts (the best wins), at most ``max_iter`` iterations each, stopping when
+    the mean log-likelihood changes by less than ``tol``; ``reg_covar`` is added to the
+    covariance diagonals, and ``seed`` makes a fit deterministic.
 
     Examples:
         >>> EMOptions(n_init=1)
@@ -143,26 +123,18 @@ def fit_gaussian_mixture(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> GaussianMixtureFit:
-    """Fits a Gaussian mixture model with EM, all restarts in one batched computation.
+    """Fits a Gaussian mixture model with EM, all ``n_init`` restarts batched together.
 
-    A converged restart is frozen, so each gives exactly its result alone; the highest
-    final log-likelihood wins. On an accelerator the convergence test reads the device
-    every 10 iterations only.
+    A converged restart is frozen, so each gives its result alone; the highest final
+    log-likelihood wins. ``init`` is ``"kmeans"`` (k-means++ seeding and Lloyd iterations,
+    as sklearn), ``"kmeans++"`` or ``"random"``; ``generator`` overrides ``seed``. On an
+    accelerator convergence is read every 10 iterations only.
 
-    Args:
-        x: Samples [N, F] on any device.
-        n_components: Number of components K, in [1, N].
-        covariance_type: ``"full"`` or ``"diag"``.
-        n_init, max_iter, tol, reg_covar: As :class:`EMOptions`.
-        init: ``"kmeans"`` (k-means++ seeding and Lloyd iterations, as sklearn),
-            ``"kmeans++"`` (seeding only) or ``"random"`` (random responsibilities).
-        seed: Seed of the generator used when ``generator`` is None.
-        generator: A ``torch.Generator`` on the device of ``x``.
-        dtype: Floating dtype of the computation.
-
-    Raises:
-        ValueError: If an argument is out of range.
-        RuntimeError: If the fit produced non-finite values (raise ``reg_covar``).
+    Examples:
+        >>> x = torch.cat([torch.randn(50, 2) - 4, torch.randn(50, 2) + 4])
+        >>> fit = fit_gaussian_mixture(x, n_components=2, seed=0)
+        >>> fit.means.shape, fit.responsibilities.shape, bool(fit.converged)
+        (torch.Size([2, 2]), torch.Size([100, 2]), True)
     """
     check_fit_options(covariance_type, n_init, max_iter, tol, reg_covar)
     if init not in _INIT_METHODS:

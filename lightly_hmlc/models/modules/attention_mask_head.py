@@ -18,27 +18,15 @@ Gate = Literal["sigmoid", "softmax"]
 class AttentionMaskHead(FeatureMaskHead):
     """Soft per-level feature masks from per-level attention MLPs (A-HMLC [0]).
 
-    Unlike G-HMLC's hard masks, a feature may serve several levels. Level h's mask is
-    ``gate((W2_h relu(W1_h x + b1_h) + b2_h) / temperature)`` of ``x = z / |z|``, with
-    ``gate="sigmoid"`` in (0, 1) or ``gate="softmax"`` as ``D * softmax`` (mean 1). The
-    output layer starts near zero, so every mask starts near a constant, which the masked
-    loss's normalisation ignores: training starts as plain HMLC. Nested masks fix the
-    finest level's mask at 1 and make a coarser one the running maximum of the gates from
-    the coarsest down. :meth:`regularization` is ``separation_weight`` times the mean
-    pairwise cosine similarity of the levels' batch-mean masks.
+    Level h's mask is ``gate((W2_h relu(W1_h x + b1_h) + b2_h) / temperature)`` of
+    ``x = z / |z|``, so a feature may serve several levels; ``gate="softmax"`` gives
+    ``D * softmax`` (mean 1). The output layer starts near zero, so the masks start near a
+    constant and training starts as plain HMLC. Nested masks fix the finest level's mask at
+    1 and make a coarser one the running maximum of the gates from the coarsest down.
+    :meth:`regularization` is ``separation_weight`` times the mean pairwise cosine
+    similarity of the levels' batch-mean masks.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
-
-    Args:
-        num_levels: Number of hierarchy levels L (>= 2 when nested).
-        dim: Embedding width D.
-        hidden_dim: Hidden width of each MLP (default ``max(8, dim // 4)``).
-        gate: ``"sigmoid"`` or ``"softmax"``.
-        temperature: The gate logits are divided by it; lower is sharper.
-        separation_weight: Weight of the regulariser; 0 disables it.
-        normalize_input: Feed ``z / |z|`` to the MLPs.
-        init_std: Standard deviation of the output weights at init.
-        nested: Nested masks, coarse to fine.
 
     Examples:
         >>> head = AttentionMaskHead(num_levels=3, dim=16, gate="softmax")
@@ -86,8 +74,7 @@ class AttentionMaskHead(FeatureMaskHead):
         self.normalize_input = normalize_input
         self.init_std = init_std
         self.nested = nested
-        # Nested: the finest level's mask is fixed at 1, so it gets no MLP (an unused
-        # parameter would also stall DistributedDataParallel).
+        # Nested: the finest level's mask is 1 and has no MLP (unused, it would stall DDP).
         L, D, H = num_levels - int(nested), dim, hidden_dim
         self.weight1 = nn.Parameter(torch.empty(L, D, H))
         self.bias1 = nn.Parameter(torch.empty(L, H))
@@ -96,7 +83,6 @@ class AttentionMaskHead(FeatureMaskHead):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """First layer as ``nn.Linear``; output layer near zero, so masks start constant."""
         bound = 1.0 / math.sqrt(self.dim)
         nn.init.uniform_(self.weight1, -bound, bound)
         nn.init.uniform_(self.bias1, -bound, bound)
@@ -104,9 +90,7 @@ class AttentionMaskHead(FeatureMaskHead):
         nn.init.zeros_(self.bias2)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Masks [B, L, D], coarse to fine, of the projections ``z`` [B, D] (``labels`` are
-        only checked).
-        """
+        """Masks [B, L, D], coarse to fine, of the projections ``z`` [B, D]."""
         self.check_inputs(z, labels)
         x = F.normalize(z, dim=1) if self.normalize_input else z
         x = x.to(self.weight1.dtype)  # autocast, if on, still picks the matmul precision
@@ -123,7 +107,7 @@ class AttentionMaskHead(FeatureMaskHead):
         return torch.cat([masks.cummax(dim=1).values, finest], dim=1)
 
     def regularization(self, masks: Tensor) -> Tensor:
-        """The separation regulariser of ``masks`` [B | 1, L, D]; 0-dim, zero for one level."""
+        """The separation regulariser (0-dim) of ``masks`` [B | 1, L, D]."""
         L, D = self.num_levels, self.dim
         if masks.ndim != 3 or masks.shape[1:] != (L, D):
             raise ValueError(

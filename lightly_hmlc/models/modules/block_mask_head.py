@@ -13,17 +13,12 @@ from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 class BlockMaskHead(FeatureMaskHead):
     """Hard masks that give every hierarchy level a fixed block of the embedding.
 
-    The baseline that feature identification has to beat: the embedding is cut into L
-    contiguous blocks, coarse to fine (``block_sizes``, by default ``dim // L`` each with
-    the remainder to the finest), and level h sees its block, or blocks 0..h with
-    ``nested=True`` (Ott et al.'s nested layout [0]). Behind a projection head this equals
-    L per-level projection heads that share all but the last layer.
-
-    - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
+    The baseline for feature identification: the embedding is cut into L contiguous blocks,
+    coarse to fine (``block_sizes``, by default ``dim // L`` with the remainder to the
+    finest), and level h sees its block, or blocks 0..h with ``nested=True``.
 
     Examples:
-        >>> head = BlockMaskHead(num_levels=2, dim=5)
-        >>> head(torch.randn(3, 5))[0].tolist()
+        >>> BlockMaskHead(num_levels=2, dim=5)(torch.randn(3, 5))[0].tolist()
         [[1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]]
     """
 
@@ -63,7 +58,6 @@ class BlockMaskHead(FeatureMaskHead):
         self.register_buffer("masks", own.float().unsqueeze(0), persistent=False)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The fixed masks [1, L, D] in the dtype and device of ``z``."""
         self.check_inputs(z, labels)
         return self.masks.to(device=z.device, dtype=z.dtype)
 

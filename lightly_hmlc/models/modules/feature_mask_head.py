@@ -11,22 +11,20 @@ from lightly_hmlc.models.modules._arguments import check_int
 class FeatureMaskHead(nn.Module):
     """Base class of the heads that map projections to one feature mask per hierarchy level.
 
-    Ott et al. [0] weight the embedding with a mask M_h before the level-h term of HMLC
-    [1]. A head is called once per step on both views, then the masks go to the loss::
+    Ott et al. [0] weight the embedding with a mask M_h before the level-h term of HMLC.
+    A head is called once per step on both views and its masks go to the loss::
 
         masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))
         loss = HMLCLoss()(z0, z1, labels, masks=masks) + head.regularization(masks)
 
-    A new head implements :meth:`forward` (and optionally :meth:`regularization`).
+    A new head implements :meth:`forward`, and optionally :meth:`regularization`.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
-    - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
 
     Examples:
         >>> import torch
         >>> class AllOnes(FeatureMaskHead):
         ...     def forward(self, z, labels=None):
-        ...         self.check_inputs(z, labels)
         ...         return z.new_ones(1, self.num_levels, self.dim)
         >>> AllOnes(num_levels=2, dim=4)(torch.randn(3, 4)).shape
         torch.Size([1, 2, 4])
@@ -56,8 +54,8 @@ class FeatureMaskHead(nn.Module):
         return f"num_levels={self.num_levels}, dim={self.dim}"
 
     def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
-        """Raises a ValueError unless ``z`` is [B, D] floating and ``labels`` [B, L] or None;
-        checks shapes and dtypes only, so it never synchronises the device.
+        """Raises a ValueError unless ``z`` is [B, D] floating and ``labels`` [B, L] or None
+        (shapes and dtypes only: no device sync).
         """
         if not isinstance(z, Tensor):
             raise ValueError(f"z must be a torch.Tensor of shape [B, {self.dim}], got {type(z)}.")

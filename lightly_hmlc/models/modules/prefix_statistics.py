@@ -35,7 +35,6 @@ class Float64BuffersMixin(nn.Module):
         return self
 
     def _pinned_device(self) -> torch.device:
-        """The device after a cast, read from a buffer the cast does not pin."""
         raise NotImplementedError
 
     def _moved(self, device: torch.device) -> None:
@@ -46,15 +45,11 @@ class LabelPrefixStatistics(Float64BuffersMixin):
     """Decayed per-class count and sum, and per-level sum of squares, of projections.
 
     The classes of level l are the label prefixes 0..l; a sample counts at level l only if
-    its labels 0..l are known. The statistics decay by ``momentum`` per step.
-    :meth:`update` never synchronises the device: each rank adds its batches to a private
-    pending table of fixed shape, and decay is lazy. :meth:`merge`, which all ranks must
-    call together, lays the ranks' tables on the sorted union of their label prefixes and
-    all-reduces them, so the merged buffers are identical on every rank.
-
-    Attributes:
-        class_keys: [L, C, L] sorted label prefixes padded with -1 (``num_classes`` [L] in
-            use); class_count [L, C] and class_sum [L, C, D] per class; level_sumsq [L, D].
+    its labels 0..l are known. :meth:`update` never synchronises the device: each rank
+    adds to a pending table of fixed shape, and decay (``momentum`` per step) is lazy.
+    :meth:`merge`, called by all ranks together, lays the tables on the sorted union of
+    their prefixes and all-reduces them, so the buffers (``class_keys`` [L, C, L],
+    ``class_count`` [L, C], ``class_sum`` [L, C, D], ``level_sumsq`` [L, D]) agree.
 
     Examples:
         >>> stats = LabelPrefixStatistics(num_levels=2, dim=3, momentum=1.0)
@@ -140,10 +135,8 @@ class LabelPrefixStatistics(Float64BuffersMixin):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Adds every rank's pending statistics to the merged buffers and clears them.
-
-        Synchronises the device and, under DDP, all ranks; a ValueError if a level saw more
-        label prefixes than ``max_classes_per_level``.
+        """Adds every rank's pending statistics to the merged buffers; a ValueError if a level
+        saw more prefixes than ``max_classes_per_level``.
         """
         p = self._ensure_pending()
         L, C, D = self.num_levels, self.max_classes_per_level, self.dim
@@ -236,8 +229,6 @@ class LabelPrefixStatistics(Float64BuffersMixin):
     def _moved(self, device: torch.device) -> None:
         self._pending = {name: value.to(device) for name, value in self._pending.items()}
 
-    # ------------------------------------------------------------------ internals
-
     def _new_pending(self, device: torch.device) -> dict[str, Tensor]:
         L, D, C = self.num_levels, self.dim, self.max_classes_per_level
         f64 = torch.float64
@@ -275,11 +266,10 @@ class LabelPrefixStatistics(Float64BuffersMixin):
         p["level_sumsq"].mul_(factor)
 
     def _lookup_or_insert(self, level: int, rows: Tensor, ok: Tensor) -> Tensor:
-        """Slot of each row in the pending table of ``level``; new prefixes get new slots.
+        """Slot of each row in the pending table of ``level``, new prefixes getting new slots.
 
         Table and batch rows are sorted together so that equal prefixes form groups: fixed
-        shapes, no device read. Unknown prefixes and those beyond the capacity go to the spare
-        slot C; an overflow is reported at the next merge.
+        shapes, no device read. Unknown prefixes and overflow go to the spare slot C.
         """
         p = self._pending
         C = self.max_classes_per_level
