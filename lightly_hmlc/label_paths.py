@@ -1,10 +1,9 @@
 """The one check of the label-path contract ``[B, L]``, shared by losses, heads, sampler,
 memory bank and metrics, so that the same mistake gives the same error everywhere.
 
-A label path is a row of integer class ids, coarse to fine, ``-1`` for an unknown level.
-By default only metadata (type, dtype, shape) is checked, which never waits for an
-accelerator; the value checks read the tensor, so they sit behind ``check_values=True``
-for labels from a user or a file, not the training loop.
+A label path is a row of class ids, coarse to fine, ``-1`` for an unknown level. By
+default only metadata is checked, which never waits for an accelerator; the value
+checks read the tensor, so they are for labels from a user or a file.
 """
 
 from __future__ import annotations
@@ -34,19 +33,11 @@ def check_label_paths(
 
     Args:
         labels: Integer tensor ``[B, L]``, or ``[B]`` class ids with ``allow_class_ids``.
-        num_levels: The required L, or ``None`` for any.
-        batch_size: The required B, or ``None``.
+        num_levels: The required L, or ``None``; ``configured_by`` says who set it.
+        batch_size: The required B, or ``None``; ``row_hint`` says how to fix a mismatch.
         name: How the argument is called in the messages.
-        allow_class_ids: Accept ``[B]`` class ids and return them as ``[B, 1]``.
-        check_values: Also check that every id is ``>= -1`` and below ``num_classes``.
-        num_classes: Classes per level, coarse to fine (needs ``check_values``).
-        known_prefix: Reject a known level below an unknown one, e.g. ``[-1, 5]`` (needs
-            ``check_values``).
-        configured_by: Who set ``num_levels``, named in the message for a wrong depth.
-        row_hint: How to fix a row count other than ``batch_size``.
-
-    Raises:
-        ValueError: Naming the problem and the fix.
+        check_values: Also check that ids are ``>= -1``, below ``num_classes`` if given,
+            and, with ``known_prefix``, that no level is known below an unknown one.
 
     Examples:
         >>> check_label_paths(torch.tensor([2, 5]), allow_class_ids=True).tolist()

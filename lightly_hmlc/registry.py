@@ -1,18 +1,14 @@
 """Registry of losses and mask heads by name, with third-party plugins.
 
-``create_loss("hmce", temperature=0.1)`` and ``create_head("gmm-mask", ...)`` build a
-component; ``list_components()`` lists them. The built-ins are the ``_builtin(...)``
-table at the end of this module, imported on first use. ``register_loss`` and
-``register_head`` add components in code (as a decorator or a call); installed packages
-add them through the entry-point groups ``lightly_hmlc.losses`` and
-``lightly_hmlc.heads``, found on the first lookup and imported on use::
+``create_loss("hmce", temperature=0.1)`` and ``create_head("gmm-mask", ...)`` build the
+components of the ``_builtin(...)`` table at the end of this module, imported on first
+use, and those added by ``register_loss`` / ``register_head`` or by installed packages
+through the entry-point groups ``lightly_hmlc.losses`` and ``lightly_hmlc.heads``::
 
     [project.entry-points."lightly_hmlc.losses"]
     my-loss = "my_package.losses:MyLoss"
 
-Components registered in code, built-ins included, shadow entry points of the same
-name, with a warning. Names are letters, digits, ``-``, ``_`` and ``.``, starting with
-a letter or digit.
+Components registered in code shadow entry points of the same name, with a warning.
 """
 
 from __future__ import annotations
@@ -223,17 +219,11 @@ def register_loss(
     defaults: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Registers a loss under ``name``; a decorator, or a plain call with ``factory``.
+    """Registers a loss under ``name``, as a decorator or with ``factory``.
 
-    Args:
-        name: Component name used by ``create_loss``.
-        factory: A callable returning an ``nn.Module`` (usually the class), or an import
-            string ``"module:attr"`` imported on first use.
-        defaults: Keyword arguments passed to the factory unless overridden.
-        overwrite: Replace an existing registration of the same name.
-
-    Raises:
-        ValueError: For an invalid or already registered name.
+    ``factory`` is a callable returning an ``nn.Module`` or an import string
+    ``"module:attr"``; ``defaults`` are keyword arguments it gets unless overridden. A name
+    already registered raises a ValueError unless ``overwrite``.
 
     Examples:
         >>> from torch import nn
@@ -259,11 +249,8 @@ def register_head(
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Creates the loss registered under ``name`` with ``kwargs``.
-
-    Raises:
-        UnknownComponentError: For an unknown name, listing the known ones and close matches.
-        ImportError: If the loss's module, or its plugin, cannot be imported.
+    """Creates the loss registered under ``name``; an :class:`UnknownComponentError` lists
+    the known names and close matches.
     """
     return _LOSSES.create(name, kwargs)
 
@@ -279,11 +266,9 @@ def create_head(name: str, **kwargs: Any) -> nn.Module:
 
 
 def component_parameters(kind: str, name: str) -> tuple[list[str], bool]:
-    """``(names, variadic)``: the keyword parameters of a component's factory, and whether it
-    takes ``**kwargs``; ``kind`` is ``"loss"`` or ``"head"``.
-
-    A caller with standard arguments (``temperature``, ``num_levels``, ...) passes only
-    those a component names, so that a new component needs no entry in the caller's code.
+    """``(names, variadic)``: the keyword parameters of a ``kind`` (``"loss"`` or ``"head"``)
+    component's factory and whether it takes ``**kwargs``, so that a caller passes only
+    the standard arguments a component names.
     """
     registries = {"loss": _LOSSES, "head": _HEADS}
     if kind not in registries:

@@ -1,9 +1,5 @@
 """Label hierarchies: the tree (:mod:`.tree`), its file formats (:mod:`.formats`) and the
 built-in taxonomies (:mod:`.builtin`).
-
-Examples:
-    >>> LabelHierarchy.cifar100().num_classes_per_level
-    [20, 100]
 """
 
 from lightly_hmlc.hierarchy.builtin import BUILTIN, MODELNET40_GROUPS

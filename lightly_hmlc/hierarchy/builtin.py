@@ -1,12 +1,5 @@
-"""The built-in taxonomies as plain, read-only nested dicts.
-
-``cifar100``: the 20 official superclasses; ``cifar10``, ``mnist`` and ``modelnet40``:
-our groupings; ``shapes``: the three levels of :class:`~lightly_hmlc.data.ShapesDataset`.
-Build a tree with ``LabelHierarchy.builtin(name)`` or ``LabelHierarchy.cifar100()``.
-
-Examples:
-    >>> sorted(BUILTIN)
-    ['cifar10', 'cifar100', 'mnist', 'modelnet40', 'shapes']
+"""The built-in taxonomies as read-only nested dicts; ``LabelHierarchy.builtin(name)`` (or
+``LabelHierarchy.cifar100()``, ...) builds the tree.
 """
 
 from __future__ import annotations
@@ -60,18 +53,12 @@ CIFAR10_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-#: MNIST digits grouped by stroke shape (our choice): a closed loop, straight strokes
-#: only, or open curves. Digit names are "0".."9", so leaf ids equal the digits.
+#: MNIST digits by stroke shape (our choice); names "0".."9", so leaf ids are the digits.
 MNIST_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "loop": ("0", "6", "8", "9"),
-        "straight": ("1", "4", "7"),
-        "curve": ("2", "3", "5"),
-    }
+    {"loop": ("0", "6", "8", "9"), "straight": ("1", "4", "7"), "curve": ("2", "3", "5")}
 )
 
-#: The three levels of the synthetic Shapes data: family, fill, size. A fine class is
-#: ``<family>_<fill>_<size>``; the renderer in ``data/shapes.py`` reads these tuples.
+#: The levels of the Shapes data; a fine class is ``<family>_<fill>_<size>``.
 SHAPE_FAMILIES: tuple[str, ...] = ("disc", "square", "triangle")
 SHAPE_FILLS: tuple[str, ...] = ("hollow", "solid")
 SHAPE_SIZES: tuple[str, ...] = ("large", "small")

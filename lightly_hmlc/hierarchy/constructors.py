@@ -23,16 +23,9 @@ class HierarchyConstructors:
     def __init__(self, parents: Mapping[str, str | None]) -> None:
         raise NotImplementedError  # pragma: no cover - LabelHierarchy defines it
 
-    # ------------------------------------------------------------------ builders
     @classmethod
     def from_edges(cls: type[_H], edges: Iterable[tuple[str, str]]) -> _H:
-        """From ``(parent, child)`` pairs; a ValueError if a child has two parents.
-
-        Examples:
-            >>> from lightly_hmlc.hierarchy import LabelHierarchy
-            >>> LabelHierarchy.from_edges([("animal", "cat"), ("animal", "dog")]).leaves
-            ['cat', 'dog']
-        """
+        """From ``(parent, child)`` pairs."""
         return cls(formats.parents_from_edges(edges))
 
     @classmethod
@@ -42,13 +35,7 @@ class HierarchyConstructors:
 
     @classmethod
     def from_nested(cls: type[_H], tree: Mapping[str, Any] | Sequence[Any]) -> _H:
-        """From a nested dict: a value is a dict or list of children, or ``None`` for a leaf.
-
-        Examples:
-            >>> from lightly_hmlc.hierarchy import LabelHierarchy
-            >>> LabelHierarchy.from_nested({"animal": ["cat", "dog"], "vehicle": {"car": None}}).leaves
-            ['car', 'cat', 'dog']
-        """
+        """From a nested dict: a value is a dict or list of children, or ``None`` for a leaf."""
         return cls(formats.parents_from_nested(tree))
 
     @classmethod
@@ -66,7 +53,6 @@ class HierarchyConstructors:
         """From a file: ``.json`` as JSON, anything else as an edge list."""
         return cls(formats.load_parents(path))
 
-    # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: the format tag and the child -> parent mapping."""
         return formats.to_dict(self._parent)
@@ -75,16 +61,9 @@ class HierarchyConstructors:
         """Serialises losslessly to JSON; writes it to ``path`` when given."""
         return formats.to_json(self._parent, path)
 
-    # ------------------------------------------------------------------ built-ins
     @classmethod
     def builtin(cls: type[_H], name: str) -> _H:
-        """A built-in taxonomy of :mod:`~lightly_hmlc.hierarchy.builtin` by name.
-
-        Examples:
-            >>> from lightly_hmlc.hierarchy import LabelHierarchy
-            >>> LabelHierarchy.builtin("shapes").num_classes_per_level
-            [3, 6, 12]
-        """
+        """A built-in taxonomy of :mod:`~lightly_hmlc.hierarchy.builtin` by name."""
         if name not in BUILTIN:
             raise ValueError(
                 f"No built-in hierarchy {name!r}{_suggest(name)}; "
@@ -108,7 +87,7 @@ class HierarchyConstructors:
 
     @classmethod
     def mnist(cls: type[_H]) -> _H:
-        """MNIST digits by stroke shape: ``loop`` (0, 6, 8, 9), ``straight`` (1, 4, 7), ``curve``."""
+        """MNIST digits by stroke shape: ``loop``, ``straight`` and ``curve``."""
         return cls.builtin("mnist")
 
     @classmethod

@@ -1,12 +1,4 @@
-"""Readers and writers of label hierarchies; every reader returns a child -> parent map.
-
-Edge pairs, edge-list files, nested dicts, label paths of names, and JSON. Text files
-are read as UTF-8, a byte-order mark dropped.
-
-Examples:
-    >>> parents_from_nested({"animal": ["cat"], "vehicle": None})
-    {'cat': 'animal', 'animal': None, 'vehicle': None}
-"""
+"""Readers and writers of label hierarchies; every reader returns a child -> parent map."""
 
 from __future__ import annotations
 
@@ -59,13 +51,9 @@ def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
 def read_edge_list(path: str | os.PathLike[str]) -> Parents:
     """Reads an edge-list text file: one ``parent child`` pair per line.
 
-    ``#`` starts a comment, names are separated by whitespace (so use JSON for names with
-    spaces or ``#``), and a single name declares a top-level class. Lines end at ``\n``,
-    ``\r\n`` or ``\r``; control and invisible characters are refused (:func:`check_name`).
-
-    Raises:
-        ValueError: Naming the file and line, for a line of three names, a refused
-            character, a class with two parents, or a file that is not UTF-8.
+    ``#`` starts a comment, names are separated by whitespace (use JSON for names with
+    spaces or ``#``), and a single name declares a top-level class. Control and invisible
+    characters are refused, and the message names the file and line.
 
     Examples:
         >>> import tempfile, pathlib
@@ -171,13 +159,8 @@ def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
 
 
 def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
-    """Reads the JSON of :func:`to_json`, or a nested dict in JSON, from text or a file.
-
-    An object with the same key twice is refused (``json`` would drop a subtree).
-
-    Examples:
-        >>> read_json('{"sea mammal": ["sea lion"]}')
-        {'sea lion': 'sea mammal', 'sea mammal': None}
+    """The parent map of the JSON of :func:`to_json` or a nested dict in JSON (text or a
+    file); a key twice in one object is refused, as ``json`` would drop a subtree.
     """
     source = "JSON text"
     if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip(
@@ -232,11 +215,8 @@ def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | No
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The text of a hierarchy file as UTF-8 without a byte-order mark; a ValueError if it
-    is not UTF-8.
-    """
-    # utf-8-sig drops a leading byte-order mark; with plain utf-8 it would stick to the
-    # first class name and silently create a second top-level class.
+    """The UTF-8 text of a hierarchy file without a byte-order mark."""
+    # utf-8-sig drops a byte-order mark, which would otherwise stick to the first name.
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -248,14 +228,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
 
 
 def check_name(name: object) -> str:
-    """``name`` in Unicode NFC, if it is a valid class name.
-
-    A non-empty string without control (Cc), invisible format (Cf), separator (Zl, Zp) or
-    surrogate (Cs) characters, which make two names that look the same different classes.
-
-    Examples:
-        >>> check_name("cafe\u0301") == "caf\u00e9"
-        True
+    """``name`` in Unicode NFC, if it is a valid class name: a non-empty string without
+    control, invisible format, separator or surrogate characters.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
@@ -268,12 +242,10 @@ def check_name(name: object) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-#: Line ends of the text formats; ``str.splitlines`` also breaks at \v, \f, \x1c-\x1e,
-#: \x85, \u2028 and \u2029, which an editor may not show as line ends.
+#: Line ends of the text formats (``str.splitlines`` also breaks at \v, \f, \x85, ...).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-#: Unicode categories refused in class names: control, format (invisible), surrogate,
-#: line and paragraph separator.
+#: Unicode categories refused in names: control, format, surrogate, line/paragraph separator.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 

@@ -1,8 +1,4 @@
-""":class:`LabelHierarchy`: a tree of named classes and the label paths ``[B, L]`` it gives.
-
-The label path, ``[coarse, ..., fine]`` class ids with ``-1`` for a level a class does
-not have, is the only contract between datasets and losses.
-"""
+""":class:`LabelHierarchy`: a tree of named classes and the label paths ``[B, L]`` it gives."""
 
 from __future__ import annotations
 
@@ -25,18 +21,14 @@ __all__ = ["LabelHierarchy"]
 class LabelHierarchy(HierarchyConstructors):
     """A rooted tree of named classes, coarse to fine.
 
-    Nodes without a parent form level 0, below an implicit root; a node's level is its
-    depth. Within every level, class ids follow sorted names (as torchvision's ImageFolder
-    and the official CIFAR ids do). Leaves are the fine classes; their ids (``leaf_id``)
-    follow sorted leaf names, whatever their depth. A leaf above the deepest level has its
-    label path padded with ``-1``. Names are stored in Unicode NFC.
+    Nodes without a parent form level 0; a node's level is its depth. Within a level,
+    class ids follow sorted names (as torchvision's ImageFolder and the official CIFAR ids
+    do); leaf ids follow sorted leaf names. A leaf's label path, ``[coarse, ..., fine]``,
+    is padded with ``-1`` below its depth. Names are stored in Unicode NFC.
 
     Args:
         parents: Every class name mapped to its parent's name, or ``None`` for a top-level
             class. A parent that is never a key becomes a top-level class.
-
-    Raises:
-        ValueError: If the hierarchy is empty, has a cycle, or has an invalid name.
 
     Examples:
         >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
@@ -86,7 +78,6 @@ class LabelHierarchy(HierarchyConstructors):
         self._leaf_paths = table
 
     def to_nested(self) -> dict[str, Any]:
-        """The tree as a nested dict (leaves map to ``None``)."""
 
         def build(name: str) -> Any:
             kids = self._children[name]
@@ -104,7 +95,6 @@ class LabelHierarchy(HierarchyConstructors):
         sizes = ", ".join(str(len(names)) for names in self._levels)
         return f"LabelHierarchy(num_levels={self.num_levels}, classes_per_level=[{sizes}])"
 
-    # ------------------------------------------------------------------ queries
     @property
     def num_levels(self) -> int:
         """L, the number of levels (the length of every label path)."""
@@ -214,11 +204,7 @@ class LabelHierarchy(HierarchyConstructors):
         return table[ids]
 
     def path_table(self, class_names: Sequence[str]) -> Tensor:
-        """``[C, L]`` label paths of a dataset's own class list, in its order: ``table[target]``.
-
-        Raises:
-            ValueError: Listing classes missing from the hierarchy, and inner nodes.
-        """
+        """``[C, L]`` label paths of a dataset's own class list, in its order: ``table[target]``."""
         names = [_nfc(name) for name in class_names]
         missing = [name for name in names if name not in self._parent]
         not_leaves = [name for name in names if name in self._parent and self._children[name]]
@@ -242,14 +228,8 @@ class LabelHierarchy(HierarchyConstructors):
         return self.label_paths(names)
 
     def lca_height(self, leaf_a: Tensor, leaf_b: Tensor) -> Tensor:
-        """Height of the lowest common ancestor of pairs of leaf ids, elementwise.
-
-        0 for the same class, ``L`` for classes that share no ancestor but the implicit root.
-
-        Examples:
-            >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-            >>> h.lca_height(torch.tensor([1, 1, 1]), torch.tensor([1, 2, 0])).tolist()
-            [0, 1, 2]
+        """Height of the lowest common ancestor of pairs of leaf ids: 0 for the same class, ``L``
+        for classes that share only the implicit root.
         """
         paths_a = self.label_paths(leaf_a)
         paths_b = self.label_paths(leaf_b)
@@ -259,7 +239,6 @@ class LabelHierarchy(HierarchyConstructors):
         height = self.num_levels - shared
         return torch.where(same, torch.zeros_like(height), height)
 
-    # ------------------------------------------------------------------ helpers
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.num_levels:
             raise ValueError(
@@ -292,7 +271,7 @@ def _suggest(name: str, candidates: Sequence[str]) -> str:
 
 
 def _depths(parents: Mapping[str, str | None]) -> dict[str, int]:
-    """The depth of every node, each chain of parents walked once; a ValueError on a cycle."""
+    """The depth of every node; a ValueError naming a cycle."""
     depth: dict[str, int] = {}
     for start in parents:
         chain: list[str] = []  # nodes of unknown depth, from ``start`` upwards

@@ -1,7 +1,6 @@
 """Metrics of an embedding against its label paths: does it carry the hierarchy?
 
-Both run in float64 on the inputs' device and L2-normalise the features first
-(contrastive embeddings are compared by cosine); pass ``normalize=False`` for raw ones.
+Both run in float64 and L2-normalise the features first (``normalize=False`` for raw).
 """
 
 from __future__ import annotations
@@ -19,13 +18,9 @@ __all__ = ["LevelSeparation", "level_separation", "cpcc"]
 
 @dataclass(frozen=True)
 class LevelSeparation:
-    """Per-level separation of an embedding (index 0 = the coarsest level).
-
-    Attributes:
-        explained_variance: ``[L]`` between-class over total scatter, in [0, 1].
-        fisher_ratio: ``[L]`` between-class scatter per class degree of freedom over
-            within-class scatter per sample degree of freedom; larger is better separated.
-        num_classes: ``[L]`` classes seen at each level.
+    """Per level, coarse to fine: the share of the variance the classes explain
+    (``explained_variance``), the ``fisher_ratio`` of between- to within-class scatter per
+    degree of freedom, and ``num_classes``.
     """
 
     explained_variance: Tensor
@@ -36,14 +31,10 @@ class LevelSeparation:
 def level_separation(features: Tensor, paths: Tensor, *, normalize: bool = True) -> LevelSeparation:
     """Explained variance and Fisher ratio of every level's classes.
 
-    At level ``l`` a sample's class is its label-path prefix down to ``l``; samples with an
-    unknown level in that prefix are left out. With ``C`` classes, ``N`` samples, between-class
-    scatter ``B = sum_c n_c |m_c - m|^2`` and within-class scatter ``W = sum_i |x_i - m_c(i)|^2``:
-    ``explained_variance = B / (B + W)`` and ``fisher_ratio = (B / (C - 1)) / (W / (N - C))``.
-
-    Raises:
-        ValueError: If the shapes do not fit, the features are not finite, or a level has
-            fewer than 2 classes or no more samples than classes.
+    At level ``l`` a sample's class is its label-path prefix down to ``l`` (samples with an
+    unknown level in it are left out). With between-class scatter ``B``, within-class
+    scatter ``W``, ``C`` classes and ``N`` samples: ``explained_variance = B / (B + W)`` and
+    ``fisher_ratio = (B / (C - 1)) / (W / (N - C))``.
 
     Examples:
         >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
@@ -82,16 +73,11 @@ def level_separation(features: Tensor, paths: Tensor, *, normalize: bool = True)
 def cpcc(features: Tensor, paths: Tensor, *, normalize: bool = True) -> float:
     """The cophenetic correlation coefficient (CPCC) of Zeng et al. [0], in [-1, 1].
 
-    The Pearson correlation, over all pairs of classes (distinct label paths, cut at the
-    first unknown level), between their tree distance (edges between them) and the
-    Euclidean distance of their mean embeddings: 1 when the geometry follows the tree.
+    The Pearson correlation, over pairs of classes (distinct label paths), of their tree
+    distance and the distance of their mean embeddings: 1 when the geometry follows the
+    tree. Undefined (a ValueError) when all pairs lie at one tree distance.
 
-    - [0] Learning Structured Representations by Embedding Class Hierarchy, Zeng et al.,
-      ICLR 2023, https://openreview.net/forum?id=7J-30ilaUZM
-
-    Raises:
-        ValueError: If the shapes do not fit, the features are not finite, or all class
-            pairs lie at one tree distance, where CPCC is undefined.
+    - [0] Zeng et al., ICLR 2023, https://openreview.net/forum?id=7J-30ilaUZM
 
     Examples:
         >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -126,7 +112,6 @@ def cpcc(features: Tensor, paths: Tensor, *, normalize: bool = True) -> float:
 def _check(features: Tensor, paths: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
     if not isinstance(features, Tensor) or features.dim() != 2:
         raise ValueError("features must be a [N, F] tensor of embeddings.")
-    # The package's one label-path check: one path [L] per feature row.
     paths = check_label_paths(paths, batch_size=features.shape[0], name="paths")
     x = features.detach().to(torch.float64)
     if not bool(torch.isfinite(x).all()):

@@ -1,11 +1,10 @@
 """Metrics of predicted label paths and leaf ids, aware of the hierarchy.
 
-Label paths are ``[N, L]``, ``-1`` for an unknown level; leaf ids index
-``hierarchy.leaves``, ``-1`` for an unknown fine class. Mistake severity and
-hierarchical distance follow Bertinetto et al. [0]: the distance of two classes is the
-height of their lowest common ancestor, :meth:`LabelHierarchy.lca_height`.
+Leaf ids index ``hierarchy.leaves``; ``-1`` marks an unknown level or leaf. Mistake
+severity and hierarchical distance follow Bertinetto et al. [0], with the height of the
+lowest common ancestor (:meth:`LabelHierarchy.lca_height`) as distance.
 
-- [0] Making Better Mistakes, Bertinetto et al., CVPR 2020, https://arxiv.org/abs/1912.09393
+- [0] Making Better Mistakes, CVPR 2020, https://arxiv.org/abs/1912.09393
 """
 
 from __future__ import annotations
@@ -31,9 +30,8 @@ __all__ = [
 
 
 def per_level_accuracy(pred_paths: Tensor, true_paths: Tensor) -> Tensor:
-    """Top-1 accuracy ``[L]`` at every level, ignoring unknown (``-1``) true labels.
-
-    A level without a known true label has accuracy ``NaN``, with a warning.
+    """Top-1 accuracy ``[L]`` at every level, ignoring unknown true labels (``NaN`` and a
+    warning for a level without one).
 
     Examples:
         >>> pred = torch.tensor([[0, 1], [1, 2], [1, 3]])
@@ -64,14 +62,7 @@ def per_level_accuracy(pred_paths: Tensor, true_paths: Tensor) -> Tensor:
 
 
 def leaf_ids_from_paths(paths: Tensor, hierarchy: LabelHierarchy) -> Tensor:
-    """The leaf id of every label path ``[N, L]``; ``-1`` for a path that is no row of
-    ``hierarchy.leaf_paths``, such as one with an unknown fine class.
-
-    Examples:
-        >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-        >>> leaf_ids_from_paths(torch.tensor([[0, 2], [1, 0], [0, -1]]), h).tolist()
-        [2, 0, -1]
-    """
+    """The leaf id of every label path; ``-1`` for a path that is no leaf's."""
     _check_paths(paths, "paths")
     num_levels = hierarchy.num_levels
     if paths.shape[1] != num_levels:
@@ -104,14 +95,7 @@ def paths_from_fine_predictions(fine_pred_leaf_ids: Tensor, hierarchy: LabelHier
 def implied_coarse_accuracy(
     fine_pred_leaf_ids: Tensor, true_paths: Tensor, hierarchy: LabelHierarchy
 ) -> Tensor:
-    """Accuracy ``[L]`` at every level of the paths implied by fine (leaf) predictions.
-
-    Examples:
-        >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-        >>> true = h.label_paths(["cat", "cat", "car"])
-        >>> implied_coarse_accuracy(torch.tensor([1, 2, 1]), true, h)
-        tensor([0.6667, 0.3333])
-    """
+    """Accuracy ``[L]`` of the label paths implied by fine (leaf) predictions."""
     pred_paths = paths_from_fine_predictions(fine_pred_leaf_ids, hierarchy)
     return per_level_accuracy(pred_paths.to(true_paths.device), true_paths)
 
@@ -119,10 +103,8 @@ def implied_coarse_accuracy(
 def mistake_severity(
     pred_leaf_ids: Tensor, true_leaf_ids: Tensor, hierarchy: LabelHierarchy
 ) -> float:
-    """Mean LCA height of the wrong top-1 predictions; ``0.0`` without a mistake.
-
-    Only the mistakes count, so the value says how bad they are, not how many. Samples
-    with an unknown true leaf (``-1``) are ignored.
+    """Mean LCA height of the wrong top-1 predictions (``0.0`` without a mistake), ignoring
+    unknown true leaves: how bad the mistakes are, not how many.
 
     Examples:
         >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
@@ -146,15 +128,8 @@ def mistake_severity(
 def hierarchical_distance_at_k(
     topk_leaf_ids: Tensor, true_leaf_ids: Tensor, hierarchy: LabelHierarchy
 ) -> float:
-    """Mean LCA height between the true leaf and each of the top-k predictions ``[N, k]``.
-
-    Correct predictions count 0; samples with an unknown true leaf are ignored, and
-    without any sample left the value is ``NaN``, with a warning.
-
-    Examples:
-        >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-        >>> hierarchical_distance_at_k(torch.tensor([[1, 2], [0, 1]]), torch.tensor([1, 0]), h)
-        0.75
+    """Mean LCA height between the true leaf and each of the top-k predictions ``[N, k]``,
+    ignoring unknown true leaves (``NaN`` and a warning when none is left).
     """
     if topk_leaf_ids.dim() != 2:
         raise ValueError(
@@ -182,11 +157,8 @@ def hierarchical_distance_at_k(
 
 
 def normalized_mutual_info(cluster_ids: Tensor, labels: Tensor) -> float:
-    """NMI of a clustering and labels, as sklearn's ``normalized_mutual_info_score``.
-
-    Arithmetic normalisation, ``I(C; Y) / ((H(C) + H(Y)) / 2)``, with sklearn's conventions
-    (1.0 when both sides have one group, 0.0 without mutual information). Samples with a
-    negative label are ignored.
+    """NMI of a clustering and labels, as sklearn's ``normalized_mutual_info_score`` (with
+    its conventions), ignoring negative labels.
 
     Examples:
         >>> normalized_mutual_info(torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 1]))
