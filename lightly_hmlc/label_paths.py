@@ -1,19 +1,9 @@
-"""The check of the label-path contract ``[B, L]`` shared by the data, memory and metrics.
+"""The one check of the label-path contract ``[B, L]``, shared by losses, heads, sampler,
+memory bank and metrics, so that the same mistake gives the same error everywhere.
 
-A label path is a row of integer class ids, coarse to fine, with ``-1`` for an unknown
-level (Zhang et al., CVPR 2022, Sec. 3: a sample is labelled at every level of the
-hierarchy). :func:`check_label_paths` is the one check of it: the losses' inputs and
-``memory=`` rows, the mask heads, the sampler, the memory bank and the metrics all call
-it, so that they give the same error for the same mistake. A caller only adds what it
-knows: who set the depth (``configured_by``) and how to fix a wrong row count
-(``row_hint``: one path per sample for a loss, one per row of both views for a head).
-
-By default it checks only what the tensor's metadata tells (type, dtype, shape). That
-never waits for an accelerator: reading a value of a CUDA tensor on the host (``bool(...)``,
-``.item()``, ``.tolist()``) blocks until every queued kernel has run, once per training
-step. The value checks (ids ``>= -1``, ids below the class counts, no known level after
-an unknown one) read values, so they sit behind ``check_values=True``; use it where the
-labels come from a user or a file (datasets, samplers, evaluation), not in the hot loop.
+A label path is a row of class ids, coarse to fine, ``-1`` for an unknown level. By
+default only metadata is checked, which never waits for an accelerator; the value
+checks read the tensor, so they are for labels from a user or a file.
 """
 
 from __future__ import annotations
@@ -42,41 +32,16 @@ def check_label_paths(
     """Checks label paths and returns them as ``[B, L]`` int64, without a device sync.
 
     Args:
-        labels: Integer tensor ``[B, L]`` of label paths (``-1`` = unknown level), or
-            ``[B]`` class ids when ``allow_class_ids`` is set.
-        num_levels: The required L, or ``None`` for any L >= 1.
-        batch_size: The required B (e.g. the number of embeddings), or ``None``.
+        labels: Integer tensor ``[B, L]``, or ``[B]`` class ids with ``allow_class_ids``.
+        num_levels: The required L, or ``None``; ``configured_by`` says who set it.
+        batch_size: The required B, or ``None``; ``row_hint`` says how to fix a mismatch.
         name: How the argument is called in the messages.
-        allow_class_ids: Accept ``[B]`` class ids and return them as ``[B, 1]``.
-        check_values: Also check the values: every id is ``>= -1``, and below
-            ``num_classes`` when given. This reads values, so on an accelerator it waits
-            for the device.
-        num_classes: Classes per level, coarse to fine (needs ``check_values``).
-        known_prefix: Also require that no level is known below an unknown one, e.g.
-            reject ``[-1, 5]`` (needs ``check_values``). The losses accept such rows (they
-            give no positives at any level) but a hierarchy never produces them.
-        configured_by: Who set ``num_levels`` (e.g. ``"the loss"``), named in the
-            message for a wrong depth.
-        row_hint: How to fix a row count other than ``batch_size``, the end of that
-            message.
-
-    Returns:
-        ``labels`` as an int64 tensor ``[B, L]`` on its own device (no copy when it
-        already is one).
-
-    Raises:
-        ValueError: Naming the problem and the fix: not a tensor, not integers, wrong
-            shape, wrong depth or batch size, and (with ``check_values``) bad ids.
+        check_values: Also check that ids are ``>= -1``, below ``num_classes`` if given,
+            and, with ``known_prefix``, that no level is known below an unknown one.
 
     Examples:
-        >>> check_label_paths(torch.tensor([[0, 3], [1, -1]]), num_levels=2).tolist()
-        [[0, 3], [1, -1]]
-        >>> check_label_paths(torch.tensor([2, 5]), allow_class_ids=True).shape
-        torch.Size([2, 1])
-        >>> check_label_paths(torch.tensor([[0.0, 1.0]]))
-        Traceback (most recent call last):
-        ...
-        ValueError: labels must be integers (class ids, -1 for unknown), got dtype torch.float32. Convert them with labels.long().
+        >>> check_label_paths(torch.tensor([2, 5]), allow_class_ids=True).tolist()
+        [[2], [5]]
     """
     if not isinstance(labels, Tensor):
         raise ValueError(

@@ -1,35 +1,14 @@
-"""Registry of losses and mask heads, by name, with third-party plugins.
+"""Registry of losses and mask heads by name, with third-party plugins.
 
-Components are created by name::
-
-    loss = create_loss("hmce", temperature=0.1)
-    head = create_head("gmm-mask", ...)
-    list_components()  # {"losses": [...], "heads": [...]}
-
-The built-in components are the ``_builtin(...)`` table at the end of this module
-(``hmc``, ``hce`` and ``hmce`` are HMLCLoss with that ``loss_type``). They are recorded
-as import strings and imported on first use, so importing this module imports no
-loss or head.
-
-Registering in code: ``register_loss`` and ``register_head`` work as decorators
-(``@register_loss("my-loss")``) or plain calls (``register_head("my-head", MyHead,
-defaults={"num_levels": 3})``). The factory is any callable returning an ``nn.Module``
-(usually the class), or an import string ``"package.module:attr"`` imported on first
-use. A name that is already registered raises ``ValueError`` unless ``overwrite=True``.
-
-Plugins: installed packages add components through the entry-point groups
-``lightly_hmlc.losses`` and ``lightly_hmlc.heads`` (name = component name, value =
-``"module:attr"`` of the factory). In ``pyproject.toml``::
+``create_loss("hmce", temperature=0.1)`` and ``create_head("gmm-mask", ...)`` build the
+components of the ``_builtin(...)`` table at the end of this module, imported on first
+use, and those added by ``register_loss`` / ``register_head`` or by installed packages
+through the entry-point groups ``lightly_hmlc.losses`` and ``lightly_hmlc.heads``::
 
     [project.entry-points."lightly_hmlc.losses"]
     my-loss = "my_package.losses:MyLoss"
 
-Entry points are discovered once, on the first lookup or listing, and imported
-only when the component is created. An entry point that fails to import raises
-an ``ImportError`` naming the entry point and its distribution. Components
-registered in code, built-ins included, take precedence over entry points of the
-same name; the shadowed entry point is reported with a warning. Names consist of
-letters, digits, ``-``, ``_`` and ``.``, and start with a letter or digit.
+Components registered in code shadow entry points of the same name, with a warning.
 """
 
 from __future__ import annotations
@@ -65,20 +44,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UnknownComponentError(KeyError, ValueError):
-    """Raised for a component name that is not registered.
-
-    A ``KeyError`` and a ``ValueError``, so either can be caught.
-
-    Examples:
-        >>> try:
-        ...     create_loss("hmcee")
-        ... except ValueError as error:
-        ...     print("did you mean" in str(error).lower())
-        True
-    """
+    """Raised for a name that is not registered; a ``KeyError`` and a ``ValueError``."""
 
     def __str__(self) -> str:
-        # KeyError would show the repr of the message.
+        # KeyError would show the repr.
         return str(self.args[0]) if self.args else ""
 
 
@@ -250,21 +219,11 @@ def register_loss(
     defaults: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Registers a loss under ``name``; usable as a decorator or a plain call.
+    """Registers a loss under ``name``, as a decorator or with ``factory``.
 
-    Args:
-        name: Component name used by ``create_loss``.
-        factory: A callable returning an ``nn.Module`` (usually the class), or an
-            import string ``"module:attr"`` imported on first use. Omit it to use
-            the function as a decorator.
-        defaults: Keyword arguments passed to the factory unless overridden.
-        overwrite: Replace an existing registration of the same name.
-
-    Returns:
-        The factory when called with one, else a decorator returning its argument.
-
-    Raises:
-        ValueError: For an invalid or already registered name.
+    ``factory`` is a callable returning an ``nn.Module`` or an import string
+    ``"module:attr"``; ``defaults`` are keyword arguments it gets unless overridden. A name
+    already registered raises a ValueError unless ``overwrite``.
 
     Examples:
         >>> from torch import nn
@@ -285,33 +244,13 @@ def register_head(
     defaults: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Registers a mask head under ``name``: :func:`register_loss`, for heads.
-
-    Examples:
-        >>> from torch import nn
-        >>> register_head("doc-linear", nn.Linear, defaults={"bias": False})
-        <class 'torch.nn.modules.linear.Linear'>
-        >>> create_head("doc-linear", in_features=4, out_features=2).bias is None
-        True
-        >>> _ = _HEADS._entries.pop("doc-linear")  # keep the registry clean
-    """
+    """Registers a mask head under ``name``: :func:`register_loss`, for heads."""
     return _register(_HEADS, name, factory, defaults, overwrite)
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Creates the loss registered under ``name`` with ``kwargs``.
-
-    Raises:
-        UnknownComponentError: A ``KeyError``/``ValueError`` listing the known
-            losses and close matches, for an unknown name.
-        ImportError: If the loss's module, or its plugin, cannot be imported.
-
-    Examples:
-        >>> from torch import nn
-        >>> _ = register_loss("doc-mse", nn.MSELoss)
-        >>> create_loss("doc-mse")
-        MSELoss()
-        >>> _ = _LOSSES._entries.pop("doc-mse")
+    """Creates the loss registered under ``name``; an :class:`UnknownComponentError` lists
+    the known names and close matches.
     """
     return _LOSSES.create(name, kwargs)
 
@@ -320,25 +259,16 @@ def create_head(name: str, **kwargs: Any) -> nn.Module:
     """Creates the mask head registered under ``name``: :func:`create_loss`, for heads.
 
     Examples:
-        >>> head = create_head("attention-mask", num_levels=2, dim=16)
-        >>> type(head).__name__
+        >>> type(create_head("attention-mask", num_levels=2, dim=16)).__name__
         'AttentionMaskHead'
     """
     return _HEADS.create(name, kwargs)
 
 
 def component_parameters(kind: str, name: str) -> tuple[list[str], bool]:
-    """``(names, variadic)``: the keyword parameters a loss's or head's factory names,
-    and whether it also takes ``**kwargs``.
-
-    A caller that offers standard arguments (a benchmark passing ``temperature``,
-    ``num_levels``, ...) passes only those a component names, so that a new component
-    needs no entry in the caller's code. ``kind`` is ``"loss"`` or ``"head"``.
-
-    Examples:
-        >>> names, variadic = component_parameters("loss", "supcon")
-        >>> "temperature" in names, "num_levels" in names, variadic
-        (True, False, False)
+    """``(names, variadic)``: the keyword parameters of a ``kind`` (``"loss"`` or ``"head"``)
+    component's factory and whether it takes ``**kwargs``, so that a caller passes only
+    the standard arguments a component names.
     """
     registries = {"loss": _LOSSES, "head": _HEADS}
     if kind not in registries:
@@ -347,12 +277,11 @@ def component_parameters(kind: str, name: str) -> tuple[list[str], bool]:
 
 
 def list_components() -> dict[str, list[str]]:
-    """Returns the sorted names of all losses and heads, entry points included.
+    """The sorted names of all losses and heads, entry points included.
 
     Examples:
-        >>> components = list_components()
-        >>> "hmce" in components["losses"], "gmm-mask" in components["heads"]
-        (True, True)
+        >>> "hmce" in list_components()["losses"]
+        True
     """
     return {"losses": _LOSSES.names(), "heads": _HEADS.names()}
 

@@ -1,21 +1,14 @@
-"""Datasets with hierarchical label paths, the label-path target transform, and the
+"""Datasets that return ``(sample, label_path)``, the label-path target transform, and the
 hierarchy-aware batch sampler.
-
-Every dataset returns ``(sample, label_path)`` like torchvision, exposes ``classes``,
-``hierarchy`` and ``label_paths`` (``[N, L]``, without loading any sample), and accepts
-``transform`` (Lightly multi-view transforms included) and ``target_transform``.
 """
 
+from lightly_hmlc.data._archive import extract_archive_once
 from lightly_hmlc.data._base import HierarchicalDataset, check_classes_match
-from lightly_hmlc.data._io import extract_archive_once
 from lightly_hmlc.data.cifar import CIFAR10Hierarchical, CIFAR100Hierarchical
 from lightly_hmlc.data.imagefolder import HierarchicalImageFolder
 from lightly_hmlc.data.mnist import MNISTHierarchical
 from lightly_hmlc.data.modelnet40 import MODELNET40_GROUPS, ModelNet40Hierarchical
-from lightly_hmlc.data.point_cloud_transforms import (
-    PointCloudAugment,
-    TwoViewPointCloudTransform,
-)
+from lightly_hmlc.data.point_cloud_transforms import PointCloudAugment, TwoViewPointCloudTransform
 from lightly_hmlc.data.relabeled import Relabeled
 from lightly_hmlc.data.sampler import HierarchicalBatchSampler
 from lightly_hmlc.data.shapes import ShapesDataset

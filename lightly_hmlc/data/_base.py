@@ -20,22 +20,13 @@ __all__ = ["HierarchicalDataset", "check_classes_match"]
 class HierarchicalDataset(Dataset[tuple[Any, Any]]):
     """Base class: a torchvision-style dataset whose target is a label path.
 
-    ``dataset[i]`` returns ``(sample, target)``. ``sample`` is the loaded sample after
-    ``transform`` (a Lightly multi-view transform returns a list of views, which the
-    default collate turns into a list of batches). ``target`` is the label path
-    ``LongTensor [L]`` (coarse to fine, ``-1`` for a level the class does not have)
-    after ``target_transform``.
-
-    Subclasses set the fine class of every sample and implement :meth:`load_sample`.
-
-    Attributes:
-        classes: Fine class names in the dataset's own index order.
-        class_to_idx: Name -> index of ``classes``.
-        hierarchy: The :class:`~lightly_hmlc.hierarchy.LabelHierarchy` of the classes.
-        targets: Fine class index of every sample (``list[int]``, as in torchvision).
+    ``dataset[i]`` is ``(transform(sample), target_transform(label_path))``, the label path
+    a ``LongTensor [L]``, coarse to fine, ``-1`` for a level the class does not have.
+    ``label_paths`` gives all ``[N, L]`` without loading a sample; ``classes``,
+    ``class_to_idx`` and ``targets`` are as in torchvision. Subclasses pass the fine class
+    of every sample and implement :meth:`load_sample`.
 
     Examples:
-        >>> from lightly_hmlc.hierarchy import LabelHierarchy
         >>> class Points(HierarchicalDataset):
         ...     def load_sample(self, index):
         ...         return torch.tensor([float(index)])
@@ -43,8 +34,6 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
         >>> ds = Points(["cat", "car"], [0, 1, 1], hierarchy)
         >>> ds[2]
         (tensor([2.]), tensor([1, 0]))
-        >>> ds.label_paths.tolist()
-        [[0, 1], [1, 0], [1, 0]]
     """
 
     def __init__(
@@ -73,20 +62,19 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
 
     @property
     def num_levels(self) -> int:
-        """L, the length of every label path."""
         return int(self._path_table.shape[1])
 
     @property
     def label_paths(self) -> Tensor:
-        """``LongTensor [N, L]``: the label path of every sample, without loading any."""
+        """``LongTensor [N, L]``: the label path of every sample."""
         return self._path_table[self._fine]
 
     def target_path(self, index: int) -> Tensor:
-        """The label path ``LongTensor [L]`` of sample ``index`` (no transform)."""
+        """The label path of sample ``index``, before ``target_transform``."""
         return self._path_table[self._fine[index]].clone()
 
     def load_sample(self, index: int) -> Any:
-        """Loads sample ``index`` before ``transform`` (a PIL image, a point cloud...)."""
+        """Sample ``index`` before ``transform`` (a PIL image, a point cloud, ...)."""
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -105,7 +93,6 @@ class HierarchicalDataset(Dataset[tuple[Any, Any]]):
         return sample, target
 
     def extra_repr(self) -> str:
-        """Subclass details for ``repr``."""
         return ""
 
     def __repr__(self) -> str:
@@ -130,26 +117,9 @@ def check_classes_match(
     where: str = "",
     kind: str = "class",
 ) -> None:
-    """Raises a ValueError listing how a dataset's classes and a hierarchy's leaves differ.
-
-    Args:
-        classes: The dataset's fine class names.
-        hierarchy: The hierarchy that should have them as leaves.
-        strict: Also require a dataset class for every leaf.
-        where: Where the classes come from (a folder, a file), for the message.
-        kind: What a class is called in the message, e.g. ``"class folder"``.
-
-    Raises:
-        ValueError: Listing dataset classes missing from the hierarchy, inner nodes used
-            as classes and (if ``strict``) leaves without a dataset class, with a fix.
-
-    Examples:
-        >>> h = LabelHierarchy.from_nested({"animal": ["cat", "dog"]})
-        >>> check_classes_match(["cat", "dog"], h)
-        >>> check_classes_match(["cat", "animal"], h)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: The class names do not match the hierarchy's leaves: inner node(s) used as class: ['animal']; hierarchy leaves without a class: ['dog']. ...
+    """Raises a ValueError listing how a dataset's classes and a hierarchy's leaves differ:
+    classes missing from the hierarchy, inner nodes used as classes, and (if ``strict``)
+    leaves without a class.
     """
     # The hierarchy stores names in Unicode NFC; folder names may be decomposed (macOS).
     classes = [unicodedata.normalize("NFC", name) for name in classes]

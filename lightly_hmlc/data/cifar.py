@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from lightly_hmlc.data._archive import extract_archive_once
 from lightly_hmlc.data._base import HierarchicalDataset
-from lightly_hmlc.data._io import extract_archive_once, load_image, load_pickle, scan_image_folder
+from lightly_hmlc.data._io import load_image, load_pickle, scan_image_folder
 from lightly_hmlc.hierarchy import LabelHierarchy
 
 __all__ = ["CIFAR100Hierarchical", "CIFAR10Hierarchical"]
@@ -46,35 +47,13 @@ def _require(entry: dict[str, Any], keys: list[str], path: Path) -> None:
 class CIFAR100Hierarchical(HierarchicalDataset):
     """CIFAR-100 with its 20 superclasses, both labels read from the official files.
 
-    Reads the python release (``<root>/cifar-100-python/{train,test,meta}``, pickles
-    with keys ``data``, ``fine_labels``, ``coarse_labels`` and ``fine_label_names``,
-    ``coarse_label_names``). The fine -> coarse pairs found in the files are checked
-    against :meth:`LabelHierarchy.cifar100` (the official mapping), so a corrupt or
-    relabelled copy fails loudly instead of training on wrong coarse labels. Targets
-    are label paths ``[coarse, fine]`` whose ids equal the files' ``coarse_labels`` and
-    ``fine_labels``.
-
-    Args:
-        root: Folder that holds ``cifar-100-python/`` (or that folder itself).
-        train: The 50,000 training images if True, else the 10,000 test images.
-        transform: Applied to the PIL image (may return a list of views).
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        download: Download the release with torchvision first (needs internet).
-
-    Raises:
-        FileNotFoundError: If the files are missing; the message says what to get and
-            where to put it.
-        ValueError: If the files' coarse labels disagree with the official mapping
-            (naming the classes).
-
-    Attributes:
-        data: The images, ``uint8`` array ``[N, 32, 32, 3]``.
-        coarse_targets: The files' coarse label of every sample.
+    Reads the python release in ``root`` or ``root/cifar-100-python/``. The files' fine ->
+    coarse pairs are checked against :meth:`LabelHierarchy.cifar100`, so a relabelled copy
+    fails loudly; the label path ``[coarse, fine]`` equals the files' labels.
 
     Examples:
         >>> ds = CIFAR100Hierarchical("/path/to/data")  # doctest: +SKIP
-        >>> image, path = ds[0]  # doctest: +SKIP
-        >>> ds.hierarchy.id_to_name(0, int(path[0]))  # doctest: +SKIP
+        >>> ds.hierarchy.id_to_name(0, int(ds[0][1][0]))  # doctest: +SKIP
         'fruit_and_vegetables'
     """
 
@@ -137,13 +116,9 @@ class CIFAR100Hierarchical(HierarchicalDataset):
 
 
 def _check_cifar100(
-    fine: np.ndarray,
-    coarse: np.ndarray,
-    fine_names: list[str],
-    coarse_names: list[str],
-    path: Path,
+    fine: np.ndarray, coarse: np.ndarray, fine_names: list[str], coarse_names: list[str], path: Path
 ) -> LabelHierarchy:
-    """Builds the hierarchy from the files' fine -> coarse pairs; checks it is official."""
+    """The official hierarchy, once every fine -> coarse pair of the files agrees with it."""
     official = LabelHierarchy.cifar100()
     unknown_fine = sorted(set(fine_names) - set(official.leaves))
     unknown_coarse = sorted(set(coarse_names) - set(official.level_names(0)))
@@ -177,36 +152,12 @@ def _check_cifar100(
 
 
 class CIFAR10Hierarchical(HierarchicalDataset):
-    """CIFAR-10 with the two-level vehicle / animal hierarchy.
+    """CIFAR-10 with the vehicle / animal hierarchy, :meth:`LabelHierarchy.cifar10`.
 
-    Accepts either layout, detected in this order:
-
-    1. the torchvision / official python format: ``<root>/cifar-10-batches-py/``
-       (``data_batch_1..5``, ``test_batch``, ``batches.meta``), or ``root`` being that
-       folder;
-    2. an ImageFolder tree: ``<root>/train/<class>/*.jpg`` and ``<root>/test/<class>/...``
-       (also found one level down, e.g. ``<root>/cifar10-jpeg/train/...``, the layout of
-       the JPEG copy ``cifar10-jpeg.tar.gz``);
-    3. a ``.tar.gz`` / ``.zip`` archive of either, extracted once to
-       ``extract_to`` (default: the package cache, see ``extract_archive_once``).
-
-    The hierarchy is :meth:`LabelHierarchy.cifar10`: ``vehicle`` (airplane, automobile,
-    ship, truck) and ``animal`` (the other six). Targets are label paths
-    ``[coarse, fine]``.
-
-    Args:
-        root: Folder or archive, see above.
-        train: Training split if True, else the test split.
-        transform: Applied to the PIL image (may return a list of views).
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        download: Download the python format with torchvision first (needs internet).
-        cache_in_memory: For the ImageFolder layout, decode all images once into a
-            ``uint8`` array (faster epochs; a few seconds at start). The python format is
-            always in memory.
-        extract_to: Where an archive ``root`` is extracted.
-
-    Raises:
-        FileNotFoundError: If no supported layout is found under ``root``.
+    ``root`` is the python release (``<root>/cifar-10-batches-py/`` or that folder), an
+    ImageFolder tree ``<root>/{train,test}/<class>/`` (also one level down), or an archive
+    of either, extracted once to ``extract_to``. ``cache_in_memory`` decodes an ImageFolder
+    tree once, for faster epochs.
 
     Examples:
         >>> ds = CIFAR10Hierarchical("../shared/data/cifar10-jpeg.tar.gz")  # doctest: +SKIP

@@ -17,33 +17,11 @@ __all__ = ["HierarchicalImageFolder"]
 
 
 class HierarchicalImageFolder(HierarchicalDataset):
-    """An ImageFolder tree (``root/<fine class>/**/<image>``) with a label hierarchy.
+    """An ImageFolder tree ``root/<fine class>/**/<image>`` with a label hierarchy of any depth.
 
-    The folder names are the fine classes (sorted, as in
-    ``torchvision.datasets.ImageFolder``); each must be a leaf of the hierarchy. The
-    hierarchy can have any depth and leaves at different depths; a shallower leaf's
-    label path is padded with ``-1``.
-
-    Args:
-        root: The folder with one sub-folder per fine class.
-        hierarchy: A :class:`~lightly_hmlc.hierarchy.LabelHierarchy`, or the path of a
-            hierarchy file (edge list ``parent child`` per line, or JSON).
-        transform: Applied to the loaded image (may return a list of views).
-        target_transform: Applied to the label path ``LongTensor [L]``.
-        loader: Reads one file; defaults to PIL, converted to ``image_mode``.
-        extensions: File endings counted as images (case-insensitive).
-        image_mode: PIL mode of the default loader, e.g. ``"RGB"`` or ``"L"``.
-        strict: If True (default), every leaf of the hierarchy must have a folder. With
-            False, leaves without a folder are allowed (a subset of the classes); folders
-            that are not leaves are always an error.
-
-    Raises:
-        FileNotFoundError: If ``root`` or a hierarchy file is missing, or a class folder
-            holds no image.
-        ValueError: If the folders and the hierarchy's leaves disagree; the message lists
-            folders missing from the hierarchy, leaves without a folder, and inner nodes
-            used as folders, and says how to fix it.
-        OSError: When reading an unreadable image (naming the file).
+    The sorted folder names are the fine classes and must be leaves of ``hierarchy`` (a
+    ``LabelHierarchy`` or a hierarchy file); with ``strict`` every leaf needs a folder. The
+    default loader reads images with PIL in ``image_mode``.
 
     Examples:
         >>> import tempfile, pathlib
@@ -53,9 +31,8 @@ class HierarchicalImageFolder(HierarchicalDataset):
         ...     (root / name).mkdir()
         ...     Image.new("RGB", (8, 8)).save(root / name / "0.png")
         >>> tree = LabelHierarchy.from_nested({"animal": ["cat", "dog"], "vehicle": ["car"]})
-        >>> ds = HierarchicalImageFolder(root, tree)
-        >>> ds.classes, ds.label_paths.tolist()
-        (['car', 'cat', 'dog'], [[1, 0], [0, 1], [0, 2]])
+        >>> HierarchicalImageFolder(root, tree).label_paths.tolist()
+        [[1, 0], [0, 1], [0, 2]]
     """
 
     def __init__(
@@ -89,7 +66,6 @@ class HierarchicalImageFolder(HierarchicalDataset):
         )
 
     def load_sample(self, index: int) -> Any:
-        """The loaded image of sample ``index``; names the file if it cannot be read."""
         path = self.samples[index][0]
         if self.loader is None:
             return load_image(path, self.image_mode)

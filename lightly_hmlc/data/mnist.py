@@ -1,4 +1,4 @@
-"""MNIST with digits grouped by stroke shape, from an ``.npz`` file or the idx files."""
+"""MNIST with digits grouped by stroke shape."""
 
 from __future__ import annotations
 
@@ -24,47 +24,19 @@ _IDX_NAMES = {
 
 
 class MNISTHierarchical(HierarchicalDataset):
-    """MNIST with the two-level hierarchy :meth:`LabelHierarchy.mnist`.
+    """MNIST with digits grouped by stroke shape, :meth:`LabelHierarchy.mnist`.
 
-    Digits are grouped by stroke shape: ``loop`` (0, 6, 8, 9), ``straight`` (1, 4, 7)
-    and ``curve`` (2, 3, 5). Class names are ``"0"`` .. ``"9"``, so the class index is
-    the digit. Targets are label paths ``[group, digit]``.
-
-    Reads, in this order:
-
-    1. an ``.npz`` file with ``x_train`` ``(60000, 28, 28) uint8``, ``y_train``,
-       ``x_test``, ``y_test`` (the Keras layout), given directly or as
-       ``<root>/mnist.npz``;
-    2. the idx files of the official / torchvision raw format
-       (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-...``, plain or
-       ``.gz``) in ``<root>/MNIST/raw/``, ``<root>/raw/`` or ``<root>/``.
-
-    Args:
-        root_or_file: The ``.npz`` file or a folder, see above.
-        train: The 60,000 training images if True, else the 10,000 test images.
-        transform: Applied to the PIL image (may return a list of views). Resizing is
-            left to the transform.
-        target_transform: Applied to the label path ``LongTensor [2]``.
-        image_mode: ``"RGB"`` (default: three equal channels, for 3-channel backbones)
-            or ``"L"`` (grey).
-
-    Raises:
-        FileNotFoundError: If no supported file is found; the message lists where it
-            looked.
-        ValueError: If ``image_mode`` is not ``"RGB"`` or ``"L"``.
-
-    Attributes:
-        data: The images, ``uint8`` array ``[N, 28, 28]``.
+    Class names are ``"0"`` .. ``"9"``, so the class index is the digit. Reads an ``.npz``
+    (``x_train``, ``y_train``, ``x_test``, ``y_test``), given or as ``<root>/mnist.npz``,
+    else the idx files in ``<root>/MNIST/raw/``, ``<root>/raw/`` or ``<root>/``.
 
     Examples:
-        >>> import numpy as np, tempfile, pathlib
+        >>> import tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "mnist.npz"
-        >>> x = np.zeros((4, 28, 28), np.uint8); y = np.array([0, 1, 2, 3])
+        >>> x, y = np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 3])
         >>> np.savez(f, x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
-        >>> ds = MNISTHierarchical(f)
-        >>> image, path = ds[1]
-        >>> image.mode, image.size, path.tolist()
-        ('RGB', (28, 28), [2, 1])
+        >>> MNISTHierarchical(f)[1][1].tolist()
+        [2, 1]
     """
 
     def __init__(

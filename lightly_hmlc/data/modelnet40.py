@@ -23,50 +23,20 @@ _RELEASE_DIR = "modelnet40_ply_hdf5_2048"
 
 
 class ModelNet40Hierarchical(HierarchicalDataset):
-    """ModelNet40 point clouds from the standard HDF5 release, with a coarse level.
+    """ModelNet40 point clouds from the PointNet HDF5 release, with a coarse level.
 
-    Reads ``ply_data_train*.h5`` / ``ply_data_test*.h5`` (datasets ``data`` ``(N, 2048,
-    3) float32`` and ``label`` ``(N, 1)``) and ``shape_names.txt`` (the 40 categories in
-    label order) from ``root`` or ``root/modelnet40_ply_hdf5_2048/``, with ``h5py``.
-    A sample is a ``FloatTensor [num_points, 3]`` (the first ``num_points`` points of the
-    file, which are in random order), then ``transform`` (e.g.
-    :class:`TwoViewPointCloudTransform`). Targets are label paths ``[group, category]``.
-
-    The default hierarchy, :meth:`build_hierarchy` (``LabelHierarchy.modelnet40()``), is
-    our own grouping of the categories into 6 groups, :data:`MODELNET40_GROUPS` (defined
-    with the other built-in taxonomies in :mod:`lightly_hmlc.hierarchy.builtin`):
-
-    - ``furniture``: bed, bench, bookshelf, chair, desk, dresser, night_stand, sofa,
-      stool, table, tv_stand, wardrobe;
-    - ``containers``: bottle, bowl, cup, flower_pot, glass_box, vase;
-    - ``machines``: airplane, car, keyboard, laptop, monitor, radio, range_hood, xbox;
-    - ``architecture``: bathtub, curtain, door, mantel, sink, stairs, tent, toilet;
-    - ``instruments_and_objects``: cone, guitar, lamp, piano;
-    - ``living_things``: person, plant.
-
-    Args:
-        root: Folder with the ``.h5`` files and ``shape_names.txt``, or its parent.
-        split: ``"train"`` or ``"test"``.
-        num_points: Points kept per cloud (at most the file's 2048).
-        hierarchy: ``None`` for the grouping above, a ``LabelHierarchy``, or a hierarchy
-            file (edge list or JSON) whose leaves are the category names.
-        transform: Applied to the point cloud tensor.
-        target_transform: Applied to the label path ``LongTensor [L]``.
+    Reads ``ply_data_{split}*.h5`` and ``shape_names.txt`` from ``root`` or
+    ``root/modelnet40_ply_hdf5_2048/``. A sample is the first ``num_points`` points of a
+    cloud, ``FloatTensor [num_points, 3]``. The default hierarchy groups the categories
+    into 6 groups, :data:`MODELNET40_GROUPS`.
 
     Raises:
         FileNotFoundError: If the files are missing (says what to get and where).
-        ImportError: If ``h5py`` is not installed.
-        ValueError: On a bad argument, categories that do not match the hierarchy, or,
-            naming the file, a category listed twice in ``shape_names.txt``, labels that
-            are not whole numbers, or NaN / Inf point coordinates.
-
-    Attributes:
-        data: The clouds, ``float32`` array ``[N, num_points, 3]``.
+        ValueError: On a bad argument, categories not in the hierarchy, or a corrupt file.
 
     Examples:
         >>> ds = ModelNet40Hierarchical("/path/to/modelnet40_ply_hdf5_2048")  # doctest: +SKIP
-        >>> cloud, path = ds[0]  # doctest: +SKIP
-        >>> cloud.shape, ds.hierarchy.num_classes_per_level  # doctest: +SKIP
+        >>> ds[0][0].shape, ds.hierarchy.num_classes_per_level  # doctest: +SKIP
         (torch.Size([1024, 3]), [6, 40])
     """
 
@@ -112,12 +82,6 @@ class ModelNet40Hierarchical(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The default 6-group hierarchy of the 40 categories (:data:`MODELNET40_GROUPS`).
-
-        Examples:
-            >>> ModelNet40Hierarchical.build_hierarchy().num_classes_per_level
-            [6, 40]
-        """
         return LabelHierarchy.modelnet40()
 
     def load_sample(self, index: int) -> Tensor:
@@ -183,11 +147,7 @@ def _read_h5(files: list[Path], num_points: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _read_shape_names(path: Path) -> list[str]:
-    """The category names of ``shape_names.txt``, one a line, blank lines skipped.
-
-    Raises:
-        ValueError: If a name is listed twice (the label ids would be ambiguous).
-    """
+    """The names of ``shape_names.txt``, one a line; a ValueError if one is listed twice."""
     # Lines end at \n, \r\n or \r only (str.splitlines also breaks at \v, \f, \x85...).
     text = path.read_text(encoding="utf-8").replace("\r\n", "\n").replace("\r", "\n")
     names = [name for name in (line.strip() for line in text.split("\n")) if name]

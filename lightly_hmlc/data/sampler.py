@@ -23,98 +23,21 @@ TOP_LEVEL_SHARES = ("equal", "frequency")
 class HierarchicalBatchSampler(Sampler[list[int]]):
     """Composes batches so that every anchor has positives at every level.
 
-    Hierarchical contrastive losses (HMLC, Zhang et al., CVPR 2022; G-/A-HMLC, Ott et
-    al., arXiv 2510.00837) contrast an anchor against samples that share its label up
-    to level ``l``. With uniform random batches, most anchors of a fine level find no
-    positive, and same-coarse-different-fine pairs are rare. This sampler builds every
-    batch from *groups*, one per drawn top-level class, by descending the label tree:
+    In uniform random batches most fine-level anchors find no positive. This sampler builds
+    every batch from groups, one per drawn top-level class: at every inner node of the
+    label tree it draws ``classes_per_parent`` children, at every reached leaf it takes
+    ``samples_per_class`` samples, and leaves already in the batch fill what groups leave.
 
-    1. draw a top-level (level 0) class; the classes of one batch are distinct until
-       all have been used, then they repeat (``top_level_shares="equal"``) or are drawn
-       by their frequency (``top_level_shares="frequency"``);
-    2. at every inner node of the tree, draw ``classes_per_parent`` distinct children
-       (all of them if the node has fewer);
-    3. at every reached leaf (a full label path, or a path cut short by ``-1``), take
-       ``samples_per_class`` samples.
-
-    So a group holds ``samples_per_class * classes_per_parent ** (L - 1)`` samples in a
-    full tree with ``L`` levels, and every anchor in it has a same-leaf positive and, at
-    every level ``l`` whose node has at least two children, a positive that shares its
-    label down to level ``l`` but differs below. Groups are added while they fit; the
-    remaining ``batch_size - used`` slots are filled one sample at a time by leaves
-    already in the batch, so every batch has exactly ``batch_size`` indices.
-
-    Randomness (``shuffle=True``): classes are drawn with probability proportional to
-    the number of their samples not yet used in this epoch, or uniformly with
-    ``class_balanced=True``. Top-level classes are distinct within a batch until every
-    one has a group in it, so every batch with at least as many groups as there are
-    top-level classes holds them all, whatever their frequency. After that:
-
-    - ``top_level_shares="equal"`` (the default) starts another round of distinct
-      classes, so every top-level class gets the same share of every batch. With
-      imbalanced top-level classes this oversamples the small ones: a sample of a small
-      class is used several times per epoch and some samples of a large one not at all
-      (two top-level classes of 400 and 3,000 samples, groups of 8, batch 128: about 4.2
-      and 0.55 uses per sample and epoch).
-    - ``top_level_shares="frequency"`` draws the further groups' top-level classes by
-      their unused samples, so beyond the one group each, the batches follow the
-      data's class frequencies and a sample is used about once per epoch (the example
-      above: the small class has 12 % of the batches' samples, as of the data, and a
-      sample of either class is used 1.0 times per epoch on average).
-
-    Within a leaf, samples are taken from a
-    shuffled queue: no sample repeats before every sample of its leaf has been used, and
-    a batch holds no sample twice unless its leaf has fewer samples than the batch asks
-    for. With ``shuffle=False`` all choices are round-robin in sorted order (the further
-    groups of ``top_level_shares="frequency"`` take the top-level class with the most
-    unused samples) and samples are taken in index order (no randomness at all).
-
-    Small classes: a leaf with fewer than ``samples_per_class`` samples is used with
-    repetition (the same index may appear twice in a batch; its two views still
-    differ), or never used with ``skip_small_classes=True``. Rows whose label path is
-    all ``-1`` are never used.
-
-    An epoch has ``N // batch_size`` batches (``ceil`` if ``drop_last=False``), ``N``
-    the number of usable samples; the sampler composes batches rather than partitioning
-    the data, so the last batch is full either way. With ``num_replicas > 1`` (DDP)
-    every rank computes the same global sequence of batches from ``(seed, epoch)`` and
-    keeps every ``num_replicas``-th, starting at ``rank``: ranks get different batches
-    and the same count, ``len(sampler)`` (the global count is cut to a multiple of
-    ``num_replicas`` with ``drop_last``, else rounded up with extra batches).
-    ``batch_size`` is per rank.
-
-    Args:
-        label_paths: ``[N, L]`` integer label paths, coarse to fine, ``-1`` for unknown
-            levels (e.g. ``dataset.label_paths``). A known level may not follow an
-            unknown one.
-        batch_size: Indices per batch (per rank).
-        samples_per_class: Samples per drawn leaf, at least 2 (same-class positives).
-        classes_per_parent: Children drawn per inner node, at least 2
-            (same-parent-different-child positives).
-        drop_last: Batches per epoch ``N // batch_size`` (True) or
-            ``ceil(N / batch_size)`` (False).
-        seed: Seed; the batches are a function of ``(seed, epoch)``.
-        shuffle: Random draws (True) or deterministic round-robin (False).
-        num_replicas: Number of DDP ranks.
-        rank: This rank, ``0 <= rank < num_replicas``.
-        class_balanced: Draw classes uniformly instead of by their number of samples.
-        skip_small_classes: Never use leaves with fewer than ``samples_per_class``
-            samples (instead of using them with repetition).
-        top_level_shares: ``"equal"``: every top-level class gets the same share of a
-            batch; ``"frequency"``: once each has a group, their shares follow their
-            number of samples.
-
-    Raises:
-        ValueError: On bad arguments, label paths with a known level after an unknown
-            one, or a ``batch_size`` too small for one group (the message gives the
-            smallest valid value).
+    Classes are drawn by their unused samples this epoch (uniformly with
+    ``class_balanced``); a batch's top-level classes are distinct until each has a group,
+    then ``top_level_shares="equal"`` gives each the same share and ``"frequency"`` follows
+    the data. ``shuffle=False`` is deterministic round-robin. An epoch has
+    ``N // batch_size`` batches (``ceil`` without ``drop_last``); under DDP every rank
+    computes the same batches from ``(seed, epoch)`` and keeps every ``num_replicas``-th.
 
     Examples:
         >>> paths = torch.tensor([[c, 2 * c + f] for c in range(2) for f in range(2)] * 4)
-        >>> sampler = HierarchicalBatchSampler(paths, batch_size=8, seed=0)
-        >>> len(sampler)
-        2
-        >>> batch = next(iter(sampler))
+        >>> batch = next(iter(HierarchicalBatchSampler(paths, batch_size=8, seed=0)))
         >>> sorted(paths[batch, 1].tolist())
         [0, 0, 1, 1, 2, 2, 3, 3]
     """
@@ -199,7 +122,6 @@ class HierarchicalBatchSampler(Sampler[list[int]]):
 
     @property
     def num_samples(self) -> int:
-        """N, the number of samples the sampler draws from."""
         return self._tree.num_samples
 
     def set_epoch(self, epoch: int) -> None:
@@ -246,7 +168,7 @@ def _as_paths(label_paths: Any) -> np.ndarray:
 
 
 class _Tree:
-    """The label tree: nodes are distinct path prefixes; leaves hold sample indices."""
+    """The label tree: nodes are path prefixes, leaves hold sample indices."""
 
     def __init__(self, paths: np.ndarray, min_leaf_size: int) -> None:
         self.num_levels = paths.shape[1]
@@ -281,8 +203,7 @@ class _Tree:
             self.members[parent] = member
         for node in range(len(self.parent)):
             if len(self.members[node]) and self.children[node]:
-                # Samples whose path stops at an inner node get a leaf of their own beside
-                # the finer classes; otherwise _group, which descends to leaves, skips them.
+                # Samples whose path stops at an inner node get a leaf beside its children.
                 leaf = len(self.parent)
                 self.parent.append(node)
                 self.children.append([])
@@ -306,8 +227,6 @@ class _Tree:
 
 
 class _EpochState:
-    """Per-epoch draw state: leaf queues, remaining counts and round-robin pointers."""
-
     def __init__(
         self,
         tree: _Tree,
@@ -353,8 +272,7 @@ class _EpochState:
         return [options[int(i)] for i in np.sort(picks)]
 
     def _frequent_top(self, tops: list[int]) -> int:
-        # Drawn by unused samples (the batches follow the class frequencies); without
-        # randomness the class with the most unused samples, the first on ties.
+        # By unused samples; without randomness the one with the most (the first on ties).
         if self.rng is None:
             return max(tops, key=lambda top: self.remaining[top])
         (top,) = self._choose(tops, 1, 0)

@@ -11,88 +11,36 @@ from torch import Tensor
 
 from lightly_hmlc.data._base import HierarchicalDataset
 from lightly_hmlc.hierarchy import LabelHierarchy
-
-# The hierarchy lives with the other built-in taxonomies; the renderer reads the families.
 from lightly_hmlc.hierarchy.builtin import SHAPE_FAMILIES as _SHAPES
 
 __all__ = ["ShapesDataset"]
 
-# Centre hue of each shape family (fraction of the colour circle): red, green, blue.
-# Every image's hue is drawn within +-_HUE_SPREAD of its family's centre, so neighbouring
-# families overlap in colour: hue is a hint, the outline decides.
+# Centre hue of each family (red, green, blue); an image's hue is within +-_HUE_SPREAD.
 _HUES = {"disc": 0.0, "square": 0.33, "triangle": 0.62}
 _HUE_SPREAD = 0.22
-# Radius of a "large" shape as a fraction of the image size; "small" is 0.8 times that.
-# The per-image scale jitter (x0.86..1.14) makes the two sizes overlap: the size of a
-# shape alone does not always tell its fine class.
+# Radius of a large shape (fraction of the image size); the jitter makes the sizes overlap.
 _LARGE_RADIUS = 0.30
 _SMALL_FACTOR = 0.8
 _SCALE_JITTER = (0.86, 1.14)
-# A hollow shape keeps the outer 30-55% of its radius (its hole is 45-70% of it).
-_HOLE_FACTOR = (0.45, 0.70)
+_HOLE_FACTOR = (0.45, 0.70)  # hole radius of a hollow shape, as a fraction of its radius
 _PIXEL_NOISE = 0.10
 _CHUNK = 2048  # images rendered at once: bounds the float32 work arrays to a few MB
 
 
 class ShapesDataset(HierarchicalDataset):
-    """Coloured shapes with a visible three-level hierarchy: family, fill, size.
+    """Coloured shapes with a three-level hierarchy: family, fill, size.
 
-    The embedded default dataset of the package: generated from a seed in a fraction
-    of a second (vectorised numpy), cached in memory as ``uint8`` and returned as PIL
-    images, so every torchvision or Lightly transform applies. Nothing is downloaded.
-
-    Every image shows one shape on a noisy background. The 12 fine classes are
-    ``<family>_<fill>_<size>``:
-
-    ============  =====================================  ============================
-    level         classes                                what tells them apart
-    ============  =====================================  ============================
-    0 (coarse)    ``disc``, ``square``, ``triangle``     the outline; the hue family
-                                                         (red, green, blue, +-0.22 of
-                                                         the colour circle) overlaps
-                                                         its neighbours: a hint only
-    1 (middle)    ``<family>_hollow``, ``<family>_solid`` hollow (a ring or frame that
-                                                         keeps the outer 30-55%) or
-                                                         filled: moderate
-    2 (fine)      ``<family>_<fill>_large``, ``_small``  radius 0.30 or 0.24 of the
-                                                         image size, jittered by
-                                                         x0.86..1.14, so the sizes
-                                                         overlap: subtle, not always
-                                                         decidable
-    ============  =====================================  ============================
-
-    Nuisance, drawn independently for every image: position (centre within +-12% of
-    the image size), rotation (+-20 degrees), scale, hue, saturation and brightness of
-    the shape, the grey level and tint of the background (which can be close to the
-    shape's brightness) and strong Gaussian pixel noise (sd 0.10). The data is meant
-    to be hard enough that the per-level table separates methods: no level is solved
-    by a single trivial cue.
-
-    Classes are balanced (``num_samples // 12`` per class, the remainder spread over
-    the first classes) and shuffled. ``classes`` equals ``hierarchy.leaves``, so the
-    fine class index is also the leaf id. The train and test splits come from
-    different random streams of the same seed, so they never share an image.
-
-    Args:
-        num_samples: Number of images.
-        image_size: Height and width in pixels (at least 8).
-        seed: Seed of the generator; the same seed gives the same images.
-        split: ``"train"`` or ``"test"``.
-        transform: Applied to the PIL image (may return a list of views).
-        target_transform: Applied to the label path ``LongTensor [3]``.
-
-    Attributes:
-        data: The images, ``uint8`` array ``[N, H, W, 3]``.
+    The package's built-in dataset, generated from a seed in memory. A fine class is
+    ``<family>_<fill>_<size>``: the family (disc, square, triangle) is told by the outline,
+    the fill (hollow, solid) moderately, the size (large, small, overlapping) only subtly.
+    Position, rotation, colour, background and noise vary per image, so no level is solved
+    by one trivial cue. Classes are balanced; the train and test splits share no image.
 
     Examples:
         >>> ds = ShapesDataset(num_samples=24, seed=0)
         >>> image, path = ds[0]
-        >>> image.size, image.mode
-        ((32, 32), 'RGB')
-        >>> path.tolist(), ds.classes[ds.targets[0]]
-        ([1, 3, 6], 'square_solid_large')
-        >>> ds.label_paths.shape
-        torch.Size([24, 3])
+        >>> image.size, path.tolist(), ds.classes[ds.targets[0]]
+        ((32, 32), [1, 3, 6], 'square_solid_large')
     """
 
     def __init__(
@@ -129,12 +77,6 @@ class ShapesDataset(HierarchicalDataset):
 
     @staticmethod
     def build_hierarchy() -> LabelHierarchy:
-        """The 3 x 2 x 2 hierarchy of the classes (``LabelHierarchy.shapes()``, see above).
-
-        Examples:
-            >>> ShapesDataset.build_hierarchy().num_classes_per_level
-            [3, 6, 12]
-        """
         return LabelHierarchy.shapes()
 
     def load_sample(self, index: int) -> Image.Image:
@@ -206,24 +148,21 @@ def _render_chunk(
 
 
 def _distance(shape: np.ndarray, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Approximate signed distance (pixels) to a shape of equal area to a disc of radius r."""
+    """Approximate signed distance (pixels) to a shape of the area of a disc of radius r."""
     disc = np.sqrt(u * u + v * v) - r
     # Half-side of the square with the disc's area: sqrt(pi) / 2 * r.
     square = np.maximum(np.abs(u), np.abs(v)) - 0.8862 * r
-    # Equilateral triangle pointing up, inradius chosen for the disc's area:
-    # 3 * sqrt(3) * a^2 = pi r^2  ->  a = 0.7776 r.
+    # Equilateral triangle pointing up with the disc's area: 3 sqrt(3) a^2 = pi r^2.
     a = 0.7776 * r
     s3 = np.float32(np.sqrt(3.0) / 2)
     triangle = np.maximum(np.maximum(-v, s3 * u + 0.5 * v), -s3 * u + 0.5 * v) - a
     return np.where(
-        (shape == 0)[:, None, None],
-        disc,
-        np.where((shape == 1)[:, None, None], square, triangle),
+        (shape == 0)[:, None, None], disc, np.where((shape == 1)[:, None, None], square, triangle)
     )
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Vectorised HSV -> RGB for arrays of shape [n]; returns [n, 3] in [0, 1]."""
+    """Vectorised HSV -> RGB of arrays [n]; returns [n, 3] in [0, 1]."""
     i = np.floor(h * 6.0).astype(int) % 6
     f = h * 6.0 - np.floor(h * 6.0)
     p = v * (1 - s)

@@ -1,4 +1,4 @@
-"""Target transform from a dataset's class index to its hierarchical label path."""
+"""Target transform from a class index to its label path."""
 
 from __future__ import annotations
 
@@ -17,29 +17,13 @@ __all__ = ["LabelPathTransform"]
 class LabelPathTransform:
     """Maps a fine class index to its label path ``LongTensor [L]``, coarse to fine.
 
-    Plug it into any torchvision-style dataset as ``target_transform`` so that the
-    default collate yields the ``[B, L]`` label paths that the hierarchical losses
-    consume (``-1`` marks a level a class does not have). The dataset's own class order
-    is kept: index ``i`` means ``class_names[i]``.
-
-    Args:
-        hierarchy: A :class:`~lightly_hmlc.hierarchy.LabelHierarchy`, or the path of a
-            hierarchy file (edge list or JSON, see ``LabelHierarchy.load``).
-        class_names: The dataset's fine class names in its index order, for example
-            ``dataset.classes``. Defaults to ``hierarchy.leaves`` (leaf-id order, which
-            equals the official label order of the built-in CIFAR and MNIST hierarchies).
-
-    Raises:
-        ValueError: If a class name is not a leaf of the hierarchy (the message lists
-            the mismatches).
+    Pass it as ``target_transform`` of a torchvision-style dataset, so that batches carry
+    the ``[B, L]`` label paths the losses take; index ``i`` is ``class_names[i]`` (default
+    ``hierarchy.leaves``).
 
     Examples:
-        >>> from lightly_hmlc.hierarchy import LabelHierarchy
-        >>> to_path = LabelPathTransform(LabelHierarchy.cifar10(), ["airplane", "cat"])
-        >>> to_path(1)
+        >>> LabelPathTransform(LabelHierarchy.cifar10(), ["airplane", "cat"])(1)
         tensor([0, 3])
-        >>> # with torchvision: CIFAR10(root, target_transform=LabelPathTransform(
-        >>> #     LabelHierarchy.cifar10(), dataset.classes)) -- any class order works.
     """
 
     def __init__(
@@ -58,15 +42,9 @@ class LabelPathTransform:
 
     @property
     def num_levels(self) -> int:
-        """L, the length of every label path."""
         return int(self.table.shape[1])
 
     def __call__(self, index: int | np.integer | Tensor) -> Tensor:
-        """Returns the label path of class ``index`` (a copy, ``LongTensor [L]``).
-
-        Raises:
-            ValueError: If ``index`` is not an integer in ``0 .. len(class_names) - 1``.
-        """
         if isinstance(index, Tensor):
             if index.numel() != 1 or index.dtype.is_floating_point or index.dtype == torch.bool:
                 raise ValueError(

@@ -1,25 +1,5 @@
-"""The built-in taxonomies, all in one place, as plain nested dicts.
-
-Every dataset of :mod:`lightly_hmlc.data` takes its default hierarchy from here, and
-:meth:`LabelHierarchy.builtin <lightly_hmlc.hierarchy.LabelHierarchy.builtin>` (or the
-``LabelHierarchy.cifar100()`` style shortcuts) builds the tree. The data is kept free of
-the tree class so that it can be read, diffed and reused without importing torch code.
-
-=============  ==============================================  =========================
-name           levels (classes per level)                      source
-=============  ==============================================  =========================
-``cifar100``   20 superclasses -> 100 classes                  official dataset meta
-``cifar10``    vehicle / animal -> 10 classes                  our grouping
-``mnist``      loop / straight / curve -> 10 digits            our grouping
-``shapes``     3 families -> 6 fills -> 12 sizes               :class:`ShapesDataset`
-``modelnet40`` 6 groups -> 40 categories                       our grouping
-=============  ==============================================  =========================
-
-Examples:
-    >>> sorted(BUILTIN)
-    ['cifar10', 'cifar100', 'mnist', 'modelnet40', 'shapes']
-    >>> BUILTIN["mnist"]["straight"]
-    ('1', '4', '7')
+"""The built-in taxonomies as read-only nested dicts; ``LabelHierarchy.builtin(name)`` (or
+``LabelHierarchy.cifar100()``, ...) builds the tree.
 """
 
 from __future__ import annotations
@@ -73,70 +53,36 @@ CIFAR10_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-#: MNIST digits grouped by stroke shape (our choice): a closed loop, straight strokes
-#: only, or open curves. Digit names are "0".."9", so leaf ids equal the digits.
+#: MNIST digits by stroke shape (our choice); names "0".."9", so leaf ids are the digits.
 MNIST_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "loop": ("0", "6", "8", "9"),
-        "straight": ("1", "4", "7"),
-        "curve": ("2", "3", "5"),
-    }
+    {"loop": ("0", "6", "8", "9"), "straight": ("1", "4", "7"), "curve": ("2", "3", "5")}
 )
 
-#: The three levels of the synthetic Shapes data: family, fill, size. A fine class is
-#: ``<family>_<fill>_<size>``; the renderer in ``data/shapes.py`` reads these tuples.
+#: The levels of the Shapes data; a fine class is ``<family>_<fill>_<size>``.
 SHAPE_FAMILIES: tuple[str, ...] = ("disc", "square", "triangle")
 SHAPE_FILLS: tuple[str, ...] = ("hollow", "solid")
 SHAPE_SIZES: tuple[str, ...] = ("large", "small")
 
 #: Our coarse grouping of the 40 ModelNet40 categories (every category in one group).
+# fmt: off
 MODELNET40_GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        # Pieces of furniture one sits, sleeps on or stores things in.
         "furniture": (
-            "bed",
-            "bench",
-            "bookshelf",
-            "chair",
-            "desk",
-            "dresser",
-            "night_stand",
-            "sofa",
-            "stool",
-            "table",
-            "tv_stand",
-            "wardrobe",
+            "bed", "bench", "bookshelf", "chair", "desk", "dresser", "night_stand", "sofa",
+            "stool", "table", "tv_stand", "wardrobe",
         ),
-        # Vessels that hold something.
         "containers": ("bottle", "bowl", "cup", "flower_pot", "glass_box", "vase"),
-        # Vehicles, electronics and appliances.
         "machines": (
-            "airplane",
-            "car",
-            "keyboard",
-            "laptop",
-            "monitor",
-            "radio",
-            "range_hood",
-            "xbox",
+            "airplane", "car", "keyboard", "laptop", "monitor", "radio", "range_hood", "xbox",
         ),
-        # Parts and fixtures of buildings, and shelters.
         "architecture": (
-            "bathtub",
-            "curtain",
-            "door",
-            "mantel",
-            "sink",
-            "stairs",
-            "tent",
-            "toilet",
+            "bathtub", "curtain", "door", "mantel", "sink", "stairs", "tent", "toilet",
         ),
-        # Musical instruments and other household objects.
         "instruments_and_objects": ("cone", "guitar", "lamp", "piano"),
-        # People and plants.
         "living_things": ("person", "plant"),
     }
 )
+# fmt: on
 
 
 def _shapes() -> dict[str, Any]:
@@ -149,9 +95,7 @@ def _shapes() -> dict[str, Any]:
     }
 
 
-#: Every built-in taxonomy as a nested dict (the input of ``LabelHierarchy.from_nested``).
-# Every table here is read-only (a mapping proxy of tuples), so that no caller can change
-# a built-in taxonomy for everyone else in the process.
+#: Every built-in taxonomy as a read-only nested dict (for ``LabelHierarchy.from_nested``).
 BUILTIN: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "cifar100": CIFAR100_SUPERCLASSES,

@@ -1,25 +1,4 @@
-"""File formats and builders of label hierarchies: every one yields a child -> parent map.
-
-Each reader returns the ``{child: parent or None}`` mapping that
-:class:`~lightly_hmlc.hierarchy.LabelHierarchy` is built from, so the tree never needs to
-know about files, and a new format is one function here. The formats:
-
-- *edges*: ``(parent, child)`` pairs (:func:`parents_from_edges`);
-- *edge list*: a text file with one ``parent child`` pair per line (:func:`read_edge_list`);
-- *nested*: a nested dict / list of classes (:func:`parents_from_nested`);
-- *label paths*: rows of names, coarse to fine (:func:`parents_from_label_paths`);
-- *JSON*: the lossless ``lightly_hmlc.hierarchy/v1`` document written by
-  :func:`to_json`, or a nested dict in JSON (:func:`read_json`).
-
-Files are read as UTF-8 with ``utf-8-sig``, so a byte-order mark (as Windows Notepad
-writes) is dropped instead of sticking to the first class name.
-
-Examples:
-    >>> parents_from_edges([("animal", "cat"), ("animal", "dog")])
-    {'cat': 'animal', 'animal': None, 'dog': 'animal'}
-    >>> parents_from_nested({"animal": ["cat"], "vehicle": None})
-    {'cat': 'animal', 'animal': None, 'vehicle': None}
-"""
+"""Readers and writers of label hierarchies; every reader returns a child -> parent map."""
 
 from __future__ import annotations
 
@@ -52,15 +31,7 @@ Parents = dict[str, str | None]
 
 
 def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
-    """The parent map of ``(parent, child)`` pairs.
-
-    Raises:
-        ValueError: If a child has two different parents or is its own parent.
-
-    Examples:
-        >>> parents_from_edges([("animal", "cat")])
-        {'cat': 'animal', 'animal': None}
-    """
+    """The parent map of ``(parent, child)`` pairs; a ValueError if a child has two parents."""
     parents: Parents = {}
     for raw_parent, raw_child in edges:
         parent, child = check_name(raw_parent), check_name(raw_child)
@@ -80,27 +51,9 @@ def parents_from_edges(edges: Iterable[tuple[str, str]]) -> Parents:
 def read_edge_list(path: str | os.PathLike[str]) -> Parents:
     """Reads an edge-list text file: one ``parent child`` pair per line.
 
-    The format, exactly:
-
-    - ``#`` starts a comment that runs to the end of the line, wherever it stands, so a
-      class name cannot contain ``#``.
-    - Names are separated by whitespace (spaces or tabs), so a name cannot contain a
-      space. A line with three or more names is an error. For names with spaces or ``#``
-      (e.g. ``"sea lion"``), write a nested JSON dict instead and load it with
-      :func:`read_json` or ``LabelHierarchy.load`` (``.json`` suffix).
-    - Blank lines are ignored. A line with a single name declares a top-level class.
-    - Lines end at ``\n``, ``\r\n`` or ``\r`` only; other characters that
-      ``str.splitlines`` would break at (``\v``, ``\f``, ``\x85``, ``\u2028``, ...) are
-      refused, as are all control characters (tab is a separator) and invisible format
-      characters such as zero-width spaces (see :func:`check_name`).
-    - Names are normalised to Unicode NFC, so the composed and decomposed spellings of
-      ``café`` are one class.
-    - The file is read as UTF-8; a byte-order mark (as Notepad writes) is dropped.
-
-    Raises:
-        ValueError: If a line has more than two names or a refused character, a class
-            has two parents, or the file is not UTF-8 text (the message names the file
-            and the line).
+    ``#`` starts a comment, names are separated by whitespace (use JSON for names with
+    spaces or ``#``), and a single name declares a top-level class. Control and invisible
+    characters are refused, and the message names the file and line.
 
     Examples:
         >>> import tempfile, pathlib
@@ -146,15 +99,7 @@ def read_edge_list(path: str | os.PathLike[str]) -> Parents:
 
 
 def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
-    """The parent map of a nested dict.
-
-    A value is a dict of children, a list of children (names or dicts), or
-    ``None`` / ``{}`` / ``[]`` for a leaf.
-
-    Examples:
-        >>> parents_from_nested({"animal": {"cat": ["tabby"]}})
-        {'cat': 'animal', 'animal': None, 'tabby': 'cat'}
-    """
+    """The parent map of a nested dict: a value is a dict or list of children, or ``None``."""
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
 
@@ -194,12 +139,7 @@ def parents_from_nested(tree: Mapping[str, Any] | Sequence[Any]) -> Parents:
 
 
 def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
-    """The parent map of label paths of names, coarse to fine.
-
-    Examples:
-        >>> parents_from_label_paths([["animal", "cat"], ["vehicle"]])
-        {'cat': 'animal', 'animal': None, 'vehicle': None}
-    """
+    """The parent map of label paths of names, coarse to fine."""
     edges: list[tuple[str, str]] = []
     roots: list[str] = []
     for path in paths:
@@ -219,20 +159,8 @@ def parents_from_label_paths(paths: Iterable[Sequence[str]]) -> Parents:
 
 
 def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
-    """Reads the JSON written by :func:`to_json`, or a plain nested dict in JSON.
-
-    Accepts a JSON string or a path to a ``.json`` file. Files are read as UTF-8 and a
-    byte-order mark is dropped. JSON is the format for class names that contain spaces
-    or ``#``.
-
-    Raises:
-        ValueError: If the text is not valid JSON, an object has the same key twice
-            (Python's ``json`` would silently keep the last one, dropping a subtree), or
-            the file is not UTF-8 text.
-
-    Examples:
-        >>> read_json('{"sea mammal": ["sea lion"]}')
-        {'sea lion': 'sea mammal', 'sea mammal': None}
+    """The parent map of the JSON of :func:`to_json` or a nested dict in JSON (text or a
+    file); a key twice in one object is refused, as ``json`` would drop a subtree.
     """
     source = "JSON text"
     if isinstance(text_or_path, os.PathLike) or not str(text_or_path).lstrip(
@@ -261,12 +189,7 @@ def read_json(text_or_path: str | os.PathLike[str]) -> Parents:
 
 
 def load_parents(path: str | os.PathLike[str]) -> Parents:
-    """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If the file is not UTF-8 or not in the format its suffix says.
-    """
+    """Reads a hierarchy file: ``.json`` as JSON, anything else as an edge list."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -279,22 +202,12 @@ def load_parents(path: str | os.PathLike[str]) -> Parents:
 
 
 def to_dict(parents: Mapping[str, str | None]) -> dict[str, Any]:
-    """The JSON-ready form: the format tag and the child -> parent mapping, sorted.
-
-    Examples:
-        >>> to_dict({"cat": "animal", "animal": None})["parents"]
-        {'animal': None, 'cat': 'animal'}
-    """
+    """The JSON-ready form: the format tag and the sorted child -> parent mapping."""
     return {"format": JSON_FORMAT, "parents": {name: parents[name] for name in sorted(parents)}}
 
 
 def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | None = None) -> str:
-    """Serialises a parent map losslessly to JSON; writes it (UTF-8) to ``path`` when given.
-
-    Examples:
-        >>> read_json(to_json({"cat": "animal", "animal": None}))
-        {'animal': None, 'cat': 'animal'}
-    """
+    """Serialises a parent map losslessly to JSON; writes it (UTF-8) to ``path`` when given."""
     text = json.dumps(to_dict(parents), indent=2, ensure_ascii=False)
     if path is not None:
         Path(path).write_text(text + "\n", encoding="utf-8")
@@ -302,13 +215,8 @@ def to_json(parents: Mapping[str, str | None], path: str | os.PathLike[str] | No
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The text of a hierarchy file, decoded as UTF-8 without a byte-order mark.
-
-    Raises:
-        ValueError: If the file is not UTF-8, naming the file and how to fix it.
-    """
-    # utf-8-sig drops a leading byte-order mark; with plain utf-8 it would stick to the
-    # first class name and silently create a second top-level class.
+    """The UTF-8 text of a hierarchy file without a byte-order mark."""
+    # utf-8-sig drops a byte-order mark, which would otherwise stick to the first name.
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -320,26 +228,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
 
 
 def check_name(name: object) -> str:
-    """``name`` in Unicode NFC, if it is a valid class name.
-
-    A class name is a non-empty string without control characters (Unicode category
-    Cc, tab included), invisible format characters (Cf: zero-width spaces and joiners,
-    word joiner, byte-order mark, bidirectional controls, soft hyphen, ...), line or
-    paragraph separators (Zl, Zp) or lone surrogates (Cs): they make two names that look
-    the same different classes, or break a line where an editor shows none. NFC makes
-    the composed and decomposed spellings of a name (``é`` as one code point, or ``e``
-    and a combining accent) the same name.
-
-    Raises:
-        ValueError: Naming the name and the refused character.
-
-    Examples:
-        >>> check_name("cafe\u0301") == "caf\u00e9"
-        True
-        >>> check_name("cat\u200b")
-        Traceback (most recent call last):
-        ...
-        ValueError: Class name 'cat\u200b' has U+200B ZERO WIDTH SPACE at position 3; class names cannot hold control or invisible characters: remove it.
+    """``name`` in Unicode NFC, if it is a valid class name: a non-empty string without
+    control, invisible format, separator or surrogate characters.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Class names must be non-empty strings, got {name!r}.")
@@ -352,18 +242,17 @@ def check_name(name: object) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-#: Line ends of the text formats; ``str.splitlines`` also breaks at \v, \f, \x1c-\x1e,
-#: \x85, \u2028 and \u2029, which an editor may not show as line ends.
+#: Line ends of the text formats (``str.splitlines`` also breaks at \v, \f, \x85, ...).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-#: Unicode categories refused in class names: control, format (invisible), surrogate,
-#: line and paragraph separator.
+#: Unicode categories refused in names: control, format, surrogate, line/paragraph separator.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def refused_character(text: str) -> str | None:
-    """The first character of ``text`` that a class name cannot hold, described as
-    ``"U+200B ZERO WIDTH SPACE at position 3"``; None if there is none."""
+    """The first character a class name cannot hold, as ``"U+200B ZERO WIDTH SPACE at
+    position 3"``; None if there is none.
+    """
     for position, char in enumerate(text):
         category = unicodedata.category(char)
         if category in _REFUSED_CATEGORIES:

@@ -1,15 +1,4 @@
-"""The label tree: :class:`LabelHierarchy` and its queries.
-
-A :class:`LabelHierarchy` turns a fine class (a leaf of the tree) into its *label path*,
-the integer row ``[coarse, ..., fine]`` that every loss of this package consumes. Leaves
-that sit higher in the tree than the deepest leaf are padded with ``-1`` (unknown level).
-
-The label path ``[B, L]`` is the only contract between datasets and losses: a loss never
-sees class names and a dataset never sees a loss. The file formats live in
-:mod:`lightly_hmlc.hierarchy.formats` and the built-in taxonomies in
-:mod:`lightly_hmlc.hierarchy.builtin`; the ``from_*`` / ``load`` / ``cifar100`` class
-methods here are the public way to reach them.
-"""
+""":class:`LabelHierarchy`: a tree of named classes and the label paths ``[B, L]`` it gives."""
 
 from __future__ import annotations
 
@@ -32,30 +21,21 @@ __all__ = ["LabelHierarchy"]
 class LabelHierarchy(HierarchyConstructors):
     """A rooted tree of named classes, coarse to fine.
 
-    Nodes without a parent form level 0 (the coarsest level, below an implicit root).
-    A node's level is its depth. Within every level, class ids are assigned in sorted
-    name order, which matches ``torchvision.datasets.ImageFolder`` and the official
-    CIFAR label ids. Leaves are the fine classes; their ids (``leaf_id``) follow sorted
-    leaf names, independently of depth.
+    Nodes without a parent form level 0; a node's level is its depth. Within a level,
+    class ids follow sorted names (as torchvision's ImageFolder and the official CIFAR ids
+    do); leaf ids follow sorted leaf names. A leaf's label path, ``[coarse, ..., fine]``,
+    is padded with ``-1`` below its depth. Names are stored in Unicode NFC.
 
     Args:
-        parents: Mapping from every class name to its parent's name, or ``None`` for a
-            top-level class. A parent that is never a key is added as a top-level class.
-
-    Raises:
-        ValueError: If the hierarchy is empty, has a cycle, or a name is not a
-            non-empty string. The message names the offending node.
+        parents: Every class name mapped to its parent's name, or ``None`` for a top-level
+            class. A parent that is never a key becomes a top-level class.
 
     Examples:
         >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-        >>> h.num_levels
-        2
-        >>> h.level_names(0)
-        ['animal', 'vehicle']
+        >>> h.level_names(0), h.leaves
+        (['animal', 'vehicle'], ['car', 'cat', 'dog'])
         >>> h.label_paths(["dog", "car"]).tolist()
         [[0, 2], [1, 0]]
-        >>> h.leaves
-        ['car', 'cat', 'dog']
     """
 
     def __init__(self, parents: Mapping[str, str | None]) -> None:
@@ -98,7 +78,6 @@ class LabelHierarchy(HierarchyConstructors):
         self._leaf_paths = table
 
     def to_nested(self) -> dict[str, Any]:
-        """The tree as a nested dict (leaves map to ``None``)."""
 
         def build(name: str) -> Any:
             kids = self._children[name]
@@ -116,7 +95,6 @@ class LabelHierarchy(HierarchyConstructors):
         sizes = ", ".join(str(len(names)) for names in self._levels)
         return f"LabelHierarchy(num_levels={self.num_levels}, classes_per_level=[{sizes}])"
 
-    # ------------------------------------------------------------------ queries
     @property
     def num_levels(self) -> int:
         """L, the number of levels (the length of every label path)."""
@@ -200,16 +178,7 @@ class LabelHierarchy(HierarchyConstructors):
         return self._leaf_ids[name]
 
     def label_paths(self, fine: Sequence[int | str] | Tensor | np.ndarray) -> Tensor:
-        """Label paths ``[B, L]`` (coarse to fine, ``-1`` padded) of fine classes.
-
-        Args:
-            fine: Leaf ids (ints, an integer tensor or numpy array) or leaf names.
-
-        Examples:
-            >>> h = LabelHierarchy({"cat": "animal", "animal": "thing", "rock": "thing"})
-            >>> h.label_paths(["cat", "rock"]).tolist()
-            [[0, 0, 0], [0, 1, -1]]
-        """
+        """Label paths ``[B, L]`` of fine classes, given as leaf ids or leaf names."""
         if not isinstance(fine, Tensor) and hasattr(fine, "__array__"):
             fine = torch.as_tensor(fine)  # numpy arrays of ids
         if isinstance(fine, Tensor):
@@ -235,20 +204,7 @@ class LabelHierarchy(HierarchyConstructors):
         return table[ids]
 
     def path_table(self, class_names: Sequence[str]) -> Tensor:
-        """``[C, L]`` label paths for a dataset's own class list (its order kept).
-
-        Use it to map a dataset's class index to a label path, whatever order the
-        dataset uses: ``paths = table[target]``.
-
-        Raises:
-            ValueError: Listing dataset classes missing from the hierarchy, and
-                classes that are not leaves.
-
-        Examples:
-            >>> h = LabelHierarchy({"cat": "animal", "car": "vehicle"})
-            >>> h.path_table(["cat", "car"]).tolist()
-            [[0, 1], [1, 0]]
-        """
+        """``[C, L]`` label paths of a dataset's own class list, in its order: ``table[target]``."""
         names = [_nfc(name) for name in class_names]
         missing = [name for name in names if name not in self._parent]
         not_leaves = [name for name in names if name in self._parent and self._children[name]]
@@ -272,17 +228,8 @@ class LabelHierarchy(HierarchyConstructors):
         return self.label_paths(names)
 
     def lca_height(self, leaf_a: Tensor, leaf_b: Tensor) -> Tensor:
-        """Height of the lowest common ancestor of pairs of leaves (elementwise).
-
-        The height counts the levels between the leaves' level paths and their deepest
-        shared prefix: 0 for the same class, ``L`` when the classes share nothing
-        (their common ancestor is the implicit root).
-
-        Examples:
-            >>> h = LabelHierarchy({"cat": "animal", "dog": "animal", "car": "vehicle"})
-            >>> ids = torch.tensor([h.leaf_id("cat")] * 3)
-            >>> h.lca_height(ids, torch.tensor([h.leaf_id(n) for n in ["cat", "dog", "car"]])).tolist()
-            [0, 1, 2]
+        """Height of the lowest common ancestor of pairs of leaf ids: 0 for the same class, ``L``
+        for classes that share only the implicit root.
         """
         paths_a = self.label_paths(leaf_a)
         paths_b = self.label_paths(leaf_b)
@@ -292,7 +239,6 @@ class LabelHierarchy(HierarchyConstructors):
         height = self.num_levels - shared
         return torch.where(same, torch.zeros_like(height), height)
 
-    # ------------------------------------------------------------------ helpers
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.num_levels:
             raise ValueError(
@@ -300,11 +246,10 @@ class LabelHierarchy(HierarchyConstructors):
             )
 
     def _known(self, name: str) -> str:
-        """``name`` in NFC, the form it is stored in; a ValueError if it is unknown."""
+        """``name`` in NFC; a ValueError if it is unknown."""
         return self._check_known([name])[0]
 
     def _check_known(self, names: Iterable[str]) -> list[str]:
-        """``names`` in NFC; a ValueError naming the unknown ones."""
         stored = [_nfc(name) for name in names]
         unknown = [name for name in stored if name not in self._parent]
         if unknown:
@@ -326,14 +271,7 @@ def _suggest(name: str, candidates: Sequence[str]) -> str:
 
 
 def _depths(parents: Mapping[str, str | None]) -> dict[str, int]:
-    """The depth of every node (0 for a top-level class), in time linear in the nodes.
-
-    Each chain of parents is walked up only until a node of known depth, so a chain
-    thousands of levels deep is walked once, not once per node.
-
-    Raises:
-        ValueError: If the parents have a cycle, naming it.
-    """
+    """The depth of every node; a ValueError naming a cycle."""
     depth: dict[str, int] = {}
     for start in parents:
         chain: list[str] = []  # nodes of unknown depth, from ``start`` upwards

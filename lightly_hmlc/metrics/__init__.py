@@ -1,10 +1,5 @@
-"""Hierarchy-aware evaluation metrics.
-
-- :mod:`~lightly_hmlc.metrics.predictions`: metrics of predicted label paths and leaf ids
-  (per-level accuracy, implied coarse accuracy, mistake severity, hierarchical
-  distance@k, NMI of a clustering).
-- :mod:`~lightly_hmlc.metrics.embeddings`: metrics of an embedding against its label
-  paths (per-level separation and explained variance, CPCC).
+"""Hierarchy-aware metrics of predictions (:mod:`.predictions`) and of embeddings
+(:mod:`.embeddings`).
 """
 
 from lightly_hmlc.metrics.embeddings import cpcc, level_separation

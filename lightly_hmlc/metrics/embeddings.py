@@ -1,20 +1,6 @@
-"""Metrics of an embedding against its label paths: how well each level is separated.
+"""Metrics of an embedding against its label paths: does it carry the hierarchy?
 
-These answer "does the embedding carry the hierarchy?" without training a probe:
-
-- :func:`level_separation`: per level, the share of the embedding's variance that the
-  level's classes explain (between-class over total scatter, the eta-squared of a one-way
-  ANOVA on every dimension at once) and the Fisher ratio of between- to within-class
-  scatter, each per degree of freedom.
-- :func:`cpcc`: the cophenetic correlation of Zeng et al. [0], the Pearson correlation
-  between tree distances of the classes and the distances of their mean embeddings.
-
-Both are pure torch, run in float64 and work on whatever device their inputs live on.
-By default the features are L2-normalised first, because contrastive embeddings are
-compared by cosine similarity; pass ``normalize=False`` for raw backbone features.
-
-- [0] Learning Structured Representations by Embedding Class Hierarchy, Zeng et al.,
-  ICLR 2023, https://openreview.net/forum?id=7J-30ilaUZM
+Both run in float64 and L2-normalise the features first (``normalize=False`` for raw).
 """
 
 from __future__ import annotations
@@ -32,15 +18,9 @@ __all__ = ["LevelSeparation", "level_separation", "cpcc"]
 
 @dataclass(frozen=True)
 class LevelSeparation:
-    """Per-level separation of an embedding (index 0 = the coarsest level).
-
-    Attributes:
-        explained_variance: ``[L]`` between-class scatter over total scatter, in [0, 1]:
-            the share of the embedding's variance the level's labels explain.
-        fisher_ratio: ``[L]`` between-class scatter per class degree of freedom over
-            within-class scatter per sample degree of freedom (the trace form of the
-            ANOVA F statistic); larger is better separated.
-        num_classes: ``[L]`` classes seen at each level.
+    """Per level, coarse to fine: the share of the variance the classes explain
+    (``explained_variance``), the ``fisher_ratio`` of between- to within-class scatter per
+    degree of freedom, and ``num_classes``.
     """
 
     explained_variance: Tensor
@@ -51,33 +31,17 @@ class LevelSeparation:
 def level_separation(features: Tensor, paths: Tensor, *, normalize: bool = True) -> LevelSeparation:
     """Explained variance and Fisher ratio of every level's classes.
 
-    At level ``l`` a sample's class is its label-path prefix down to ``l``; samples whose
-    prefix has an unknown (``-1``) level are left out of that level. With class means
-    ``m_c``, the overall mean ``m``, ``n_c`` samples per class, ``N`` samples and ``C``
-    classes, ``B = sum_c n_c |m_c - m|^2`` and ``W = sum_i |x_i - m_c(i)|^2``:
-    ``explained_variance = B / (B + W)`` and ``fisher_ratio = (B / (C - 1)) / (W / (N - C))``.
-
-    Args:
-        features: ``[N, F]`` embeddings.
-        paths: ``[N, L]`` label paths, coarse to fine, ``-1`` for unknown.
-        normalize: L2-normalise the features first (cosine geometry).
-
-    Returns:
-        A :class:`LevelSeparation`.
-
-    Raises:
-        ValueError: If the shapes do not fit, the features are not finite, or a level has
-            fewer than 2 classes or no more samples than classes.
+    At level ``l`` a sample's class is its label-path prefix down to ``l`` (samples with an
+    unknown level in it are left out). With between-class scatter ``B``, within-class
+    scatter ``W``, ``C`` classes and ``N`` samples: ``explained_variance = B / (B + W)`` and
+    ``fisher_ratio = (B / (C - 1)) / (W / (N - C))``.
 
     Examples:
         >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
-        >>> x = torch.cat([x, 0.9 * x])  # two samples per fine class
         >>> paths = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]]).repeat(2, 1)
-        >>> sep = level_separation(x, paths, normalize=False)
+        >>> sep = level_separation(torch.cat([x, 0.9 * x]), paths, normalize=False)
         >>> [round(v, 3) for v in sep.explained_variance.tolist()]
         [0.988, 0.994]
-        >>> sep.num_classes.tolist()
-        [2, 4]
     """
     x, paths = _check(features, paths, normalize)
     explained, fisher, classes = [], [], []
@@ -107,31 +71,17 @@ def level_separation(features: Tensor, paths: Tensor, *, normalize: bool = True)
 
 
 def cpcc(features: Tensor, paths: Tensor, *, normalize: bool = True) -> float:
-    """The cophenetic correlation coefficient (CPCC) of Zeng et al. (ICLR 2023).
+    """The cophenetic correlation coefficient (CPCC) of Zeng et al. [0], in [-1, 1].
 
-    Every distinct label path is a class (a path that stops at an inner node is a class
-    at that node). The tree distance of two classes is the number of edges between them
-    (``depth_a + depth_b - 2 * depth_of_common_ancestor``, with the implicit root at
-    depth 0); their embedding distance is the Euclidean distance of the class-mean
-    embeddings. CPCC is the Pearson correlation of the two over all class pairs: 1 when
-    the embedding's class geometry follows the tree exactly.
+    The Pearson correlation, over pairs of classes (distinct label paths), of their tree
+    distance and the distance of their mean embeddings: 1 when the geometry follows the
+    tree. Undefined (a ValueError) when all pairs lie at one tree distance.
 
-    Args:
-        features: ``[N, F]`` embeddings.
-        paths: ``[N, L]`` label paths, coarse to fine, ``-1`` for unknown (a row is cut
-            at its first unknown level).
-
-    Returns:
-        CPCC in [-1, 1].
-
-    Raises:
-        ValueError: If the shapes do not fit, the features are not finite, or all class
-            pairs lie at one tree distance (e.g. a single level), where CPCC is undefined.
+    - [0] Zeng et al., ICLR 2023, https://openreview.net/forum?id=7J-30ilaUZM
 
     Examples:
         >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-        >>> paths = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
-        >>> round(cpcc(x, paths), 3)
+        >>> round(cpcc(x, torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])), 3)
         0.997
     """
     x, paths = _check(features, paths, normalize)
@@ -162,7 +112,6 @@ def cpcc(features: Tensor, paths: Tensor, *, normalize: bool = True) -> float:
 def _check(features: Tensor, paths: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
     if not isinstance(features, Tensor) or features.dim() != 2:
         raise ValueError("features must be a [N, F] tensor of embeddings.")
-    # The package's one label-path check: one path [L] per feature row.
     paths = check_label_paths(paths, batch_size=features.shape[0], name="paths")
     x = features.detach().to(torch.float64)
     if not bool(torch.isfinite(x).all()):

@@ -1,8 +1,4 @@
-"""Weights for timm backbones from local files only: checkpoints and timm's caches.
-
-Nothing here downloads, so ``create_backbone(name, pretrained=True)`` works offline or
-fails at once.
-"""
+"""Weights for timm backbones from local files only: checkpoints and timm's caches."""
 
 from __future__ import annotations
 
@@ -21,22 +17,10 @@ __all__ = ["find_cached_weights", "load_checkpoint"]
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Loads a local checkpoint into ``model`` in place, dropping classifier keys.
+    """Loads a local checkpoint into ``model`` in place, without its classifier keys.
 
-    Reading is timm's ``load_state_dict`` (a state dict, or one under ``"state_dict"`` or
-    ``"model"``; DDP and ``torch.compile`` prefixes removed; ``.safetensors`` supported;
-    not the EMA weights). The classifier named in ``model.pretrained_cfg`` is dropped,
-    missing and unexpected keys are reported in a warning, and differing shapes, or no
-    key in common with the model, raise.
-
-    Args:
-        model: The model to load into.
-        path: A ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``) or
-            ``.safetensors`` file.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a state dict, no key matches, or shapes differ.
+    Read by timm's ``load_state_dict`` (``weights_only=True``, or safetensors). Missing
+    and unexpected keys give a warning; differing shapes, or no key in common, raise.
 
     Examples:
         >>> import tempfile, pathlib, torch
@@ -125,10 +109,7 @@ def find_cached_weights(name: str, cache_dir: str | os.PathLike[str] | None) -> 
 
 
 def _find_in_hf_cache(
-    hub_id: str,
-    filename: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    looked: list[str],
+    hub_id: str, filename: str | None, cache_dir: str | os.PathLike[str] | None, looked: list[str]
 ) -> str | None:
     try:
         from huggingface_hub import try_to_load_from_cache

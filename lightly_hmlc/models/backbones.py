@@ -1,14 +1,9 @@
 """timm backbones for hierarchical contrastive learning, and CIFAR-stem ResNets.
 
-:func:`create_backbone` is a thin factory over ``timm.create_model`` that returns a model
-producing pooled features [B, F] together with F; any timm name works. Pretrained weights
-are never downloaded: ``pretrained=True`` uses only weights already in the local cache.
-
-Importing this module registers CIFAR-stem ResNets with timm (``resnet18_cifar``,
-``resnet34_cifar``, ``resnet50_cifar`` and the 64-feature ``resnet_tiny_cifar`` for tests
-and CPU runs). They replace the ImageNet stem by one 3x3 stride-1 convolution, as usual
-for 32x32 inputs (He et al., CVPR 2016, Sec. 4.2), and are timm ``ResNet`` instances
-without pretrained weights.
+Importing this module registers with timm ``resnet18_cifar``, ``resnet34_cifar``,
+``resnet50_cifar`` and the 64-feature ``resnet_tiny_cifar`` (tests and CPU runs): timm
+ResNets whose stem is one 3x3 stride-1 convolution, as usual for 32x32 inputs (He et
+al., CVPR 2016, Sec. 4.2), without pretrained weights.
 """
 
 from __future__ import annotations
@@ -18,11 +13,7 @@ import os
 from typing import Any
 
 import timm
-from timm.models import (
-    build_model_with_cfg,
-    generate_default_cfgs,
-    register_model,
-)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
@@ -48,19 +39,10 @@ def create_backbone(
 ) -> tuple[nn.Module, int]:
     """Creates a timm model without classifier; returns it and its feature width.
 
-    Args:
-        name: A ``timm.create_model`` name, with or without a pretrained tag
-            (``"resnet18.tv_in1k"``), a CIFAR-stem model of this module, or
-            ``"local-dir:/path/to/model_folder"``.
-        pretrained: False for random weights; a path to a local checkpoint (``.pth``,
-            ``.pt``, ``.bin``, ``.safetensors``), loaded without the classifier keys; True
-            for timm's weights, only if they are already in the local cache.
-        in_chans: Number of input channels.
-        img_size: Input size of models with a fixed one, such as ViT; None otherwise.
-        **timm_kwargs: Passed on to ``timm.create_model`` (``drop_path_rate``, ...).
-
-    Returns:
-        ``(model, num_features)``; ``model(x)`` maps [B, in_chans, H, W] to [B, F].
+    ``name`` is any ``timm.create_model`` name, a CIFAR-stem model of this module, or
+    ``"local-dir:/path"``. Weights are never downloaded: ``pretrained=True`` uses timm's
+    weights only from the local cache, and a path loads a local checkpoint. ``img_size`` is
+    for models with a fixed input size, such as ViT.
 
     Raises:
         ValueError: For an unknown name (close matches are suggested), a model without
@@ -70,10 +52,8 @@ def create_backbone(
     Examples:
         >>> import torch
         >>> model, dim = create_backbone("resnet_tiny_cifar")
-        >>> dim
-        64
-        >>> model(torch.zeros(2, 3, 32, 32)).shape
-        torch.Size([2, 64])
+        >>> dim, model(torch.zeros(2, 3, 32, 32)).shape
+        (64, torch.Size([2, 64]))
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty timm model name, got {name!r}.")
@@ -108,13 +88,7 @@ def create_backbone(
 
 
 def feature_dim(model: nn.Module) -> int:
-    """The pooled feature width of a timm model: ``head_hidden_size``, else ``num_features``.
-
-    Examples:
-        >>> model, _ = create_backbone("resnet_tiny_cifar")
-        >>> feature_dim(model)
-        64
-    """
+    """The pooled feature width of a timm model: ``head_hidden_size``, else ``num_features``."""
     for attr in ("head_hidden_size", "num_features"):
         value = getattr(model, attr, None)
         if isinstance(value, int) and value > 0:
@@ -127,9 +101,6 @@ def feature_dim(model: nn.Module) -> int:
 
 class CifarResNet(ResNet):
     """timm ``ResNet`` with a CIFAR stem: one 3x3 stride-1 convolution, no max-pool.
-
-    Takes ``ResNet``'s arguments; the stem is as wide as the first stage, and the
-    ``feature_info`` reductions are 1, 1, 2, 4, 8.
 
     Examples:
         >>> import timm, torch
@@ -193,29 +164,28 @@ def _create_cifar_resnet(variant: str, pretrained: bool, **kwargs: Any) -> ResNe
 
 @register_model
 def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-18 with a CIFAR stem (3x3 stride-1 conv, no max-pool), 512 features."""
+    """ResNet-18 with a CIFAR stem, 512 features."""
     args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
     return _create_cifar_resnet("resnet18_cifar", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def resnet34_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-34 with a CIFAR stem (3x3 stride-1 conv, no max-pool), 512 features."""
+    """ResNet-34 with a CIFAR stem, 512 features."""
     args = dict(block=BasicBlock, layers=(3, 4, 6, 3))
     return _create_cifar_resnet("resnet34_cifar", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def resnet50_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-50 with a CIFAR stem (3x3 stride-1 conv, no max-pool), 2048 features."""
+    """ResNet-50 with a CIFAR stem, 2048 features."""
     args = dict(block=Bottleneck, layers=(3, 4, 6, 3))
     return _create_cifar_resnet("resnet50_cifar", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def resnet_tiny_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Tiny ResNet with a CIFAR stem: one basic block per stage, 8 to 64 channels, 64
-    features, about 77k parameters (tests and CPU runs)."""
+    """One basic block per stage, 8 to 64 channels, 64 features (~77k parameters)."""
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
     return _create_cifar_resnet("resnet_tiny_cifar", pretrained, **dict(args, **kwargs))
 

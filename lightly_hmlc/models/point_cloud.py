@@ -1,17 +1,10 @@
 """Point clouds as multi-view depth images, after SimpleView (Goyal et al., ICML 2021).
 
-SimpleView projects a cloud orthographically onto the faces of its bounding cube and runs
-an image backbone on the depth images, so the hierarchical losses apply to 3D shapes
-unchanged. Conventions of :func:`render_depth_views`:
-
-- Each cloud is centred on its bounding-box centre (independent of sampling density and
-  point order) and scaled into the unit sphere, so ``[-1, 1]^2`` holds the whole shape.
-- Views, in order: camera on ``+z`` (front), ``+x`` (right), ``-z`` (back), ``-x``
-  (left), each with ``+y`` up (``num_views=4`` gives the side views), then ``+y`` (top)
-  and ``-y`` (bottom).
-- A pixel holds the nearness of the closest point: 1 on the camera side of the unit
-  sphere, falling linearly to ``far_value`` on the far side; background is 0.
-- Rendering is a fixed input transform: no gradient reaches the points.
+Each cloud is centred on its bounding-box centre and scaled into the unit sphere, then
+projected orthographically for cameras on ``+z`` (front), ``+x``, ``-z``, ``-x`` (each
+with ``+y`` up), ``+y`` (top) and ``-y`` (bottom). A pixel holds the nearness of the
+closest point, 1 on the camera side of the sphere down to ``far_value`` on the far side;
+the background is 0. An image backbone then applies to 3D shapes unchanged.
 """
 
 from __future__ import annotations
@@ -40,14 +33,7 @@ _VIEWS = (
 
 
 def view_frames(num_views: int = MAX_VIEWS) -> Tensor:
-    """The camera frames [V, 3, 3]; rows are (right, up, towards the camera).
-
-    Examples:
-        >>> view_frames(1)
-        tensor([[[1., 0., 0.],
-                 [0., 1., 0.],
-                 [0., 0., 1.]]])
-    """
+    """The camera frames [V, 3, 3]; rows are (right, up, towards the camera)."""
     _check_num_views(num_views)
     frames = []
     for direction, up in _VIEWS[:num_views]:
@@ -67,24 +53,14 @@ def render_depth_views(
     far_value: float = 0.1,
     normalize: bool = True,
 ) -> Tensor:
-    """Orthographic depth images [B, V, 1, H, W] of point clouds [B, N, 3], no gradient.
+    """Orthographic depth images [B, V, 1, H, W] of point clouds [B, N, 3], without gradient.
 
-    Args:
-        points: Finite floating point clouds [B, N, 3], N >= 1.
-        num_views: Number of views, 1 to 6, in the order of the module docstring.
-        resolution: Height and width H = W of each image.
-        splat: Odd size of a max-pool that grows each point into a patch to fill holes
-            (the nearer point wins); 1 disables it.
-        far_value: Value of a point on the far side of the unit sphere, in (0, 1].
-        normalize: Centre and scale each cloud into the unit sphere; with False the
-            points must lie in ``[-1, 1]^3`` (points outside are not drawn).
+    ``splat`` (odd) grows each point into a patch by a max-pool; with ``normalize=False``
+    the points must lie in ``[-1, 1]^3``.
 
     Examples:
         >>> points = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
-        >>> views = render_depth_views(points, num_views=1, resolution=4)
-        >>> views.shape
-        torch.Size([1, 1, 1, 4, 4])
-        >>> views[0, 0, 0]  # the front point hides the back one
+        >>> render_depth_views(points, num_views=1, resolution=4)[0, 0, 0]  # front hides back
         tensor([[0., 0., 0., 0.],
                 [0., 0., 0., 0.],
                 [0., 0., 1., 0.],
@@ -144,36 +120,19 @@ def render_depth_views(
 
 
 class DepthViewEncoder(nn.Module):
-    """Encodes point clouds by an image backbone on multi-view depth images (SimpleView).
+    """Encodes point clouds by an image backbone on multi-view depth images (SimpleView [0]).
 
     Renders ``num_views`` depth images per cloud, repeats the depth channel to the
-    backbone's ``in_chans``, runs the backbone on all ``B * V`` images at once and fuses
-    the per-view features.
+    backbone's ``in_chans``, runs the backbone (a timm name or a module) on all images at
+    once and fuses the per-view features by ``"mean"``, ``"max"`` or ``"concat"``.
+    ``backbone_dim`` is inferred by one forward pass if a module does not tell it.
 
-    - Goyal et al., ICML 2021, https://arxiv.org/abs/2106.05304
-
-    Args:
-        backbone: A timm model name (``create_backbone``; a ViT gets
-            ``img_size=resolution``) or a module mapping [B, C, H, W] to features [B, F].
-        num_views: Number of views, 1 to 6.
-        resolution: Image size.
-        in_chans: Channels the backbone takes (default: the module's ``in_chans``, or 3).
-        fuse: ``"mean"`` or ``"max"`` over views (F features), or ``"concat"`` (V * F).
-        splat: Passed to :func:`render_depth_views`.
-        far_value: Passed to :func:`render_depth_views`.
-        backbone_dim: F of a module without ``head_hidden_size`` / ``num_features``;
-            inferred by one forward pass if omitted.
-        **backbone_kwargs: Passed to ``create_backbone`` for a name.
-
-    Attributes:
-        feature_dim: Width of the fused features.
+    - [0] Goyal et al., ICML 2021, https://arxiv.org/abs/2106.05304
 
     Examples:
         >>> encoder = DepthViewEncoder("resnet_tiny_cifar", num_views=6, fuse="concat")
-        >>> encoder.feature_dim
-        384
-        >>> encoder.eval()(torch.rand(2, 128, 3)).shape
-        torch.Size([2, 384])
+        >>> encoder.feature_dim, encoder.eval()(torch.rand(2, 128, 3)).shape
+        (384, torch.Size([2, 384]))
     """
 
     def __init__(
@@ -231,13 +190,8 @@ class DepthViewEncoder(nn.Module):
         self.feature_dim = self.backbone_dim * (num_views if fuse == "concat" else 1)
 
     def render(self, points: Tensor) -> Tensor:
-        """The depth images [B, V, 1, H, W] this encoder sees."""
         return render_depth_views(
-            points,
-            self.num_views,
-            self.resolution,
-            splat=self.splat,
-            far_value=self.far_value,
+            points, self.num_views, self.resolution, splat=self.splat, far_value=self.far_value
         )
 
     def forward(self, points: Tensor) -> Tensor:

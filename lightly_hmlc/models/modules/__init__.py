@@ -1,5 +1,6 @@
 """Feature-mask heads (G-HMLC's GMM head, A-HMLC's attention head, fixed blocks) and the
-hierarchical memory bank."""
+hierarchical memory bank.
+"""
 
 from lightly_hmlc.models.modules._gmm import EMOptions, GaussianMixtureFit, fit_gaussian_mixture
 from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead

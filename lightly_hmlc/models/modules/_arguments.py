@@ -1,18 +1,10 @@
-"""Range checks of the constructor arguments, so that a mistake gets one message in every
-head, the memory bank and the GMM parts."""
+"""Range checks of constructor arguments, one message for a mistake in every module."""
 
 from __future__ import annotations
 
 
 def check_int(name: str, value: object, minimum: int = 1, meaning: str = "") -> None:
-    """Raises a ValueError unless ``value`` is an int (not a bool) ``>= minimum``.
-
-    Examples:
-        >>> check_int("dim", 0, meaning="the width of the projections")
-        Traceback (most recent call last):
-        ...
-        ValueError: dim must be a positive int (the width of the projections), got 0.
-    """
+    """Raises a ValueError unless ``value`` is an int (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         explained = f" ({meaning})" if meaning else ""
@@ -20,14 +12,7 @@ def check_int(name: str, value: object, minimum: int = 1, meaning: str = "") -> 
 
 
 def check_positive(name: str, value: float, allow_zero: bool = False, meaning: str = "") -> None:
-    """Raises a ValueError unless ``value > 0`` (``>= 0`` with ``allow_zero``); NaN fails.
-
-    Examples:
-        >>> check_positive("separation_weight", -1.0, allow_zero=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: separation_weight must be >= 0, got -1.0.
-    """
+    """Raises a ValueError unless ``value > 0`` (``>= 0`` with ``allow_zero``); NaN fails."""
     if not (value >= 0 if allow_zero else value > 0):
         bound = ">= 0" if allow_zero else "> 0"
         explained = f" ({meaning})" if meaning else ""

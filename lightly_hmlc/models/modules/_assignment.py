@@ -1,8 +1,4 @@
-"""From a GMM over embedding dimensions to G-HMLC's per-level 0/1 masks.
-
-Pure functions: match the mixture components to hierarchy levels, give every dimension a
-level (each level keeping a minimum), and build the masks.
-"""
+"""From a GMM over embedding dimensions to G-HMLC's per-level 0/1 masks."""
 
 from __future__ import annotations
 
@@ -27,15 +23,8 @@ def check_min_dims(min_dims_per_level: int, num_levels: int, dim: int) -> None:
 
 
 def match_components(component_means: Tensor) -> Tensor:
-    """The component [L] of each level that maximises the summed score of the pairs.
-
-    An exact maximum-weight bipartite matching (``scipy.optimize.linear_sum_assignment``)
-    of ``component_means`` [K, L], K >= L, whose entry (k, h) is component k's score for
-    level h.
-
-    Examples:
-        >>> match_components(torch.tensor([[0.1, 0.9], [0.8, 0.7]])).tolist()
-        [1, 0]
+    """The component of each level by an exact maximum-weight matching of
+    ``component_means`` [K, L], K >= L.
     """
     cost = component_means.detach().to(device="cpu", dtype=torch.float64).numpy()
     # Rows of the [L, K] matrix are levels; every level gets its own component.
@@ -49,13 +38,7 @@ def enforce_min_dims(level: Tensor, level_resp: Tensor, num_levels: int, minimum
     """Moves the most responsible dimensions into levels with fewer than ``minimum`` dims.
 
     Every level keeps its ``minimum`` most responsible dimensions; a short level takes the
-    other dimensions with the highest responsibility ``level_resp`` [D, L] for its
-    component. Fixed shapes only; feasible because D >= L * minimum.
-
-    Examples:
-        >>> resp = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
-        >>> enforce_min_dims(torch.zeros(3, dtype=torch.long), resp, 2, 1).tolist()
-        [0, 0, 1]
+    others with the highest responsibility ``level_resp`` [D, L] for it. Fixed shapes only.
     """
     level = level.clone()
     n = level.shape[0]
@@ -79,27 +62,13 @@ def enforce_min_dims(level: Tensor, level_resp: Tensor, num_levels: int, minimum
 
 
 def assign_masks(
-    scores: Tensor,
-    responsibilities: Tensor,
-    *,
-    min_dims_per_level: int = 1,
-    nested: bool = False,
+    scores: Tensor, responsibilities: Tensor, *, min_dims_per_level: int = 1, nested: bool = False
 ) -> Tensor:
     """0/1 masks [L, D] (float32) from the GMM responsibilities [D, K] of the dimensions.
 
-    Component k's score for level h is its responsibility-weighted mean of
-    ``scores[:, h]`` ([D, L]); components are matched to levels by
-    :func:`match_components`. Each dimension goes to the level of its most responsible
-    component, and every level keeps ``min_dims_per_level`` dimensions. Nested masks are
-    cumulative from coarse to fine: level l sees the dimensions of levels 0..l.
-
-    Examples:
-        >>> scores = torch.tensor([[5.0, 0.0], [4.0, 1.0], [0.0, 6.0]])
-        >>> resp = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1]])
-        >>> assign_masks(scores, resp).tolist()  # component 1 is level 0
-        [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-        >>> assign_masks(scores, resp, nested=True).tolist()  # the fine level sees all
-        [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    Components are matched to levels by their responsibility-weighted mean of ``scores``
+    [D, L]; a dimension goes to its most responsible component's level, and every level
+    keeps ``min_dims_per_level``. Nested masks are cumulative, coarse to fine.
     """
     num_levels = scores.shape[1]
     resp = responsibilities

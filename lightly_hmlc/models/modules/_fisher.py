@@ -1,9 +1,4 @@
-"""G-HMLC's descriptors: the log Fisher ratio of every embedding dimension at every level.
-
-Dimension d becomes a point in R^L whose coordinate l is its between-class / within-class
-variance ratio at level l, from the statistics of
-:class:`~lightly_hmlc.models.modules.prefix_statistics.LabelPrefixStatistics`.
-"""
+"""G-HMLC's descriptors: the log Fisher ratio of every embedding dimension at every level."""
 
 from __future__ import annotations
 
@@ -24,25 +19,9 @@ def fisher_descriptors(
 ) -> Tensor:
     """Clamped log Fisher ratio [D, L] (float64) of every dimension at every level.
 
-    The between-class variance of level l > 0 is taken around each class's parent mean
-    (what level l separates beyond level l-1); level 0 uses the global mean.
-
-    Args:
-        class_keys: [L, C, L] label prefixes of the classes (padded with -1).
-        num_classes: Classes in use per level (L ints).
-        class_count: [L, C] (decayed) sample count per class.
-        class_sum: [L, C, D] (decayed) sum of the projections per class.
-        level_sumsq: [L, D] (decayed) sum of squared projections per level.
-        fisher_floor: Ratios are clamped to ``[fisher_floor, 1 / fisher_floor]`` first.
-
-    Examples:
-        >>> keys = torch.tensor([[[0], [1]]])  # one level, two classes
-        >>> count = torch.tensor([[2.0, 2.0]], dtype=torch.float64)
-        >>> sums = torch.tensor([[[0.0, 2.0], [4.0, 2.0]]], dtype=torch.float64)
-        >>> sumsq = torch.tensor([[10.0, 6.0]], dtype=torch.float64)
-        >>> ratios = fisher_descriptors(keys, [2], count, sums, sumsq).exp()[:, 0]
-        >>> round(float(ratios[0]), 6), round(float(ratios[1]), 6)  # dim 1 separates nothing
-        (2.0, 1e-06)
+    From the tables of :class:`~.prefix_statistics.LabelPrefixStatistics`. The
+    between-class variance of level l > 0 is taken around each class's parent mean (what
+    level l separates beyond level l - 1); level 0 uses the global mean.
     """
     L, D = level_sumsq.shape
     desc = torch.empty(D, L, dtype=torch.float64, device=class_sum.device)

@@ -16,45 +16,23 @@ Gate = Literal["sigmoid", "softmax"]
 
 
 class AttentionMaskHead(FeatureMaskHead):
-    """Soft per-level feature masks from per-level attention heads (A-HMLC).
+    """Soft per-level feature masks from per-level attention MLPs (A-HMLC [0]).
 
-    Ott et al. [0] replace G-HMLC's hard masks by attention heads that give one soft mask
-    per level, so that a feature may serve several levels. Level h has its own two-layer
-    MLP ``m_h(z) = gate((W2_h relu(W1_h x + b1_h) + b2_h) / temperature)`` on
-    ``x = z / |z|``; all levels run in one batched ``einsum``. ``gate="sigmoid"`` gives
-    gates in (0, 1), ``gate="softmax"`` gives ``D * softmax`` over the dimensions (mean 1).
-    The output layer starts near zero, so every mask starts near a constant, which the
-    masked loss's normalisation ignores: training starts as plain HMLC.
-
-    Nested masks: the finest level's mask is 1 and a coarser level's is the running
-    maximum of the gates from the coarsest down to it, so ``m_0 <= ... <= m_{L-1} = 1``;
-    only the L - 1 coarser levels have an MLP. :meth:`regularization` is
-    ``separation_weight`` times the mean pairwise cosine similarity of the levels'
-    batch-mean masks. Gradients flow through the masks into the head and into ``z``.
+    Level h's mask is ``gate((W2_h relu(W1_h x + b1_h) + b2_h) / temperature)`` of
+    ``x = z / |z|``, so a feature may serve several levels; ``gate="softmax"`` gives
+    ``D * softmax`` (mean 1). The output layer starts near zero, so the masks start near a
+    constant and training starts as plain HMLC. Nested masks fix the finest level's mask at
+    1 and make a coarser one the running maximum of the gates from the coarsest down.
+    :meth:`regularization` is ``separation_weight`` times the mean pairwise cosine
+    similarity of the levels' batch-mean masks.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
 
-    Args:
-        num_levels: Number of hierarchy levels L (>= 2 when nested).
-        dim: Embedding width D.
-        hidden_dim: Hidden width of each MLP (default ``max(8, dim // 4)``).
-        gate: ``"sigmoid"`` or ``"softmax"``.
-        temperature: The gate logits are divided by it (> 0); lower is sharper.
-        separation_weight: Weight (>= 0) of the regulariser; 0 disables it.
-        normalize_input: Feed ``z / |z|`` to the MLPs, so the masks ignore the scale of z.
-        init_std: Standard deviation (>= 0) of the output weights at init; 0 starts every
-            mask exactly constant.
-        nested: Nested masks, coarse to fine.
-
     Examples:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
         >>> head = AttentionMaskHead(num_levels=3, dim=16, gate="softmax")
         >>> masks = head(torch.randn(4, 16))
-        >>> masks.shape
-        torch.Size([4, 3, 16])
-        >>> torch.allclose(masks.mean(-1), torch.ones(4, 3))
-        True
+        >>> masks.shape, torch.allclose(masks.mean(-1), torch.ones(4, 3))
+        (torch.Size([4, 3, 16]), True)
     """
 
     def __init__(
@@ -96,8 +74,7 @@ class AttentionMaskHead(FeatureMaskHead):
         self.normalize_input = normalize_input
         self.init_std = init_std
         self.nested = nested
-        # Nested: the finest level's mask is fixed at 1, so it gets no MLP (an unused
-        # parameter would also stall DistributedDataParallel).
+        # Nested: the finest level's mask is 1 and has no MLP (unused, it would stall DDP).
         L, D, H = num_levels - int(nested), dim, hidden_dim
         self.weight1 = nn.Parameter(torch.empty(L, D, H))
         self.bias1 = nn.Parameter(torch.empty(L, H))
@@ -106,7 +83,6 @@ class AttentionMaskHead(FeatureMaskHead):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """First layer as ``nn.Linear``; output layer near zero, so masks start constant."""
         bound = 1.0 / math.sqrt(self.dim)
         nn.init.uniform_(self.weight1, -bound, bound)
         nn.init.uniform_(self.bias1, -bound, bound)
@@ -114,10 +90,7 @@ class AttentionMaskHead(FeatureMaskHead):
         nn.init.zeros_(self.bias2)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Masks [B, L, D], coarse to fine, of the projections ``z`` [B, D].
-
-        ``labels`` are validated if given and otherwise ignored.
-        """
+        """Masks [B, L, D], coarse to fine, of the projections ``z`` [B, D]."""
         self.check_inputs(z, labels)
         x = F.normalize(z, dim=1) if self.normalize_input else z
         x = x.to(self.weight1.dtype)  # autocast, if on, still picks the matmul precision
@@ -134,8 +107,7 @@ class AttentionMaskHead(FeatureMaskHead):
         return torch.cat([masks.cummax(dim=1).values, finest], dim=1)
 
     def regularization(self, masks: Tensor) -> Tensor:
-        """``separation_weight`` times the mean pairwise cosine similarity of the levels'
-        batch-mean masks, from ``masks`` [B | 1, L, D]; 0-dim, zero for one level."""
+        """The separation regulariser (0-dim) of ``masks`` [B | 1, L, D]."""
         L, D = self.num_levels, self.dim
         if masks.ndim != 3 or masks.shape[1:] != (L, D):
             raise ValueError(

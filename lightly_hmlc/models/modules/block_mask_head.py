@@ -13,27 +13,13 @@ from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 class BlockMaskHead(FeatureMaskHead):
     """Hard masks that give every hierarchy level a fixed block of the embedding.
 
-    The baseline that feature identification has to beat: nothing is fitted or learned,
-    the embedding is cut into L contiguous blocks, coarse to fine, and level h's term
-    sees only its block. Behind a projection head this equals L per-level projection
-    heads that share all but the last layer. With ``nested=True`` level h sees blocks
-    0..h, so the finest level sees every dimension, as in Ott et al.'s nested layout [0].
-
-    - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
-
-    Args:
-        num_levels: L, the depth of the label paths.
-        dim: D, the width of the projections.
-        block_sizes: Each level's block width, coarse to fine, summing to ``dim``.
-            Default: ``dim // L`` each, the remainder to the finest block.
-        nested: Level h sees blocks 0..h instead of block h alone.
+    The baseline for feature identification: the embedding is cut into L contiguous blocks,
+    coarse to fine (``block_sizes``, by default ``dim // L`` with the remainder to the
+    finest), and level h sees its block, or blocks 0..h with ``nested=True``.
 
     Examples:
-        >>> head = BlockMaskHead(num_levels=2, dim=5)
-        >>> head(torch.randn(3, 5))[0].tolist()
+        >>> BlockMaskHead(num_levels=2, dim=5)(torch.randn(3, 5))[0].tolist()
         [[1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]]
-        >>> BlockMaskHead(num_levels=2, dim=4, nested=True)(torch.randn(3, 4))[0, 1].tolist()
-        [1.0, 1.0, 1.0, 1.0]
     """
 
     masks: Tensor
@@ -72,10 +58,8 @@ class BlockMaskHead(FeatureMaskHead):
         self.register_buffer("masks", own.float().unsqueeze(0), persistent=False)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The fixed 0/1 masks [1, L, D] in the dtype and device of ``z`` (only checked)."""
         self.check_inputs(z, labels)
         return self.masks.to(device=z.device, dtype=z.dtype)
 
     def extra_repr(self) -> str:
-        """The shape of the masks, block sizes and nesting."""
         return f"{super().extra_repr()}, block_sizes={self.block_sizes}, nested={self.nested}"

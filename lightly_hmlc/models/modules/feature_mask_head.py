@@ -11,31 +11,23 @@ from lightly_hmlc.models.modules._arguments import check_int
 class FeatureMaskHead(nn.Module):
     """Base class of the heads that map projections to one feature mask per hierarchy level.
 
-    Ott et al. [0] weight the embedding with a mask M_h before the level-h term of HMLC
-    [1]. A head is a model part, called once per step on both views:
-    ``masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))``, then
-    ``loss = HMLCLoss(...)(z0, z1, labels, masks=masks) + head.regularization(masks)``;
-    the loss computes level h on ``normalize(normalize(z) * masks[:, h])``. A new head
-    implements :meth:`forward` (and optionally :meth:`regularization`); no loss changes.
+    Ott et al. [0] weight the embedding with a mask M_h before the level-h term of HMLC.
+    A head is called once per step on both views and its masks go to the loss::
+
+        masks = head(torch.cat([z0, z1]), labels.repeat(2, 1))
+        loss = HMLCLoss()(z0, z1, labels, masks=masks) + head.regularization(masks)
+
+    A new head implements :meth:`forward`, and optionally :meth:`regularization`.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
-    - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
-
-    Args:
-        num_levels: Number of hierarchy levels L (>= 1).
-        dim: Embedding width D (>= 1).
 
     Examples:
         >>> import torch
         >>> class AllOnes(FeatureMaskHead):
         ...     def forward(self, z, labels=None):
-        ...         self.check_inputs(z, labels)
         ...         return z.new_ones(1, self.num_levels, self.dim)
-        >>> head = AllOnes(num_levels=2, dim=4)
-        >>> head(torch.randn(3, 4)).shape
+        >>> AllOnes(num_levels=2, dim=4)(torch.randn(3, 4)).shape
         torch.Size([1, 2, 4])
-        >>> head.regularization(head(torch.randn(3, 4)))
-        tensor(0.)
     """
 
     num_levels: int
@@ -49,21 +41,22 @@ class FeatureMaskHead(nn.Module):
         self.dim = dim
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Float masks [B, L, D] (one per row) or [1, L, D] (shared), coarse to fine, of
-        the projections ``z`` [B, D] and label paths [B, L] (negative = unknown) or None."""
+        """Float masks [B, L, D] or [1, L, D] (shared), coarse to fine, of projections ``z``
+        [B, D] and label paths [B, L] or None.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement forward().")
 
     def regularization(self, masks: Tensor) -> Tensor:
-        """A 0-dim loss term from the masks :meth:`forward` returned (zero by default)."""
+        """A 0-dim loss term from the masks (zero by default)."""
         return masks.new_zeros(())
 
     def extra_repr(self) -> str:
-        """The shape of the masks; a head with options adds its own after these."""
         return f"num_levels={self.num_levels}, dim={self.dim}"
 
     def check_inputs(self, z: Tensor, labels: Tensor | None = None) -> None:
-        """Raises a ValueError unless ``z`` is [B, D] floating and ``labels`` integer
-        [B, L] or None. Shapes and dtypes only, so it never synchronises the device."""
+        """Raises a ValueError unless ``z`` is [B, D] floating and ``labels`` [B, L] or None
+        (shapes and dtypes only: no device sync).
+        """
         if not isinstance(z, Tensor):
             raise ValueError(f"z must be a torch.Tensor of shape [B, {self.dim}], got {type(z)}.")
         if z.ndim != 2 or z.shape[1] != self.dim:

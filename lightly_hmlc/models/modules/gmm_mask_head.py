@@ -1,8 +1,4 @@
-"""G-HMLC's feature-mask head: a Gaussian mixture over the embedding dimensions.
-
-The head does the schedule and the wiring; its parts are ``prefix_statistics`` (running
-statistics), ``_fisher`` (descriptors), ``_gmm`` (EM fit) and ``_assignment`` (masks).
-"""
+"""G-HMLC's feature-mask head: a Gaussian mixture over the embedding dimensions."""
 
 from __future__ import annotations
 
@@ -19,52 +15,26 @@ from lightly_hmlc.models.modules._assignment import assign_masks, check_min_dims
 from lightly_hmlc.models.modules._fisher import fisher_descriptors
 from lightly_hmlc.models.modules._gmm import EMOptions, GaussianMixtureFit, fit_gaussian_mixture
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
-from lightly_hmlc.models.modules.prefix_statistics import (
-    Float64BuffersMixin,
-    LabelPrefixStatistics,
-)
+from lightly_hmlc.models.modules.prefix_statistics import Float64BuffersMixin, LabelPrefixStatistics
 
 __all__ = ["EMOptions", "GMMFeatureMaskHead", "GaussianMixtureFit", "fit_gaussian_mixture"]
 
-# Buffers that moved into the ``statistics`` submodule; old checkpoints name them directly.
+# The statistics' buffers, which older checkpoints name on the head itself.
 _STAT_NAMES = ("class_keys", "num_classes", "class_count", "class_sum", "level_sumsq")
 
 
 class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     """Hard per-level feature masks from a Gaussian mixture over embedding dimensions (G-HMLC).
 
-    Following Ott et al. [0], a GMM with one component per level assigns every embedding
-    dimension to a level; the level-h term of HMLC [1] sees only mask M_h. Dimension d is
-    the point of its log Fisher ratios at the L levels, from running statistics of
-    ``z / |z|`` per label prefix. Nested masks (default) are cumulative: level l sees the
-    dimensions of levels 0..l, the finest all; ``nested=False`` gives the partition.
-
-    Each forward in training mode with labels is a step. The masks are all ones (plain
-    HMLC) until the first fit after ``warmup_steps`` steps, then refitted every
-    ``refit_every`` steps. Eval mode and calls under ``torch.inference_mode()`` update
-    nothing. Only refits read the device; under DDP every rank refits on the merged
-    statistics of all ranks. See ``docs/METHOD.md``.
+    A GMM with one component per level (Ott et al. [0]) assigns every dimension to a level,
+    from its log Fisher ratios at the L levels in running statistics of ``z / |z|`` per
+    label prefix. Nested masks (default) are cumulative, so the finest level sees all
+    dimensions; ``nested=False`` gives a partition. The masks are all ones (plain HMLC)
+    until the first fit after ``warmup_steps`` training steps with labels, then refitted
+    every ``refit_every`` steps. Eval mode updates nothing; only refits read the device,
+    and under DDP every rank refits on the statistics of all ranks. See ``docs/METHOD.md``.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
-    - [1] Zhang et al., Use All The Labels, CVPR 2022, https://arxiv.org/abs/2204.13207
-
-    Args:
-        num_levels: Number of hierarchy levels L (= GMM components).
-        dim: Embedding width D, at least ``L * min_dims_per_level``.
-        refit_every: Training steps between refits.
-        warmup_steps: Training steps before the first fit (the first runs at step >= 1).
-        momentum: Decay of the statistics per step, in (0, 1]; 1 keeps plain sums.
-        max_classes_per_level: Capacity of the class tables (a refit raises beyond it).
-        min_dims_per_level: Dimensions every level's own part keeps.
-        normalize_input: Compute the statistics on ``z / |z|``; False uses z as given.
-        nested: Cumulative masks, coarse to fine, instead of a partition.
-        em_options: The EM settings of the fit (default :class:`EMOptions`).
-
-    Attributes:
-        masks: Buffer [L, D] of 0/1 masks, coarse to fine; ``step``, ``fitted``: buffers.
-        descriptors: Buffer [D, L], the descriptors of the last fit (NaN before).
-        last_fit: The :class:`GaussianMixtureFit` of the last refit (not saved).
-        statistics: The :class:`LabelPrefixStatistics` behind the descriptors.
 
     Examples:
         >>> head = GMMFeatureMaskHead(num_levels=2, dim=8, warmup_steps=2, refit_every=2)
@@ -72,12 +42,8 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         >>> generator = torch.Generator().manual_seed(0)
         >>> for _ in range(2):
         ...     masks = head(torch.randn(16, 8, generator=generator), labels)
-        >>> masks.shape, bool(head.fitted)
-        (torch.Size([1, 2, 8]), True)
-        >>> head.masks[-1].tolist()  # nested: the finest level sees every dimension
-        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-        >>> bool((head.masks[0] <= head.masks[1]).all())
-        True
+        >>> masks.shape, bool(head.fitted), bool(head.masks[-1].all())
+        (torch.Size([1, 2, 8]), True, True)
     """
 
     masks: Tensor
@@ -131,13 +97,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Detached masks [1, L, D] in the dtype of the projections ``z`` [B, D]; in
-        training mode with label paths [B, L], updates the statistics and refits on
-        schedule."""
+        """Detached masks [1, L, D] of ``z`` [B, D]; with labels in training, a step."""
         self.check_inputs(z, labels)
-        # Under torch.inference_mode() the statistics would become inference tensors,
-        # which a later training step could not update in place: such a call is
-        # evaluation, whatever the module's mode.
+        # Under inference_mode the statistics would become inference tensors that a later
+        # training step could not update in place: such a call is evaluation.
         if self.training and labels is not None and not torch.is_inference_mode_enabled():
             x = z.detach().to(torch.float64)
             self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
@@ -151,19 +114,12 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
 
     @torch.no_grad()
     def refit(self) -> Tensor:
-        """Merges the statistics (all ranks under DDP, which must call it together) and
-        refits now; returns a copy of the masks [L, D].
-
-        Raises:
-            ValueError: If more classes than ``max_classes_per_level`` were seen.
-            RuntimeError: If no labelled sample has been seen yet.
-        """
+        """Merges the statistics (all ranks together under DDP), refits now, returns the masks."""
         self._refit(explicit=True)
         return self.masks.clone()
 
     @torch.no_grad()
     def compute_descriptors(self) -> Tensor:
-        """The clamped log Fisher ratios [D, L] (float64) of the merged statistics."""
         stats = self.statistics
         return fisher_descriptors(
             stats.class_keys,
@@ -173,7 +129,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             stats.level_sumsq,
         )
 
-    # The statistics' buffers, under the names they had before the head was split.
+    # The statistics' buffers, also on the head.
     class_keys = property(lambda self: self.statistics.class_keys)
     num_classes = property(lambda self: self.statistics.num_classes)
     class_count = property(lambda self: self.statistics.class_count)
@@ -193,8 +149,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # Checkpoints from before the split name the statistics on the head itself; those
-        # of the removed level estimate carry its report buffers.
+        # Older checkpoints name the statistics on the head, and may hold removed buffers.
         for name in (*_STAT_NAMES, "_extra_state"):
             old, new = prefix + name, prefix + "statistics." + name
             if old in state_dict and new not in state_dict:
@@ -237,8 +192,7 @@ def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:
 
 
 def _check_loaded_mask_form(head: torch.nn.Module, incompatible_keys: Any) -> None:
-    # A checkpoint of the other mask form would train with its loaded masks until the next
-    # refit and then switch form silently, so a mismatch is an error that names the fix.
+    # A checkpoint of the other mask form would switch form silently at the next refit.
     if not isinstance(head, GMMFeatureMaskHead) or not bool(head.fitted) or head.num_levels < 2:
         return
     masks = head.masks.bool()

@@ -16,51 +16,21 @@ from lightly_hmlc.models.modules._arguments import check_int
 class HierarchicalMemoryBank(nn.Module):
     """FIFO queue of projected embeddings and their label paths, for the contrastive losses.
 
-    MoCo (He et al. [0]) contrasts the current batch against a queue of past embeddings;
-    Lightly's ``MemoryBankModule`` keeps features only. Supervised and hierarchical
-    losses also need the queued rows' labels, to find the positives at each level, so
-    this bank stores beside each embedding its label path [L] (-1 for unknown).
-
-    :meth:`forward` returns the filled rows from before this batch is enqueued (MoCo
-    semantics). Pass them as ``memory=(bank_features, bank_labels)``: extra contrast rows
-    and positives at every level, never anchors. The queue is a set of buffers, so it is
-    checkpointed and follows ``.to(device)``.
-
-    With ``gather_distributed=True`` under DDP every rank enqueues the all-gathered batch
-    (same batch size on every rank), so the queues stay identical on all ranks. Without
-    it each rank keeps its own queue, which DDP's buffer broadcast overwrites with rank
-    0's when the bank is part of the wrapped model.
-    A state whose ``num_filled`` / ``ptr`` are not those of a queue of this size raises
-    a ValueError on load.
+    Like Lightly's ``MemoryBankModule`` for MoCo [0], but each row keeps its label path, so
+    that the losses find its positives at every level. :meth:`forward` returns the filled
+    rows from before the batch is enqueued: pass them as ``memory=``. The queue is a set of
+    buffers; with ``gather_distributed`` every rank enqueues the batches of all ranks, and
+    ``check_values`` rejects NaN features and bad labels (reading the device).
 
     - [0] He et al., Momentum Contrast, CVPR 2020, https://arxiv.org/abs/1911.05722
 
-    Args:
-        size: K, the number of rows the queue holds.
-        dim: D, the width of the embeddings.
-        num_levels: L, the depth of the label paths.
-        gather_distributed: Enqueue the rows of all ranks.
-        check_values: Reject NaN/Inf features and labels below -1 (a device read per
-            call); False checks shapes only, so a step never synchronises.
-
-    Attributes:
-        features: Buffer [K, D]; labels: Buffer [K, L] (-1 in unused rows).
-        ptr: Buffer [1], the next row written; num_filled: Buffer [1], rows with data.
-
     Examples:
         >>> bank = HierarchicalMemoryBank(size=4, dim=2, num_levels=2)
-        >>> labels = torch.tensor([[0, 0], [1, -1]])  # -1: fine level unknown
-        >>> bank_z, bank_labels = bank(torch.randn(2, 2), labels)  # before it: empty
-        >>> bank_z.shape, bank_labels.shape
-        (torch.Size([0, 2]), torch.Size([0, 2]))
-        >>> for shift in (1, 2, 3):
+        >>> labels = torch.tensor([[0, 0], [1, -1]])
+        >>> for shift in (0, 1, 2, 3):
         ...     bank_z, bank_labels = bank(torch.randn(2, 2), labels + shift)
-        >>> bank_labels.tolist()  # full: the first batch was dequeued, oldest first
+        >>> bank_labels.tolist()  # the queue before the last batch, oldest first
         [[1, 1], [2, 0], [2, 2], [3, 1]]
-        >>> from lightly_hmlc.loss import HMLCLoss
-        >>> z0, z1 = torch.randn(2, 2), torch.randn(2, 2)
-        >>> HMLCLoss("hmce")(z0, z1, labels, memory=bank(z1.detach(), labels)).shape
-        torch.Size([])
     """
 
     features: Tensor
@@ -92,8 +62,7 @@ class HierarchicalMemoryBank(nn.Module):
         self.register_buffer("labels", torch.full((size, num_levels), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("num_filled", torch.zeros(1, dtype=torch.long))
-        # Host copies of ptr and num_filled: no device synchronisation per step. They are
-        # re-read from the buffers after load_state_dict.
+        # Host copies of ptr and num_filled (no device sync per step), re-read on load.
         self._host_ptr = 0
         self._host_filled = 0
         self.register_load_state_dict_post_hook(_sync_host_counters)
@@ -101,16 +70,8 @@ class HierarchicalMemoryBank(nn.Module):
     def forward(
         self, features: Tensor, labels: Tensor, update: bool = True
     ) -> tuple[Tensor, Tensor]:
-        """Returns the queue before this batch, then enqueues the batch.
-
-        Args:
-            features: Projections [B, D], e.g. ``z1.detach()`` or a momentum encoder's keys.
-            labels: Label paths [B, L], -1 for unknown ([B] when L = 1).
-            update: Enqueue the batch (False e.g. in validation).
-
-        Returns:
-            Detached ``(features [K', D], labels [K', L])`` of the ``K' = min(seen, K)``
-            filled rows, oldest first.
+        """The ``min(seen, K)`` filled rows ``(features, labels)`` from before this batch, oldest
+        first; then enqueues the batch unless ``update=False``.
         """
         labels = self._check(features, labels)
         num_filled = self._host_filled
@@ -141,8 +102,7 @@ class HierarchicalMemoryBank(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # Counters outside the queue would return duplicated or never-written rows as
-        # filled ones; refuse them before anything is copied in.
+        # Counters outside the queue would return duplicated or never-written rows.
         filled, ptr = state_dict.get(prefix + "num_filled"), state_dict.get(prefix + "ptr")
         if isinstance(filled, Tensor) and isinstance(ptr, Tensor):
             if filled.numel() == 1 and ptr.numel() == 1:
@@ -160,8 +120,6 @@ class HierarchicalMemoryBank(nn.Module):
             )
         if not features.dtype.is_floating_point:
             raise ValueError(f"features must be floating point, got {features.dtype}.")
-        # The package's one label-path check (lightly_hmlc.label_paths), also used by the
-        # sampler; values below -1 only with check_values, as they need a host sync.
         labels = check_label_paths(
             labels,
             num_levels=self.num_levels,
@@ -200,7 +158,6 @@ class HierarchicalMemoryBank(nn.Module):
 
 
 def _check_counters(num_filled: int, ptr: int, size: int) -> None:
-    """Raises a ValueError unless the counters are those of a queue of ``size`` rows."""
     if not 0 <= num_filled <= size:
         problem = f"num_filled={num_filled} is outside 0..{size}, the bank's size"
     elif not 0 <= ptr < size:
@@ -223,7 +180,7 @@ def _sync_host_counters(module: nn.Module, incompatible_keys: object) -> None:
 
 
 def _gather_rows(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """All-gathers features and labels in rank order; every rank must send as many rows."""
+    """All-gathers features and labels; every rank must send as many rows."""
     world_size = dist.world_size()
     rows = torch.tensor([features.shape[0]], device=features.device)
     sizes = [torch.zeros_like(rows) for _ in range(world_size)]

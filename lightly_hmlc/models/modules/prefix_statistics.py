@@ -1,9 +1,4 @@
-"""Running per-class statistics of projections keyed on label prefixes, kept on the device.
-
-G-HMLC's descriptors need, per hierarchy level, the class means and the within-class
-scatter of every embedding dimension; the classes of level l are the label prefixes
-``labels[:, :l + 1]``.
-"""
+"""Running per-class statistics of projections keyed on label prefixes, kept on the device."""
 
 from __future__ import annotations
 
@@ -23,8 +18,9 @@ _MAX_LAZY_SCALE = 1e100
 
 
 class Float64BuffersMixin(nn.Module):
-    """Keeps the buffers named in ``_float64_buffers`` float64, with exact values, through
-    any model cast (``model.half()`` would round running sums); they only move device."""
+    """Keeps the buffers named in ``_float64_buffers`` float64 and exact through any model
+    cast (``model.half()`` would round running sums); they only move device.
+    """
 
     _float64_buffers: tuple[str, ...] = ()
 
@@ -39,7 +35,6 @@ class Float64BuffersMixin(nn.Module):
         return self
 
     def _pinned_device(self) -> torch.device:
-        """The device after a cast, read from a buffer the cast does not pin."""
         raise NotImplementedError
 
     def _moved(self, device: torch.device) -> None:
@@ -49,34 +44,16 @@ class Float64BuffersMixin(nn.Module):
 class LabelPrefixStatistics(Float64BuffersMixin):
     """Decayed per-class count and sum, and per-level sum of squares, of projections.
 
-    The classes of level l are the label prefixes 0..l (a fine label under two parents is
-    two classes); a sample counts at level l only if its labels 0..l are known (>= 0).
-    The statistics decay by ``momentum`` per step and stay float64 through model casts.
-
-    :meth:`update` never synchronises the device: each rank adds its batches to a
-    private pending table of fixed shape (extra state, saved but never broadcast), and
-    decay is lazy (a new batch is stored with weight ``momentum ** -since_merge``).
-    :meth:`merge`, which all ranks must call together, gathers the ranks' label
-    prefixes, lays every table on their sorted union and all-reduces them, so the merged
-    buffers hold the statistics of all data, identical on every rank.
-
-    Args:
-        num_levels: Number of hierarchy levels L.
-        dim: Width D of the projections.
-        max_classes_per_level: Capacity C of each level's class table (>= 2).
-        momentum: Decay per step, in (0, 1]; 1 keeps plain sums.
-        sync_distributed: Merge over the default process group when torch.distributed
-            runs with world size > 1.
-        owner: The module named in error messages.
-
-    Attributes:
-        class_keys: [L, C, L] sorted label prefixes padded with -1 (``num_classes`` [L] in
-            use); class_count [L, C] and class_sum [L, C, D] per class; level_sumsq [L, D].
+    The classes of level l are the label prefixes 0..l; a sample counts at level l only if
+    its labels 0..l are known. :meth:`update` never synchronises the device: each rank
+    adds to a pending table of fixed shape, and decay (``momentum`` per step) is lazy.
+    :meth:`merge`, called by all ranks together, lays the tables on the sorted union of
+    their prefixes and all-reduces them, so the buffers (``class_keys`` [L, C, L],
+    ``class_count`` [L, C], ``class_sum`` [L, C, D], ``level_sumsq`` [L, D]) agree.
 
     Examples:
         >>> stats = LabelPrefixStatistics(num_levels=2, dim=3, momentum=1.0)
-        >>> labels = torch.tensor([[0, 0], [0, 1], [1, -1]])
-        >>> stats.update(torch.ones(3, 3), labels)
+        >>> stats.update(torch.ones(3, 3), torch.tensor([[0, 0], [0, 1], [1, -1]]))
         >>> stats.merge()
         >>> stats.num_classes.tolist(), stats.class_count[1, :2].tolist()
         ([2, 2], [1.0, 1.0])
@@ -130,8 +107,7 @@ class LabelPrefixStatistics(Float64BuffersMixin):
 
     @torch.no_grad()
     def update(self, z: Tensor, labels: Tensor) -> None:
-        """Adds projections [B, D] and their label paths [B, L] (negative = unknown) to this
-        rank's pending statistics, without synchronising the device."""
+        """Adds projections [B, D] and label paths [B, L] to this rank's pending statistics."""
         p = self._ensure_pending()
         scale = 1.0
         if self.momentum < 1.0:
@@ -159,12 +135,8 @@ class LabelPrefixStatistics(Float64BuffersMixin):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Adds every rank's pending statistics to the merged buffers and clears them.
-
-        Synchronises the device and, under DDP, all ranks.
-
-        Raises:
-            ValueError: If a level saw more label prefixes than ``max_classes_per_level``.
+        """Adds every rank's pending statistics to the merged buffers; a ValueError if a level
+        saw more prefixes than ``max_classes_per_level``.
         """
         p = self._ensure_pending()
         L, C, D = self.num_levels, self.max_classes_per_level, self.dim
@@ -229,17 +201,15 @@ class LabelPrefixStatistics(Float64BuffersMixin):
         self._reset_pending(own_num)
 
     def has_statistics(self) -> bool:
-        """Whether any labelled sample was merged (reads the device once)."""
         return bool((self.class_count.sum() > 0).item())
 
     def get_extra_state(self) -> dict[str, Tensor]:
-        """The pending statistics of this rank, so a checkpoint loses no batch."""
+        """The pending statistics of this rank, so that a checkpoint loses no batch."""
         state = {name: value.clone() for name, value in self._pending.items()}
         state["since_merge"] = torch.tensor(self._since_merge)
         return state
 
     def set_extra_state(self, state: Any) -> None:
-        """Restores the pending statistics saved by :meth:`get_extra_state`."""
         if not isinstance(state, dict) or "since_merge" not in state:
             raise ValueError(f"Expected the dict of get_extra_state(), got {type(state)}.")
         state = dict(state)
@@ -258,8 +228,6 @@ class LabelPrefixStatistics(Float64BuffersMixin):
 
     def _moved(self, device: torch.device) -> None:
         self._pending = {name: value.to(device) for name, value in self._pending.items()}
-
-    # ------------------------------------------------------------------ internals
 
     def _new_pending(self, device: torch.device) -> dict[str, Tensor]:
         L, D, C = self.num_levels, self.dim, self.max_classes_per_level
@@ -282,7 +250,7 @@ class LabelPrefixStatistics(Float64BuffersMixin):
         return self._pending
 
     def _apply_decay(self, merged_num: list[int] | None, own_num: list[int] | None) -> None:
-        """Multiplies the stored statistics by the pending decay; the used rows when known."""
+        """Multiplies the stored statistics by the pending decay (only the used rows when known)."""
         factor = self.momentum**self._since_merge
         self._since_merge = 0
         if factor == 1.0:
@@ -298,12 +266,10 @@ class LabelPrefixStatistics(Float64BuffersMixin):
         p["level_sumsq"].mul_(factor)
 
     def _lookup_or_insert(self, level: int, rows: Tensor, ok: Tensor) -> Tensor:
-        """Slot of each row in the pending table of ``level``; new prefixes get new slots.
+        """Slot of each row in the pending table of ``level``, new prefixes getting new slots.
 
-        Table and batch rows are sorted together (one stable argsort per prefix column) so
-        equal prefixes form groups: fixed shapes, no device read, O(C + B) memory. Unknown
-        prefixes and those beyond the capacity go to the spare slot C; an overflow is
-        flagged and reported at the next merge.
+        Table and batch rows are sorted together so that equal prefixes form groups: fixed
+        shapes, no device read. Unknown prefixes and overflow go to the spare slot C.
         """
         p = self._pending
         C = self.max_classes_per_level
