@@ -92,7 +92,7 @@ class _LogDenominators(torch.autograd.Function):
     def backward(ctx: Any, grad_log: Tensor, grad_windows: Tensor) -> tuple[Tensor | None, ...]:
         anchors, contrast, anchor_index, columns, known, shifts, sums = ctx.saved_tensors
         outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
-        num_matrices, num_outputs = anchors.shape[0], sums.shape[0]
+        num_matrices = anchors.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
         grad_anchors = torch.empty_like(anchors)
         grad_contrast = torch.empty_like(contrast)

@@ -42,8 +42,8 @@ def test_compiles_with_fullgraph_and_gives_the_eager_values_and_gradients(name: 
         inputs = [out0.clone().requires_grad_(True), out1.clone().requires_grad_(True)]
         loss = call(*inputs, LABELS)
         loss.backward()
-        grads = [x.grad for x in inputs] + [p.grad for p in loss_fn.parameters()]
-        results.append((loss.detach(), [g for g in grads if g is not None]))
+        found = [x.grad for x in inputs] + [p.grad for p in loss_fn.parameters()]
+        results.append((loss.detach(), [g for g in found if g is not None]))
     (eager, eager_grads), (value, grads) = results
     assert len(grads) == len(eager_grads) >= 2
     torch.testing.assert_close(value, eager, rtol=1e-5, atol=1e-6)
