@@ -100,8 +100,10 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         """Detached masks [1, L, D] of ``z`` [B, D]; with labels in training, a step."""
         self.check_inputs(z, labels)
         # Under inference_mode the statistics would become inference tensors that a later
-        # training step could not update in place: such a call is evaluation.
-        if self.training and labels is not None and not torch.is_inference_mode_enabled():
+        # training step could not update in place: such a call is evaluation. (A compiled
+        # graph never runs in inference mode, and cannot ask.)
+        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+        if self.training and labels is not None and not inference:
             x = z.detach().to(torch.float64)
             self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
             self.step.add_(1)
