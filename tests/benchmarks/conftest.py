@@ -1,4 +1,5 @@
-"""Makes the benchmark scripts importable: ``benchmarks/`` is a folder of scripts, not a package."""
+"""Makes the benchmark scripts importable: ``benchmarks/`` holds folders of scripts
+(``suite/``, ``lab/``, ``speed/``) and the entry ``main.py``, not packages."""
 
 from __future__ import annotations
 
@@ -10,5 +11,8 @@ from pathlib import Path
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCHMARKS_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS_DIR))
+# The tests' ``import main``, ``import methods``, ``import lab``, ``import throughput``.
+for folder in ("speed", "lab", "suite", ""):
+    path = str(BENCHMARKS_DIR / folder) if folder else str(BENCHMARKS_DIR)
+    if path not in sys.path:
+        sys.path.insert(0, path)

@@ -69,10 +69,10 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
     assert checkpoint["hyper_parameters"]["method"] == method
     assert checkpoint["hyper_parameters"]["backbone"] == "resnet_tiny_cifar"
     state = checkpoint["state_dict"]
-    if method == "a-hmlc":  # the attention head is a submodule and trained
-        assert state["mask_head.bias2"].abs().sum() > 0
+    if method == "a-hmlc":  # the attention head is a submodule of the loss and trained
+        assert state["criterion.mask_head.bias2"].abs().sum() > 0
     if method == "g-hmlc":  # the GMM buffers are checkpointed, and the masks were fitted
-        assert bool(state["mask_head.fitted"])
+        assert bool(state["criterion.mask_head.fitted"])
     if method == "ce":
         assert "classifier.weight" in state and not any(k.startswith("projection") for k in state)
     summary = (tmp_path / "shapes" / "summary.md").read_text()
@@ -94,17 +94,19 @@ def test_ce_fine_targets_handle_leaves_at_different_depths() -> None:
 
 
 @pytest.mark.parametrize("method", ["a-hmlc", "g-hmlc"])
-def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
-    method: str,
-) -> None:
+def test_masked_methods_train_with_the_package_chain_and_its_defaults(method: str) -> None:
+    """The suite's G-HMLC / A-HMLC is the package's MaskedHMLCLoss on the registered head:
+    the loss a user trains with (GHMLCLoss / AHMLCLoss), step for step."""
     from lightly_hmlc import AHMLCLoss, GHMLCLoss
+    from lightly_hmlc.loss import MaskedHMLCLoss
 
     torch.manual_seed(0)
     kwargs = {"num_classes_per_level": [2, 4], "proj_dim": 8}
     if method == "g-hmlc":  # fit the GMM at once, so that its masks are not all ones
         kwargs.update(mask_warmup_steps=1, mask_refit_every=1)
     model = cast(methods.LabelPathMethod, methods.create_method(method, **kwargs))
-    assert model.mask_head is not None and not hasattr(model.criterion, "mask_head")
+    assert type(model.criterion) is MaskedHMLCLoss  # no chain of the suite's own
+    assert model.mask_head is model.criterion.mask_head
     fit_at_once: dict[str, Any] = (
         {"warmup_steps": 1, "refit_every": 1} if method == "g-hmlc" else {}
     )
@@ -121,18 +123,36 @@ def test_mask_head_is_a_model_part_and_the_chain_equals_the_convenience_loss(
         z0, z1 = torch.randn(16, 8), torch.randn(16, 8)
         ours, logs = model.compute_loss(torch.zeros(32, 4), z0, z1, labels)
         theirs = convenience(z0, z1, labels)
-        assert torch.allclose(ours, theirs, atol=1e-6), (ours, theirs)
+        assert torch.equal(ours, theirs), (ours, theirs)
     assert {"loss_level0", "loss_level1"} <= set(logs)
     if method == "g-hmlc":  # the masks compared were fitted ones
-        assert bool(model.mask_head.fitted)
+        assert bool(cast(Any, model.mask_head).fitted)
     if method == "a-hmlc":  # the attention head is optimised as a model parameter
         trainer_free = dict(model.named_parameters())
-        assert any(name.startswith("mask_head.") for name in trainer_free)
+        assert any(name.startswith("criterion.mask_head.") for name in trainer_free)
         from lightly.models.utils import get_weight_decay_parameters
 
         decay, no_decay = get_weight_decay_parameters([model])
         ids = {id(p) for p in decay + no_decay}
         assert all(id(p) in ids for p in model.mask_head.parameters())
+
+
+@pytest.mark.parametrize("method", ["a-hmlc", "g-hmlc"])
+def test_checkpoints_of_the_head_as_a_model_part_still_load(method: str) -> None:
+    """Before the suite used the package's chain, the head was saved as ``mask_head.*``."""
+    model = methods.create_method(method, num_classes_per_level=[2, 4], proj_dim=8)
+    old_layout = {k.removeprefix("criterion."): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("mask_head.") for k in old_layout)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": old_layout}
+    fresh = methods.create_method(method, num_classes_per_level=[2, 4], proj_dim=8)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict: every key found
+    loaded = fresh.state_dict()
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):  # the GMM's unfitted tables hold NaN
+            assert torch.equal(loaded[key].nan_to_num(), value.nan_to_num()), key
+        else:  # extra state
+            assert loaded[key] == value, key
 
 
 @pytest.mark.parametrize("method", ["hmce", "a-hmlc"])

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.sh: its arguments and refusals (the full --dry-run takes minutes on
-a shared 2-core machine, so it is run by hand: ``benchmarks/gpu_check.sh --dry-run``)."""
+"""benchmarks/speed/gpu_check.sh: its arguments and refusals (the full --dry-run takes minutes on
+a shared 2-core machine, so it is run by hand: ``benchmarks/speed/gpu_check.sh --dry-run``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed" / "gpu_check.sh"
 
 
 def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:

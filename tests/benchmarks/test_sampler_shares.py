@@ -1,4 +1,4 @@
-"""The long-tailed layout of ``benchmarks/sampler_shares.py`` and its table."""
+"""The long-tailed layout of ``benchmarks/lab/sampler_shares.py`` and its table."""
 
 from __future__ import annotations
 

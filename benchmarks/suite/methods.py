@@ -15,9 +15,10 @@ method     objective
 ``hce``    ``HMLCLoss(loss_type="hce")`` [2]
 ``hmce``   ``HMLCLoss(loss_type="hmce")`` [2]
 ``g-hmlc`` HMCE on hard per-level masks of the GMM head (``gmm-mask``), Ott et al. [3],
-           with ``GHMLCLoss``' default hierarchy margin (0.2)
+           with ``GHMLCLoss``' default hierarchy margin (0.2): the package's
+           ``MaskedHMLCLoss`` chain
 ``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3],
-           with ``AHMLCLoss``' default hierarchy margin (0.2)
+           with ``AHMLCLoss``' default hierarchy margin (0.2): the same chain
 =========  =====================================================================
 
 Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
@@ -26,10 +27,13 @@ table of methods (the CLI, ``throughput.py`` and the docs derive from it), so a 
 registered with ``register_loss`` (or an entry point) is a method with no change here.
 
 The contrastive methods project the backbone features with Lightly's
-``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). The mask
-heads of G-HMLC and A-HMLC are model parts (``self.mask_head``, from ``create_head``),
-so that A-HMLC's attention parameters are optimised as model parameters and G-HMLC's
-statistics are checkpointed with the model; the loss gets ``masks=``.
+``SimCLRProjectionHead`` (hidden width = feature width, output ``proj_dim``). G-HMLC and
+A-HMLC train with the package's own chain, the loss a user trains with:
+``MaskedHMLCLoss(create_head(...))``, which runs the head, the masked HMLC terms and the
+head's regulariser (``GHMLCLoss`` and ``AHMLCLoss`` are this loss with their head). The
+loss is a submodule of the model, and the head one of the loss (``self.mask_head`` is
+``self.criterion.mask_head``), so A-HMLC's attention parameters are optimised as model
+parameters and G-HMLC's statistics are checkpointed with the model.
 
 Optimisation (shared): SGD with momentum 0.9 (or LARS, or AdamW), the learning rate
 ``lr * global_batch_size / 256`` (linear scaling), no weight decay on norm layers and
@@ -54,7 +58,6 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import (
@@ -68,7 +71,7 @@ from timm.models import get_pretrained_cfg_value
 from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
-from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss
+from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
 from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 from lightly_hmlc.registry import (
     component_parameters,
@@ -463,25 +466,25 @@ class SimCLR(HierarchicalMethod):
 
 @dataclass(frozen=True)
 class MaskedMethod:
-    """A method of Ott et al. [3]: a loss of the registry on a registered head's masks.
+    """A method of Ott et al. [3]: the package's ``MaskedHMLCLoss`` on a registered head.
 
-    The head is a part of the model (``self.mask_head``), as a head is in Lightly; the
-    loss is stateless and takes ``masks=``. ``loss_defaults`` are the loss options that
-    the one-module loss of the same method (``GHMLCLoss``, ``AHMLCLoss``) has by default
-    and the registry's plain loss does not (``--loss-option`` overrides them).
+    The loss is ``MaskedHMLCLoss(create_head(head, ...), ...)``, the chain that
+    ``GHMLCLoss`` and ``AHMLCLoss`` are (they build the same loss around their head);
+    the suite builds the head itself so that ``--head-option`` reaches the head even
+    where a head and the loss share an argument name (A-HMLC's gate ``temperature``).
+    ``loss_defaults`` are the loss options that the one-module loss of the same method
+    (``GHMLCLoss``, ``AHMLCLoss``) has by default and ``MaskedHMLCLoss`` does not
+    (``--loss-option`` overrides them).
     """
 
-    loss: str
     head: str
     loss_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 MASKED_METHODS: dict[str, MaskedMethod] = {
-    "g-hmlc": MaskedMethod(
-        "hmce", "gmm-mask", {"hierarchy_margin": GHMLCLoss.default_hierarchy_margin}
-    ),
+    "g-hmlc": MaskedMethod("gmm-mask", {"hierarchy_margin": GHMLCLoss.default_hierarchy_margin}),
     "a-hmlc": MaskedMethod(
-        "hmce", "attention-mask", {"hierarchy_margin": AHMLCLoss.default_hierarchy_margin}
+        "attention-mask", {"hierarchy_margin": AHMLCLoss.default_hierarchy_margin}
     ),
 }
 # What the suite offers every registered loss and head; each gets the ones it names.
@@ -502,12 +505,13 @@ class LabelPathMethod(HierarchicalMethod):
     (``return_level_losses=True``,
     asked only of a loss whose ``forward`` names it).
 
-    The methods of ``MASKED_METHODS`` (G-HMLC, A-HMLC) run the chain of Ott et al. [3]
-    with the mask head as a model part: ``masks = self.mask_head(normalize(z), paths)``
-    on ``z = cat([z0, z1])``, ``loss = criterion(z0, z1, paths, masks=masks)`` plus the
-    head's ``regularization(masks)``. So A-HMLC's attention parameters are optimised as
-    model parameters and G-HMLC's statistics are checkpointed with the model. The head
-    gets L2-normalised rows, as in ``GHMLCLoss``/``AHMLCLoss``, whose chain this is.
+    The methods of ``MASKED_METHODS`` (G-HMLC, A-HMLC) train with the package's chain
+    of Ott et al. [3], ``MaskedHMLCLoss(create_head(head, ...))``: the loss runs the head
+    on the L2-normalised ``cat([z0, z1])``, the masked HMLC terms and the head's
+    ``regularization(masks)``, exactly as for a user of ``GHMLCLoss``/``AHMLCLoss``;
+    nothing of the chain is written here. The head is a submodule of the loss
+    (:attr:`mask_head`), so A-HMLC's attention parameters are optimised as model
+    parameters and G-HMLC's statistics are checkpointed with the model.
 
     Args:
         method: The registered loss name, e.g. ``"hmce"``, or a ``MASKED_METHODS`` name.
@@ -531,7 +535,6 @@ class LabelPathMethod(HierarchicalMethod):
         **kwargs: The arguments of :class:`HierarchicalMethod`.
     """
 
-    mask_head: nn.Module | None
     memory_bank: HierarchicalMemoryBank | None
     momentum_backbone: nn.Module | None
     momentum_projection_head: nn.Module | None
@@ -607,10 +610,15 @@ class LabelPathMethod(HierarchicalMethod):
         keys: Tensor = self.momentum_projection_head(features)
         return keys
 
-    def _offered(self, kind: str, name: str) -> dict[str, Any]:
+    @property
+    def mask_head(self) -> nn.Module | None:
+        """The loss's mask head (G-HMLC, A-HMLC, ``masked-hmlc``), else ``None``."""
+        head = getattr(self.criterion, "mask_head", None)
+        return head if isinstance(head, nn.Module) else None
+
+    def _offered(self, names: Sequence[str], variadic: bool) -> dict[str, Any]:
         # A factory with **kwargs gets them all: it may forward them to a loss that
         # needs gather_distributed (else a DDP run would silently compute per rank).
-        names, variadic = component_parameters(kind, name)
         if variadic:
             names = [*names, *_SUITE_ARGUMENTS]
         offered = {
@@ -622,23 +630,28 @@ class LabelPathMethod(HierarchicalMethod):
         return {key: offered[key] for key in _SUITE_ARGUMENTS if key in names}
 
     def build_criterion(self) -> nn.Module:
-        """The registered loss (and the mask head) with the suite's arguments they name."""
+        """The registered loss (for G-HMLC and A-HMLC the package's ``MaskedHMLCLoss`` on
+        the registered head) with the suite's arguments they name."""
         masked = MASKED_METHODS.get(self.method_name)
-        loss_name = masked.loss if masked else self.method_name
-        head_name = masked.head if masked else None
-        self.mask_head = None
-        if head_name is not None:
-            head_kwargs = self._offered("head", head_name)
+        criterion: nn.Module
+        if masked is None:
+            kwargs = {
+                **self._offered(*component_parameters("loss", self.method_name)),
+                **self.loss_options,
+            }
+            criterion = create_loss(self.method_name, **kwargs)
+        else:
+            head_kwargs = self._offered(*component_parameters("head", masked.head))
             head_kwargs.pop("temperature", None)  # a head's temperature is not the loss's
-            if head_name == "gmm-mask":
+            if masked.head == "gmm-mask":
                 if self.mask_warmup_steps is not None:
                     head_kwargs["warmup_steps"] = self.mask_warmup_steps
                 if self.mask_refit_every is not None:
                     head_kwargs["refit_every"] = self.mask_refit_every
-            self.mask_head = create_head(head_name, **{**head_kwargs, **self.head_options})
-        defaults = masked.loss_defaults if masked else {}
-        kwargs = {**self._offered("loss", loss_name), **defaults, **self.loss_options}
-        criterion = create_loss(loss_name, **kwargs)
+            head = create_head(masked.head, **{**head_kwargs, **self.head_options})
+            loss_names = list(inspect.signature(MaskedHMLCLoss).parameters)
+            kwargs = {**self._offered(loss_names, False), **masked.loss_defaults}
+            criterion = MaskedHMLCLoss(head, **{**kwargs, **self.loss_options})
         try:
             forward = inspect.signature(criterion.forward).parameters
         except (TypeError, ValueError):  # no signature: ask for the loss only
@@ -650,8 +663,8 @@ class LabelPathMethod(HierarchicalMethod):
         if self.memory_bank_size:
             if "memory" not in forward:
                 raise ValueError(
-                    f"loss {loss_name!r} takes no memory= rows, so it cannot use a memory bank; "
-                    "drop --memory-bank."
+                    f"loss {self.method_name!r} takes no memory= rows, so it cannot use a "
+                    "memory bank; drop --memory-bank."
                 )
             self.memory_bank = HierarchicalMemoryBank(
                 self.memory_bank_size,
@@ -674,37 +687,20 @@ class LabelPathMethod(HierarchicalMethod):
         ``keys`` are the rows the memory bank enqueues (the momentum encoder's
         projections of view 1); ``None``: ``z1``.
         """
-        logs: dict[str, Tensor] = {}
         extra: dict[str, Any] = dict(self._level_kwargs)
         assert z0 is not None and z1 is not None
         if self.memory_bank is not None:
             extra["memory"] = self.memory_bank((z1 if keys is None else keys).detach(), labels)
-        if self.mask_head is None:
-            result = self.criterion(z0, z1, labels, **extra)
-        else:
-            rows = F.normalize(torch.cat([z0, z1]), dim=1)
-            masks = self.mask_head(rows, labels.repeat(2, 1))
-            memory = extra.get("memory")
-            if memory is not None and masks.shape[0] != 1 and memory[0].shape[0] > 0:
-                # Per-row masks (A-HMLC): the memory rows get their own, from the head
-                # without labels, as in MaskedHMLCLoss, so that a head's statistics see only
-                # the batch. A shared mask ([1, L, D], G-HMLC) also applies to them, and the
-                # GMM head, whose forward updates its statistics, never sees the memory rows.
-                extra["memory_masks"] = self.mask_head(F.normalize(memory[0], dim=1))
-            result = self.criterion(z0, z1, labels, masks=masks, **extra)
-            return self._with_regularization(result, masks, logs)
-        return self._split_result(result, logs)
+        return self._split_result(self.criterion(z0, z1, labels, **extra), {})
 
-    def _with_regularization(
-        self, result: Any, masks: Tensor, logs: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The masked loss's result plus the head's regulariser of ``masks`` (if any)."""
-        regularize = getattr(self.mask_head, "regularization", None)
-        if callable(regularize):
-            penalty = regularize(masks)
-            result = (result[0] + penalty, result[1])
-            logs["mask_regularization"] = penalty.detach()
-        return self._split_result(result, logs)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The base class's checks; a G-HMLC / A-HMLC checkpoint written before the suite
+        used the package's chain kept the head at ``mask_head.*``: now the loss's."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if self.method_name in MASKED_METHODS and isinstance(state, dict):
+            for key in [k for k in state if k.startswith("mask_head.")]:
+                state[f"criterion.{key}"] = state.pop(key)
 
     @staticmethod
     def _split_result(result: Any, logs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -8,7 +8,7 @@ n_init, max_iter, tol and reg_covar. The full ``head.refit()`` (merge statistics
 descriptors, fit, match levels, build masks) is timed as well.
 
 Example:
-    python benchmarks/gmm_speed.py --dims 128 512 2048 --levels 2 3 4 5 --output gmm.json
+    python benchmarks/speed/gmm_speed.py --dims 128 512 2048 --levels 2 3 4 5 --output gmm.json
 """
 
 from __future__ import annotations

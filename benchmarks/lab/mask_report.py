@@ -18,7 +18,7 @@ prints, per run:
 A mask head that identifies per-level features gives level cosines well below 1 and a
 level gap well above 0. Results are in RESULTS.md ("What the mask heads learn").
 
-Usage: python benchmarks/mask_report.py RUN_DIR [RUN_DIR ...]
+Usage: python benchmarks/lab/mask_report.py RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The suite's modules (``benchmarks/suite``), and this checkout's package.
+_BENCHMARKS = Path(__file__).resolve().parents[1]
+for _folder in (_BENCHMARKS.parent, _BENCHMARKS / "suite"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 import finished_run  # noqa: E402
-import main as suite  # noqa: E402
 import methods  # noqa: E402
+from datasets import build_dataset  # noqa: E402
 
 
 def load_mask_model(run_dir: Path) -> methods.LabelPathMethod:
@@ -81,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (.../seed<k>)")
     for run_dir in parser.parse_args(argv).runs:
-        bundle = suite.build_dataset(finished_run.run_args(run_dir))
+        bundle = build_dataset(finished_run.run_args(run_dir))
         model = load_mask_model(run_dir)
         figures = summarize(run_masks(model, bundle.test_eval))
         shown = {

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from run_files import write_text_atomic
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RunRecorder(pl.Callback):

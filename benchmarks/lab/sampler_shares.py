@@ -7,7 +7,7 @@ any image, and prints, per ``top_level_shares`` rule, one epoch's vehicle share 
 batches' samples, the mean uses per image and epoch, and the share of animal images an
 epoch never uses:
 
-    python benchmarks/sampler_shares.py [--batch-size 128] [--seed 0]
+    python benchmarks/lab/sampler_shares.py [--batch-size 128] [--seed 0]
 """
 
 from __future__ import annotations

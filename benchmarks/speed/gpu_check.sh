@@ -4,20 +4,20 @@
 #
 # Records, in one run of at most 8 minutes on one GPU:
 #   1. loss speed and peak memory against the reference implementation of Zhang et al.
-#      at batch 2048 and 4096 (benchmarks/loss_speed.py; the reference is loaded at run
+#      at batch 2048 and 4096 (benchmarks/speed/loss_speed.py; the reference is loaded at run
 #      time from a local clone given with --reference-repo, never part of this repo),
 #      with the masked-loss rows (G-HMLC / A-HMLC, fast vs the general path) and HMCE
 #      with a memory bank of 4096 rows;
 #   2. training-step throughput of every method with ResNet-50 (CIFAR stem, 32 px) at
-#      batch 512 in bf16 (benchmarks/throughput.py's CLI);
+#      batch 512 in bf16 (benchmarks/speed/throughput.py's CLI);
 #   3. the peak GPU memory of one training step of every method, each method alone
 #      (throughput.py's StepRunner, torch.cuda.max_memory_allocated).
 # Every step has its own time limit, so a slow step cannot take the whole budget; a step
 # that fails or times out is reported and the others still run.
 #
 # Usage:
-#   benchmarks/gpu_check.sh --reference-repo /path/to/hierarchicalContrastiveLearning
-#   benchmarks/gpu_check.sh --dry-run        # CPU, tiny sizes, seconds: checks the script
+#   benchmarks/speed/gpu_check.sh --reference-repo /path/to/hierarchicalContrastiveLearning
+#   benchmarks/speed/gpu_check.sh --dry-run        # CPU, tiny sizes, seconds: checks the script
 # Options:
 #   --out DIR     where the tables and JSON go (default: $OUT if set, else runs/gpu_check)
 #   --python PY   the interpreter (default: $PYTHON, else python)
@@ -39,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT" || exit 2
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT_DIR"
@@ -68,7 +68,7 @@ if [[ -n "$REFERENCE" && ! -f "$REFERENCE/losses/losses.py" ]]; then
     echo "gpu_check.sh: no losses/losses.py under $REFERENCE" >&2
     exit 2
 fi
-METHODS="$("$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import methods; print(",".join(c.method_name for c in methods.METHOD_CLASSES))')" || exit 2
+METHODS="$("$PY" -c 'import sys; sys.path.insert(0, "benchmarks/suite"); import methods; print(",".join(methods.method_names()))')" || exit 2
 
 FAILED=()
 run_step() {  # run_step NAME LIMIT COMMAND...: output to $OUT_DIR/NAME.md and the console
@@ -92,12 +92,12 @@ run_step() {  # run_step NAME LIMIT COMMAND...: output to $OUT_DIR/NAME.md and t
 
 REFERENCE_ARGS=()
 [[ -n "$REFERENCE" ]] && REFERENCE_ARGS=(--reference-repo "$REFERENCE" --reference-max-batch 4096)
-run_step loss_speed "$LIMIT_LOSS" "$PY" benchmarks/loss_speed.py --device "$DEVICE" \
+run_step loss_speed "$LIMIT_LOSS" "$PY" benchmarks/speed/loss_speed.py --device "$DEVICE" \
     --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups defaults,core,memory,compiled \
     --memory "$MEMORY" "${REFERENCE_ARGS[@]}" "${LOSS_EXTRA[@]}" \
     --output "$OUT_DIR/loss_speed.json"
 
-run_step throughput "$LIMIT_STEP" "$PY" benchmarks/throughput.py --methods "$METHODS" \
+run_step throughput "$LIMIT_STEP" "$PY" benchmarks/speed/throughput.py --methods "$METHODS" \
     --backbone "$BACKBONE" --batch-size "$STEP_BATCH" --precision "$PRECISION" \
     --device "$DEVICE" --warmup "$WARMUP" --steps "$STEPS" --rounds "$ROUNDS"
 
@@ -107,7 +107,7 @@ run_step peak_memory "$LIMIT_PEAK" "$PY" - "$METHODS" "$BACKBONE" "$STEP_BATCH" 
 import gc
 import sys
 
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, "benchmarks/speed")
 import torch  # noqa: E402
 import throughput  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Training throughput of the hierarchical methods against SimCLR on the same backbone.
 
-One training step is what ``main.py`` runs per batch: both views through the backbone,
+One training step is what the suite (``benchmarks/main.py``) runs per batch: both views through the backbone,
 the projection head, the loss (with its mask head), backward and an SGD step. The
 batches are fixed random tensors, so data loading is excluded and every method sees
 the same work; only the objective differs. Each method runs ``--warmup`` untimed steps,
@@ -17,8 +17,8 @@ image). The target is a ratio of at least 0.95 against ``simclr``.
 
 Usage::
 
-    python benchmarks/throughput.py --backbone resnet18_cifar --batch-size 64 --device cpu
-    python benchmarks/throughput.py --backbone resnet50_cifar --batch-size 512 \\
+    python benchmarks/speed/throughput.py --backbone resnet18_cifar --batch-size 64 --device cpu
+    python benchmarks/speed/throughput.py --backbone resnet50_cifar --batch-size 512 \\
         --device cuda --precision bf16 --levels 20,100
 """
 
@@ -30,11 +30,18 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
-import methods
 import torch
 from torch import Tensor
+
+# The suite's modules (``benchmarks/suite``), and this checkout's package.
+_BENCHMARKS = Path(__file__).resolve().parents[1]
+for _folder in (_BENCHMARKS.parent, _BENCHMARKS / "suite"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+import methods  # noqa: E402
 
 BASELINE = "simclr"
 DEFAULT_METHODS = ("simclr", "hmce", "g-hmlc", "a-hmlc")

@@ -1,6 +1,6 @@
 """A finished suite run, read back: its settings and its trained model.
 
-The analysis scripts (``mask_report.py``, ``level_recovery.py``) read a run folder
+The lab's analysis scripts (``lab/mask_report.py``) read a run folder
 (``.../<dataset>/<method>/seed<k>``) the same way: the suite arguments from the run's
 ``config.json`` and the model from ``checkpoints/last.ckpt``, rebuilt from the
 checkpoint's hyper-parameters and loaded strictly, so that a checkpoint that does not
@@ -12,14 +12,13 @@ refused, since loading it could run any code.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import main as suite  # noqa: E402
-import methods  # noqa: E402
-from run import read_checkpoint  # noqa: E402
-from run_files import RunFileError, read_json_record  # noqa: E402
+import methods
+from cli import parse_args
+from datasets import UserError
+from run import read_checkpoint
+from run_files import RunFileError, read_json_record
 
 
 def run_args(run_dir: Path) -> argparse.Namespace:
@@ -29,7 +28,7 @@ def run_args(run_dir: Path) -> argparse.Namespace:
         raise SystemExit(
             f"{run_dir}: no config.json; pass the folder of one run (.../<method>/seed<k>)."
         )
-    args = suite.parse_args([])
+    args = parse_args([])
     try:
         config = read_json_record(
             config_path, "Rerun the run with --resume auto to write it again."
@@ -49,9 +48,10 @@ def load_model(run_dir: Path) -> methods.HierarchicalMethod:
         raise SystemExit(f"{run_dir}: no checkpoints/last.ckpt; has the run finished?")
     try:
         ckpt = read_checkpoint(ckpt_path)  # without pickle: a foreign file is refused
-    except suite.UserError as error:
+    except UserError as error:
         raise SystemExit(str(error)) from error
     hparams = dict(ckpt["hyper_parameters"])
     model = methods.create_method(hparams.pop("method"), **hparams)
+    model.on_load_checkpoint(ckpt)  # its checks, and the state of older layouts
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

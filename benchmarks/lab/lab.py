@@ -2,11 +2,11 @@
 
 One experiment = one dataset, a list of variants, one baseline, seeds and a split:
 
-    python benchmarks/lab.py run --dataset mnist --split val --seeds 0-4 \\
+    python benchmarks/lab/lab.py run --dataset mnist --split val --seeds 0-4 \\
         --variants supcon,hmce,hmce-uniform=hmce:layer_penalty=uniform --baseline supcon
-    python benchmarks/lab.py report runs/lab/mnist-val --baseline supcon
+    python benchmarks/lab/lab.py report runs/lab/mnist-val --baseline supcon
     # does the sampler move HMCE's gap to SupCon? (A - B) - (C - D) per seed, with its CI
-    python benchmarks/lab.py interaction runs/lab/mnist-val hmce-hs supcon-hs hmce supcon
+    python benchmarks/lab/lab.py interaction runs/lab/mnist-val hmce-hs supcon-hs hmce supcon
 
 Protocol (what makes the differences trustworthy):
 
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # The suite's flags per (budget, dataset). ``{data}`` is the dataset's file or folder.
@@ -262,7 +262,7 @@ def _default_data(dataset: str) -> str:
 
 def _default_hierarchy(dataset: str) -> str:
     if dataset == "cifar10-mixed":
-        return str(REPO_ROOT / "benchmarks" / "hierarchies" / "cifar10_mixed.txt")
+        return str(REPO_ROOT / "benchmarks" / "suite" / "hierarchies" / "cifar10_mixed.txt")
     return str(REPO_ROOT / ".data" / "cifar10-lt3" / "hierarchy.txt")
 
 
