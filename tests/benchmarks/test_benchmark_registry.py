@@ -74,7 +74,7 @@ def test_unregistered_losses_are_no_methods(
 def test_the_docs_list_every_builtin_method() -> None:
     # The table in methods.py's docstring and PRESETS.md name the paper's methods, which
     # method_names() lists first (a plugin loss is listed by --list-methods only).
-    presets = (Path(main.__file__).parent / "PRESETS.md").read_text()
+    presets = (Path(methods.__file__).parent / "PRESETS.md").read_text()
     paper = [*methods.BASELINES, *methods.BUILTIN_ORDER]
     assert methods.method_names()[: len(paper)] == paper
     for name in paper:
