@@ -137,6 +137,38 @@ def test_masked_methods_train_with_the_package_chain_and_its_defaults(method: st
         assert all(id(p) in ids for p in model.mask_head.parameters())
 
 
+def test_a_hmlc_gradients_equal_the_readme_chain_to_rounding() -> None:
+    """The suite's A-HMLC (the package's MaskedHMLCLoss) against the chain the README
+    shows, ``HMLCLoss(...)(z0, z1, labels, masks=head(normalize(z), labels))`` plus the
+    regulariser: the same loss, and gradients equal up to float rounding (the loss gives
+    the head the rows it normalised itself, so autograd sums in another order). Over a
+    training run such rounding grows: the Shapes run of A-HMLC moved by about a point."""
+    import torch.nn.functional as F
+
+    from lightly_hmlc import HMLCLoss
+
+    torch.manual_seed(0)
+    model = cast(
+        methods.LabelPathMethod,
+        methods.create_method("a-hmlc", num_classes_per_level=[2, 4], proj_dim=8),
+    )
+    from lightly_hmlc import AttentionMaskHead
+
+    head = cast(AttentionMaskHead, model.mask_head)
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]] * 4)
+    z0 = torch.randn(16, 8, requires_grad=True)
+    z1 = torch.randn(16, 8, requires_grad=True)
+    ours, _ = model.compute_loss(torch.zeros(32, 4), z0, z1, labels)
+    ours_grads = torch.autograd.grad(ours, [z0, z1, *head.parameters()])
+    masks = head(F.normalize(torch.cat([z0, z1]), dim=1), labels.repeat(2, 1))
+    readme = HMLCLoss("hmce", hierarchy_margin=0.2)(z0, z1, labels, masks=masks)
+    readme = readme + head.regularization(masks)
+    readme_grads = torch.autograd.grad(readme, [z0, z1, *head.parameters()])
+    assert torch.allclose(ours, readme, atol=1e-6)
+    for a, b in zip(ours_grads, readme_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["a-hmlc", "g-hmlc"])
 def test_checkpoints_of_the_head_as_a_model_part_still_load(method: str) -> None:
     """Before the suite used the package's chain, the head was saved as ``mask_head.*``."""
