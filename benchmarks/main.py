@@ -5,13 +5,19 @@ afterwards the frozen backbone's features are extracted once and probed at every
 of the label hierarchy (``suite/evaluate.py``: linear probe, kNN, NMI, hierarchical
 metrics). Each run writes ``<output-dir>/<dataset>/<method>/seed<k>/`` with
 ``config.json``, ``environment.json``, ``metrics.json``, ``metrics.md``, plots and
-checkpoints; the suite ends with a per-level table of every method (mean ± std over
-seeds).
+checkpoints; the suite ends with ``<output-dir>/<dataset>/summary.md``, a per-level
+table of every method (mean ± std over seeds; with ``--baseline``, each method's mean
+paired difference against the baseline with its 95% t-interval), with images/s, wall
+time and peak memory, and ``comparison.png``, the same as a picture
+(``docs/your-data.md``).
 
 Usage::
 
     python benchmarks/main.py                     # all methods on synthetic shapes, CPU
     python benchmarks/main.py --methods hmce,a-hmlc --seeds 0,1,2
+    python benchmarks/main.py --dataset imagefolder --data-dir D --hierarchy T \\
+        --methods supcon,hmce,m2=hmce:hierarchy_margin=0.2 --baseline supcon \\
+        --seeds 0-4 --eval-split val          # paired intervals against supcon
     python benchmarks/main.py --preset cifar100-paper --data-dir data/cifar-100-python \\
         --accelerator gpu --devices 4 --strategy ddp --precision bf16-mixed
     python benchmarks/main.py --dataset imagefolder --data-dir /data/birds \\
@@ -23,7 +29,8 @@ Usage::
 dataset table, the validation split, the seeded two-view loader; ``methods.py``: one
 LightningModule per method, every loss of ``lightly_hmlc.registry`` is a method;
 ``run.py``: one run, with Trainer, checkpoints, signals, resume checks and evaluation;
-``experiment.py``: every run of one invocation and the summary; ``records.py``: run
+``experiment.py``: every run of one invocation and the summary; ``paired.py``: the
+paired intervals; ``figure.py``: ``comparison.png``; ``records.py``: run
 records and environment; ``cli.py``: presets and flags; ``evaluate.py``: probes;
 ``compare.py``: tables of finished runs); ``lab/`` the lab (``lab.py``) and the scripts
 that analyse finished runs; ``speed/`` the speed and memory measurements. Presets

@@ -28,7 +28,14 @@ Aggregated = dict[tuple[str, str], dict[str, list[float]]]
 
 _LEVEL_KEY = re.compile(r"^level(\d+)/(.+)$")
 _DEFAULT_LEVEL_METRICS = ("linear_acc", "knn_acc")
-_DEFAULT_EXTRA = ("hier/mistake_severity", "train/images_per_second")
+# The cost columns come last: speed, training wall time, peak memory.
+_DEFAULT_EXTRA = (
+    "hier/mistake_severity",
+    "train/images_per_second",
+    "train/wall_seconds",
+    "train/peak_memory_mb",
+)
+_TITLES = {"train/wall_seconds": "train wall (s)", "train/peak_memory_mb": "peak memory (MB)"}
 
 
 def find_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -108,7 +115,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def default_metrics(groups: Aggregated) -> list[str]:
-    """Linear and kNN accuracy of every level, mistake severity, hdist@k, images/s."""
+    """Linear and kNN accuracy of every level, mistake severity, hdist@k, and the cost:
+    images/s, training wall time, peak memory."""
     keys = {name for metrics in groups.values() for name in metrics}
     levels = sorted(
         {int(m.group(1)) for k in keys if (m := _LEVEL_KEY.match(k))},
@@ -126,6 +134,8 @@ def default_metrics(groups: Aggregated) -> list[str]:
 
 
 def _title(key: str) -> str:
+    if key in _TITLES:
+        return _TITLES[key]
     match = _LEVEL_KEY.match(key)
     if match:
         title = f"L{match.group(1)} {match.group(2).replace('_', ' ')}"
@@ -143,6 +153,7 @@ def _cell(key: str, values: list[float] | None) -> str:
         return "–"
     scale = 100.0 if _is_fraction(key) else 1.0
     digits = 2 if _is_fraction(key) else (1 if "per_second" in key or "seconds" in key else 3)
+    digits = 0 if key.endswith("_mb") else digits
     mean, std = mean_std([v * scale for v in values])
     if math.isnan(mean):
         return "nan"

@@ -50,6 +50,7 @@ class RunRecorder(pl.Callback):
         self._start_step = 0
         self._trainer: pl.Trainer | None = None
         self._in_epoch = False
+        self._rss_reset = False
 
     @property
     def state_key(self) -> str:
@@ -78,9 +79,12 @@ class RunRecorder(pl.Callback):
         self.totals.update(state_dict.get("totals", {}))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Starts the clocks and resets the CUDA peak-memory counter."""
+        """Starts the clocks and resets the peak-memory counter (CUDA, or the process's
+        peak RSS where Linux allows it), so that each run of a suite reports its own."""
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            self._rss_reset = reset_peak_rss()
         self._previous = dict(self.totals)
         self._start = time.perf_counter()
         self._start_step = trainer.global_step
@@ -115,7 +119,8 @@ class RunRecorder(pl.Callback):
             peak_kind = "cuda_max_memory_allocated"
         else:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            peak_kind = "process_max_rss"
+            # Since this run's start, or (no reset possible) since the process's start.
+            peak_kind = "process_max_rss" if self._rss_reset else "process_max_rss_since_start"
         seconds = self.totals["epoch_seconds"]
         stats = {
             **self.totals,
@@ -139,6 +144,24 @@ class RunRecorder(pl.Callback):
     def _synchronize(pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
+
+
+def reset_peak_rss() -> bool:
+    """Resets the process's peak resident set size (``resource.getrusage``'s
+    ``ru_maxrss``), so that a later reading is the peak since now; False where the kernel
+    does not allow it (not Linux, or ``/proc/self/clear_refs`` not writable).
+
+    Linux also keeps the peak of the process at the end of each of its threads apart
+    from the one this resets: a thread that ended after an earlier, higher peak keeps that
+    peak in the reading (the suite's own threads, torch's pool, live as long as the
+    process).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # 5: reset the peak RSS (Linux >= 4.0)
+    except OSError:
+        return False
+    return True
 
 
 def environment_info(seed: int) -> dict[str, Any]:

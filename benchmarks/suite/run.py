@@ -61,7 +61,7 @@ from evaluate import (
     plot_training_curves,
 )
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from records import RunRecorder, environment_info, write_json
 from run_files import RunFolderLock, read_json_record, write_text_atomic
@@ -91,6 +91,10 @@ NO_EFFECT_FIELDS = frozenset(
         "methods",
         "seeds",
         "preset",
+        # A variant's name names its folder; its options are compared as loss/head/flags.
+        "variant",
+        "baseline",
+        "logger",
         # The number of processes and the device type are compared instead.
         "accelerator",
         "devices",
@@ -241,10 +245,26 @@ class _DropLitLoggerTip(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+# Lightning's loggers (the standalone and the unified package's names). Their INFO lines
+# are banners ("GPU available: ...", "TPU available: ...", "LOCAL_RANK: ...", "Loading
+# `train_dataloader` to estimate ...", "`Trainer.fit` stopped: ..."); warnings go through
+# the warnings module and errors are raised, so both stay.
+_LIGHTNING_LOGGERS = (
+    "pytorch_lightning",
+    "lightning.pytorch",
+    "lightning_fabric",
+    "lightning.fabric",
+)
+
+
 def quiet_lightning() -> None:
-    """No Lightning advert and no deprecation warnings of the dependencies in a run's output."""
+    """No Lightning banner or advert and no deprecation warnings of the dependencies in a
+    run's output; Lightning's warnings and errors stay."""
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
         if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
             logger.addFilter(_DropLitLoggerTip())
     # Lightning 2.6 uses torch's LeafSpec, which torch 2.9 deprecates (not our code).
@@ -261,8 +281,10 @@ def show_progress_bar(args: argparse.Namespace) -> bool:
 
 
 def run_label(args: argparse.Namespace, method: str) -> str:
-    """The run's name: the method, and ``--run-name`` as a suffix (``hmce-tau0.2``)."""
-    return method if not args.run_name else f"{method}-{args.run_name}"
+    """The run's name: the variant's name or the method, and ``--run-name`` as a suffix
+    (``hmce-tau0.2``)."""
+    name = getattr(args, "variant", None) or method
+    return name if not args.run_name else f"{name}-{args.run_name}"
 
 
 def run_dir_of(args: argparse.Namespace, method: str, seed: int) -> Path:
@@ -433,6 +455,14 @@ def _train_and_evaluate(
         if saved is not None:  # checkpoints of older versions recorded no settings
             check_resume_config(saved, config, f"Checkpoint {ckpt_path!r}")
     recorder.config = config
+    if checkpoint is not None and args.resume == "auto":
+        done = finished_record(run_dir, args, checkpoint)
+        if done is not None:
+            if trainer.is_global_zero:
+                print(f"{run_dir}: finished, skipped (delete its metrics.json to evaluate again)")
+            return RunResult(method, seed, run_dir, done) if trainer.is_global_zero else None
+        if trainer.is_global_zero:
+            print(f"{run_dir}: resuming from step {checkpoint.get('global_step', '?')}", flush=True)
     if args.batch_size % world != 0:
         raise UserError(
             f"--batch-size {args.batch_size} is the global batch size; it must be divisible "
@@ -497,6 +527,34 @@ def _train_and_evaluate(
     return evaluate_run(args, bundle, model, method, seed, run_dir, trainer)
 
 
+def finished_record(
+    run_dir: Path, args: argparse.Namespace, checkpoint: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` if the run is finished, else ``None``.
+
+    Finished: its records are whole (``metrics.json`` and ``train_stats.json`` read, or a
+    one-line error naming the damaged one), it trained all of ``--epochs`` and was
+    evaluated at the checkpoint's step. The checkpoint's settings were compared with this
+    run's before (a changed setting is refused), so the record is this run's.
+    """
+    metrics_path = run_dir / "metrics.json"
+    stats_path = run_dir / "train_stats.json"
+    if not (metrics_path.is_file() and stats_path.is_file()):
+        return None
+    fix = (
+        "Delete it and rerun with --resume auto to evaluate the run again, or start the run "
+        "over with --overwrite."
+    )
+    record = read_json_record(metrics_path, fix)
+    read_json_record(stats_path, fix)
+    run = record.get("run", {})
+    complete = bool(record.get("train", {}).get("train/complete"))
+    same = run.get("epochs") == args.epochs and run.get("global_step") == checkpoint.get(
+        "global_step"
+    )
+    return record if complete and same else None
+
+
 def build_trainer(
     args: argparse.Namespace, run_dir: Path, callbacks: list[pl.Callback]
 ) -> pl.Trainer:
@@ -515,8 +573,8 @@ def build_trainer(
             precision=args.precision,
             deterministic=deterministic,
             callbacks=callbacks,
-            # logs/version_<n>/metrics.csv: a resumed invocation adds a version.
-            logger=CSVLogger(save_dir=run_dir, name="logs"),
+            # logs/version_<n>/: a resumed invocation adds a version.
+            logger=build_logger(args, run_dir),
             default_root_dir=run_dir,
             use_distributed_sampler=False,  # SuiteDataModule shards by rank itself
             enable_checkpointing=False,  # LastCheckpoint writes last.ckpt
@@ -531,6 +589,13 @@ def build_trainer(
             "Bad Trainer setting (--accelerator, --devices, --strategy, --num-nodes or "
             f"--precision): {_last_line(error)}"
         ) from error
+
+
+def build_logger(args: argparse.Namespace, run_dir: Path) -> Logger:
+    """``--logger``: ``logs/version_<n>/metrics.csv``, or TensorBoard event files there."""
+    if getattr(args, "logger", "csv") == "tensorboard":
+        return TensorBoardLogger(save_dir=run_dir, name="logs", default_hp_metric=False)
+    return CSVLogger(save_dir=run_dir, name="logs")
 
 
 def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods.HierarchicalMethod:

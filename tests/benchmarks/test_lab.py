@@ -1,4 +1,4 @@
-"""The lab's variant syntax, paired intervals, report and long-tailed CIFAR-10 builder."""
+"""The lab's variant syntax, paired intervals, report, presets and long-tailed CIFAR-10."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from datasets import UserError
 from lab import Variant, interaction, paired_difference, prepare_cifar10_lt3, report
 from scipy import stats
 
@@ -27,7 +28,7 @@ def test_variant_parse_routes_options() -> None:
     assert Variant.parse("supcon") == Variant("supcon", "supcon")
     switch = Variant.parse("s=supcon:suite.hierarchical-sampler=true:suite.no-plots=false")
     assert switch.suite_args() == ["--methods", "supcon", "--hierarchical-sampler"]
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(UserError, match="KEY=VALUE"):
         Variant.parse("x=hmce:oops")
 
 
@@ -112,9 +113,10 @@ def test_variant_list_keeps_json_lists_whole() -> None:
 
 
 def test_cifar10_mixed_pairs_every_class_with_a_class_of_the_other_kind() -> None:
-    from lab import BUDGETS, CIFAR10_LT3_TREE, _default_hierarchy
+    from cli import PRESETS
+    from lab import BUDGETS, CIFAR10_LT3_TREE, LAB_DATASETS
 
-    hierarchy = LabelHierarchy.load(_default_hierarchy("cifar10-mixed"))
+    hierarchy = LabelHierarchy.load(LAB_DATASETS["cifar10-mixed"]["hierarchy"])
     cifar10 = LabelHierarchy.cifar10()
     assert hierarchy.num_classes_per_level == [5, 10]
     assert sorted(hierarchy.leaves) == sorted(cifar10.leaves)
@@ -126,49 +128,64 @@ def test_cifar10_mixed_pairs_every_class_with_a_class_of_the_other_kind() -> Non
         assert len(members) == 2
         # No coarse class is two vehicles: the grouping is not the visual one.
         assert len(vehicles.intersection(members)) <= 1
-    for budget in BUDGETS.values():
-        assert "{hierarchy}" in budget["cifar10-mixed"]
+    for budget in BUDGETS:
+        assert PRESETS[f"cifar10-mixed-{budget}"]["hierarchy"].endswith("cifar10_mixed.txt")
 
 
 def test_cpu_long_budget_doubles_size_and_epochs_and_keeps_its_own_folder(tmp_path: Path) -> None:
-    from lab import BUDGETS, experiment_dir
+    from cli import PRESETS
+    from lab import LAB_DATASETS, experiment_dir
 
-    def flag(flags: list[str], name: str) -> str | None:
-        return flags[flags.index(name) + 1] if name in flags else None
-
-    assert set(BUDGETS["cpu-long"]) == set(BUDGETS["cpu"])
-    for dataset, short in BUDGETS["cpu"].items():
-        long = BUDGETS["cpu-long"][dataset]
-        assert int(flag(long, "--epochs") or 0) == 2 * int(flag(short, "--epochs") or 0)
-        size = flag(short, "--train-samples")
+    for dataset in LAB_DATASETS:
+        short, long = PRESETS[f"{dataset}-cpu"], PRESETS[f"{dataset}-cpu-long"]
+        assert long["epochs"] == 2 * short["epochs"]
+        size = short["train_samples"]
         # The long-tailed set trains on all of its images under every budget.
-        assert flag(long, "--train-samples") == (None if size is None else str(2 * int(size)))
-        rest = [a for a in long if a not in {flag(long, "--epochs"), flag(long, "--train-samples")}]
-        assert rest == [a for a in short if a not in {flag(short, "--epochs"), size}]
+        assert long["train_samples"] == (None if size is None else 2 * size)
+        rest = {k: v for k, v in long.items() if k not in ("epochs", "train_samples")}
+        assert rest == {k: v for k, v in short.items() if k not in ("epochs", "train_samples")}
+    assert PRESETS["mnist-cpu"]["epochs"] == 3 and PRESETS["shapes-cpu"]["epochs"] == 6
+    assert PRESETS["mnist-gpu"]["backbone"] == "resnet18_cifar"
     assert experiment_dir(tmp_path, "cifar10", "val") == tmp_path / "cifar10-val"
     assert (
         experiment_dir(tmp_path, "cifar10", "val", "cpu-long") == tmp_path / "cifar10-cpu-long-val"
     )
 
 
-def test_runs_import_the_package_of_the_lab_checkout() -> None:
-    """A run's records name the lab's checkout, so its package must be the one imported."""
+def test_lab_run_is_one_suite_command_with_the_preset(tmp_path: Path) -> None:
+    from lab import build_parser, suite_argv
+
+    args = build_parser().parse_args(
+        ["run", "--dataset", "cifar10-lt3", "--variants", "supcon,hmce", "--baseline", "hmce",
+         "--budget", "cpu-long", "--output-dir", str(tmp_path), "--", "--threads", "1"]
+    )  # fmt: skip
+    args.suite_args = [a for a in args.suite_args if a != "--"]
+    argv = suite_argv(args)
+    assert argv[:2] == ["--preset", "cifar10-lt3-cpu-long"]
+    assert argv[argv.index("--output-dir") + 1] == str(tmp_path / "cifar10-lt3-cpu-long-val")
+    assert ["--eval-split", "val"] == argv[
+        argv.index("--eval-split") : argv.index("--eval-split") + 2
+    ]
+    assert argv[-4:] == ["--resume", "auto", "--threads", "1"]
+
+
+def test_the_suite_imports_the_package_of_its_checkout(tmp_path: Path) -> None:
+    """A run's records name its checkout's commit, so its package must be the one imported,
+    from any folder and without PYTHONPATH (not an installed copy of another checkout).
+    The lab's and the speed scripts' first lines are the same as main.py's."""
+    import os
     import subprocess
     import sys
 
-    from lab import REPO_ROOT, suite_environment
+    from lab import REPO_ROOT
 
-    out = subprocess.run(
-        [sys.executable, "-c", "import lightly_hmlc; print(lightly_hmlc.__file__)"],
-        env=suite_environment(),
-        cwd=REPO_ROOT / "benchmarks",  # where main.py runs: its folder is sys.path[0]
-        capture_output=True,
-        text=True,
-        check=True,
+    code = (
+        f"import runpy; runpy.run_path({str(REPO_ROOT / 'benchmarks' / 'main.py')!r}, "
+        "run_name='imported'); import lightly_hmlc; print(lightly_hmlc.__file__)"
     )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
     assert Path(out.stdout.strip()).resolve().is_relative_to(REPO_ROOT.resolve())
-    # Also from a worktree that is not the editable install's checkout: the lab's own
-    # checkout comes first on the path, ahead of the install.
-    import os
-
-    assert suite_environment()["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
