@@ -7,8 +7,8 @@ deviation is the sample standard deviation (``n - 1``) and is left out for one s
 
 Usage::
 
-    python benchmarks/compare.py runs/shapes
-    python benchmarks/compare.py runs/cifar100/hmce runs/cifar100/supcon --metrics all
+    python benchmarks/suite/compare.py runs/shapes
+    python benchmarks/suite/compare.py runs/cifar100/hmce runs/cifar100/supcon --metrics all
     python benchmarks/main.py compare runs --output table.md
 """
 
