@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seeds", default="0", help="comma list or range, e.g. 0,1,2 or 0-4; each seed is one run")
     add("--data-seed", type=int, default=0, help="seed of subsets and synthetic data")
     add("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
+    add(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone, the projection head and the loss (with its head)",
+    )
     add("--accelerator", default="auto")
     add("--devices", default="auto")
     add("--strategy", default="auto", help="e.g. ddp, ddp_spawn")

@@ -84,6 +84,8 @@ NO_EFFECT_FIELDS = frozenset(
         "progress_bar",
         "plots",
         "traceback",
+        # Compiling changes how, not what, a run computes (up to rounding).
+        "compile",
         "max_time",
         "checkpoint_every_n_steps",
         "eval_batch_size",
@@ -498,6 +500,8 @@ def _train_and_evaluate(
         mask_warmup_steps=mask_warmup,
         mask_refit_every=mask_refit,
     )
+    if args.compile:
+        compile_model(model)
     if world > 1 and trainer.strategy.root_device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     datamodule = SuiteDataModule(
@@ -596,6 +600,19 @@ def build_logger(args: argparse.Namespace, run_dir: Path) -> Logger:
     if getattr(args, "logger", "csv") == "tensorboard":
         return TensorBoardLogger(save_dir=run_dir, name="logs", default_hp_metric=False)
     return CSVLogger(save_dir=run_dir, name="logs")
+
+
+def compile_model(model: methods.HierarchicalMethod) -> None:
+    """``torch.compile`` of the parts that run every step, as Lightly's ``--compile-model``.
+
+    In place (``nn.Module.compile``), so checkpoints keep their keys and a compiled run
+    resumes an uncompiled one and back. The loss keeps its value checks: they break the
+    graph where they read a value, which costs a little speed and keeps the errors.
+    """
+    parts = [model.backbone, model.projection_head, model.criterion]
+    for part in parts:
+        if part is not None:
+            part.compile()
 
 
 def build_model(args: argparse.Namespace, method: str, **kwargs: Any) -> methods.HierarchicalMethod:

@@ -234,3 +234,14 @@ def test_runs_that_recorded_the_removed_mask_placement_still_load_and_resume() -
     run.check_resume_config(saved, {"lr": 0.5}, "Checkpoint 'x'")
     with pytest.raises(main.UserError, match=r"--mask-placement \"backbone\" -> \"projection\""):
         run.check_resume_config({**saved, "mask_placement": "backbone"}, {"lr": 0.5}, "x")
+
+
+@pytest.mark.slow
+def test_the_suite_runs_compiled_and_keeps_the_checkpoint_keys(tmp_path: Path) -> None:
+    args = tiny_args(tmp_path, "--methods", "hmce,a-hmlc", "--no-plots", "--compile")
+    assert main.main(args) == 0
+    for method in ("hmce", "a-hmlc"):
+        run_dir = tmp_path / "shapes" / method / "seed0"
+        assert load_metrics(run_dir)["metrics"]["level0/linear_acc"] >= 0.0
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert not any("_orig_mod" in key for key in state)  # compiled in place
