@@ -50,7 +50,7 @@ def draw_comparison(
     rows: Sequence[Row],
     metrics: Sequence[str],
     titles: Sequence[str],
-    baseline: str,
+    baseline: str | None,
     heading: str,
 ) -> Any:
     """The figure (a ``matplotlib.figure.Figure``) of ``rows``: one panel per metric.
@@ -59,7 +59,8 @@ def draw_comparison(
         rows: :func:`paired.paired_table`'s rows, the baseline first.
         metrics: The per-level metrics, one panel each (e.g. ``level0/linear_acc``).
         titles: The panels' titles (:func:`level_titles`).
-        baseline: The baseline's name (drawn in black, dashed line).
+        baseline: The baseline's name (drawn in black, dashed line); ``None``: no
+            baseline, each method's mean only.
         heading: The figure's title.
     """
     from matplotlib.figure import Figure
@@ -67,10 +68,10 @@ def draw_comparison(
     names = [row.variant for row in rows]
     figure = Figure(figsize=(max(6.0, 3.6 * len(metrics)), 4.2), layout="constrained")
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    colours = [f"C{i}" for i in range(10)]  # matplotlib's ten default colours
     whiskers = False
     for ax, metric, title in zip(axes, metrics, titles, strict=True):
-        base_cell = rows[0].cells.get(metric)
+        base_cell = rows[0].cells.get(metric) if baseline is not None else None
         if base_cell is not None:
             ax.axhline(base_cell.mean, color="black", linestyle="--", linewidth=0.8)
         for x, row in enumerate(rows):
@@ -78,7 +79,8 @@ def draw_comparison(
             if cell is None:
                 continue
             is_base = row.variant == baseline
-            colour = "black" if is_base else colours[(x - 1) % len(colours)]
+            shift = 0 if baseline is None else 1  # the baseline is black
+            colour = "black" if is_base else colours[(x - shift) % len(colours)]
             d = cell.difference
             if d is not None and base_cell is not None:
                 whiskers = True
@@ -110,11 +112,12 @@ def draw_comparison(
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("linear-probe accuracy (%)")
-    note = (
-        "whiskers: 95% CI of the paired difference to the baseline (dashed); * excludes 0"
-        if whiskers
-        else "no whiskers: paired intervals need at least 2 seeds"
-    )
+    if whiskers:
+        note = "whiskers: 95% CI of the paired difference to the baseline (dashed); * excludes 0"
+    elif baseline is None:
+        note = "means over the seeds; --baseline NAME adds paired intervals against NAME"
+    else:
+        note = "no whiskers: paired intervals need at least 2 seeds"
     figure.suptitle(f"{heading}\n{note}", fontsize=9)
     return figure
 
@@ -123,7 +126,7 @@ def write_comparison(
     rows: Sequence[Row],
     metrics: Sequence[str],
     titles: Sequence[str],
-    baseline: str,
+    baseline: str | None,
     heading: str,
     path: Path,
 ) -> Path:

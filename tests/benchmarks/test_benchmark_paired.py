@@ -142,6 +142,20 @@ def test_comparison_png_is_written_and_draws_the_summarys_numbers(suite: dict[st
         assert dashed and dashed[0].get_ydata()[0] == pytest.approx(base_mean, abs=0.006)
 
 
+def test_without_a_baseline_the_figure_has_means_only() -> None:
+    runs = {name: {0: {"level0/linear_acc": acc}} for name, acc in [("a", 0.5), ("b", 0.7)]}
+    rows = paired.paired_table(runs, None, ["level0/linear_acc"], (), ["a", "b"])
+    assert [row.cells["level0/linear_acc"] for row in rows] == [
+        paired.Cell(50.0),
+        paired.Cell(70.0),
+    ]
+    drawn = figure.draw_comparison(rows, ["level0/linear_acc"], ["level 0"], None, "t")
+    (ax,) = drawn.axes
+    assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert all(not c.lines[2] for c in ax.containers)  # no whiskers
+
+
 def test_a_rerun_skips_the_finished_runs_and_writes_the_same_summary(
     suite: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
