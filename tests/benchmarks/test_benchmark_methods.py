@@ -238,10 +238,12 @@ def test_runs_that_recorded_the_removed_mask_placement_still_load_and_resume() -
 
 @pytest.mark.slow
 def test_the_suite_runs_compiled_and_keeps_the_checkpoint_keys(tmp_path: Path) -> None:
-    args = tiny_args(tmp_path, "--methods", "hmce,a-hmlc", "--no-plots", "--compile")
+    # One masked method: it compiles the backbone, the projection head, the loss and its
+    # head (compiling is slow: tens of seconds on the CPU).
+    args = tiny_args(tmp_path, "--methods", "a-hmlc", "--no-plots", "--compile")
     assert main.main(args) == 0
-    for method in ("hmce", "a-hmlc"):
-        run_dir = tmp_path / "shapes" / method / "seed0"
-        assert load_metrics(run_dir)["metrics"]["level0/linear_acc"] >= 0.0
-        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        assert not any("_orig_mod" in key for key in state)  # compiled in place
+    run_dir = tmp_path / "shapes" / "a-hmlc" / "seed0"
+    record = load_metrics(run_dir)
+    assert all(math.isfinite(record["eval"][key]) for key in LEVEL_KEYS)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)  # compiled in place
