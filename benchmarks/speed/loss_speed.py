@@ -21,8 +21,8 @@ CPU is the peak of the allocated total during one forward and backward, replayed
 above the inputs.
 
 Usage:
-    python benchmarks/loss_speed.py --groups defaults --batch-sizes 1024,2048 --threads 1
-    python benchmarks/loss_speed.py --groups core --reference-repo /path/to/clone
+    python benchmarks/speed/loss_speed.py --groups defaults --batch-sizes 1024,2048 --threads 1
+    python benchmarks/speed/loss_speed.py --groups core --reference-repo /path/to/clone
 """
 
 from __future__ import annotations
