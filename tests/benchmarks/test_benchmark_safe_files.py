@@ -170,6 +170,8 @@ def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(
         ({"pid": os.getpid(), "host": socket.gethostname()}, f"process {os.getpid()} on host"),
         ("not json", "in use by a run"),
     ],
+    # Fixed ids: the pid differs between xdist workers, which must collect the same tests.
+    ids=["other-host", "live-process", "unreadable"],
 )
 def test_a_lock_held_or_unreadable_refuses_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: Any, named: str
