@@ -30,6 +30,12 @@ def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale
     return logits
 
 
+def _one_hot(known: Tensor, width: int, dtype: torch.dtype) -> Tensor:
+    """``[Nc, width]`` one-hot of the known-level counts, by comparison (``F.one_hot``
+    checks its values on the host)."""
+    return (known.unsqueeze(1) == torch.arange(width, device=known.device)).to(dtype)
+
+
 class _LogDenominators(torch.autograd.Function):
     """``(log_denominator [K, Na], window_logits [M, Na, W])`` of M similarity matrices.
 
@@ -51,10 +57,7 @@ class _LogDenominators(torch.autograd.Function):
         inverse_temperature: float,
     ) -> tuple[Tensor, Tensor]:
         num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
-        classes = None
-        if outside is not None:
-            classes = known.unsqueeze(1) == torch.arange(outside.shape[2], device=known.device)
-            classes = classes.to(anchors.dtype)  # [Nc, V] one-hot of the known-level counts
+        classes = None if outside is None else _one_hot(known, outside.shape[2], anchors.dtype)
         shifts = anchors.new_empty(num_matrices, num_anchors)
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
@@ -111,8 +114,7 @@ class _LogDenominators(torch.autograd.Function):
                 window_exp = exp.gather(1, columns)
                 # table[:, known] as a thin matmul with the one-hot classes: a gather of
                 # [Na, Nc] from a [Na, V] table is several times slower on the CPU.
-                classes = known.unsqueeze(1) == torch.arange(table.shape[1], device=known.device)
-                grad = exp.mul_(table @ classes.to(table.dtype).t())
+                grad = exp.mul_(table @ _one_hot(known, table.shape[1], table.dtype).t())
                 grad.scatter_add_(1, columns, window_exp * correction)
             grad.scatter_add_(1, columns, grad_windows[matrix])
             grad_anchors[matrix] = (grad @ contrast[matrix]) * scale

@@ -28,14 +28,17 @@ from torch import Tensor
 from lightly_hmlc.loss._levels import LevelStatistics, PositiveWindows
 
 
-def anchor_mean_level_losses(stats: LevelStatistics, windows: PositiveWindows) -> Tensor:
+def anchor_mean_level_losses(
+    stats: LevelStatistics, windows: PositiveWindows, plain: Tensor
+) -> Tensor:
     """``[L, Na]`` constrained level term of every anchor (0 where it is not an anchor).
 
     Args:
         stats: The level statistics of the batch (``_levels.level_statistics``).
         windows: The anchors' positive windows (``_levels.positive_windows``).
+        plain: ``stats.level_losses()``, the unconstrained terms (computed once by the
+            caller, which also reports them).
     """
-    plain = stats.level_losses()
     num_levels = plain.shape[0]
     if num_levels == 1:  # nothing finer bounds the only level
         return plain

@@ -297,7 +297,7 @@ class HMLCLoss(nn.Module):
         # are the reported level losses.
         assert windows is not None
         share, value = reduce_levels(
-            torch.cat([anchor_mean_level_losses(stats, windows), plain]),
+            torch.cat([anchor_mean_level_losses(stats, windows, plain), plain]),
             torch.cat([stats.is_anchor, stats.is_anchor]),
             batch.distributed,
         )
