@@ -19,6 +19,9 @@ method     objective
            ``MaskedHMLCLoss`` chain
 ``a-hmlc`` HMCE on soft per-level masks of the attention head (``attention-mask``) [3],
            with ``AHMLCLoss``' default hierarchy margin (0.2): the same chain
+``a-hmlc-  HMCE with margin 0.2 on per-level embeddings ``[B, L, D]``: the package's
+tokens``   ``LevelAttentionPool`` over the backbone's tokens (one query per level),
+           each level's pooled vector through the shared projection head
 =========  =====================================================================
 
 Every method but ``ce`` and ``simclr`` is a loss of ``lightly_hmlc.registry``, built by
@@ -58,6 +61,7 @@ from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import (
@@ -72,7 +76,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
 from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
-from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
+from lightly_hmlc.models.modules import HierarchicalMemoryBank, LevelAttentionPool
 from lightly_hmlc.registry import (
     component_parameters,
     create_head,
@@ -225,6 +229,12 @@ class HierarchicalMethod(pl.LightningModule):
         """Backbone features ``[B, F]``; what the evaluation probes."""
         features: Tensor = self.backbone(x)
         return features.flatten(start_dim=1)
+
+    def level_encoder(self) -> nn.Module | None:
+        """A module mapping images to the per-level embeddings ``[B, L, D]`` that the
+        loss contrasts, for the feature-identification score; ``None`` (the default):
+        this method has no per-level features."""
+        return None
 
     def shared_step(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of one batch ``([view0, view1, ...], label_paths)`` and values to log."""
@@ -487,6 +497,44 @@ MASKED_METHODS: dict[str, MaskedMethod] = {
         "attention-mask", {"hierarchy_margin": AHMLCLoss.default_hierarchy_margin}
     ),
 }
+
+
+@dataclass(frozen=True)
+class LevelPoolMethod:
+    """A method on per-level embeddings: the package's ``LevelAttentionPool`` over the
+    backbone's tokens gives ``[2B, L, C]``, the shared projection head ``[2B, L, D]``, and
+    the registered ``loss`` (with ``loss_defaults``) contrasts level ``h``'s embedding in
+    level ``h``'s term. ``--head-option`` reaches the pool (``num_heads``, ``mlp_ratio``).
+    """
+
+    loss: str
+    loss_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+LEVEL_POOL_METHODS: dict[str, LevelPoolMethod] = {
+    "a-hmlc-tokens": LevelPoolMethod(
+        "hmce", {"hierarchy_margin": AHMLCLoss.default_hierarchy_margin}
+    ),
+}
+
+
+class _LevelEmbeddings(nn.Module):
+    """Images to the per-level embeddings ``[B, L, D]`` that a method's loss contrasts."""
+
+    def __init__(self, method: LabelPathMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: Tensor) -> Tensor:
+        method = self.method
+        assert method.projection_head is not None
+        if method.level_pool is not None:
+            return F.normalize(method.project_levels(method.tokens(x)), dim=-1)
+        masked: Any = method.criterion.level_embeddings  # MaskedHMLCLoss's
+        level_embeddings: Tensor = masked(method.projection_head(method(x)))
+        return level_embeddings
+
+
 # What the suite offers every registered loss and head; each gets the ones it names.
 _SUITE_ARGUMENTS = ("temperature", "gather_distributed", "num_levels", "dim")
 
@@ -538,6 +586,7 @@ class LabelPathMethod(HierarchicalMethod):
     memory_bank: HierarchicalMemoryBank | None
     momentum_backbone: nn.Module | None
     momentum_projection_head: nn.Module | None
+    level_pool: LevelAttentionPool | None
 
     def __init__(
         self,
@@ -570,10 +619,17 @@ class LabelPathMethod(HierarchicalMethod):
         self.method_name = method
         self.loss_options = dict(loss_options or {})
         self.head_options = dict(head_options or {})
-        if self.head_options and method not in MASKED_METHODS:
+        with_head = sorted([*MASKED_METHODS, *LEVEL_POOL_METHODS])
+        if self.head_options and method not in with_head:
             raise ValueError(
                 f"head options {sorted(self.head_options)} apply only to the methods with a "
-                f"mask head, {sorted(MASKED_METHODS)}; method {method!r} has none."
+                f"head, {with_head}; method {method!r} has none."
+            )
+        if method in LEVEL_POOL_METHODS and momentum_encoder is not None:
+            raise ValueError(
+                f"method {method!r} contrasts per-level embeddings of the backbone's "
+                "tokens; the momentum encoder fills the queue with pooled projections. "
+                "Drop --momentum-encoder (a plain --memory-bank works)."
             )
         super().__init__(num_classes_per_level, **kwargs)
         self.momentum_backbone = self.momentum_projection_head = None
@@ -616,6 +672,37 @@ class LabelPathMethod(HierarchicalMethod):
         head = getattr(self.criterion, "mask_head", None)
         return head if isinstance(head, nn.Module) else None
 
+    def encode_views(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The base class's features and projections; with a level pool the projections
+        are per-level embeddings ``[B, L, D]`` of the backbone's tokens."""
+        if self.level_pool is None:
+            return super().encode_views(views)
+        tokens = self.tokens(torch.cat([views[0], views[1]]))
+        head: Any = self.backbone.forward_head  # timm's: the pooled features, no classifier
+        features: Tensor = head(tokens, pre_logits=True).flatten(start_dim=1)
+        z0, z1 = self.project_levels(tokens).chunk(2)
+        return features, z0, z1
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """The backbone's tokens of ``x``: timm's ``forward_features`` (before pooling)."""
+        forward_features: Any = self.backbone.forward_features
+        tokens: Tensor = forward_features(x)
+        return tokens
+
+    def project_levels(self, tokens: Tensor) -> Tensor:
+        """Per-level embeddings ``[B, L, D]``: the level pool, then the shared projection."""
+        assert self.level_pool is not None and self.projection_head is not None
+        pooled = self.level_pool(tokens)  # [B, L, C]
+        projected: Tensor = self.projection_head(pooled.flatten(0, 1))
+        return projected.unflatten(0, pooled.shape[:2])
+
+    def level_encoder(self) -> nn.Module | None:
+        """Images to the embeddings ``[B, L, D]`` each level's term contrasts: the masked
+        projections (G-HMLC, A-HMLC) or the level pool's (``a-hmlc-tokens``)."""
+        if self.level_pool is None and not hasattr(self.criterion, "level_embeddings"):
+            return None
+        return _LevelEmbeddings(self)
+
     def _offered(self, names: Sequence[str], variadic: bool) -> dict[str, Any]:
         # A factory with **kwargs gets them all: it may forward them to a loss that
         # needs gather_distributed (else a DDP run would silently compute per rank).
@@ -633,8 +720,25 @@ class LabelPathMethod(HierarchicalMethod):
         """The registered loss (for G-HMLC and A-HMLC the package's ``MaskedHMLCLoss`` on
         the registered head) with the suite's arguments they name."""
         masked = MASKED_METHODS.get(self.method_name)
+        pooled = LEVEL_POOL_METHODS.get(self.method_name)
         criterion: nn.Module
-        if masked is None:
+        self.level_pool = None
+        if pooled is not None:
+            if not hasattr(self.backbone, "forward_features"):
+                raise ValueError(
+                    f"method {self.method_name!r} pools the backbone's tokens: it needs a "
+                    "timm image backbone with forward_features (not encoder='depth_views')."
+                )
+            self.level_pool = LevelAttentionPool(
+                self.feature_dim, self.num_levels, **self.head_options
+            )
+            kwargs = {
+                **self._offered(*component_parameters("loss", pooled.loss)),
+                **pooled.loss_defaults,
+                **self.loss_options,
+            }
+            criterion = create_loss(pooled.loss, **kwargs)
+        elif masked is None:
             kwargs = {
                 **self._offered(*component_parameters("loss", self.method_name)),
                 **self.loss_options,
@@ -668,7 +772,7 @@ class LabelPathMethod(HierarchicalMethod):
                 )
             self.memory_bank = HierarchicalMemoryBank(
                 self.memory_bank_size,
-                self.proj_dim,
+                self.proj_dim if pooled is None else (self.num_levels, self.proj_dim),
                 self.num_levels,
                 gather_distributed=self.gather_distributed,
             )
@@ -730,6 +834,7 @@ def method_names() -> list[str]:
     """
     losses = list_components()["losses"]
     ordered = [name for name in BUILTIN_ORDER if name in losses]
+    ordered += [*LEVEL_POOL_METHODS]
     ordered += [name for name in losses if name not in BUILTIN_ORDER]
     return [*BASELINES, *ordered]
 

@@ -173,6 +173,9 @@ def check_memory(
 ) -> CheckedMemory | None:
     """Validated memory rows: ``(normalised features [K, D], labels [K, L])``.
 
+    For per-level embeddings (``features`` of shape ``[2B, L, D]``) the memory rows are
+    per-level too, ``[K, L, D]``, each level normalised on its own.
+
     An empty memory (``K = 0``, e.g. a bank's first step) is returned as ``None``. With
     ``check_values=False`` only shapes and dtypes are checked (no host synchronisation).
     A :class:`CheckedMemory` (this function's own result) is returned as it is.
@@ -190,11 +193,12 @@ def check_memory(
     bank_features, bank_labels = memory
     if not isinstance(bank_features, Tensor) or not isinstance(bank_labels, Tensor):
         raise ValueError("memory must hold two torch.Tensors (features, labels).")
-    dim = features.shape[1]
-    if bank_features.dim() != 2 or bank_features.shape[1] != dim:
+    row_shape = tuple(features.shape[1:])  # (D,) or, for per-level embeddings, (L, D)
+    if tuple(bank_features.shape[1:]) != row_shape or bank_features.dim() != features.dim():
+        expected = ", ".join(str(size) for size in row_shape)
         raise ValueError(
-            f"memory features must have shape [K, {dim}] (the projections' width), got "
-            f"{tuple(bank_features.shape)}."
+            f"memory features must have shape [K, {expected}] (the shape of the loss's "
+            f"rows), got {tuple(bank_features.shape)}."
         )
     if not bank_features.dtype.is_floating_point:
         raise ValueError(f"memory features must be floating point, got {bank_features.dtype}.")
@@ -212,7 +216,7 @@ def check_memory(
         return None
     if check_values and not bool(torch.isfinite(bank_features).all()):
         raise ValueError("memory features contain NaN or Inf.")
-    unit = F.normalize(bank_features.to(device=features.device, dtype=features.dtype), dim=1)
+    unit = F.normalize(bank_features.to(device=features.device, dtype=features.dtype), dim=-1)
     return CheckedMemory(unit, bank_labels.to(device=features.device, dtype=torch.long))
 
 

@@ -21,6 +21,7 @@ def validate_inputs(
     labels: Tensor,
     num_levels: int | None = None,
     check_values: bool = True,
+    level_embeddings: bool = False,
 ) -> Tensor:
     """Checks the two views and the labels; returns labels as ``[B, L]`` int64.
 
@@ -28,6 +29,7 @@ def validate_inputs(
     package's one label-path check (``[B]`` class ids are one level). Shapes and dtypes
     are always checked (free); with ``check_values`` also the values (NaN/Inf
     embeddings, labels below -1), which synchronises the host with an accelerator.
+    With ``level_embeddings`` the views may also be per-level embeddings ``[B, L, D]``.
 
     Raises:
         ValueError: Naming the problem (dimensions, batch sizes, dtype, depth, non-finite
@@ -36,10 +38,15 @@ def validate_inputs(
     for name, out in (("out0", out0), ("out1", out1)):
         if not isinstance(out, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(out).__name__}.")
-        if out.dim() != 2:
+        if out.dim() != 2 and not (level_embeddings and out.dim() == 3):
+            shapes = (
+                "[batch_size, dim] or [batch_size, levels, dim]"
+                if level_embeddings
+                else ("[batch_size, dim]")
+            )
             raise ValueError(
-                f"{name} must have shape [batch_size, dim], got {tuple(out.shape)}. Flatten "
-                "the projections (e.g. out.flatten(1)) before the loss."
+                f"{name} must have shape {shapes}, got {tuple(out.shape)}. Flatten the "
+                "projections (e.g. out.flatten(1)) before the loss."
             )
         if not out.dtype.is_floating_point:
             raise ValueError(f"{name} must be a floating point tensor, got {out.dtype}.")
@@ -50,7 +57,7 @@ def validate_inputs(
         )
     if out0.shape[0] == 0:
         raise ValueError("The batch is empty: out0 and out1 have no rows.")
-    if out0.shape[1] == 0:
+    if out0.shape[-1] == 0:
         raise ValueError("The embeddings have width 0.")
     paths = check_label_paths(
         labels,
@@ -62,6 +69,12 @@ def validate_inputs(
         row_hint="pass one label path per sample, not per view (out0 and out1 have one "
         "row per sample each).",
     )
+    if out0.dim() == 3 and out0.shape[1] != paths.shape[1]:
+        raise ValueError(
+            f"Per-level embeddings [B, L, D] need one embedding per level of the label "
+            f"paths: got {out0.shape[1]} embeddings per sample for label paths of depth "
+            f"{paths.shape[1]}. Check the head's num_levels against the hierarchy."
+        )
     if check_values:
         check_finite(out0, out1)
     return paths.to(device=out0.device)
@@ -134,6 +147,9 @@ _NORM_EPS = 1e-12
 def normalize_features(out0: Tensor, out1: Tensor, check_values: bool = True) -> Tensor:
     """Both views stacked, L2-normalised, in float32 or wider (also under autocast).
 
+    Rows ``[B, D]`` give ``[2B, D]``; per-level embeddings ``[B, L, D]`` give
+    ``[2B, L, D]``, each level's embedding normalised on its own.
+
     With ``check_values``, a row whose norm cannot be computed in that dtype (its
     squared norm overflows to Inf, or underflows below F.normalize's eps of 1e-12, which
     includes an all-zero row) raises a ValueError: such a row would otherwise become a
@@ -143,7 +159,7 @@ def normalize_features(out0: Tensor, out1: Tensor, check_values: bool = True) ->
     dtype = torch.promote_types(out0.dtype, torch.float32)
     with torch.autocast(device_type=out0.device.type, enabled=False):
         features = torch.cat([out0, out1], dim=0).to(dtype)
-        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(features, dim=-1, keepdim=True)
         if check_values:
             check_norms(norms, dtype)
         # The same arithmetic as F.normalize, reusing the norms; but a row below the eps
@@ -173,8 +189,12 @@ def prepare_inputs(
     check_values: bool,
     gather_distributed: bool,
     masks: Tensor | None = None,
+    level_embeddings: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The one entry of every loss: checked ``[2B, L]`` labels, the rows and the masks.
+
+    ``level_embeddings``: the loss also takes per-level embeddings ``[B, L, D]`` (one
+    embedding per level of the label paths), returned normalised as ``[2B, L, D]``.
 
     Returns the labels of both views, the L2-normalised rows ``[2B, D]`` and the masks
     as :func:`check_masks` returns them (``None`` without masks), checked here with the
@@ -187,11 +207,13 @@ def prepare_inputs(
     by the rank that finds them.
     """
     if not (check_values and gather_distributed and dist.world_size() > 1):
-        return _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+        return _prepare_local(out0, out1, labels, num_levels, check_values, masks, level_embeddings)
     rows = 2 * out0.shape[0] if isinstance(out0, Tensor) and out0.dim() >= 1 else 0
     device = out0.device if isinstance(out0, Tensor) else torch.device("cpu")
     try:
-        prepared = _prepare_local(out0, out1, labels, num_levels, check_values, masks)
+        prepared = _prepare_local(
+            out0, out1, labels, num_levels, check_values, masks, level_embeddings
+        )
     except ValueError as error:
         share_errors(str(error), rows, device)  # raises on every rank
         raise
@@ -206,9 +228,18 @@ def _prepare_local(
     num_levels: int | None,
     check_values: bool,
     masks: Tensor | None,
+    level_embeddings: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    paths = validate_inputs(out0, out1, labels, num_levels, check_values).repeat(2, 1)
+    paths = validate_inputs(out0, out1, labels, num_levels, check_values, level_embeddings).repeat(
+        2, 1
+    )
     features = normalize_features(out0, out1, check_values)
+    if masks is not None and features.dim() == 3:
+        raise ValueError(
+            "masks were given with per-level embeddings [B, L, D]: masks make per-level "
+            "embeddings from projections [B, D], so pass either the projections and the "
+            "masks, or the per-level embeddings without masks."
+        )
     if masks is not None:
         masks = check_masks(features, masks, paths.shape[1], check_values=check_values)
     return paths, features, masks

@@ -164,7 +164,11 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
 
 
 def margin_weights(
-    windows: PositiveWindows, anchor_index: Tensor, scale: float, levels: Sequence[int]
+    windows: PositiveWindows,
+    anchor_index: Tensor,
+    scale: float,
+    levels: Sequence[int],
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The hierarchy margin as weights on the exponentials of each level's denominator.
 
@@ -174,13 +178,16 @@ def margin_weights(
     and ``d_ij`` the levels the two paths share. Outside the anchor's coarse group
     ``d = 0``, so there ``k`` depends on ``v_j`` alone; inside it, on the window.
 
+    ``dtype``: of the weights (default the windows'); the features' dtype, so that float64
+    features get float64 weights.
+
     Returns:
         ``outside [K, Na, V]``, the weight of a row by its known-level count ``v``, and
         ``inside [K, Na, W]``, the correction at the window's columns in the anchor's
         coarse group, for the ``K`` levels asked.
     """
     known = windows.known_levels
-    dtype = windows.members.dtype
+    dtype = windows.members.dtype if dtype is None else dtype
     classes = torch.arange(windows.members.shape[0] + 1, device=known.device)  # v in 0..L
     anchor_known = known[anchor_index].unsqueeze(1)
     window_known = known[windows.columns]  # [Na, W]
@@ -191,7 +198,7 @@ def margin_weights(
         k = (torch.minimum(anchor_known, window_known).clamp(max=level) - shared).clamp(min=0)
         in_group = torch.exp(k.to(dtype) * scale) - weight.gather(1, window_known)
         outside.append(weight)
-        inside.append(in_group * windows.members[0])
+        inside.append(in_group * windows.members[0].to(dtype))
     return torch.stack(outside), torch.stack(inside)
 
 
@@ -272,7 +279,9 @@ def level_statistics(
             num_outputs = anchor_feats.shape[0]
             if margin is not None:
                 assert windows is not None
-                outside, inside = margin_weights(windows, anchor_index, *margin)
+                outside, inside = margin_weights(
+                    windows, anchor_index, *margin, dtype=anchor_feats.dtype
+                )
                 num_outputs = outside.shape[0]
             columns = (
                 windows.columns

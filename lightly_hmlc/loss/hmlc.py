@@ -124,6 +124,8 @@ class HMLCLoss(nn.Module):
     instead, as the authors' code does (it rarely binds). Features may carry per-level
     masks (G-HMLC / A-HMLC of Ott et al. [1]): level ``h`` sees
     ``normalize(normalize(z) * masks[:, h])``, and all-ones masks give the unmasked loss.
+    Or the views are per-level embeddings ``[B, L, D]`` (e.g. attention pooling with one
+    query per level) and level ``h`` sees ``normalize(out[:, h])``.
     :class:`ReferenceHMLCLoss` reproduces the authors' code exactly.
 
     - [0] Use All The Labels: A Hierarchical Multi-Label Contrastive Learning Framework,
@@ -156,6 +158,9 @@ class HMLCLoss(nn.Module):
         torch.Size([2])
         >>> masks = torch.ones(1, 2, 16)  # [1 | B | 2B, L, D] from a mask head
         >>> torch.allclose(loss_fn(out0, out1, labels, masks=masks), loss)
+        True
+        >>> per_level = out0[:, None].expand(6, 2, 16)  # [B, L, D]: the same at each level
+        >>> torch.allclose(loss_fn(per_level, out1[:, None].expand(6, 2, 16), labels), loss)
         True
     """
 
@@ -226,15 +231,19 @@ class HMLCLoss(nn.Module):
         """Computes the loss.
 
         Args:
-            out0: ``[B, D]`` projections of the first view.
-            out1: ``[B, D]`` projections of the second view.
+            out0: ``[B, D]`` projections of the first view, or per-level embeddings
+                ``[B, L, D]``: level ``h``'s term then contrasts ``out0[:, h]`` (e.g. the
+                output of :class:`~lightly_hmlc.models.modules.LevelAttentionPool`).
+            out1: The second view, of the same shape as ``out0``.
             labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown.
             masks: Optional per-level feature masks from a mask head: ``[1, L, D]``
                 (shared), ``[B, L, D]`` (per sample) or ``[2B, L, D]`` (per row of
-                ``cat([out0, out1])``). Gradients flow through soft masks.
+                ``cat([out0, out1])``). Gradients flow through soft masks. Masks are
+                one way to make per-level embeddings: not with ``[B, L, D]`` views.
             memory: Optional ``(features [K, D], labels [K, L])`` extra contrast rows,
                 e.g. from :class:`~lightly_hmlc.models.modules.HierarchicalMemoryBank`:
-                positives and negatives at every level, never anchors.
+                positives and negatives at every level, never anchors. With per-level
+                embeddings the memory rows are ``[K, L, D]``.
             memory_masks: Masks of the memory rows, ``[1 | K, L, D]``; ``None`` reuses
                 shared ``[1, L, D]`` masks (per-row masks need memory masks).
             return_level_losses: Also return the detached ``[L]`` plain SupCon terms,
@@ -251,6 +260,7 @@ class HMLCLoss(nn.Module):
             self.check_values,
             self.gather_distributed,
             masks,
+            level_embeddings=True,
         )
         batch = loss_batch(
             features,

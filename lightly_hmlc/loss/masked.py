@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._batch import check_memory, loss_batch
+from lightly_hmlc.loss._batch import check_memory, loss_batch, mask_levels
 from lightly_hmlc.loss._features import check_masks, prepare_inputs
 from lightly_hmlc.loss.hmlc import HMLCLoss, LayerPenalty
 
@@ -137,6 +138,14 @@ class MaskedHMLCLoss(HMLCLoss):
         if callable(regularize):
             loss = loss + regularize(masks)
         return (loss, level_losses) if return_level_losses else loss
+
+    def level_embeddings(self, z: Tensor) -> Tensor:
+        """The per-level embeddings ``[B, L, D]`` that the level terms contrast for
+        projections ``z`` [B, D]: ``normalize(normalize(z) * masks[:, h])`` with the
+        head's masks of ``z`` (no labels), e.g. to probe what each level's features carry.
+        """
+        features = F.normalize(z, dim=-1)
+        return mask_levels(features, self.mask_head(features))
 
 
 class _HeadBuildingLoss(MaskedHMLCLoss):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,6 +32,9 @@ class HierarchicalMemoryBank(nn.Module):
         ...     bank_z, bank_labels = bank(torch.randn(2, 2), labels + shift)
         >>> bank_labels.tolist()  # the queue before the last batch, oldest first
         [[1, 1], [2, 0], [2, 2], [3, 1]]
+        >>> per_level = HierarchicalMemoryBank(size=4, dim=(2, 8), num_levels=2)
+        >>> per_level(torch.randn(2, 2, 8), labels)[0].shape  # rows [K, L, D]
+        torch.Size([0, 2, 8])
     """
 
     features: Tensor
@@ -41,24 +45,29 @@ class HierarchicalMemoryBank(nn.Module):
     def __init__(
         self,
         size: int,
-        dim: int,
+        dim: int | Sequence[int],
         num_levels: int,
         gather_distributed: bool = False,
         check_values: bool = True,
     ) -> None:
         super().__init__()
+        # A row is [D], or (L, D) for per-level embeddings [B, L, D].
+        row_shape = (dim,) if isinstance(dim, int) else tuple(dim)
         for name, value, meaning in (
             ("size", size, "the number of queued rows K"),
-            ("dim", dim, "the width of the projections D"),
+            *(("dim", d, "the width D of a row, or its shape (L, D)") for d in row_shape),
             ("num_levels", num_levels, "the depth of the label paths L"),
         ):
             check_int(name, value, meaning=meaning)
+        if not 1 <= len(row_shape) <= 2:
+            raise ValueError(f"dim must be D or (L, D), got {dim!r}.")
         self.size = size
         self.dim = dim
+        self.row_shape = row_shape
         self.num_levels = num_levels
         self.gather_distributed = gather_distributed
         self.check_values = check_values
-        self.register_buffer("features", torch.zeros(size, dim))
+        self.register_buffer("features", torch.zeros(size, *row_shape))
         self.register_buffer("labels", torch.full((size, num_levels), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("num_filled", torch.zeros(1, dtype=torch.long))
@@ -112,11 +121,12 @@ class HierarchicalMemoryBank(nn.Module):
     def _check(self, features: Tensor, labels: Tensor) -> Tensor:
         if not isinstance(features, Tensor):
             raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}.")
-        if features.dim() != 2 or features.shape[1] != self.dim:
+        if tuple(features.shape[1:]) != self.row_shape or features.dim() < 2:
+            expected = ", ".join(str(size) for size in self.row_shape)
             raise ValueError(
-                f"features must have shape [batch_size, {self.dim}], got "
-                f"{tuple(features.shape)}. Pass the projections, flattened, of the width "
-                "the bank was built with."
+                f"features must have shape [batch_size, {expected}], got "
+                f"{tuple(features.shape)}. Pass the projections (or per-level embeddings) "
+                "of the shape the bank was built with."
             )
         if not features.dtype.is_floating_point:
             raise ValueError(f"features must be floating point, got {features.dtype}.")
