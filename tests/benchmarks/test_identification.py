@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import lab
+import main
+import methods
 import pytest
 import torch
 from evaluate import (
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from lightly_hmlc.hierarchy import LabelHierarchy
+from tests.benchmarks.suite_utils import load_metrics, tiny_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROBE: dict[str, Any] = {"probe_epochs": 30, "probe_lr": 0.01, "probe_batch_size": 64}
@@ -240,3 +243,36 @@ def test_a_run_without_per_level_features_is_undefined_and_the_report_says_so(
         lab.main(["report", str(base), "--baseline", "hmlc", "--metrics", ",".join(metrics)]) == 0
     )
     assert "| undefined |" in capsys.readouterr().out
+
+
+class Levels(nn.Module):
+    """A stand-in per-level encoder of a suite model: the backbone's features, level
+    ``l``'s copy scaled by ``l + 1``, ``[B, L, F]``."""
+
+    def __init__(self, backbone: nn.Module, num_levels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_levels = num_levels
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.backbone(x).flatten(1)
+        return torch.stack([(level + 1) * features for level in range(self.num_levels)], dim=1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_suite_cli_records_the_score_of_a_model_with_level_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def level_encoder(self: methods.HierarchicalMethod) -> nn.Module:
+        return Levels(self.backbone, self.num_levels)
+
+    monkeypatch.setattr(methods.HierarchicalMethod, "level_encoder", level_encoder, raising=False)
+    assert main.main(tiny_args(tmp_path, "--methods", "supcon", "--plots")) == 0
+    run_dir = tmp_path / "shapes" / "supcon" / "seed0"
+    record = load_metrics(run_dir)
+    num_levels = len(record["identification"]["matrix"])
+    assert num_levels >= 2
+    for level in range(num_levels):
+        assert isinstance(record["eval"][f"ident/advantage_level{level}"], float)
+    assert "ident/advantage_mean" in record["eval"]
+    assert (run_dir / "identification.png").read_bytes().startswith(PNG_MAGIC)
