@@ -702,7 +702,12 @@ def evaluate_run(
     run_dir: Path,
     trainer: pl.Trainer,
 ) -> RunResult:
-    """Probes the frozen backbone and writes metrics.json, metrics.md and the plots."""
+    """Probes the frozen backbone and writes metrics.json, metrics.md and the plots.
+
+    A model with per-level features (``level_encoder()`` returning a module) also gets
+    the identification score (:func:`identification_of`): ``ident/*`` keys in ``eval``,
+    its matrix under the record's ``identification`` and ``identification.png``.
+    """
     stats_path = run_dir / "train_stats.json"
     stats: dict[str, Any] = {}
     if stats_path.is_file():
