@@ -145,7 +145,12 @@ def _title(key: str) -> str:
 
 
 def _is_fraction(key: str) -> bool:
-    return key.endswith("_acc") or key.endswith("/nmi") or "/implied_acc" in key
+    return (
+        key.endswith("_acc")
+        or key.endswith("/nmi")
+        or "/implied_acc" in key
+        or key.startswith("ident/advantage")
+    )
 
 
 def _cell(key: str, values: list[float] | None) -> str:

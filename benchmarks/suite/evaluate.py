@@ -42,6 +42,17 @@ Protocol (the same for every method, so that the numbers compare):
   height of its wrong top-1 predictions) and the hierarchical distance of its top-k
   (mean LCA height between the true leaf and each of the ``hdist_k`` best leaves).
   Test samples without a complete label path are left out.
+- **Identification** (:func:`identification_matrix`), only for a model with per-level
+  features (an encoder mapping an image to ``[L, D]``, one ``D``-vector per level, e.g.
+  the masked features of the HMLC methods): per feature level ``l`` one linear probe of
+  the protocol above, trained on level ``l``'s features alone, and its test accuracy at
+  every level ``l'``; the ``L x L`` matrix ``M[l][l']`` (row: features of level ``l``,
+  column: predicted level ``l'``). The **diagonal advantage** of level ``l'`` is
+  ``M[l'][l']`` minus the mean of ``M[k][l']`` over ``k != l'``: how much better level
+  ``l'`` is predicted from its own features than from the other levels' (positive: the
+  level's own features carry its labels best). Reported per level and as their mean;
+  undefined (left out, never 0) for a single level or a model without per-level
+  features. Costs ``L`` more probes of ``D`` inputs.
 
 - [0] Unsupervised Feature Learning via Non-Parametric Instance Discrimination, Wu et
   al., CVPR 2018, https://arxiv.org/abs/1805.01978
@@ -89,7 +100,12 @@ __all__ = [
     "per_level_balanced_accuracy",
     "knn_predict_levels",
     "format_metrics_table",
+    "identification_matrix",
+    "identification_metrics",
+    "format_identification_matrix",
+    "split_levels",
     "plot_embeddings",
+    "plot_identification",
     "plot_training_curves",
 ]
 
@@ -518,6 +534,126 @@ def evaluate_features(
     return results
 
 
+def split_levels(features: Tensor, num_levels: int) -> Tensor:
+    """Per-level features ``[N, L, D]`` from their flattened form ``[N, L * D]``.
+
+    :func:`extract_features` flattens an encoder's ``[B, L, D]`` output level after level;
+    this undoes it.
+
+    Examples:
+        >>> split_levels(torch.arange(6.0).reshape(1, 6), 2).tolist()
+        [[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]
+    """
+    if num_levels < 1 or features.dim() != 2 or features.shape[1] % num_levels != 0:
+        raise ValueError(
+            f"Cannot split features of shape {tuple(features.shape)} into {num_levels} "
+            "levels: the per-level encoder must return [B, L, D] with L the hierarchy's "
+            "number of levels."
+        )
+    return features.reshape(features.shape[0], num_levels, -1)
+
+
+def identification_matrix(
+    train_level_features: Tensor,
+    train_paths: Tensor,
+    test_level_features: Tensor,
+    test_paths: Tensor,
+    hierarchy: LabelHierarchy,
+    *,
+    probe_epochs: int = 100,
+    probe_lr: float = 1e-3,
+    probe_batch_size: int = 256,
+    probe_weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Tensor:
+    """What each level's own features carry: the ``L x L`` probe accuracy matrix.
+
+    For every feature level ``l``, a linear probe of the protocol
+    (:func:`train_linear_probe`: one head per level, trained at once) on level ``l``'s
+    features alone; its test accuracy at every level ``l'`` is ``M[l][l']``.
+
+    Args:
+        train_level_features: ``[N_train, L, D]`` per-level features.
+        train_paths: ``[N_train, L]`` label paths, ``-1`` for unknown.
+        test_level_features: ``[N_test, L, D]``.
+        test_paths: ``[N_test, L]``.
+        hierarchy: The label hierarchy (``L`` levels).
+        probe_epochs, probe_lr, probe_batch_size, probe_weight_decay, seed, device,
+            progress: As in :func:`evaluate_features`.
+
+    Returns:
+        ``M`` ``[L, L]`` float64 on the CPU: row ``l`` the features of level ``l``,
+        column ``l'`` the predicted level; accuracies as fractions in [0, 1] (``NaN`` at
+        a level without a known test label).
+
+    Raises:
+        ValueError: If shapes or label values do not fit the hierarchy.
+    """
+    num_levels = hierarchy.num_levels
+    for name, level_features in (("train", train_level_features), ("test", test_level_features)):
+        if level_features.dim() != 3 or level_features.shape[1] != num_levels:
+            raise ValueError(
+                f"{name}_level_features must be [N, L, D] with L = {num_levels} (the "
+                f"hierarchy's levels), got shape {tuple(level_features.shape)}."
+            )
+    if train_level_features.shape[2] != test_level_features.shape[2]:
+        raise ValueError(
+            f"Train and test per-level features differ in dimension "
+            f"({train_level_features.shape[2]} vs {test_level_features.shape[2]})."
+        )
+    _check_split(train_level_features[:, 0], train_paths, hierarchy, "train")
+    _check_split(test_level_features[:, 0], test_paths, hierarchy, "test")
+    rows = []
+    for level in range(num_levels):
+        probe = train_linear_probe(
+            train_level_features[:, level],
+            train_paths,
+            hierarchy,
+            epochs=probe_epochs,
+            lr=probe_lr,
+            weight_decay=probe_weight_decay,
+            batch_size=probe_batch_size,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        pred = probe.predict_paths(test_level_features[:, level], num_levels).cpu()
+        rows.append(per_level_accuracy(pred, test_paths).double())
+    return torch.stack(rows)
+
+
+def identification_metrics(matrix: Tensor) -> dict[str, float]:
+    """The diagonal advantage of every level and their mean, from
+    :func:`identification_matrix`'s ``M``.
+
+    The advantage of level ``l'`` is ``M[l'][l']`` minus the mean of ``M[k][l']`` over
+    ``k != l'`` (a fraction, as ``M``). Keys ``ident/advantage_level{l}`` and
+    ``ident/advantage_mean``; an empty dict for a single level (undefined there).
+
+    Examples:
+        Level 0 is predicted at 0.9 from its own features, at 0.5 from level 1's:
+        advantage 0.4; level 1 at 0.8 against 0.3: 0.5.
+
+        >>> scores = identification_metrics(torch.tensor([[0.9, 0.3], [0.5, 0.8]]))
+        >>> [round(scores[f"ident/advantage_{k}"], 3) for k in ("level0", "level1", "mean")]
+        [0.4, 0.5, 0.45]
+    """
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"Need a square [L, L] matrix, got shape {tuple(matrix.shape)}.")
+    num_levels = matrix.shape[0]
+    if num_levels < 2:
+        return {}
+    m = matrix.double()
+    diagonal = m.diagonal()
+    off_mean = (m.sum(dim=0) - diagonal) / (num_levels - 1)
+    advantage = (diagonal - off_mean).tolist()
+    results = {f"ident/advantage_level{level}": a for level, a in enumerate(advantage)}
+    results["ident/advantage_mean"] = sum(advantage) / num_levels
+    return results
+
+
 def per_level_balanced_accuracy(pred_paths: Tensor, true_paths: Tensor) -> list[float]:
     """Per level, the recall averaged over the classes that the split holds.
 
@@ -619,7 +755,13 @@ def _check_split(features: Tensor, paths: Tensor, hierarchy: LabelHierarchy, nam
 # ---------------------------------------------------------------------- reporting
 _LEVEL_KEY = re.compile(r"^level(\d+)/(.+)$")
 _IMPLIED_KEY = re.compile(r"^hier/implied_acc_level(\d+)$")
+_IDENT_KEY = re.compile(r"^ident/advantage_level(\d+)$")
 _METRIC_ORDER = {"linear_acc": 0, "balanced_linear_acc": 1, "knn_acc": 2, "nmi": 3}
+
+
+def _in_percent(key: str) -> bool:
+    """Accuracies, NMI and the identification advantages (differences of accuracies)."""
+    return "acc" in key or key.endswith("/nmi") or key.startswith("ident/advantage")
 
 
 def _column_order(key: str) -> tuple[int, int, int, str]:
@@ -633,7 +775,12 @@ def _column_order(key: str) -> tuple[int, int, int, str]:
         return (2, 0, 0, key)
     if key.startswith("hier/"):
         return (3, 0, 0, key)
-    return (4, 0, 0, key)
+    match = _IDENT_KEY.match(key)
+    if match:
+        return (4, int(match.group(1)), 0, key)
+    if key == "ident/advantage_mean":
+        return (5, 0, 0, key)
+    return (6, 0, 0, key)
 
 
 def _column_title(key: str, level_names: list[str] | None) -> str:
@@ -649,6 +796,11 @@ def _column_title(key: str, level_names: list[str] | None) -> str:
     match = _IMPLIED_KEY.match(key)
     if match:
         return f"{level_name(int(match.group(1)))} implied acc"
+    match = _IDENT_KEY.match(key)
+    if match:
+        return f"{level_name(int(match.group(1)))} ident advantage"
+    if key == "ident/advantage_mean":
+        return "mean ident advantage"
     return key.removeprefix("hier/").replace("_", " ")
 
 
@@ -657,7 +809,7 @@ def _format_value(key: str, value: float | None) -> str:
         return "–"
     if math.isnan(value):
         return "nan"
-    if "acc" in key or key.endswith("/nmi"):
+    if _in_percent(key):
         return f"{100 * value:.2f}"
     if "seconds" in key:
         return f"{value:.1f}"
@@ -669,10 +821,11 @@ def format_metrics_table(
 ) -> str:
     """A markdown table with one row per method and one column per metric.
 
-    Accuracies and NMI are shown in percent (two decimals), seconds with one decimal,
-    other values with three. Columns follow the order level by level (linear, kNN, NMI),
-    then implied accuracies, mistake severity, hierarchical distance and the rest; a
-    method without a metric shows ``–``.
+    Accuracies, NMI and identification advantages are shown in percent (two decimals),
+    seconds with one decimal, other values with three. Columns follow the order level by
+    level (linear, kNN, NMI), then implied accuracies, mistake severity, hierarchical
+    distance, the identification advantages and the rest; a method without a metric
+    shows ``–``.
 
     Args:
         results: ``{method: evaluate_features(...)}``.
@@ -689,7 +842,7 @@ def format_metrics_table(
     titles = []
     for key in keys:
         title = _column_title(key, hierarchy_level_names)
-        if "acc" in key or key.endswith("/nmi"):
+        if _in_percent(key):
             title += " (%)"
         titles.append(title)
     lines = [
@@ -788,6 +941,72 @@ def plot_embeddings(
         ax.set_yticks([])
         if num_classes <= 20:
             ax.legend(fontsize=6, markerscale=2, loc="best")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+
+
+def format_identification_matrix(matrix: Tensor, level_names: list[str] | None = None) -> str:
+    """:func:`identification_matrix`'s ``M`` as a markdown table, in percent.
+
+    Examples:
+        >>> print(format_identification_matrix(torch.tensor([[0.9, 0.3], [0.5, 0.8]])))
+        | features of level / predicted level | L0 | L1 |
+        |---|---|---|
+        | L0 | 90.00 | 30.00 |
+        | L1 | 50.00 | 80.00 |
+    """
+    names = [_level_label(level, level_names) for level in range(matrix.shape[1])]
+    lines = [
+        "| features of level / predicted level | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(names) + 1),
+    ]
+    for level, row in enumerate(matrix.tolist()):
+        cells = [_format_value("ident/acc", value) for value in row]
+        lines.append(f"| {_level_label(level, level_names)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _level_label(level: int, level_names: list[str] | None) -> str:
+    if level_names is not None and level < len(level_names):
+        return level_names[level]
+    return f"L{level}"
+
+
+def plot_identification(
+    matrix: Tensor, path: str | Path, level_names: list[str] | None = None
+) -> None:
+    """Writes a PNG of :func:`identification_matrix`'s ``M``: rows the features of each
+    level, columns the predicted level, each cell's accuracy written in it (in %).
+
+    Args:
+        matrix: ``[L, L]`` accuracies as fractions.
+        path: The PNG to write (parent folders are created).
+        level_names: Tick labels per level (default ``L0``, ``L1``, ...).
+    """
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 1:
+        raise ValueError(f"Need a square [L, L] matrix, got shape {tuple(matrix.shape)}.")
+    from matplotlib.figure import Figure
+
+    values = 100 * matrix.detach().double().cpu()
+    num_levels = values.shape[0]
+    names = [_level_label(level, level_names) for level in range(num_levels)]
+    size = 1.6 + 1.1 * num_levels
+    figure = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(values.numpy(), cmap="viridis", vmin=0.0, vmax=100.0)
+    for row in range(num_levels):
+        for col in range(num_levels):
+            value = float(values[row, col])
+            text = "nan" if math.isnan(value) else f"{value:.1f}"
+            colour = "black" if not math.isnan(value) and value > 60 else "white"
+            ax.text(col, row, text, ha="center", va="center", color=colour, fontsize=10)
+    ax.set_xticks(range(num_levels), names)
+    ax.set_yticks(range(num_levels), names)
+    ax.set_xlabel("predicted level")
+    ax.set_ylabel("features of level")
+    ax.set_title("identification: probe test accuracy (%)")
+    figure.colorbar(image, ax=ax, shrink=0.8)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)

@@ -72,13 +72,20 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float]) -> Pai
 
 
 def is_fraction(metric: str) -> bool:
-    """Accuracies and NMI are reported in %; other metrics as they are.
+    """Accuracies, NMI and identification advantages (differences of accuracies) are
+    reported in %; other metrics as they are.
 
     Examples:
         >>> is_fraction("level0/linear_acc"), is_fraction("train/wall_seconds")
         (True, False)
+        >>> is_fraction("ident/advantage_mean")
+        True
     """
-    return metric.endswith(("_acc", "/nmi")) or "implied_acc" in metric
+    return (
+        metric.endswith(("_acc", "/nmi"))
+        or "implied_acc" in metric
+        or metric.startswith("ident/advantage")
+    )
 
 
 def scale_of(metric: str) -> float:
@@ -248,9 +255,11 @@ def interval_text(d: PairedDifference, digits: int) -> str:
 
 
 def cell_text(metric: str, cell: Cell | None) -> str:
-    """``mean`` or ``mean (difference [low, high])``; ``-`` without a value."""
+    """``mean`` or ``mean (difference [low, high])``; ``undefined`` where the variant's
+    records hold no value (a metric undefined for it, e.g. the identification score of a
+    method without per-level features), never 0."""
     if cell is None:
-        return "-"
+        return "undefined"
     digits = digits_of(metric)
     if cell.difference is None:
         return f"{cell.mean:.{digits}f}"
@@ -264,7 +273,7 @@ def format_paired_table(
     lines = [
         f"Experiment `{name}`, baseline `{baseline}`; accuracies in %, paired difference "
         "against the baseline as mean [95% CI] over the seeds both have (bold: the interval "
-        "excludes 0).",
+        "excludes 0); `undefined`: the variant's runs have no value of that metric.",
         "",
         "| variant | seeds | "
         + " | ".join([*metrics, *(COST_TITLES.get(c, c) for c in cost)])

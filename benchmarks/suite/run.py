@@ -56,9 +56,14 @@ from datasets import DatasetBundle, SuiteDataModule, UserError
 from evaluate import (
     evaluate_features,
     extract_features,
+    format_identification_matrix,
     format_metrics_table,
+    identification_matrix,
+    identification_metrics,
     plot_embeddings,
+    plot_identification,
     plot_training_curves,
+    split_levels,
 )
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -697,7 +702,12 @@ def evaluate_run(
     run_dir: Path,
     trainer: pl.Trainer,
 ) -> RunResult:
-    """Probes the frozen backbone and writes metrics.json, metrics.md and the plots."""
+    """Probes the frozen backbone and writes metrics.json, metrics.md and the plots.
+
+    A model with per-level features (``level_encoder()`` returning a module) also gets
+    the identification score (:func:`identification_of`): ``ident/*`` keys in ``eval``,
+    its matrix under the record's ``identification`` and ``identification.png``.
+    """
     stats_path = run_dir / "train_stats.json"
     stats: dict[str, Any] = {}
     if stats_path.is_file():
@@ -733,6 +743,10 @@ def evaluate_run(
         device=device,
         progress=bar,
     )
+    ident = identification_of(args, bundle, model, seed, device, bar)
+    if ident.matrix is not None:
+        results.update(identification_metrics(ident.matrix))
+        results["ident/seconds"] = ident.seconds
     train = {f"train/{key}": value for key, value in stats.items()}
     train["train/complete"] = int(stats.get("epochs_completed", 0)) >= args.epochs
     record: dict[str, Any] = {
@@ -750,6 +764,8 @@ def evaluate_run(
         "split": bundle.split,
         "train": train,
         "eval": {"eval/extract_seconds": extract_seconds, **results},
+        # The matrix is not a scalar: beside "eval", whose values are all numbers.
+        "identification": ident.record(),
     }
     write_json(run_dir / "metrics.json", record)
     title = (
@@ -763,12 +779,88 @@ def evaluate_run(
         f"{stats.get('peak_memory_mb', 0.0):.0f} MB ({stats.get('peak_memory_kind', '?')}).\n"
     )
     table = format_metrics_table({method: results})
-    write_text_atomic(run_dir / "metrics.md", title + table + training)
+    write_text_atomic(run_dir / "metrics.md", title + table + training + ident.markdown())
     if args.plots:
         plot_embeddings(test_x, test_y, bundle.hierarchy, run_dir / "embeddings.png", seed=seed)
+        if ident.matrix is not None:
+            plot_identification(ident.matrix, run_dir / "identification.png")
         if any(history.values()):
             plot_training_curves(history, run_dir / "training_curves.png")
     return RunResult(method, seed, run_dir, record)
+
+
+@dataclass
+class Identification:
+    """The identification score's inputs of one run: its matrix, or why it is undefined."""
+
+    matrix: torch.Tensor | None
+    undefined: str | None = None
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The ``identification`` entry of metrics.json: the matrix (fractions, rows the
+        features of each level, columns the predicted level), or why there is none."""
+        if self.matrix is None:
+            return {"matrix": None, "undefined": self.undefined}
+        return {
+            "matrix": self.matrix.tolist(),
+            "rows": "features of level l",
+            "columns": "predicted level",
+        }
+
+    def markdown(self) -> str:
+        """The paragraph of metrics.md: the matrix in %, or ``undefined (<why>)``."""
+        if self.matrix is None:
+            return f"\nIdentification score: undefined ({self.undefined}).\n"
+        return (
+            "\nIdentification: linear-probe test accuracy (%) of each level's own features "
+            "(rows) at every level (columns); the advantages above are the diagonal minus the "
+            "mean of the column's other rows.\n\n"
+            + format_identification_matrix(self.matrix)
+            + "\n"
+        )
+
+
+def identification_of(
+    args: argparse.Namespace,
+    bundle: DatasetBundle,
+    model: nn.Module,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> Identification:
+    """The identification matrix of a model with per-level features (``level_encoder()``
+    returning a module that maps images to ``[B, L, D]``); undefined without them or with
+    a single level."""
+    level_encoder = getattr(model, "level_encoder", None)
+    encoder = level_encoder() if callable(level_encoder) else None
+    if encoder is None:
+        return Identification(None, "no per-level features")
+    num_levels = bundle.hierarchy.num_levels
+    if num_levels < 2:
+        return Identification(None, "a single hierarchy level")
+    begin = time.perf_counter()
+    try:
+        train_x, train_y = extract_features(
+            encoder, bundle.train_eval, args.eval_batch_size, args.num_workers, device, progress
+        )
+        test_x, test_y = extract_features(
+            encoder, bundle.test_eval, args.eval_batch_size, args.num_workers, device, progress
+        )
+    except OSError as error:
+        raise UserError(_last_line(error)) from error
+    matrix = identification_matrix(
+        split_levels(train_x, num_levels),
+        train_y,
+        split_levels(test_x, num_levels),
+        test_y,
+        bundle.hierarchy,
+        probe_epochs=args.probe_epochs,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    return Identification(matrix, seconds=time.perf_counter() - begin)
 
 
 def _last_line(error: BaseException) -> str:
