@@ -2,7 +2,7 @@
 # One prepared GPU check (issue 12): run it whenever a GPU is lent, and copy the tables
 # into benchmarks/RESULTS.md with the machine and commit it prints.
 #
-# Records, in one run of at most 8 minutes on one GPU:
+# Records, in one run of at most 9 minutes on one GPU:
 #   1. loss speed and peak memory against the reference implementation of Zhang et al.
 #      at batch 2048 and 4096 (benchmarks/speed/loss_speed.py; the reference is loaded at run
 #      time from a local clone given with --reference-repo, never part of this repo),
@@ -11,7 +11,9 @@
 #   2. training-step throughput of every method with ResNet-50 (CIFAR stem, 32 px) at
 #      batch 512 in bf16 (benchmarks/speed/throughput.py's CLI);
 #   3. the peak GPU memory of one training step of every method, each method alone
-#      (throughput.py's StepRunner, torch.cuda.max_memory_allocated).
+#      (throughput.py's StepRunner, torch.cuda.max_memory_allocated);
+#   4. a short Shapes run of A-HMLC over the backbone's tokens (a-hmlc-tokens) beside
+#      HMCE with the same margin: training, probes and the identification score on a GPU.
 # Every step has its own time limit, so a slow step cannot take the whole budget; a step
 # that fails or times out is reported and the others still run.
 #
@@ -47,14 +49,17 @@ mkdir -p "$OUT_DIR"
 if [[ $DRY_RUN == 1 ]]; then
     DEVICE=cpu; LOSS_BATCHES=16,32; REPEATS=1; MEMORY=64; PRECISION=bf16
     BACKBONE=resnet_tiny_cifar; STEP_BATCH=4; WARMUP=1; STEPS=1; ROUNDS=1
-    LIMIT_LOSS=300; LIMIT_STEP=300; LIMIT_PEAK=300  # generous: a shared CPU
+    LIMIT_LOSS=300; LIMIT_STEP=300; LIMIT_PEAK=300; LIMIT_TOKENS=600  # a shared CPU
+    TOKEN_ARGS=(--epochs 1 --train-samples 64 --test-samples 64 --batch-size 32 --probe-epochs 1)
     LOSS_EXTRA=(--no-peak-memory)  # the CPU's profiler replay is slow; the GPU's is free
 else
     LOSS_EXTRA=()
     DEVICE=cuda; LOSS_BATCHES=2048,4096; REPEATS=10; MEMORY=4096; PRECISION=bf16
     BACKBONE=resnet50_cifar; STEP_BATCH=512; WARMUP=2; STEPS=3; ROUNDS=3
-    # 150 + 180 + 120 s = 7.5 min at most, leaving time for start-up.
-    LIMIT_LOSS=150; LIMIT_STEP=180; LIMIT_PEAK=120
+    # 150 + 180 + 120 + 60 s = 8.5 min at most, leaving time for start-up.
+    LIMIT_LOSS=150; LIMIT_STEP=180; LIMIT_PEAK=120; LIMIT_TOKENS=60
+    TOKEN_ARGS=(--epochs 2 --train-samples 4096 --test-samples 2000 --batch-size 256
+        --accelerator gpu --precision bf16-mixed)
     if [[ -z "$REFERENCE" ]]; then
         echo "gpu_check.sh: pass --reference-repo /path/to/hierarchicalContrastiveLearning" >&2
         exit 2
@@ -139,6 +144,10 @@ for name in names.split(","):
     if cuda:
         torch.cuda.empty_cache()
 PYTHON
+
+run_step token_run "$LIMIT_TOKENS" "$PY" benchmarks/main.py --dataset shapes \
+    --methods a-hmlc-tokens,hmce-m2=hmce:hierarchy_margin=0.2 \
+    --no-plots --no-progress-bar --overwrite --output-dir "$OUT_DIR/token_run" "${TOKEN_ARGS[@]}"
 
 echo
 if [[ ${#FAILED[@]} -gt 0 ]]; then

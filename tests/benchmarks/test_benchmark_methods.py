@@ -75,6 +75,12 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
         assert bool(state["criterion.mask_head.fitted"])
     if method == "ce":
         assert "classifier.weight" in state and not any(k.startswith("projection") for k in state)
+    if method == "a-hmlc-tokens":  # the level queries are model parameters, trained
+        assert state["level_pool.attention.latent"].shape == (1, 3, 64)
+    # The identification score exists exactly for the methods with per-level features.
+    per_level = method in ("g-hmlc", "a-hmlc", "a-hmlc-tokens")
+    assert ("ident/advantage_mean" in record["eval"]) == per_level
+    assert (record["identification"]["matrix"] is not None) == per_level
     summary = (tmp_path / "shapes" / "summary.md").read_text()
     assert f"| {method} | 1 |" in summary
 
@@ -247,3 +253,36 @@ def test_the_suite_runs_compiled_and_keeps_the_checkpoint_keys(tmp_path: Path) -
     assert all(math.isfinite(record["eval"][key]) for key in LEVEL_KEYS)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in key for key in state)  # compiled in place
+
+
+def test_token_attention_method_contrasts_per_level_embeddings_of_the_tokens() -> None:
+    """``a-hmlc-tokens``: the level pool reads the backbone's feature map, the loss gets
+    ``[B, L, D]`` (HMCE, margin 0.2), and a memory bank queues per-level rows."""
+    from lightly_hmlc.loss import HMLCLoss
+
+    torch.manual_seed(0)
+    kwargs: dict[str, Any] = {"num_classes_per_level": [2, 4], "proj_dim": 8}
+    model = cast(methods.LabelPathMethod, methods.create_method("a-hmlc-tokens", **kwargs))
+    assert type(model.criterion) is HMLCLoss and model.criterion.hierarchy_margin == 0.2
+    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
+    labels = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 3]])
+    features, z0, z1 = model.encode_views(views)
+    assert features.shape == (8, 64) and z0 is not None and z0.shape == (4, 2, 8)
+    # The probed features are the backbone's own pooled features, as for every method.
+    torch.testing.assert_close(features, model(torch.cat(views)))
+    encoder = model.level_encoder()
+    assert encoder is not None and encoder(views[0]).shape == (4, 2, 8)
+    loss, logs = model.shared_step((views, labels))
+    loss.backward()
+    assert model.level_pool is not None
+    assert model.level_pool.attention.latent.grad is not None
+    assert sorted(logs) == ["loss_level0", "loss_level1"]
+    banked = methods.create_method("a-hmlc-tokens", memory_bank_size=8, **kwargs)
+    for _ in range(2):
+        banked.shared_step((views, labels))
+    assert banked.memory_bank is not None and banked.memory_bank.features.shape == (8, 2, 8)
+    head = methods.create_method("a-hmlc-tokens", head_options={"num_heads": 4}, **kwargs)
+    assert head.level_pool.attention.num_heads == 4  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="Drop --momentum-encoder"):
+        methods.create_method("a-hmlc-tokens", memory_bank_size=8, momentum_encoder=0.9, **kwargs)
+    assert methods.create_method("hmce", **kwargs).level_encoder() is None
