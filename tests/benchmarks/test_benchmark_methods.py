@@ -277,7 +277,10 @@ def test_token_attention_method_contrasts_per_level_embeddings_of_the_tokens() -
     assert model.level_pool is not None
     assert model.level_pool.attention.latent.grad is not None
     assert sorted(logs) == ["loss_level0", "loss_level1"]
-    banked = methods.create_method("a-hmlc-tokens", memory_bank_size=8, **kwargs)
+    banked = cast(
+        methods.LabelPathMethod,
+        methods.create_method("a-hmlc-tokens", memory_bank_size=8, **kwargs),
+    )
     for _ in range(2):
         banked.shared_step((views, labels))
     assert banked.memory_bank is not None and banked.memory_bank.features.shape == (8, 2, 8)
