@@ -23,6 +23,7 @@ from lightly_hmlc.models.modules import (
     FeatureMaskHead,
     GMMFeatureMaskHead,
     HierarchicalMemoryBank,
+    LevelAttentionPool,
 )
 from lightly_hmlc.registry import (
     create_head,
@@ -45,6 +46,7 @@ __all__ = [
     "HMLCLoss",
     "HierarchicalMemoryBank",
     "LabelHierarchy",
+    "LevelAttentionPool",
     "MaskedHMLCLoss",
     "ReferenceHMLCLoss",
     "RegisteredHeadHMLCLoss",
