@@ -30,6 +30,35 @@ def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale
     return logits
 
 
+def _weighted_similarities(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    scale: float,
+    log_weights: Tensor,
+    classes: Tensor,
+) -> Tensor:
+    """``[Na, Nc]`` similarities / T plus ``log_weights[i, known_j]``, from ONE matmul.
+
+    The margin's weight of a column depends only on its known-level count, a one-hot
+    ``classes [Nc, V]``: appending ``log_weights [Na, V]`` to the anchors and the classes
+    to the contrast rows adds the log-weight in the same matmul, so ``exp`` of the result
+    is the weighted exponential and no ``[Na, Nc]`` weight matrix is formed.
+    """
+    logits = (
+        torch.cat([anchors * scale, log_weights], dim=1) @ torch.cat([contrast, classes], dim=1).t()
+    )
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    return logits
+
+
+def _plain_window(logits: Tensor, columns: Tensor, outside: Tensor, known: Tensor) -> Tensor:
+    """``[Na, W]`` plain logits at the window columns of weighted ``logits``."""
+    log_weight = outside.log().gather(1, known[columns])
+    return logits.gather(1, columns) - log_weight
+
+
 def _one_hot(known: Tensor, width: int, dtype: torch.dtype) -> Tensor:
     """``[Nc, width]`` one-hot of the known-level counts, by comparison (``F.one_hot``
     checks its values on the host)."""
@@ -57,11 +86,32 @@ class _LogDenominators(torch.autograd.Function):
         inverse_temperature: float,
     ) -> tuple[Tensor, Tensor]:
         num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
+        folded = outside is not None and num_matrices == num_outputs
         classes = None if outside is None else _one_hot(known, outside.shape[2], anchors.dtype)
         shifts = anchors.new_empty(num_matrices, num_anchors)
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
         for matrix in range(num_matrices):
+            if folded:
+                # One output per matrix: its margin weights ride in the matmul.
+                assert outside is not None and inside is not None and classes is not None
+                logits = _weighted_similarities(
+                    anchors[matrix],
+                    contrast[matrix],
+                    anchor_index,
+                    inverse_temperature,
+                    outside[matrix].log(),
+                    classes,
+                )
+                shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
+                shifts[matrix] = shift
+                plain = _plain_window(logits, columns, outside[matrix], known)
+                windows[matrix] = plain
+                sums[matrix] = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1) + (
+                    (plain - shift.unsqueeze(1)).exp() * inside[matrix]
+                ).sum(dim=1)
+                del logits
+                continue
             logits = _similarities(
                 anchors[matrix], contrast[matrix], anchor_index, inverse_temperature
             )
@@ -85,7 +135,9 @@ class _LogDenominators(torch.autograd.Function):
             del logits, exp  # one [Na, Nc] matrix alive at a time
         source = torch.arange(num_outputs, device=anchors.device).clamp(max=num_matrices - 1)
         log_denominator = shifts[source] + sums.log()
-        ctx.save_for_backward(anchors, contrast, anchor_index, columns, known, shifts, sums)
+        ctx.save_for_backward(
+            anchors, contrast, anchor_index, columns, known, shifts, sums, windows
+        )
         ctx.outside, ctx.inside = outside, inside
         ctx.inverse_temperature = inverse_temperature
         return log_denominator, windows
@@ -93,33 +145,52 @@ class _LogDenominators(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_log: Tensor, grad_windows: Tensor) -> tuple[Tensor | None, ...]:
-        anchors, contrast, anchor_index, columns, known, shifts, sums = ctx.saved_tensors
+        anchors, contrast, anchor_index, columns, known, shifts, sums, windows = ctx.saved_tensors
         outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
         num_matrices = anchors.shape[0]
+        folded = outside is not None and num_matrices == sums.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
         grad_anchors = torch.empty_like(anchors)
         grad_contrast = torch.empty_like(contrast)
         for matrix in range(num_matrices):
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
-            logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
-            exp = logits.sub_(shifts[matrix].unsqueeze(1)).exp_()
-            if outside is None or inside is None:
-                weight = coefficient[outputs].sum(dim=0)
-                grad = exp.mul_(weight.unsqueeze(1))
+            shift = shifts[matrix].unsqueeze(1)
+            if folded:
+                classes = _one_hot(known, outside.shape[2], anchors.dtype)
+                logits = _weighted_similarities(
+                    anchors[matrix],
+                    contrast[matrix],
+                    anchor_index,
+                    scale,
+                    outside[matrix].log(),
+                    classes,
+                )
+                share = coefficient[matrix].unsqueeze(1)
+                # exp(logits) already carries the weights outside the window.
+                grad = logits.sub_(shift).exp_().mul_(share)
+                window_exp = (windows[matrix] - shift).exp()
+                grad.scatter_add_(1, columns, window_exp * (share * inside[matrix]))
             else:
-                share = coefficient[outputs].unsqueeze(2)
-                table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
-                correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
-                window_exp = exp.gather(1, columns)
-                # table[:, known] as a thin matmul with the one-hot classes: a gather of
-                # [Na, Nc] from a [Na, V] table is several times slower on the CPU.
-                grad = exp.mul_(table @ _one_hot(known, table.shape[1], table.dtype).t())
-                grad.scatter_add_(1, columns, window_exp * correction)
+                logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
+                exp = logits.sub_(shift).exp_()
+                if outside is None or inside is None:
+                    weight = coefficient[outputs].sum(dim=0)
+                    grad = exp.mul_(weight.unsqueeze(1))
+                else:
+                    share = coefficient[outputs].unsqueeze(2)
+                    table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
+                    correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
+                    window_exp = exp.gather(1, columns)
+                    # table[:, known] as a thin matmul with the one-hot classes: a gather
+                    # of [Na, Nc] from a [Na, V] table is several times slower on the CPU.
+                    grad = exp.mul_(table @ _one_hot(known, table.shape[1], table.dtype).t())
+                    grad.scatter_add_(1, columns, window_exp * correction)
+                del exp
             grad.scatter_add_(1, columns, grad_windows[matrix])
             grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
             grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
-            del logits, exp, grad  # one [Na, Nc] matrix alive at a time
+            del logits, grad  # one [Na, Nc] matrix alive at a time
         return grad_anchors, grad_contrast, None, None, None, None, None, None, None
 
 
