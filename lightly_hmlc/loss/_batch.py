@@ -91,6 +91,8 @@ class LossBatch:
         sample_index: ``[Nc]`` global sample id of each contrast row (both views of one
             sample share it).
         distributed: Whether the contrast set spans several ranks.
+        same_levels: Per-level features whose levels are all equal (shared masks with
+            equal rows): one similarity matrix serves every level.
     """
 
     anchors: Tensor
@@ -99,6 +101,7 @@ class LossBatch:
     contrast_labels: Tensor
     sample_index: Tensor
     distributed: bool
+    same_levels: bool = False
 
 
 def gather_for_loss(features: Tensor, labels: Tensor, gather_distributed: bool) -> LossBatch:
@@ -275,13 +278,23 @@ def loss_batch(
         anchors = mask_levels(batch.anchors, masks)
         same = batch.anchors is batch.contrast
         contrast = anchors if same else mask_levels(batch.contrast, masks)
-        return dataclasses.replace(batch, anchors=anchors, contrast=contrast)
+        # Equal mask rows (a GMM head before its first fit: all ones) give equal levels:
+        # one similarity matrix then serves them all. Reading the masks is a host sync.
+        same_levels = check_values and not masks.requires_grad and _equal_rows(masks)
+        return dataclasses.replace(
+            batch, anchors=anchors, contrast=contrast, same_levels=same_levels
+        )
     # Per-row masks: gather the per-level features (they carry the masks' gradient).
     batch = gather_for_loss(mask_levels(features, masks), labels, gather_distributed)
     if bank is not None:
         assert memory_masks is not None
         batch = append_memory(batch, (mask_levels(bank[0], memory_masks), bank[1]))
     return batch
+
+
+def _equal_rows(masks: Tensor) -> bool:
+    """Whether shared masks ``[1, L, D]`` are the same at every level."""
+    return masks.shape[1] > 1 and bool((masks == masks[:, :1]).all())
 
 
 def _memory_masks(

@@ -229,6 +229,7 @@ def level_statistics(
     windows: PositiveWindows | None = None,
     margin: tuple[float, Sequence[int]] | None = None,
     include_in_denominator: Tensor | None = None,
+    same_levels: bool = False,
 ) -> LevelStatistics:
     """The logits, log-denominators and positive means of every anchor at every level.
 
@@ -249,6 +250,9 @@ def level_statistics(
             levels (:func:`margin_weights`, needs ``windows``); default: plain.
         include_in_denominator: Optional ``[Nc, L]``: which rows enter level ``l``'s
             denominator (the reference implementation's row selection).
+        same_levels: Per-level features that are equal at every level (shared masks
+            with equal rows, e.g. a GMM head before its first fit): one similarity
+            matrix, level 0's, serves every level's denominator.
     """
     # Autocast would run the similarity matmul in half precision: keep the logits float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -269,7 +273,10 @@ def level_statistics(
             log_denominator = torch.logsumexp(logits.masked_fill(~keep, -math.inf), dim=2)
         else:
             outside = inside = None
-            num_outputs = anchor_feats.shape[0]
+            shared = same_levels and anchor_feats.shape[0] > 1
+            matrix_anchors = anchor_feats[:1] if shared else anchor_feats
+            matrix_contrast = contrast_feats[:1] if shared else contrast_feats
+            num_outputs = matrix_anchors.shape[0]
             if margin is not None:
                 assert windows is not None
                 outside, inside = margin_weights(windows, anchor_index, *margin)
@@ -280,8 +287,8 @@ def level_statistics(
                 else torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
             )
             log_denominator, window_logits = log_denominators(
-                anchor_feats.contiguous(),
-                contrast_feats.contiguous(),
+                matrix_anchors.contiguous(),
+                matrix_contrast.contiguous(),
                 anchor_index,
                 temperature,
                 columns,
