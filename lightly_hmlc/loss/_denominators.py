@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+_ROW_BLOCK = 256  # rows of a [Na, Nc] product formed at a time
+
 
 def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale: float) -> Tensor:
     """``[Na, Nc]`` similarities / T with ``-inf`` on each anchor's own column."""
@@ -182,9 +184,14 @@ class _LogDenominators(torch.autograd.Function):
                     table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
                     correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
                     window_exp = exp.gather(1, columns)
-                    # table[:, known] as a thin matmul with the one-hot classes: a gather
-                    # of [Na, Nc] from a [Na, V] table is several times slower on the CPU.
-                    grad = exp.mul_(table @ _one_hot(known, table.shape[1], table.dtype).t())
+                    # table[:, known] as a thin matmul with the one-hot classes (a gather
+                    # of [Na, Nc] from a [Na, V] table is several times slower on the CPU),
+                    # in blocks of rows: no second [Na, Nc] matrix.
+                    classes_t = _one_hot(known, table.shape[1], table.dtype).t()
+                    for start in range(0, exp.shape[0], _ROW_BLOCK):
+                        block = slice(start, start + _ROW_BLOCK)
+                        exp[block].mul_(table[block] @ classes_t)
+                    grad = exp
                     grad.scatter_add_(1, columns, window_exp * correction)
                 del exp
             grad.scatter_add_(1, columns, grad_windows[matrix])
