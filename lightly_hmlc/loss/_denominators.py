@@ -55,9 +55,10 @@ def _weighted_similarities(
     return logits
 
 
-def _plain_window(logits: Tensor, columns: Tensor, outside: Tensor, known: Tensor) -> Tensor:
-    """``[Na, W]`` plain logits at the window columns of weighted ``logits``."""
-    log_weight = outside.log().gather(1, known[columns])
+def _plain_window(logits: Tensor, columns: Tensor, outside: Tensor, window_known: Tensor) -> Tensor:
+    """``[Na, W]`` plain logits at the window columns of weighted ``logits``
+    (``window_known = known[columns]``)."""
+    log_weight = outside.log().gather(1, window_known)
     return logits.gather(1, columns) - log_weight
 
 
@@ -90,6 +91,7 @@ class _LogDenominators(torch.autograd.Function):
         num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
         folded = outside is not None and num_matrices == num_outputs
         classes = None if outside is None else _one_hot(known, outside.shape[2], anchors.dtype)
+        window_known = known[columns] if folded else None
         shifts = anchors.new_empty(num_matrices, num_anchors)
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
@@ -107,7 +109,8 @@ class _LogDenominators(torch.autograd.Function):
                 )
                 shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
                 shifts[matrix] = shift
-                plain = _plain_window(logits, columns, outside[matrix], known)
+                assert window_known is not None
+                plain = _plain_window(logits, columns, outside[matrix], window_known)
                 windows[matrix] = plain
                 sums[matrix] = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1) + (
                     (plain - shift.unsqueeze(1)).exp() * inside[matrix]
@@ -152,6 +155,7 @@ class _LogDenominators(torch.autograd.Function):
         num_matrices = anchors.shape[0]
         folded = outside is not None and num_matrices == sums.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
+        classes = _one_hot(known, outside.shape[2], anchors.dtype) if folded else None
         grad_anchors = torch.empty_like(anchors)
         grad_contrast = torch.empty_like(contrast)
         for matrix in range(num_matrices):
@@ -159,23 +163,28 @@ class _LogDenominators(torch.autograd.Function):
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
             shift = shifts[matrix].unsqueeze(1)
             if folded:
-                classes = _one_hot(known, outside.shape[2], anchors.dtype)
+                assert outside is not None and inside is not None and classes is not None
+                # The shift rides in the matmul with the log-weights (the one-hot classes
+                # sum to 1 in every row): exp of the product is the shifted exponential.
                 logits = _weighted_similarities(
                     anchors[matrix],
                     contrast[matrix],
                     anchor_index,
                     scale,
-                    outside[matrix].log(),
+                    outside[matrix].log() - shift,
                     classes,
                 )
                 share = coefficient[matrix].unsqueeze(1)
                 # exp(logits) already carries the weights outside the window.
-                grad = logits.sub_(shift).exp_().mul_(share)
+                grad = logits.exp_().mul_(share)
                 window_exp = (windows[matrix] - shift).exp()
-                grad.scatter_add_(1, columns, window_exp * (share * inside[matrix]))
+                grad.scatter_add_(
+                    1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
+                )
             else:
                 logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
                 exp = logits.sub_(shift).exp_()
+                window_grad = grad_windows[matrix]
                 if outside is None or inside is None:
                     weight = coefficient[outputs].sum(dim=0)
                     grad = exp.mul_(weight.unsqueeze(1))
@@ -192,9 +201,9 @@ class _LogDenominators(torch.autograd.Function):
                         block = slice(start, start + _ROW_BLOCK)
                         exp[block].mul_(table[block] @ classes_t)
                     grad = exp
-                    grad.scatter_add_(1, columns, window_exp * correction)
+                    window_grad = window_exp * correction + window_grad
+                grad.scatter_add_(1, columns, window_grad)
                 del exp
-            grad.scatter_add_(1, columns, grad_windows[matrix])
             grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
             grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
             del logits, grad  # one [Na, Nc] matrix alive at a time
