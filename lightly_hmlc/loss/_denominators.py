@@ -79,7 +79,7 @@ class _LogDenominators(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         anchors: Tensor,
-        contrast: Tensor,
+        contrast_rows: Tensor | None,
         anchor_index: Tensor,
         columns: Tensor,
         known: Tensor,
@@ -88,6 +88,8 @@ class _LogDenominators(torch.autograd.Function):
         num_outputs: int,
         inverse_temperature: float,
     ) -> tuple[Tensor, Tensor]:
+        # None: the anchors are the contrast rows (one rank, no memory), passed once.
+        contrast = anchors if contrast_rows is None else contrast_rows
         num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
         folded = outside is not None and num_matrices == num_outputs
         classes = None if outside is None else _one_hot(known, outside.shape[2], anchors.dtype)
@@ -141,9 +143,10 @@ class _LogDenominators(torch.autograd.Function):
         source = torch.arange(num_outputs, device=anchors.device).clamp(max=num_matrices - 1)
         log_denominator = shifts[source] + sums.log()
         ctx.save_for_backward(
-            anchors, contrast, anchor_index, columns, known, shifts, sums, windows
+            anchors, contrast_rows, anchor_index, columns, known, shifts, sums, windows
         )
         ctx.outside, ctx.inside = outside, inside
+        ctx.same_rows = contrast_rows is None
         ctx.inverse_temperature = inverse_temperature
         return log_denominator, windows
 
@@ -151,32 +154,33 @@ class _LogDenominators(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_log: Tensor, grad_windows: Tensor) -> tuple[Tensor | None, ...]:
         anchors, contrast, anchor_index, columns, known, shifts, sums, windows = ctx.saved_tensors
+        contrast = anchors if contrast is None else contrast
         outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
         num_matrices = anchors.shape[0]
         folded = outside is not None and num_matrices == sums.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
         classes = _one_hot(known, outside.shape[2], anchors.dtype) if folded else None
+        # The same rows as anchors and contrast: one gradient, summed in the matmul.
+        same_rows = ctx.same_rows
         grad_anchors = torch.empty_like(anchors)
-        grad_contrast = torch.empty_like(contrast)
+        grad_contrast = None if same_rows else torch.empty_like(contrast)
         for matrix in range(num_matrices):
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
             shift = shifts[matrix].unsqueeze(1)
             if folded:
                 assert outside is not None and inside is not None and classes is not None
-                # The shift rides in the matmul with the log-weights (the one-hot classes
-                # sum to 1 in every row): exp of the product is the shifted exponential.
                 logits = _weighted_similarities(
                     anchors[matrix],
                     contrast[matrix],
                     anchor_index,
                     scale,
-                    outside[matrix].log() - shift,
+                    outside[matrix].log(),
                     classes,
                 )
                 share = coefficient[matrix].unsqueeze(1)
                 # exp(logits) already carries the weights outside the window.
-                grad = logits.exp_().mul_(share)
+                grad = logits.sub_(shift).exp_().mul_(share)
                 window_exp = (windows[matrix] - shift).exp()
                 grad.scatter_add_(
                     1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
@@ -204,15 +208,19 @@ class _LogDenominators(torch.autograd.Function):
                     window_grad = window_exp * correction + window_grad
                 grad.scatter_add_(1, columns, window_grad)
                 del exp
-            grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
-            grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
+            if grad_contrast is None:
+                torch.mm(grad.t(), anchors[matrix], out=grad_anchors[matrix])
+                grad_anchors[matrix].addmm_(grad, contrast[matrix]).mul_(scale)
+            else:
+                grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
+                grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
             del logits, grad  # one [Na, Nc] matrix alive at a time
         return grad_anchors, grad_contrast, None, None, None, None, None, None, None
 
 
 def log_denominators(
     anchors: Tensor,
-    contrast: Tensor,
+    contrast: Tensor | None,
     anchor_index: Tensor,
     temperature: float,
     columns: Tensor,
@@ -225,7 +233,8 @@ def log_denominators(
 
     Args:
         anchors: ``[M, Na, D]`` features of M similarity matrices (1: shared by all levels).
-        contrast: ``[M, Nc, D]``, containing the anchors.
+        contrast: ``[M, Nc, D]``, containing the anchors; ``None``: the anchors themselves
+            (their one gradient then carries both roles).
         anchor_index: ``[Na]`` position of each anchor among the contrast rows.
         temperature: Softmax temperature.
         columns: ``[Na, W]`` window columns whose logits to return (``W`` may be 0).

@@ -286,9 +286,12 @@ def level_statistics(
                 if windows is not None
                 else torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
             )
+            matrix_anchors = matrix_anchors.contiguous()
+            # The same rows (one rank, no memory): one copy, and one gradient buffer.
+            same_rows = anchors is contrast
             log_denominator, window_logits = log_denominators(
-                matrix_anchors.contiguous(),
-                matrix_contrast.contiguous(),
+                matrix_anchors,
+                None if same_rows else matrix_contrast.contiguous(),
                 anchor_index,
                 temperature,
                 columns,
@@ -306,15 +309,15 @@ def level_statistics(
         )  # [L, Nc]
         valid = groups.valid.t()
         contrast_levels = contrast_feats.expand(num_levels, -1, -1)  # [L, Nc, D]
-        weight = valid.to(contrast_levels.dtype)  # unknown prefixes add zero rows
-        sums = contrast_levels.new_zeros(num_levels * groups.num_groups, contrast.shape[-1])
-        sums = sums.index_add(
-            0, flat_ids.flatten(), (contrast_levels * weight[..., None]).flatten(0, 1)
-        )
-        counts = weight.new_zeros(num_levels * groups.num_groups)
-        counts = counts.index_add(0, flat_ids.flatten(), weight.flatten())
+        # Unknown prefixes add into one spare row past the groups (it is never read).
+        spare = num_levels * groups.num_groups
+        add_ids = torch.where(valid, flat_ids, torch.full_like(flat_ids, spare)).flatten()
+        sums = contrast_levels.new_zeros(spare + 1, contrast.shape[-1])
+        sums = sums.index_add(0, add_ids, contrast_levels.flatten(0, 1))
+        counts = contrast_levels.new_zeros(spare + 1)
+        counts = counts.index_add(0, add_ids, valid.to(counts.dtype).flatten())
         anchor_ids = flat_ids[:, anchor_index]  # [L, Na]
-        own_row = contrast_levels[:, anchor_index]
+        own_row = anchor_feats if anchors is contrast else contrast_levels[:, anchor_index]
         positive_dot = (anchor_feats.expand(num_levels, -1, -1) * (sums[anchor_ids] - own_row)).sum(
             -1
         )
