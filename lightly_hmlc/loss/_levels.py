@@ -141,26 +141,21 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     synchronisation), else the window is the whole row (no data-dependent shape)."""
     assert groups.order is not None, "groups from build_level_groups carry their order"
     order = groups.order
-    num_contrast, num_levels = groups.ids.shape
-    sorted_ids = groups.ids[order]  # non-decreasing in every column
-    anchor_ids, anchor_valid = groups.ids[anchor_index], groups.valid[anchor_index]
-    starts, sizes = [], []
-    for level in range(num_levels):
-        column = sorted_ids[:, level].contiguous()
-        ids = anchor_ids[:, level].contiguous()
-        start = torch.searchsorted(column, ids)
-        size = torch.searchsorted(column, ids, right=True) - start
-        starts.append(start)
-        sizes.append(torch.where(anchor_valid[:, level], size, torch.zeros_like(size)))
+    num_contrast = groups.ids.shape[0]
+    sorted_ids = groups.ids[order].t().contiguous()  # [L, Nc], non-decreasing in every row
+    anchor_ids = groups.ids[anchor_index].t().contiguous()  # [L, Na]
+    anchor_valid = groups.valid[anchor_index].t()
+    # Every level at once: the rows of a 2-D sorted sequence are searched row by row.
+    starts = torch.searchsorted(sorted_ids, anchor_ids)
+    sizes = torch.searchsorted(sorted_ids, anchor_ids, right=True) - starts
+    sizes = torch.where(anchor_valid, sizes, torch.zeros_like(sizes))
     width = max(int(sizes[0].max()), 1) if sync else num_contrast  # the largest coarse group
     offsets = torch.arange(width, device=order.device)
     columns = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
-    members = []
-    for start, size in zip(starts, sizes, strict=True):
-        first = (start - starts[0]).unsqueeze(1)
-        members.append((offsets >= first) & (offsets < first + size.unsqueeze(1)))
+    first = (starts - starts[:1]).unsqueeze(2)  # [L, Na, 1]
+    members = (offsets >= first) & (offsets < first + sizes.unsqueeze(2))
     dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
-    return PositiveWindows(columns, torch.stack(members).to(dtype), groups.valid.sum(dim=1))
+    return PositiveWindows(columns, members.to(dtype), groups.valid.sum(dim=1))
 
 
 def margin_weights(
@@ -318,9 +313,11 @@ def level_statistics(
         counts = counts.index_add(0, add_ids, valid.to(counts.dtype).flatten())
         anchor_ids = flat_ids[:, anchor_index]  # [L, Na]
         own_row = anchor_feats if anchors is contrast else contrast_levels[:, anchor_index]
-        positive_dot = (anchor_feats.expand(num_levels, -1, -1) * (sums[anchor_ids] - own_row)).sum(
-            -1
+        # z_i . (S - z_i) as two row dots (batched matmuls: no [L, Na, D] product).
+        group_dot = torch.einsum(
+            "lnd,lnd->ln", anchor_feats.expand(num_levels, -1, -1), sums[anchor_ids]
         )
+        positive_dot = group_dot - torch.einsum("lnd,lnd->ln", anchor_feats, own_row)
         positive_count = counts[anchor_ids] - 1.0
         return LevelStatistics(
             log_denominator=log_denominator,
