@@ -151,7 +151,10 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     sizes = torch.where(anchor_valid, sizes, torch.zeros_like(sizes))
     width = max(int(sizes[0].max()), 1) if sync else num_contrast  # the largest coarse group
     offsets = torch.arange(width, device=order.device)
-    columns = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
+    # order[start + offsets], clamped to the last column: rows of a strided view of the
+    # padded order (copying whole rows is several times faster than an elementwise index).
+    padded = torch.cat([order, order[-1:].expand(width)])
+    columns = padded.unfold(0, width, 1)[starts[0]]
     first = (starts - starts[:1]).unsqueeze(2)  # [L, Na, 1]
     members = (offsets >= first) & (offsets < first + sizes.unsqueeze(2))
     dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
