@@ -32,6 +32,16 @@ def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale
     return logits
 
 
+def _columns(
+    features: Tensor, matrix: int, level_columns: tuple[tuple[int, int], ...] | None
+) -> Tensor:
+    """Matrix ``matrix``'s features ``[N, D]``, only its run of columns if given."""
+    if level_columns is None:
+        return features[matrix]
+    start, stop = level_columns[matrix]
+    return features[matrix, :, start:stop]
+
+
 def _weighted_similarities(
     anchors: Tensor,
     contrast: Tensor,
@@ -87,6 +97,7 @@ class _LogDenominators(torch.autograd.Function):
         inside: Tensor | None,
         num_outputs: int,
         inverse_temperature: float,
+        level_columns: tuple[tuple[int, int], ...] | None,
     ) -> tuple[Tensor, Tensor]:
         # None: the anchors are the contrast rows (one rank, no memory), passed once.
         contrast = anchors if contrast_rows is None else contrast_rows
@@ -102,8 +113,8 @@ class _LogDenominators(torch.autograd.Function):
                 # One output per matrix: its margin weights ride in the matmul.
                 assert outside is not None and inside is not None and classes is not None
                 logits = _weighted_similarities(
-                    anchors[matrix],
-                    contrast[matrix],
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
                     anchor_index,
                     inverse_temperature,
                     outside[matrix].log(),
@@ -120,7 +131,10 @@ class _LogDenominators(torch.autograd.Function):
                 del logits
                 continue
             logits = _similarities(
-                anchors[matrix], contrast[matrix], anchor_index, inverse_temperature
+                _columns(anchors, matrix, level_columns),
+                _columns(contrast, matrix, level_columns),
+                anchor_index,
+                inverse_temperature,
             )
             windows[matrix] = logits.gather(1, columns)
             # Never -inf: every row has another column.
@@ -148,6 +162,7 @@ class _LogDenominators(torch.autograd.Function):
         ctx.outside, ctx.inside = outside, inside
         ctx.same_rows = contrast_rows is None
         ctx.inverse_temperature = inverse_temperature
+        ctx.level_columns = level_columns
         return log_denominator, windows
 
     @staticmethod
@@ -156,14 +171,17 @@ class _LogDenominators(torch.autograd.Function):
         anchors, contrast, anchor_index, columns, known, shifts, sums, windows = ctx.saved_tensors
         contrast = anchors if contrast is None else contrast
         outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
+        level_columns = ctx.level_columns
         num_matrices = anchors.shape[0]
         folded = outside is not None and num_matrices == sums.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
         classes = _one_hot(known, outside.shape[2], anchors.dtype) if folded else None
         # The same rows as anchors and contrast: one gradient, summed in the matmul.
         same_rows = ctx.same_rows
-        grad_anchors = torch.empty_like(anchors)
-        grad_contrast = None if same_rows else torch.empty_like(contrast)
+        # Zeros: the columns outside a level's run have no gradient.
+        make = torch.empty_like if level_columns is None else torch.zeros_like
+        grad_anchors = make(anchors)
+        grad_contrast = None if same_rows else make(contrast)
         for matrix in range(num_matrices):
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
@@ -171,8 +189,8 @@ class _LogDenominators(torch.autograd.Function):
             if folded:
                 assert outside is not None and inside is not None and classes is not None
                 logits = _weighted_similarities(
-                    anchors[matrix],
-                    contrast[matrix],
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
                     anchor_index,
                     scale,
                     outside[matrix].log(),
@@ -186,7 +204,12 @@ class _LogDenominators(torch.autograd.Function):
                     1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
                 )
             else:
-                logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
+                logits = _similarities(
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
+                    anchor_index,
+                    scale,
+                )
                 exp = logits.sub_(shift).exp_()
                 window_grad = grad_windows[matrix]
                 if outside is None or inside is None:
@@ -208,14 +231,18 @@ class _LogDenominators(torch.autograd.Function):
                     window_grad = window_exp * correction + window_grad
                 grad.scatter_add_(1, columns, window_grad)
                 del exp
+            rows = _columns(anchors, matrix, level_columns)
+            contrast_rows = _columns(contrast, matrix, level_columns)
             if grad_contrast is None:
-                torch.mm(grad.t(), anchors[matrix], out=grad_anchors[matrix])
-                grad_anchors[matrix].addmm_(grad, contrast[matrix]).mul_(scale)
+                both = torch.addmm(grad.t() @ rows, grad, contrast_rows).mul_(scale)
+                _columns(grad_anchors, matrix, level_columns).copy_(both)
             else:
-                grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
-                grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
+                grad_rows = (grad @ contrast_rows).mul_(scale)
+                _columns(grad_anchors, matrix, level_columns).copy_(grad_rows)
+                grad_columns = (grad.t() @ rows).mul_(scale)
+                _columns(grad_contrast, matrix, level_columns).copy_(grad_columns)
             del logits, grad  # one [Na, Nc] matrix alive at a time
-        return grad_anchors, grad_contrast, None, None, None, None, None, None, None
+        return grad_anchors, grad_contrast, None, None, None, None, None, None, None, None
 
 
 def log_denominators(
@@ -228,6 +255,7 @@ def log_denominators(
     num_outputs: int,
     outside: Tensor | None = None,
     inside: Tensor | None = None,
+    level_columns: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(log_denominator [K, Na], window_logits [M, Na, W])``.
 
@@ -242,6 +270,8 @@ def log_denominators(
         num_outputs: K, the number of log-denominators per anchor (M, or any with M = 1).
         outside: Optional ``[K, Na, V]`` weight of a row by its known-level count.
         inside: Optional ``[K, Na, W]`` correction of the weights at the window columns.
+        level_columns: Optional ``(start, stop)`` per matrix: its only feature columns
+            that can be nonzero (shared hard masks), the only ones multiplied.
     """
     return _LogDenominators.apply(  # type: ignore[no-any-return]
         anchors,
@@ -253,4 +283,5 @@ def log_denominators(
         inside,
         num_outputs,
         1.0 / temperature,
+        level_columns,
     )

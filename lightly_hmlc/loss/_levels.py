@@ -228,6 +228,7 @@ def level_statistics(
     margin: tuple[float, Sequence[int]] | None = None,
     include_in_denominator: Tensor | None = None,
     same_levels: bool = False,
+    level_columns: tuple[tuple[int, int], ...] | None = None,
 ) -> LevelStatistics:
     """The logits, log-denominators and positive means of every anchor at every level.
 
@@ -251,6 +252,8 @@ def level_statistics(
         same_levels: Per-level features that are equal at every level (shared masks
             with equal rows, e.g. a GMM head before its first fit): one similarity
             matrix, level 0's, serves every level's denominator.
+        level_columns: ``(start, stop)`` per level of per-level features: the only
+            columns where that level's features can be nonzero (shared hard masks).
     """
     # Autocast would run the similarity matmul in half precision: keep the logits float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -297,6 +300,7 @@ def level_statistics(
                 num_outputs,
                 outside,
                 inside,
+                level_columns if matrix_anchors.shape[0] == num_levels > 1 else None,
             )
             window_logits = window_logits if windows is not None else None
         log_denominator = log_denominator.expand(num_levels, num_anchors)

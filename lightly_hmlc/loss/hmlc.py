@@ -288,6 +288,7 @@ class HMLCLoss(nn.Module):
             windows,
             (self.hierarchy_margin / self.temperature, range(num_levels)) if margin else None,
             same_levels=batch.same_levels,
+            level_columns=batch.level_columns,
         )
         plain = stats.level_losses()
         weights = self.level_weights(num_levels, plain.dtype, plain.device)
