@@ -282,13 +282,19 @@ def loss_batch(
         # Shared hard masks are read on the host (a sync, so only with check_values):
         # equal rows (a GMM head before its first fit: all ones) give equal levels, one
         # similarity matrix for all; else each level's matmul needs only its columns.
-        hard = check_values and not masks.requires_grad and _is_hard(masks)
+        # Only for rows [N, D]: per-level rows differ at each level whatever the masks.
+        hard = (
+            check_values
+            and batch.anchors.dim() == 2
+            and not masks.requires_grad
+            and _is_hard(masks)
+        )
         same_levels = hard and _equal_rows(masks)
         order, columns = _column_runs(masks) if hard and not same_levels else (None, None)
         rows, contrast_rows = batch.anchors, batch.contrast
         if order is not None:  # dot products do not depend on the order of the columns
-            masks = masks[:, :, order]
-            rows, contrast_rows = rows[:, order], contrast_rows[:, order]
+            masks = masks[..., order]
+            rows, contrast_rows = rows[..., order], contrast_rows[..., order]
         anchors = mask_levels(rows, masks)
         same = batch.anchors is batch.contrast
         contrast = anchors if same else mask_levels(contrast_rows, masks)
