@@ -91,6 +91,11 @@ class LossBatch:
         sample_index: ``[Nc]`` global sample id of each contrast row (both views of one
             sample share it).
         distributed: Whether the contrast set spans several ranks.
+        same_levels: Per-level features whose levels are all equal (shared masks with
+            equal rows): one similarity matrix serves every level.
+        level_columns: ``(start, stop)`` per level: the only feature columns where the
+            level's features can be nonzero (shared hard masks, their columns reordered
+            so that every level's are one run), or ``None`` (all columns).
     """
 
     anchors: Tensor
@@ -99,6 +104,8 @@ class LossBatch:
     contrast_labels: Tensor
     sample_index: Tensor
     distributed: bool
+    same_levels: bool = False
+    level_columns: tuple[tuple[int, int], ...] | None = None
 
 
 def gather_for_loss(features: Tensor, labels: Tensor, gather_distributed: bool) -> LossBatch:
@@ -276,16 +283,79 @@ def loss_batch(
         batch = append_memory(gather_for_loss(features, labels, gather_distributed), bank)
         if masks is None:
             return batch
-        anchors = mask_levels(batch.anchors, masks)
+        # Shared hard masks are read on the host (a sync, so only with check_values):
+        # equal rows (a GMM head before its first fit: all ones) give equal levels, one
+        # similarity matrix for all; else each level's matmul needs only its columns.
+        # Only for rows [N, D]: per-level rows differ at each level whatever the masks.
+        hard = (
+            check_values
+            and batch.anchors.dim() == 2
+            and not masks.requires_grad
+            and _is_hard(masks)
+        )
+        same_levels = hard and _equal_rows(masks)
+        order, columns = _column_runs(masks) if hard and not same_levels else (None, None)
+        rows, contrast_rows = batch.anchors, batch.contrast
+        if order is not None:  # dot products do not depend on the order of the columns
+            masks = masks[..., order]
+            rows, contrast_rows = rows[..., order], contrast_rows[..., order]
+        anchors = mask_levels(rows, masks)
         same = batch.anchors is batch.contrast
-        contrast = anchors if same else mask_levels(batch.contrast, masks)
-        return dataclasses.replace(batch, anchors=anchors, contrast=contrast)
+        contrast = anchors if same else mask_levels(contrast_rows, masks)
+        return dataclasses.replace(
+            batch,
+            anchors=anchors,
+            contrast=contrast,
+            same_levels=same_levels,
+            level_columns=columns,
+        )
     # Per-row masks: gather the per-level features (they carry the masks' gradient).
     batch = gather_for_loss(mask_levels(features, masks), labels, gather_distributed)
     if bank is not None:
         assert memory_masks is not None
         batch = append_memory(batch, (mask_levels(bank[0], memory_masks), bank[1]))
     return batch
+
+
+def _is_hard(masks: Tensor) -> bool:
+    """Whether masks hold only zeros and ones."""
+    return bool(((masks == 0) | (masks == 1)).all())
+
+
+def _column_runs(
+    masks: Tensor,
+) -> tuple[Tensor | None, tuple[tuple[int, int], ...] | None]:
+    """A column order of shared hard masks ``[1, L, D]`` in which every level's columns
+    are one run, and the runs: ``(order or None when it is the identity, runs)``, or
+    ``(None, None)`` when there is no such order or nothing to gain.
+
+    Columns are sorted by the first and then the last level that uses them: nested masks
+    (each level's columns contain the coarser ones') give prefixes, a partition gives
+    blocks.
+    """
+    used = masks[0].bool()  # [L, D]
+    num_levels, dim = used.shape
+    levels = torch.arange(num_levels, device=masks.device).unsqueeze(1)
+    first = torch.where(used, levels, num_levels).amin(dim=0)
+    last = torch.where(used, levels, -1).amax(dim=0)
+    order = torch.sort(first * (num_levels + 1) + last, stable=True).indices
+    in_order = used[:, order]
+    counts = in_order.sum(dim=1)
+    starts = in_order.long().argmax(dim=1)
+    runs = []
+    for level, (start, count) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+        if count == 0 or not bool(in_order[level, start : start + count].all()):
+            return None, None  # an empty level, or one that is not a run
+        runs.append((start, start + count))
+    if all(run == (0, dim) for run in runs):
+        return None, None
+    identity = bool((order == torch.arange(dim, device=order.device)).all())
+    return (None if identity else order), tuple(runs)
+
+
+def _equal_rows(masks: Tensor) -> bool:
+    """Whether shared masks ``[1, L, D]`` are the same at every level."""
+    return masks.shape[1] > 1 and bool((masks == masks[:, :1]).all())
 
 
 def _memory_masks(

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+_ROW_BLOCK = 256  # rows of a [Na, Nc] product formed at a time
+
 
 def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale: float) -> Tensor:
     """``[Na, Nc]`` similarities / T with ``-inf`` on each anchor's own column."""
@@ -28,6 +30,46 @@ def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
     return logits
+
+
+def _columns(
+    features: Tensor, matrix: int, level_columns: tuple[tuple[int, int], ...] | None
+) -> Tensor:
+    """Matrix ``matrix``'s features ``[N, D]``, only its run of columns if given."""
+    if level_columns is None:
+        return features[matrix]
+    start, stop = level_columns[matrix]
+    return features[matrix, :, start:stop]
+
+
+def _weighted_similarities(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_index: Tensor,
+    scale: float,
+    log_weights: Tensor,
+    classes: Tensor,
+) -> Tensor:
+    """``[Na, Nc]`` similarities / T plus ``log_weights[i, known_j]``, from ONE matmul.
+
+    The margin's weight of a column depends only on its known-level count, a one-hot
+    ``classes [Nc, V]``: appending ``log_weights [Na, V]`` to the anchors and the classes
+    to the contrast rows adds the log-weight in the same matmul, so ``exp`` of the result
+    is the weighted exponential and no ``[Na, Nc]`` weight matrix is formed.
+    """
+    logits = (
+        torch.cat([anchors * scale, log_weights], dim=1) @ torch.cat([contrast, classes], dim=1).t()
+    )
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    return logits
+
+
+def _plain_window(logits: Tensor, columns: Tensor, outside: Tensor, window_known: Tensor) -> Tensor:
+    """``[Na, W]`` plain logits at the window columns of weighted ``logits``
+    (``window_known = known[columns]``)."""
+    log_weight = outside.log().gather(1, window_known)
+    return logits.gather(1, columns) - log_weight
 
 
 def _one_hot(known: Tensor, width: int, dtype: torch.dtype) -> Tensor:
@@ -47,7 +89,7 @@ class _LogDenominators(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         anchors: Tensor,
-        contrast: Tensor,
+        contrast_rows: Tensor | None,
         anchor_index: Tensor,
         columns: Tensor,
         known: Tensor,
@@ -55,15 +97,44 @@ class _LogDenominators(torch.autograd.Function):
         inside: Tensor | None,
         num_outputs: int,
         inverse_temperature: float,
+        level_columns: tuple[tuple[int, int], ...] | None,
     ) -> tuple[Tensor, Tensor]:
+        # None: the anchors are the contrast rows (one rank, no memory), passed once.
+        contrast = anchors if contrast_rows is None else contrast_rows
         num_matrices, num_anchors = anchors.shape[0], anchors.shape[1]
+        folded = outside is not None and num_matrices == num_outputs
         classes = None if outside is None else _one_hot(known, outside.shape[2], anchors.dtype)
+        window_known = known[columns] if folded else None
         shifts = anchors.new_empty(num_matrices, num_anchors)
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
         for matrix in range(num_matrices):
+            if folded:
+                # One output per matrix: its margin weights ride in the matmul.
+                assert outside is not None and inside is not None and classes is not None
+                logits = _weighted_similarities(
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
+                    anchor_index,
+                    inverse_temperature,
+                    outside[matrix].log(),
+                    classes,
+                )
+                shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
+                shifts[matrix] = shift
+                assert window_known is not None
+                plain = _plain_window(logits, columns, outside[matrix], window_known)
+                windows[matrix] = plain
+                sums[matrix] = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1) + (
+                    (plain - shift.unsqueeze(1)).exp() * inside[matrix]
+                ).sum(dim=1)
+                del logits
+                continue
             logits = _similarities(
-                anchors[matrix], contrast[matrix], anchor_index, inverse_temperature
+                _columns(anchors, matrix, level_columns),
+                _columns(contrast, matrix, level_columns),
+                anchor_index,
+                inverse_temperature,
             )
             windows[matrix] = logits.gather(1, columns)
             # Never -inf: every row has another column.
@@ -85,47 +156,98 @@ class _LogDenominators(torch.autograd.Function):
             del logits, exp  # one [Na, Nc] matrix alive at a time
         source = torch.arange(num_outputs, device=anchors.device).clamp(max=num_matrices - 1)
         log_denominator = shifts[source] + sums.log()
-        ctx.save_for_backward(anchors, contrast, anchor_index, columns, known, shifts, sums)
+        ctx.save_for_backward(
+            anchors, contrast_rows, anchor_index, columns, known, shifts, sums, windows
+        )
         ctx.outside, ctx.inside = outside, inside
+        ctx.same_rows = contrast_rows is None
         ctx.inverse_temperature = inverse_temperature
+        ctx.level_columns = level_columns
         return log_denominator, windows
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_log: Tensor, grad_windows: Tensor) -> tuple[Tensor | None, ...]:
-        anchors, contrast, anchor_index, columns, known, shifts, sums = ctx.saved_tensors
+        anchors, contrast, anchor_index, columns, known, shifts, sums, windows = ctx.saved_tensors
+        contrast = anchors if contrast is None else contrast
         outside, inside, scale = ctx.outside, ctx.inside, ctx.inverse_temperature
+        level_columns = ctx.level_columns
         num_matrices = anchors.shape[0]
+        folded = outside is not None and num_matrices == sums.shape[0]
         coefficient = grad_log / sums  # d log(sum) = d sum / sum
-        grad_anchors = torch.empty_like(anchors)
-        grad_contrast = torch.empty_like(contrast)
+        classes = _one_hot(known, outside.shape[2], anchors.dtype) if folded else None
+        # The same rows as anchors and contrast: one gradient, summed in the matmul.
+        same_rows = ctx.same_rows
+        # Zeros: the columns outside a level's run have no gradient.
+        make = torch.empty_like if level_columns is None else torch.zeros_like
+        grad_anchors = make(anchors)
+        grad_contrast = None if same_rows else make(contrast)
         for matrix in range(num_matrices):
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
-            logits = _similarities(anchors[matrix], contrast[matrix], anchor_index, scale)
-            exp = logits.sub_(shifts[matrix].unsqueeze(1)).exp_()
-            if outside is None or inside is None:
-                weight = coefficient[outputs].sum(dim=0)
-                grad = exp.mul_(weight.unsqueeze(1))
+            shift = shifts[matrix].unsqueeze(1)
+            if folded:
+                assert outside is not None and inside is not None and classes is not None
+                logits = _weighted_similarities(
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
+                    anchor_index,
+                    scale,
+                    outside[matrix].log(),
+                    classes,
+                )
+                share = coefficient[matrix].unsqueeze(1)
+                # exp(logits) already carries the weights outside the window.
+                grad = logits.sub_(shift).exp_().mul_(share)
+                window_exp = (windows[matrix] - shift).exp()
+                grad.scatter_add_(
+                    1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
+                )
             else:
-                share = coefficient[outputs].unsqueeze(2)
-                table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
-                correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
-                window_exp = exp.gather(1, columns)
-                # table[:, known] as a thin matmul with the one-hot classes: a gather of
-                # [Na, Nc] from a [Na, V] table is several times slower on the CPU.
-                grad = exp.mul_(table @ _one_hot(known, table.shape[1], table.dtype).t())
-                grad.scatter_add_(1, columns, window_exp * correction)
-            grad.scatter_add_(1, columns, grad_windows[matrix])
-            grad_anchors[matrix] = (grad @ contrast[matrix]) * scale
-            grad_contrast[matrix] = (grad.t() @ anchors[matrix]) * scale
-            del logits, exp, grad  # one [Na, Nc] matrix alive at a time
-        return grad_anchors, grad_contrast, None, None, None, None, None, None, None
+                logits = _similarities(
+                    _columns(anchors, matrix, level_columns),
+                    _columns(contrast, matrix, level_columns),
+                    anchor_index,
+                    scale,
+                )
+                exp = logits.sub_(shift).exp_()
+                window_grad = grad_windows[matrix]
+                if outside is None or inside is None:
+                    weight = coefficient[outputs].sum(dim=0)
+                    grad = exp.mul_(weight.unsqueeze(1))
+                else:
+                    share = coefficient[outputs].unsqueeze(2)
+                    table = (share * outside[outputs]).sum(dim=0)  # [Na, V]
+                    correction = (share * inside[outputs]).sum(dim=0)  # [Na, W]
+                    window_exp = exp.gather(1, columns)
+                    # table[:, known] as a thin matmul with the one-hot classes (a gather
+                    # of [Na, Nc] from a [Na, V] table is several times slower on the CPU),
+                    # in blocks of rows: no second [Na, Nc] matrix.
+                    classes_t = _one_hot(known, table.shape[1], table.dtype).t()
+                    for start in range(0, exp.shape[0], _ROW_BLOCK):
+                        block = slice(start, start + _ROW_BLOCK)
+                        exp[block].mul_(table[block] @ classes_t)
+                    grad = exp
+                    window_grad = window_exp * correction + window_grad
+                grad.scatter_add_(1, columns, window_grad)
+                del exp
+            rows = _columns(anchors, matrix, level_columns)
+            contrast_rows = _columns(contrast, matrix, level_columns)
+            if grad_contrast is None:
+                both = torch.addmm(grad.t() @ rows, grad, contrast_rows).mul_(scale)
+                _columns(grad_anchors, matrix, level_columns).copy_(both)
+            else:
+                grad_rows = (grad @ contrast_rows).mul_(scale)
+                _columns(grad_anchors, matrix, level_columns).copy_(grad_rows)
+                grad_columns = (grad.t() @ rows).mul_(scale)
+                _columns(grad_contrast, matrix, level_columns).copy_(grad_columns)
+            del logits, grad  # one [Na, Nc] matrix alive at a time
+        return grad_anchors, grad_contrast, None, None, None, None, None, None, None, None
 
 
 def log_denominators(
     anchors: Tensor,
-    contrast: Tensor,
+    contrast: Tensor | None,
     anchor_index: Tensor,
     temperature: float,
     columns: Tensor,
@@ -133,12 +255,14 @@ def log_denominators(
     num_outputs: int,
     outside: Tensor | None = None,
     inside: Tensor | None = None,
+    level_columns: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(log_denominator [K, Na], window_logits [M, Na, W])``.
 
     Args:
         anchors: ``[M, Na, D]`` features of M similarity matrices (1: shared by all levels).
-        contrast: ``[M, Nc, D]``, containing the anchors.
+        contrast: ``[M, Nc, D]``, containing the anchors; ``None``: the anchors themselves
+            (their one gradient then carries both roles).
         anchor_index: ``[Na]`` position of each anchor among the contrast rows.
         temperature: Softmax temperature.
         columns: ``[Na, W]`` window columns whose logits to return (``W`` may be 0).
@@ -146,6 +270,8 @@ def log_denominators(
         num_outputs: K, the number of log-denominators per anchor (M, or any with M = 1).
         outside: Optional ``[K, Na, V]`` weight of a row by its known-level count.
         inside: Optional ``[K, Na, W]`` correction of the weights at the window columns.
+        level_columns: Optional ``(start, stop)`` per matrix: its only feature columns
+            that can be nonzero (shared hard masks), the only ones multiplied.
     """
     return _LogDenominators.apply(  # type: ignore[no-any-return]
         anchors,
@@ -157,4 +283,5 @@ def log_denominators(
         inside,
         num_outputs,
         1.0 / temperature,
+        level_columns,
     )

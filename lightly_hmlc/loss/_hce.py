@@ -53,11 +53,10 @@ def anchor_mean_level_losses(
 
     window = stats.window_logits  # [1 | L, Na, W]
     assert window is not None, "level_statistics(..., windows=windows)"
-    lifts = []
-    for level in range(num_levels - 1):  # a loop over levels, never over samples
-        # The anchor's own column is -inf in the logits: its relu is 0.
-        excess = torch.relu(window[min(level, window.shape[0] - 1)] - threshold[level, :, None])
-        lifts.append((excess * windows.members[level]).sum(dim=1))
-    lift = torch.stack(lifts) / stats.positive_count[:-1].clamp(min=1.0)
+    # Every level but the finest at once; the anchor's own column is -inf: its relu is 0.
+    level_window = window[:-1] if window.shape[0] > 1 else window
+    excess = torch.relu(level_window - threshold.unsqueeze(2))  # [L - 1, Na, W]
+    lift = (excess * windows.members[:-1]).sum(dim=2)
+    lift = lift / stats.positive_count[:-1].clamp(min=1.0)
     lift = torch.where(has_bound, lift, torch.zeros_like(lift))
     return plain + torch.cat([lift, torch.zeros_like(lift[:1])])

@@ -141,26 +141,24 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     synchronisation), else the window is the whole row (no data-dependent shape)."""
     assert groups.order is not None, "groups from build_level_groups carry their order"
     order = groups.order
-    num_contrast, num_levels = groups.ids.shape
-    sorted_ids = groups.ids[order]  # non-decreasing in every column
-    anchor_ids, anchor_valid = groups.ids[anchor_index], groups.valid[anchor_index]
-    starts, sizes = [], []
-    for level in range(num_levels):
-        column = sorted_ids[:, level].contiguous()
-        ids = anchor_ids[:, level].contiguous()
-        start = torch.searchsorted(column, ids)
-        size = torch.searchsorted(column, ids, right=True) - start
-        starts.append(start)
-        sizes.append(torch.where(anchor_valid[:, level], size, torch.zeros_like(size)))
+    num_contrast = groups.ids.shape[0]
+    sorted_ids = groups.ids[order].t().contiguous()  # [L, Nc], non-decreasing in every row
+    anchor_ids = groups.ids[anchor_index].t().contiguous()  # [L, Na]
+    anchor_valid = groups.valid[anchor_index].t()
+    # Every level at once: the rows of a 2-D sorted sequence are searched row by row.
+    starts = torch.searchsorted(sorted_ids, anchor_ids)
+    sizes = torch.searchsorted(sorted_ids, anchor_ids, right=True) - starts
+    sizes = torch.where(anchor_valid, sizes, torch.zeros_like(sizes))
     width = max(int(sizes[0].max()), 1) if sync else num_contrast  # the largest coarse group
     offsets = torch.arange(width, device=order.device)
-    columns = order[(starts[0].unsqueeze(1) + offsets).clamp(max=num_contrast - 1)]
-    members = []
-    for start, size in zip(starts, sizes, strict=True):
-        first = (start - starts[0]).unsqueeze(1)
-        members.append((offsets >= first) & (offsets < first + size.unsqueeze(1)))
+    # order[start + offsets], clamped to the last column: rows of a strided view of the
+    # padded order (copying whole rows is several times faster than an elementwise index).
+    padded = torch.cat([order, order[-1:].expand(width)])
+    columns = padded.unfold(0, width, 1)[starts[0]]
+    first = (starts - starts[:1]).unsqueeze(2)  # [L, Na, 1]
+    members = (offsets >= first) & (offsets < first + sizes.unsqueeze(2))
     dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
-    return PositiveWindows(columns, torch.stack(members).to(dtype), groups.valid.sum(dim=1))
+    return PositiveWindows(columns, members.to(dtype), groups.valid.sum(dim=1))
 
 
 def margin_weights(
@@ -236,6 +234,8 @@ def level_statistics(
     windows: PositiveWindows | None = None,
     margin: tuple[float, Sequence[int]] | None = None,
     include_in_denominator: Tensor | None = None,
+    same_levels: bool = False,
+    level_columns: tuple[tuple[int, int], ...] | None = None,
 ) -> LevelStatistics:
     """The logits, log-denominators and positive means of every anchor at every level.
 
@@ -256,6 +256,11 @@ def level_statistics(
             levels (:func:`margin_weights`, needs ``windows``); default: plain.
         include_in_denominator: Optional ``[Nc, L]``: which rows enter level ``l``'s
             denominator (the reference implementation's row selection).
+        same_levels: Per-level features that are equal at every level (shared masks
+            with equal rows, e.g. a GMM head before its first fit): one similarity
+            matrix, level 0's, serves every level's denominator.
+        level_columns: ``(start, stop)`` per level of per-level features: the only
+            columns where that level's features can be nonzero (shared hard masks).
     """
     # Autocast would run the similarity matmul in half precision: keep the logits float32.
     with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -276,7 +281,10 @@ def level_statistics(
             log_denominator = torch.logsumexp(logits.masked_fill(~keep, -math.inf), dim=2)
         else:
             outside = inside = None
-            num_outputs = anchor_feats.shape[0]
+            shared = same_levels and anchor_feats.shape[0] > 1
+            matrix_anchors = anchor_feats[:1] if shared else anchor_feats
+            matrix_contrast = contrast_feats[:1] if shared else contrast_feats
+            num_outputs = matrix_anchors.shape[0]
             if margin is not None:
                 assert windows is not None
                 outside, inside = margin_weights(
@@ -288,9 +296,12 @@ def level_statistics(
                 if windows is not None
                 else torch.zeros(num_anchors, 0, dtype=torch.long, device=device)
             )
+            matrix_anchors = matrix_anchors.contiguous()
+            # The same rows (one rank, no memory): one copy, and one gradient buffer.
+            same_rows = anchors is contrast
             log_denominator, window_logits = log_denominators(
-                anchor_feats.contiguous(),
-                contrast_feats.contiguous(),
+                matrix_anchors,
+                None if same_rows else matrix_contrast.contiguous(),
                 anchor_index,
                 temperature,
                 columns,
@@ -298,6 +309,7 @@ def level_statistics(
                 num_outputs,
                 outside,
                 inside,
+                level_columns if matrix_anchors.shape[0] == num_levels > 1 else None,
             )
             window_logits = window_logits if windows is not None else None
         log_denominator = log_denominator.expand(num_levels, num_anchors)
@@ -308,18 +320,20 @@ def level_statistics(
         )  # [L, Nc]
         valid = groups.valid.t()
         contrast_levels = contrast_feats.expand(num_levels, -1, -1)  # [L, Nc, D]
-        weight = valid.to(contrast_levels.dtype)  # unknown prefixes add zero rows
-        sums = contrast_levels.new_zeros(num_levels * groups.num_groups, contrast.shape[-1])
-        sums = sums.index_add(
-            0, flat_ids.flatten(), (contrast_levels * weight[..., None]).flatten(0, 1)
-        )
-        counts = weight.new_zeros(num_levels * groups.num_groups)
-        counts = counts.index_add(0, flat_ids.flatten(), weight.flatten())
+        # Unknown prefixes add into one spare row past the groups (it is never read).
+        spare = num_levels * groups.num_groups
+        add_ids = torch.where(valid, flat_ids, torch.full_like(flat_ids, spare)).flatten()
+        sums = contrast_levels.new_zeros(spare + 1, contrast.shape[-1])
+        sums = sums.index_add(0, add_ids, contrast_levels.flatten(0, 1))
+        counts = contrast_levels.new_zeros(spare + 1)
+        counts = counts.index_add(0, add_ids, valid.to(counts.dtype).flatten())
         anchor_ids = flat_ids[:, anchor_index]  # [L, Na]
-        own_row = contrast_levels[:, anchor_index]
-        positive_dot = (anchor_feats.expand(num_levels, -1, -1) * (sums[anchor_ids] - own_row)).sum(
-            -1
+        own_row = anchor_feats if anchors is contrast else contrast_levels[:, anchor_index]
+        # z_i . (S - z_i) as two row dots (batched matmuls: no [L, Na, D] product).
+        group_dot = torch.einsum(
+            "lnd,lnd->ln", anchor_feats.expand(num_levels, -1, -1), sums[anchor_ids]
         )
+        positive_dot = group_dot - torch.einsum("lnd,lnd->ln", anchor_feats, own_row)
         positive_count = counts[anchor_ids] - 1.0
         return LevelStatistics(
             log_denominator=log_denominator,

@@ -297,6 +297,8 @@ class HMLCLoss(nn.Module):
             self.temperature,
             windows,
             (self.hierarchy_margin / self.temperature, range(num_levels)) if margin else None,
+            same_levels=batch.same_levels,
+            level_columns=batch.level_columns,
         )
         plain = stats.level_losses()
         weights = self.level_weights(num_levels, plain.dtype, plain.device)

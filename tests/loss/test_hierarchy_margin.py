@@ -125,15 +125,25 @@ class _Masks(nn.Module):
 
 
 @pytest.mark.parametrize("hce_form", ["anchor_mean", "batch_mean"])
-@pytest.mark.parametrize("per_row", [False, True])
-def test_masked_margin_matches_the_loop(hce_form: str, per_row: bool) -> None:
+@pytest.mark.parametrize("kind", ["per_row", "nested", "equal_rows", "scattered", "partition"])
+def test_masked_margin_matches_the_loop(hce_form: str, kind: str) -> None:
     out0, out1, labels = _batch(7, [2, 3], unknown=0.2)
     generator = torch.Generator().manual_seed(8)
-    if per_row:  # soft masks, as A-HMLC's
+    if kind == "per_row":  # soft masks, as A-HMLC's
         masks = torch.rand(28, 2, 6, generator=generator, dtype=torch.float64) + 0.2
-    else:  # hard nested masks, as G-HMLC's
+    elif kind == "nested":  # hard nested masks, as G-HMLC's
         masks = torch.ones(1, 2, 6, dtype=torch.float64)
         masks[0, 0, 3:] = 0.0
+    elif kind == "equal_rows":  # the same mask at every level (one matrix serves both)
+        masks = torch.ones(1, 2, 6, dtype=torch.float64)
+        masks[0, :, 4:] = 0.0
+    elif kind == "scattered":  # nested, the coarse level's columns not leading
+        masks = torch.ones(1, 2, 6, dtype=torch.float64)
+        masks[0, 0, [0, 2, 3, 5]] = 0.0
+    else:  # a partition of scattered columns (nested=False)
+        masks = torch.zeros(1, 2, 6, dtype=torch.float64)
+        masks[0, 0, [1, 4, 5]] = 1.0
+        masks[0, 1, [0, 2, 3]] = 1.0
     loss_fn = MaskedHMLCLoss(
         _Masks(masks), "hmce", temperature=0.2, hce_form=hce_form, hierarchy_margin=0.3
     )

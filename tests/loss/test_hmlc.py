@@ -254,11 +254,17 @@ def test_bad_penalty_callable_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("out0", "out1", "labels", "message"),
     [
-        (
+        (  # read as per-level embeddings [B, L, D]: 3 levels for label paths of 2
             torch.randn(4, 3, 2),
             torch.randn(4, 3, 2),
             torch.zeros(4, 2, dtype=torch.long),
-            "must have shape \\[batch_size, dim\\]",
+            "got 3 embeddings per sample for label paths of depth 2",
+        ),
+        (
+            torch.randn(4, 3, 2, 1),
+            torch.randn(4, 3, 2, 1),
+            torch.zeros(4, 2, dtype=torch.long),
+            "must have shape \\[batch_size, dim\\] or \\[batch_size, levels, dim\\]",
         ),
         (torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, 2, dtype=torch.long), "same shape"),
         (

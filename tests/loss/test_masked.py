@@ -83,6 +83,29 @@ def test_masks_argument_matches_naive_per_level_masking(
     torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.parametrize(("loss_type", "hce_form"), naive.LOSS_FORMS)
+@pytest.mark.parametrize("form", ["nested", "partition", "runs_impossible"])
+def test_shared_hard_masks_match_naive_per_level_masking(
+    loss_type: str, hce_form: str, form: str
+) -> None:
+    # Shared 0/1 masks multiply only each level's columns (reordered into one run).
+    out0, out1, labels = _inputs(3, batch_size=8)
+    out0.requires_grad_(True)
+    out1.requires_grad_(True)
+    rows = {
+        "nested": [[0, 1, 0, 0, 1, 0], [1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1]],
+        "partition": [[0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 1]],
+        "runs_impossible": [[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1]],
+    }[form]
+    masks = torch.tensor([rows], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(4)
+    labels = naive.random_tree_labels(8, [2, 2, 2], generator, unknown=0.2)
+    loss_fn = HMLCLoss(loss_type, temperature=0.3, hce_form=hce_form)
+    ours = loss_fn(out0, out1, labels, masks=masks)
+    expected = _naive_masked(out0, out1, labels, masks.expand(16, -1, -1), loss_type, 0.3, hce_form)
+    naive.assert_value_and_gradients_close(ours, expected, [out0, out1])
+
+
 @pytest.mark.parametrize("loss_type", ["hmc", "hce", "hmce"])
 def test_all_ones_masks_equal_no_masks(loss_type: str) -> None:
     out0, out1, labels = _inputs()

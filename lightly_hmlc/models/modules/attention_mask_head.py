@@ -96,7 +96,8 @@ class AttentionMaskHead(FeatureMaskHead):
         x = x.to(self.weight1.dtype)  # autocast, if on, still picks the matmul precision
         hidden = torch.relu(torch.einsum("bd,ldh->blh", x, self.weight1) + self.bias1)
         logits = torch.einsum("blh,lhd->bld", hidden, self.weight2) + self.bias2
-        logits = logits / self.temperature
+        if self.temperature != 1.0:  # the default 1 would cost a pass forward and back
+            logits = logits / self.temperature
         if self.gate == "sigmoid":
             masks = torch.sigmoid(logits)
         else:
