@@ -23,7 +23,6 @@ from lightly_hmlc.models.modules import (
     FeatureMaskHead,
     GMMFeatureMaskHead,
     HierarchicalMemoryBank,
-    LevelAttentionPool,
 )
 from lightly_hmlc.registry import (
     create_head,
@@ -46,7 +45,6 @@ __all__ = [
     "HMLCLoss",
     "HierarchicalMemoryBank",
     "LabelHierarchy",
-    "LevelAttentionPool",
     "MaskedHMLCLoss",
     "ReferenceHMLCLoss",
     "RegisteredHeadHMLCLoss",

@@ -62,6 +62,7 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from level_pool import LevelAttentionPool
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import (
@@ -76,7 +77,7 @@ from torch import Tensor, nn
 
 from lightly_hmlc import DepthViewEncoder, create_backbone
 from lightly_hmlc.loss import AHMLCLoss, GHMLCLoss, MaskedHMLCLoss
-from lightly_hmlc.models.modules import HierarchicalMemoryBank, LevelAttentionPool
+from lightly_hmlc.models.modules import HierarchicalMemoryBank
 from lightly_hmlc.registry import (
     component_parameters,
     create_head,
@@ -501,7 +502,7 @@ MASKED_METHODS: dict[str, MaskedMethod] = {
 
 @dataclass(frozen=True)
 class LevelPoolMethod:
-    """A method on per-level embeddings: the package's ``LevelAttentionPool`` over the
+    """A method on per-level embeddings: the lab's ``LevelAttentionPool`` over the
     backbone's tokens gives ``[2B, L, C]``, the shared projection head ``[2B, L, D]``, and
     the registered ``loss`` (with ``loss_defaults``) contrasts level ``h``'s embedding in
     level ``h``'s term. ``--head-option`` reaches the pool (``num_heads``, ``mlp_ratio``).

@@ -232,8 +232,8 @@ class HMLCLoss(nn.Module):
 
         Args:
             out0: ``[B, D]`` projections of the first view, or per-level embeddings
-                ``[B, L, D]``: level ``h``'s term then contrasts ``out0[:, h]`` (e.g. the
-                output of :class:`~lightly_hmlc.models.modules.LevelAttentionPool`).
+                ``[B, L, D]``: level ``h``'s term then contrasts ``out0[:, h]`` (e.g. from
+                per-level projection heads, or attention pooling with one query per level).
             out1: The second view, of the same shape as ``out0``.
             labels: ``[B, L]`` label paths, coarse to fine, ``-1`` for unknown.
             masks: Optional per-level feature masks from a mask head: ``[1, L, D]``

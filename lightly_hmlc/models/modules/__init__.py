@@ -1,5 +1,5 @@
-"""Feature-mask heads (G-HMLC's GMM head, A-HMLC's attention head, fixed blocks), per-level
-attention pooling over a backbone's tokens, and the hierarchical memory bank.
+"""Feature-mask heads (G-HMLC's GMM head, A-HMLC's attention head, fixed blocks) and the
+hierarchical memory bank.
 """
 
 from lightly_hmlc.models.modules._gmm import EMOptions, GaussianMixtureFit, fit_gaussian_mixture
@@ -7,7 +7,6 @@ from lightly_hmlc.models.modules.attention_mask_head import AttentionMaskHead
 from lightly_hmlc.models.modules.block_mask_head import BlockMaskHead
 from lightly_hmlc.models.modules.feature_mask_head import FeatureMaskHead
 from lightly_hmlc.models.modules.gmm_mask_head import GMMFeatureMaskHead
-from lightly_hmlc.models.modules.level_attention_pool import LevelAttentionPool
 from lightly_hmlc.models.modules.memory_bank import HierarchicalMemoryBank
 from lightly_hmlc.models.modules.prefix_statistics import LabelPrefixStatistics
 
@@ -20,6 +19,5 @@ __all__ = [
     "GaussianMixtureFit",
     "HierarchicalMemoryBank",
     "LabelPrefixStatistics",
-    "LevelAttentionPool",
     "fit_gaussian_mixture",
 ]

@@ -1,11 +1,17 @@
-"""Per-level attention pooling over a backbone's tokens: one learned query per level."""
+"""Per-level attention pooling over a backbone's tokens: one learned query per level.
+
+The lab's token-attention A-HMLC (suite method ``a-hmlc-tokens``). It lives in the suite,
+not in the package: on validation it identified level-specific features on one data set
+but lost accuracy against today's A-HMLC (``docs/lab-notebook.md``, token-attention
+A-HMLC), so by the rule written before the runs it is not a product component. Any
+per-level head works with the package's loss: ``HMLCLoss`` takes per-level embeddings
+``[B, L, D]``.
+"""
 
 from __future__ import annotations
 
 from timm.layers import AttentionPoolLatent
 from torch import Tensor, nn
-
-from lightly_hmlc.models.modules._arguments import check_int
 
 
 class LevelAttentionPool(nn.Module):
@@ -16,14 +22,14 @@ class LevelAttentionPool(nn.Module):
     image (coarse levels the global shape, fine levels the details) instead of gating
     dimensions of one pooled vector. This is timm's ``AttentionPoolLatent`` (the pooling
     of SigLIP's and AIMv2's heads) with ``latent_len = L`` queries and no final pooling.
-    Give the output, after a projection, to :class:`~lightly_hmlc.loss.HMLCLoss` as
-    per-level embeddings ``[B, L, D]``: level ``h``'s term contrasts embedding ``h``.
+    Give the output, after a projection, to ``lightly_hmlc.HMLCLoss`` as per-level
+    embeddings ``[B, L, D]``: level ``h``'s term contrasts embedding ``h``.
 
     The tokens are ``forward_features`` of any timm backbone: a CNN's feature map
     ``[B, C, H, W]`` is read as ``H * W`` tokens, a ViT's ``[B, N, C]`` is used as it is
     (its class and register tokens included). Ott et al. [0] describe A-HMLC as attention
     that captures hierarchy-specific features; attention over tokens is our reading of
-    it (``docs/METHOD.md``).
+    it.
 
     - [0] Feature Identification for Hierarchical Contrastive Learning, Ott et al.,
       arXiv 2510.00837
@@ -48,9 +54,13 @@ class LevelAttentionPool(nn.Module):
         self, in_features: int, num_levels: int, num_heads: int = 8, mlp_ratio: float = 1.0
     ) -> None:
         super().__init__()
-        check_int("in_features", in_features, meaning="the width C of the backbone's tokens")
-        check_int("num_levels", num_levels, meaning="the depth of the label paths L")
-        check_int("num_heads", num_heads)
+        for name, value in (
+            ("in_features", in_features),
+            ("num_levels", num_levels),
+            ("num_heads", num_heads),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if in_features % num_heads:
             raise ValueError(
                 f"num_heads={num_heads} must divide in_features={in_features}: pick a "
