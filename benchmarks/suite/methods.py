@@ -624,7 +624,7 @@ class LabelPathMethod(HierarchicalMethod):
         if self.head_options and method not in with_head:
             raise ValueError(
                 f"head options {sorted(self.head_options)} apply only to the methods with a "
-                f"head, {with_head}; method {method!r} has none."
+                f"mask head or a level pool, {with_head}; method {method!r} has none."
             )
         if method in LEVEL_POOL_METHODS and momentum_encoder is not None:
             raise ValueError(

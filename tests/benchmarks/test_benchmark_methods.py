@@ -78,7 +78,7 @@ def test_every_method_trains_evaluates_and_writes_records(tmp_path: Path, method
     if method == "a-hmlc-tokens":  # the level queries are model parameters, trained
         assert state["level_pool.attention.latent"].shape == (1, 3, 64)
     # The identification score exists exactly for the methods with per-level features.
-    per_level = method in ("g-hmlc", "a-hmlc", "a-hmlc-tokens")
+    per_level = method in ("g-hmlc", "a-hmlc", "a-hmlc-tokens", "masked-hmlc")
     assert ("ident/advantage_mean" in record["eval"]) == per_level
     assert (record["identification"]["matrix"] is not None) == per_level
     summary = (tmp_path / "shapes" / "summary.md").read_text()

@@ -266,7 +266,8 @@ def test_the_suite_cli_records_the_score_of_a_model_with_level_encoder(
     def level_encoder(self: methods.HierarchicalMethod) -> nn.Module:
         return Levels(self.backbone, self.num_levels)
 
-    monkeypatch.setattr(methods.HierarchicalMethod, "level_encoder", level_encoder, raising=False)
+    # supcon has no per-level features of its own: LabelPathMethod's says None.
+    monkeypatch.setattr(methods.LabelPathMethod, "level_encoder", level_encoder)
     assert main.main(tiny_args(tmp_path, "--methods", "supcon", "--plots")) == 0
     run_dir = tmp_path / "shapes" / "supcon" / "seed0"
     record = load_metrics(run_dir)
