@@ -314,34 +314,64 @@ def level_statistics(
             window_logits = window_logits if windows is not None else None
         log_denominator = log_denominator.expand(num_levels, num_anchors)
 
-        # Group sums of the contrast rows, every level at once: ids offset per level.
+        # Group sizes of the contrast rows, every level at once: ids offset per level.
         flat_ids = groups.ids.t() + torch.arange(num_levels, device=device).unsqueeze(1) * (
             groups.num_groups
         )  # [L, Nc]
         valid = groups.valid.t()
-        contrast_levels = contrast_feats.expand(num_levels, -1, -1)  # [L, Nc, D]
         # Unknown prefixes add into one spare row past the groups (it is never read).
         spare = num_levels * groups.num_groups
         add_ids = torch.where(valid, flat_ids, torch.full_like(flat_ids, spare)).flatten()
-        sums = contrast_levels.new_zeros(spare + 1, contrast.shape[-1])
-        sums = sums.index_add(0, add_ids, contrast_levels.flatten(0, 1))
-        counts = contrast_levels.new_zeros(spare + 1)
+        counts = anchors.new_zeros(spare + 1)
         counts = counts.index_add(0, add_ids, valid.to(counts.dtype).flatten())
         anchor_ids = flat_ids[:, anchor_index]  # [L, Na]
-        own_row = anchor_feats if anchors is contrast else contrast_levels[:, anchor_index]
-        # z_i . (S - z_i) as two row dots (batched matmuls: no [L, Na, D] product).
-        group_dot = torch.einsum(
-            "lnd,lnd->ln", anchor_feats.expand(num_levels, -1, -1), sums[anchor_ids]
-        )
-        positive_dot = group_dot - torch.einsum("lnd,lnd->ln", anchor_feats, own_row)
         positive_count = counts[anchor_ids] - 1.0
+        # Narrow windows of these very levels (not SupCon's whole-path classes): the
+        # positives are the members, so sum their logits (own column -inf, no positive).
+        if (
+            window_logits is not None
+            and windows is not None
+            and windows.members.shape[0] == num_levels
+            and windows.columns.shape[1] < groups.ids.shape[0]
+        ):
+            own = windows.columns == anchor_index.unsqueeze(1)  # [Na, W]
+            window = window_logits.masked_fill(own, 0.0)
+            positive_logit = (window * windows.members.to(window.dtype)).sum(dim=2)
+        else:
+            ids = (add_ids, anchor_ids, anchor_index, spare)
+            positive_logit = _group_dot(anchors, contrast, anchor_feats, contrast_feats, *ids)
+            positive_logit = positive_logit / temperature
         return LevelStatistics(
             log_denominator=log_denominator,
-            mean_positive_logit=positive_dot / temperature / positive_count.clamp(min=1.0),
+            mean_positive_logit=positive_logit / positive_count.clamp(min=1.0),
             positive_count=positive_count,
             is_anchor=valid[:, anchor_index] & (positive_count > 0),
             window_logits=window_logits,
         )
+
+
+def _group_dot(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_feats: Tensor,
+    contrast_feats: Tensor,
+    add_ids: Tensor,
+    anchor_ids: Tensor,
+    anchor_index: Tensor,
+    spare: int,
+) -> Tensor:
+    """``[L, Na]`` each anchor's dot with its positives' sum, from per-level group sums
+    (``add_ids [L * Nc]``: every contrast row's flat group, ``spare`` for unknown ones)."""
+    num_levels = anchor_ids.shape[0]
+    contrast_levels = contrast_feats.expand(num_levels, -1, -1)  # [L, Nc, D]
+    sums = contrast_levels.new_zeros(spare + 1, contrast.shape[-1])
+    sums = sums.index_add(0, add_ids, contrast_levels.flatten(0, 1))
+    own_row = anchor_feats if anchors is contrast else contrast_levels[:, anchor_index]
+    # z_i . (S - z_i) as two row dots (batched matmuls: no [L, Na, D] product).
+    group_dot = torch.einsum(
+        "lnd,lnd->ln", anchor_feats.expand(num_levels, -1, -1), sums[anchor_ids]
+    )
+    return group_dot - torch.einsum("lnd,lnd->ln", anchor_feats, own_row)
 
 
 def aggregate_levels(share: Tensor, value: Tensor, loss_type: str, weights: Tensor) -> Tensor:
