@@ -8,7 +8,9 @@ these parts, so that a fix or a speed-up lands everywhere:
 - :func:`level_statistics`: logits, log-denominators and positive sums of every anchor at
   every level, from ONE similarity matrix (or one per level for per-level features).
   Positives enter through per-group sums of embeddings,
-  ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``: no ``[N, N]`` positive mask.
+  ``sum_{p in P_l(i)} z_i . z_p = z_i . (S_{g_l(i)} - z_i)``: no ``[N, N]`` positive mask;
+  where the anchor's window of logits exists anyway (the anchor-mean bound, the margin),
+  the positives' sum is read from the window instead.
 - :func:`margin_weights`: the hierarchy margin's weights in the denominators.
 - :func:`aggregate_levels`: the HMC / HCE / HMCE aggregation of the level terms.
 
