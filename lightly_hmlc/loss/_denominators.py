@@ -78,6 +78,27 @@ def _one_hot(known: Tensor, width: int, dtype: torch.dtype) -> Tensor:
     return (known.unsqueeze(1) == torch.arange(width, device=known.device)).to(dtype)
 
 
+def _matrix_logits(
+    anchors: Tensor,
+    contrast: Tensor,
+    matrix: int,
+    level_columns: tuple[tuple[int, int], ...] | None,
+    anchor_index: Tensor,
+    scale: float,
+    log_outside: Tensor | None,
+    classes: Tensor | None,
+) -> Tensor:
+    """Matrix ``matrix``'s ``[Na, Nc]`` logits, the anchors' own column ``-inf``; with
+    ``log_outside`` (one output per matrix) its margin weights ride in the matmul. The
+    forward and the recomputing backward both call this."""
+    rows = _columns(anchors, matrix, level_columns)
+    contrast_rows = _columns(contrast, matrix, level_columns)
+    if log_outside is None:
+        return _similarities(rows, contrast_rows, anchor_index, scale)
+    assert classes is not None
+    return _weighted_similarities(rows, contrast_rows, anchor_index, scale, log_outside, classes)
+
+
 class _LogDenominators(torch.autograd.Function):
     """``(log_denominator [K, Na], window_logits [M, Na, W])`` of M similarity matrices.
 
@@ -109,20 +130,22 @@ class _LogDenominators(torch.autograd.Function):
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
         for matrix in range(num_matrices):
+            # Folded: one output per matrix, its margin weights ride in the matmul.
+            logits = _matrix_logits(
+                anchors,
+                contrast,
+                matrix,
+                level_columns,
+                anchor_index,
+                inverse_temperature,
+                outside[matrix].log() if folded and outside is not None else None,
+                classes,
+            )
+            # Never -inf: every row has another column.
+            shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
+            shifts[matrix] = shift
             if folded:
-                # One output per matrix: its margin weights ride in the matmul.
-                assert outside is not None and inside is not None and classes is not None
-                logits = _weighted_similarities(
-                    _columns(anchors, matrix, level_columns),
-                    _columns(contrast, matrix, level_columns),
-                    anchor_index,
-                    inverse_temperature,
-                    outside[matrix].log(),
-                    classes,
-                )
-                shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
-                shifts[matrix] = shift
-                assert window_known is not None
+                assert outside is not None and inside is not None and window_known is not None
                 plain = _plain_window(logits, columns, outside[matrix], window_known)
                 windows[matrix] = plain
                 sums[matrix] = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1) + (
@@ -130,16 +153,7 @@ class _LogDenominators(torch.autograd.Function):
                 ).sum(dim=1)
                 del logits
                 continue
-            logits = _similarities(
-                _columns(anchors, matrix, level_columns),
-                _columns(contrast, matrix, level_columns),
-                anchor_index,
-                inverse_temperature,
-            )
             windows[matrix] = logits.gather(1, columns)
-            # Never -inf: every row has another column.
-            shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
-            shifts[matrix] = shift
             exp = logits.sub_(shift.unsqueeze(1)).exp_()
             outputs = range(num_outputs) if num_matrices == 1 else [matrix]
             if outside is None or inside is None or classes is None:
@@ -186,16 +200,18 @@ class _LogDenominators(torch.autograd.Function):
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
             shift = shifts[matrix].unsqueeze(1)
+            logits = _matrix_logits(
+                anchors,
+                contrast,
+                matrix,
+                level_columns,
+                anchor_index,
+                scale,
+                outside[matrix].log() if folded else None,
+                classes,
+            )
             if folded:
-                assert outside is not None and inside is not None and classes is not None
-                logits = _weighted_similarities(
-                    _columns(anchors, matrix, level_columns),
-                    _columns(contrast, matrix, level_columns),
-                    anchor_index,
-                    scale,
-                    outside[matrix].log(),
-                    classes,
-                )
+                assert outside is not None and inside is not None
                 share = coefficient[matrix].unsqueeze(1)
                 # exp(logits) already carries the weights outside the window.
                 grad = logits.sub_(shift).exp_().mul_(share)
@@ -204,12 +220,6 @@ class _LogDenominators(torch.autograd.Function):
                     1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
                 )
             else:
-                logits = _similarities(
-                    _columns(anchors, matrix, level_columns),
-                    _columns(contrast, matrix, level_columns),
-                    anchor_index,
-                    scale,
-                )
                 exp = logits.sub_(shift).exp_()
                 window_grad = grad_windows[matrix]
                 if outside is None or inside is None:
