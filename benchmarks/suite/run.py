@@ -720,15 +720,9 @@ def evaluate_run(
     device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
     bar = show_progress_bar(args)
     begin = time.perf_counter()
-    try:
-        train_x, train_y = extract_features(
-            model.backbone, bundle.train_eval, args.eval_batch_size, args.num_workers, device, bar
-        )
-        test_x, test_y = extract_features(
-            model.backbone, bundle.test_eval, args.eval_batch_size, args.num_workers, device, bar
-        )
-    except OSError as error:
-        raise UserError(_last_line(error)) from error
+    (train_x, train_y), (test_x, test_y) = _extract_splits(
+        model.backbone, args, bundle, device, bar
+    )
     extract_seconds = time.perf_counter() - begin
     results = evaluate_features(
         train_x,
@@ -824,7 +818,7 @@ class Identification:
 def identification_of(
     args: argparse.Namespace,
     bundle: DatasetBundle,
-    model: nn.Module,
+    model: methods.HierarchicalMethod,
     seed: int,
     device: str,
     progress: bool,
@@ -832,23 +826,14 @@ def identification_of(
     """The identification matrix of a model with per-level features (``level_encoder()``
     returning a module that maps images to ``[B, L, D]``); undefined without them or with
     a single level."""
-    level_encoder = getattr(model, "level_encoder", None)
-    encoder = level_encoder() if callable(level_encoder) else None
+    encoder = model.level_encoder()
     if encoder is None:
         return Identification(None, "no per-level features")
     num_levels = bundle.hierarchy.num_levels
     if num_levels < 2:
         return Identification(None, "a single hierarchy level")
     begin = time.perf_counter()
-    try:
-        train_x, train_y = extract_features(
-            encoder, bundle.train_eval, args.eval_batch_size, args.num_workers, device, progress
-        )
-        test_x, test_y = extract_features(
-            encoder, bundle.test_eval, args.eval_batch_size, args.num_workers, device, progress
-        )
-    except OSError as error:
-        raise UserError(_last_line(error)) from error
+    (train_x, train_y), (test_x, test_y) = _extract_splits(encoder, args, bundle, device, progress)
     matrix = identification_matrix(
         split_levels(train_x, num_levels),
         train_y,
@@ -861,6 +846,24 @@ def identification_of(
         progress=progress,
     )
     return Identification(matrix, seconds=time.perf_counter() - begin)
+
+
+def _extract_splits(
+    module: nn.Module,
+    args: argparse.Namespace,
+    bundle: DatasetBundle,
+    device: str,
+    progress: bool,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``module``'s outputs and the label paths of the train and test evaluation sets; an
+    unreadable file is one ``UserError`` line."""
+    batch, workers = args.eval_batch_size, args.num_workers
+    try:
+        train = extract_features(module, bundle.train_eval, batch, workers, device, progress)
+        test = extract_features(module, bundle.test_eval, batch, workers, device, progress)
+    except OSError as error:
+        raise UserError(_last_line(error)) from error
+    return train, test
 
 
 def _last_line(error: BaseException) -> str:

@@ -201,7 +201,7 @@ def check_memory(
     if not isinstance(bank_features, Tensor) or not isinstance(bank_labels, Tensor):
         raise ValueError("memory must hold two torch.Tensors (features, labels).")
     row_shape = tuple(features.shape[1:])  # (D,) or, for per-level embeddings, (L, D)
-    if tuple(bank_features.shape[1:]) != row_shape or bank_features.dim() != features.dim():
+    if tuple(bank_features.shape[1:]) != row_shape:
         expected = ", ".join(str(size) for size in row_shape)
         raise ValueError(
             f"memory features must have shape [K, {expected}] (the shape of the loss's "
@@ -286,13 +286,9 @@ def loss_batch(
         # Shared hard masks are read on the host (a sync, so only with check_values):
         # equal rows (a GMM head before its first fit: all ones) give equal levels, one
         # similarity matrix for all; else each level's matmul needs only its columns.
-        # Only for rows [N, D]: per-level rows differ at each level whatever the masks.
-        hard = (
-            check_values
-            and batch.anchors.dim() == 2
-            and not masks.requires_grad
-            and _is_hard(masks)
-        )
+        # (Masks come with rows [N, D] only: prepare_inputs refuses them with per-level
+        # embeddings, whose levels differ whatever the masks.)
+        hard = check_values and not masks.requires_grad and _is_hard(masks)
         same_levels = hard and _equal_rows(masks)
         order, columns = _column_runs(masks) if hard and not same_levels else (None, None)
         rows, contrast_rows = batch.anchors, batch.contrast

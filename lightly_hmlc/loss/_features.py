@@ -39,11 +39,9 @@ def validate_inputs(
         if not isinstance(out, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(out).__name__}.")
         if out.dim() != 2 and not (level_embeddings and out.dim() == 3):
-            shapes = (
-                "[batch_size, dim] or [batch_size, levels, dim]"
-                if level_embeddings
-                else ("[batch_size, dim]")
-            )
+            shapes = "[batch_size, dim]"
+            if level_embeddings:
+                shapes += " or [batch_size, levels, dim]"
             raise ValueError(
                 f"{name} must have shape {shapes}, got {tuple(out.shape)}. Flatten the "
                 "projections (e.g. out.flatten(1)) before the loss."
@@ -230,9 +228,8 @@ def _prepare_local(
     masks: Tensor | None,
     level_embeddings: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    paths = validate_inputs(out0, out1, labels, num_levels, check_values, level_embeddings).repeat(
-        2, 1
-    )
+    paths = validate_inputs(out0, out1, labels, num_levels, check_values, level_embeddings)
+    paths = paths.repeat(2, 1)
     features = normalize_features(out0, out1, check_values)
     if masks is not None and features.dim() == 3:
         raise ValueError(

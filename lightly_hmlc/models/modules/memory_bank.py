@@ -121,7 +121,7 @@ class HierarchicalMemoryBank(nn.Module):
     def _check(self, features: Tensor, labels: Tensor) -> Tensor:
         if not isinstance(features, Tensor):
             raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}.")
-        if tuple(features.shape[1:]) != self.row_shape or features.dim() < 2:
+        if tuple(features.shape[1:]) != self.row_shape:
             expected = ", ".join(str(size) for size in self.row_shape)
             raise ValueError(
                 f"features must have shape [batch_size, {expected}], got "
