@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,7 +166,7 @@ def margin_weights(
     windows: PositiveWindows,
     anchor_index: Tensor,
     scale: float,
-    levels: Sequence[int],
+    levels: range,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The hierarchy margin as weights on the exponentials of each level's denominator.
@@ -188,18 +187,26 @@ def margin_weights(
     """
     known = windows.known_levels
     dtype = windows.members.dtype if dtype is None else dtype
-    classes = torch.arange(windows.members.shape[0] + 1, device=known.device)  # v in 0..L
-    anchor_known = known[anchor_index].unsqueeze(1)
-    window_known = known[windows.columns]  # [Na, W]
-    shared = windows.members.sum(dim=0)  # d_ij inside the coarse group
-    outside, inside = [], []
-    for level in levels:
-        weight = torch.exp(torch.minimum(anchor_known, classes).clamp(max=level).to(dtype) * scale)
-        k = (torch.minimum(anchor_known, window_known).clamp(max=level) - shared).clamp(min=0)
-        in_group = torch.exp(k.to(dtype) * scale) - weight.gather(1, window_known)
-        outside.append(weight)
-        inside.append(in_group * windows.members[0].to(dtype))
-    return torch.stack(outside), torch.stack(inside)
+    device = known.device
+    width = windows.members.shape[0] + 1  # v and d in 0..L
+    values = torch.arange(width, device=device)
+    level = torch.arange(levels.start, levels.stop, levels.step, device=device).view(-1, 1, 1)
+    power = torch.exp(values.to(dtype) * scale)  # exp(scale * k) for k in 0..L
+    anchor_known = known[anchor_index].view(1, -1, 1)
+    # A row outside the coarse group (d = 0): exp(scale * min(l, v_i, v_j)).
+    outside = power[torch.minimum(torch.minimum(anchor_known, values), level)]  # [K, Na, V]
+    # Inside it the correction depends only on (l, min(v_i, v_j), d_ij): a table of
+    # [K, L + 1, L + 1] values read once per window column (d = 0 off the group).
+    common = values.view(1, -1, 1)  # min(v_i, v_j)
+    shared = values.view(1, 1, -1)  # d_ij
+    bounded = torch.minimum(common, level)
+    table = power[(bounded - shared).clamp(min=0)] - power[bounded]
+    table = torch.where(shared > 0, table, torch.zeros_like(table)).flatten(1)
+    window_common = torch.minimum(anchor_known[0], known[windows.columns])  # [Na, W]
+    window_shared = windows.members.sum(dim=0).long()
+    index = window_common * width + window_shared
+    inside = table.index_select(1, index.flatten()).view(-1, *index.shape)  # [K, Na, W]
+    return outside, inside
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ def level_statistics(
     groups: LevelGroups,
     temperature: float,
     windows: PositiveWindows | None = None,
-    margin: tuple[float, Sequence[int]] | None = None,
+    margin: tuple[float, range] | None = None,
     include_in_denominator: Tensor | None = None,
     same_levels: bool = False,
     level_columns: tuple[tuple[int, int], ...] | None = None,

@@ -119,7 +119,10 @@ class SupConLoss(nn.Module):
         windows = margin = None
         if self.hierarchy_margin > 0:  # the finest level's offsets only
             windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
-            margin = (self.hierarchy_margin / self.temperature, [paths.shape[1] - 1])
+            margin = (
+                self.hierarchy_margin / self.temperature,
+                range(paths.shape[1] - 1, paths.shape[1]),
+            )
         # The whole path is the class; a row that is entirely unknown stays unknown.
         known = ~(paths < 0).all(dim=1, keepdim=True)
         classes = LevelGroups(groups.ids[:, -1:], known, groups.num_groups)
