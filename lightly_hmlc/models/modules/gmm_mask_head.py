@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -32,7 +34,9 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
     dimensions; ``nested=False`` gives a partition. The masks are all ones (plain HMLC)
     until the first fit after ``warmup_steps`` training steps with labels, then refitted
     every ``refit_every`` steps. Eval mode updates nothing; only refits read the device,
-    and under DDP every rank refits on the statistics of all ranks. See ``docs/METHOD.md``.
+    and under DDP every rank refits on the statistics of all ranks. Under ``torch.compile``
+    a training step runs eagerly inside the graph as one opaque op, so the graph compiles
+    once and refits keep their schedule. See ``docs/METHOD.md``.
 
     - [0] Ott et al., 2025, https://arxiv.org/abs/2510.00837
 
@@ -93,6 +97,7 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             owner=type(self).__name__,
         )
         self._host_step = 0
+        self._register()
         self.register_load_state_dict_post_hook(_sync_host_step)
         self.register_load_state_dict_post_hook(_check_loaded_mask_form)
 
@@ -104,13 +109,12 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         # graph never runs in inference mode, and cannot ask.)
         inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
         if self.training and labels is not None and not inference:
-            x = z.detach().to(torch.float64)
-            self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
-            self.step.add_(1)
-            self._host_step += 1
-            since = self._host_step - max(self.warmup_steps, 1)
-            if since >= 0 and since % self.refit_every == 0:
-                self._refit(explicit=False)
+            if torch.compiler.is_compiling():
+                torch.ops.lightly_hmlc.gmm_head_step(
+                    self._key, z.detach(), labels, self._step_buffers()
+                )
+            else:
+                self._train_step(z.detach(), labels)
         # A copy: a later refit must not change masks saved for backward.
         return self.masks.detach().clone().to(z.dtype).unsqueeze(0)
 
@@ -160,6 +164,28 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
             state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._register()  # a copy (deepcopy, pickle) must not step the original
+
+    def _register(self) -> None:
+        self._key = next(_KEYS)
+        _HEADS[self._key] = self
+
+    def _step_buffers(self) -> list[Tensor]:
+        """The buffers that a training step may write (the statistics' only at refits)."""
+        return [self.masks, self.step, self.fitted, self.descriptors, *self.statistics.buffers()]
+
+    @torch.no_grad()
+    def _train_step(self, z: Tensor, labels: Tensor) -> None:
+        x = z.to(torch.float64)
+        self.statistics.update(F.normalize(x, dim=1) if self.normalize_input else x, labels)
+        self.step.add_(1)
+        self._host_step += 1
+        since = self._host_step - max(self.warmup_steps, 1)
+        if since >= 0 and since % self.refit_every == 0:
+            self._refit(explicit=False)
+
     def _refit(self, explicit: bool) -> None:
         self.statistics.merge()
         if not self.statistics.has_statistics():
@@ -185,6 +211,34 @@ class GMMFeatureMaskHead(Float64BuffersMixin, FeatureMaskHead):
         self.descriptors.copy_(descriptors)
         self.masks.copy_(masks.to(self.masks.dtype))
         self.fitted.fill_(True)
+
+
+# Heads by key, for the training-step op, which cannot take a module.
+_KEYS = itertools.count()
+_HEADS: weakref.WeakValueDictionary[int, GMMFeatureMaskHead] = weakref.WeakValueDictionary()
+
+
+# A training step is opaque to torch.compile: the refit schedule counts steps on the host
+# (traced, that count is a guard, and every step would recompile) and a refit reads the
+# device. The compiled graph calls this op, which runs the step eagerly at that point. It
+# declares the buffers the step may write, and leaves them in ``buffers`` in case the
+# compiler passes copies of them. It stays out of CUDA graphs, whose replays would skip it.
+@torch.library.custom_op(
+    "lightly_hmlc::gmm_head_step",
+    mutates_args=("buffers",),
+    tags=(torch.Tag.cudagraph_unsafe,),
+)
+def _gmm_head_step(key: int, z: Tensor, labels: Tensor, buffers: list[Tensor]) -> None:
+    head = _HEADS[key]
+    head._train_step(z, labels)
+    for given, own in zip(buffers, head._step_buffers(), strict=True):
+        if given.data_ptr() != own.data_ptr():
+            given.copy_(own)
+
+
+@_gmm_head_step.register_fake
+def _(key: int, z: Tensor, labels: Tensor, buffers: list[Tensor]) -> None:
+    return None
 
 
 def _sync_host_step(module: torch.nn.Module, incompatible_keys: Any) -> None:
