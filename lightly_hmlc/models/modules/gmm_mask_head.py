@@ -226,7 +226,8 @@ _HEADS: weakref.WeakValueDictionary[int, GMMFeatureMaskHead] = weakref.WeakValue
 @torch.library.custom_op(
     "lightly_hmlc::gmm_head_step",
     mutates_args=("buffers",),
-    tags=(torch.Tag.cudagraph_unsafe,),
+    # (The tag is newer than custom_op: older torch has no CUDA-graph trees to skip it.)
+    tags=(torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else (),
 )
 def _gmm_head_step(key: int, z: Tensor, labels: Tensor, buffers: list[Tensor]) -> None:
     head = _HEADS[key]
