@@ -1,10 +1,13 @@
 """Every level's SupCon log-denominator, one similarity matrix at a time, recomputed backward.
 
 The only ``[Na, Nc]`` work of the losses is here: the similarities, their exponentials and
-row sums. :class:`_LogDenominators` keeps none of them for the backward: it saves the
-features and per-row sums and recomputes each level's similarities there, one level at a
-time, so peak memory is O(N^2) whatever the number of levels, and its gradient is formed
-in place (the softmax weights times the upstream gradient, plus the window's gradient).
+row sums. :class:`_LogDenominators` holds one ``[Na, Nc]`` matrix at a time, so peak memory
+is O(N^2) whatever the number of levels: the last matrix's exponentials stay alive for the
+backward (one matrix, e.g. SupCon or HMLC without masks, is never recomputed), the others
+are recomputed there one at a time, into the same buffer, and the gradient is formed in
+place (the softmax weights times the upstream gradient, plus the window's gradient).
+Reusing one buffer matters on the CPU, where every fresh ``[Na, Nc]`` allocation is
+page-faulted in again (at batch 2048 that costs about as much as the matmul writing it).
 
 The hierarchy margin enters as weights on the exponentials: a contrast row outside the
 anchor's coarse group counts ``exp(scale * k)`` times, ``k`` depending only on how many of
@@ -24,9 +27,18 @@ from torch.autograd.function import once_differentiable
 _ROW_BLOCK = 256  # rows of a [Na, Nc] product formed at a time
 
 
-def _similarities(anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale: float) -> Tensor:
+def _product(left: Tensor, right: Tensor, out: Tensor | None) -> Tensor:
+    """``left @ right.t()``, into ``out`` when given (no fresh ``[Na, Nc]`` allocation)."""
+    if out is None or torch.compiler.is_compiling():  # the compiler plans its own memory
+        return left @ right.t()
+    return torch.mm(left, right.t(), out=out)
+
+
+def _similarities(
+    anchors: Tensor, contrast: Tensor, anchor_index: Tensor, scale: float, out: Tensor | None
+) -> Tensor:
     """``[Na, Nc]`` similarities / T with ``-inf`` on each anchor's own column."""
-    logits = (anchors * scale) @ contrast.t()
+    logits = _product(anchors * scale, contrast, out)
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
     return logits
@@ -49,6 +61,7 @@ def _weighted_similarities(
     scale: float,
     log_weights: Tensor,
     classes: Tensor,
+    out: Tensor | None,
 ) -> Tensor:
     """``[Na, Nc]`` similarities / T plus ``log_weights[i, known_j]``, from ONE matmul.
 
@@ -57,8 +70,8 @@ def _weighted_similarities(
     to the contrast rows adds the log-weight in the same matmul, so ``exp`` of the result
     is the weighted exponential and no ``[Na, Nc]`` weight matrix is formed.
     """
-    logits = (
-        torch.cat([anchors * scale, log_weights], dim=1) @ torch.cat([contrast, classes], dim=1).t()
+    logits = _product(
+        torch.cat([anchors * scale, log_weights], dim=1), torch.cat([contrast, classes], dim=1), out
     )
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, anchor_index] = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
@@ -87,16 +100,19 @@ def _matrix_logits(
     scale: float,
     log_outside: Tensor | None,
     classes: Tensor | None,
+    out: Tensor | None,
 ) -> Tensor:
     """Matrix ``matrix``'s ``[Na, Nc]`` logits, the anchors' own column ``-inf``; with
     ``log_outside`` (one output per matrix) its margin weights ride in the matmul. The
-    forward and the recomputing backward both call this."""
+    forward and the recomputing backward both call this, writing into ``out`` if given."""
     rows = _columns(anchors, matrix, level_columns)
     contrast_rows = _columns(contrast, matrix, level_columns)
     if log_outside is None:
-        return _similarities(rows, contrast_rows, anchor_index, scale)
+        return _similarities(rows, contrast_rows, anchor_index, scale, out)
     assert classes is not None
-    return _weighted_similarities(rows, contrast_rows, anchor_index, scale, log_outside, classes)
+    return _weighted_similarities(
+        rows, contrast_rows, anchor_index, scale, log_outside, classes, out
+    )
 
 
 class _LogDenominators(torch.autograd.Function):
@@ -129,9 +145,10 @@ class _LogDenominators(torch.autograd.Function):
         shifts = anchors.new_empty(num_matrices, num_anchors)
         sums = anchors.new_empty(num_outputs, num_anchors)
         windows = anchors.new_empty(num_matrices, num_anchors, columns.shape[1])
+        buffer = None  # one [Na, Nc] matrix for every level
         for matrix in range(num_matrices):
             # Folded: one output per matrix, its margin weights ride in the matmul.
-            logits = _matrix_logits(
+            logits = buffer = _matrix_logits(
                 anchors,
                 contrast,
                 matrix,
@@ -140,6 +157,7 @@ class _LogDenominators(torch.autograd.Function):
                 inverse_temperature,
                 outside[matrix].log() if folded and outside is not None else None,
                 classes,
+                buffer,
             )
             # Never -inf: every row has another column.
             shift = logits.amax(dim=1).clamp(min=torch.finfo(logits.dtype).min)
@@ -151,7 +169,6 @@ class _LogDenominators(torch.autograd.Function):
                 sums[matrix] = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1) + (
                     (plain - shift.unsqueeze(1)).exp() * inside[matrix]
                 ).sum(dim=1)
-                del logits
                 continue
             windows[matrix] = logits.gather(1, columns)
             exp = logits.sub_(shift.unsqueeze(1)).exp_()
@@ -167,7 +184,6 @@ class _LogDenominators(torch.autograd.Function):
                     sums[output] = (per_known * outside[output]).sum(dim=1) + (
                         window_exp * inside[output]
                     ).sum(dim=1)
-            del logits, exp  # one [Na, Nc] matrix alive at a time
         source = torch.arange(num_outputs, device=anchors.device).clamp(max=num_matrices - 1)
         log_denominator = shifts[source] + sums.log()
         ctx.save_for_backward(
@@ -177,6 +193,10 @@ class _LogDenominators(torch.autograd.Function):
         ctx.same_rows = contrast_rows is None
         ctx.inverse_temperature = inverse_temperature
         ctx.level_columns = level_columns
+        # The buffer holds the last matrix's exp(logits - shift), weights folded in: its
+        # backward needs nothing else. An attribute, not saved: the backward reuses it in
+        # place (and a second backward, with retain_graph, recomputes).
+        ctx.last_exp = buffer
         return log_denominator, windows
 
     @staticmethod
@@ -196,31 +216,37 @@ class _LogDenominators(torch.autograd.Function):
         make = torch.empty_like if level_columns is None else torch.zeros_like
         grad_anchors = make(anchors)
         grad_contrast = None if same_rows else make(contrast)
-        for matrix in range(num_matrices):
+        kept, ctx.last_exp = ctx.last_exp, None  # the forward's last matrix, used once
+        buffer = kept
+        for matrix in reversed(range(num_matrices)):  # the kept last matrix first
             # The outputs of this matrix (slices, not index lists: no host-to-device copy).
             outputs = slice(None) if num_matrices == 1 else slice(matrix, matrix + 1)
             shift = shifts[matrix].unsqueeze(1)
-            logits = _matrix_logits(
-                anchors,
-                contrast,
-                matrix,
-                level_columns,
-                anchor_index,
-                scale,
-                outside[matrix].log() if folded else None,
-                classes,
-            )
+            if kept is not None and matrix == num_matrices - 1:
+                exp = kept
+            else:
+                logits = buffer = _matrix_logits(
+                    anchors,
+                    contrast,
+                    matrix,
+                    level_columns,
+                    anchor_index,
+                    scale,
+                    outside[matrix].log() if folded else None,
+                    classes,
+                    buffer,
+                )
+                exp = logits.sub_(shift).exp_()
             if folded:
                 assert outside is not None and inside is not None
                 share = coefficient[matrix].unsqueeze(1)
                 # exp(logits) already carries the weights outside the window.
-                grad = logits.sub_(shift).exp_().mul_(share)
+                grad = exp.mul_(share)
                 window_exp = (windows[matrix] - shift).exp()
                 grad.scatter_add_(
                     1, columns, window_exp * (share * inside[matrix]) + grad_windows[matrix]
                 )
             else:
-                exp = logits.sub_(shift).exp_()
                 window_grad = grad_windows[matrix]
                 if outside is None or inside is None:
                     weight = coefficient[outputs].sum(dim=0)
@@ -240,7 +266,6 @@ class _LogDenominators(torch.autograd.Function):
                     grad = exp
                     window_grad = window_exp * correction + window_grad
                 grad.scatter_add_(1, columns, window_grad)
-                del exp
             rows = _columns(anchors, matrix, level_columns)
             contrast_rows = _columns(contrast, matrix, level_columns)
             if grad_contrast is None:
@@ -251,7 +276,6 @@ class _LogDenominators(torch.autograd.Function):
                 _columns(grad_anchors, matrix, level_columns).copy_(grad_rows)
                 grad_columns = (grad.t() @ rows).mul_(scale)
                 _columns(grad_contrast, matrix, level_columns).copy_(grad_columns)
-            del logits, grad  # one [Na, Nc] matrix alive at a time
         return grad_anchors, grad_contrast, None, None, None, None, None, None, None, None
 
 

@@ -22,8 +22,11 @@ differentiable (it is the finer levels' own terms).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lightly_hmlc.loss._levels import LevelStatistics, PositiveWindows
 
@@ -53,10 +56,41 @@ def anchor_mean_level_losses(
 
     window = stats.window_logits  # [1 | L, Na, W]
     assert window is not None, "level_statistics(..., windows=windows)"
-    # Every level but the finest at once; the anchor's own column is -inf: its relu is 0.
+    # Every level but the finest; the anchor's own column is -inf: its relu is 0.
     level_window = window[:-1] if window.shape[0] > 1 else window
-    excess = torch.relu(level_window - threshold.unsqueeze(2))  # [L - 1, Na, W]
-    lift = (excess * windows.members[:-1]).sum(dim=2)
+    lift = _PositiveExcess.apply(level_window, threshold, windows.members[:-1])
     lift = lift / stats.positive_count[:-1].clamp(min=1.0)
     lift = torch.where(has_bound, lift, torch.zeros_like(lift))
     return plain + torch.cat([lift, torch.zeros_like(lift[:1])])
+
+
+class _PositiveExcess(torch.autograd.Function):
+    """``[K, Na]`` sums ``sum_w relu(window[k] - threshold[k]) * members[k]`` over the
+    window, one level at a time: only the inputs are saved and each level's gradient is
+    one ``[Na, W]`` matrix, so the backward stays small beside the ``[Na, Nc]`` matrix that
+    the log-denominators keep for theirs."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, window: Tensor, threshold: Tensor, members: Tensor
+    ) -> Tensor:
+        sums = threshold.new_empty(threshold.shape)
+        for level in range(threshold.shape[0]):
+            excess = (window[min(level, window.shape[0] - 1)] - threshold[level, :, None]).relu_()
+            sums[level] = excess.masked_fill_(~members[level], 0.0).sum(dim=1)
+        ctx.save_for_backward(window, threshold, members)
+        return sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        window, threshold, members = ctx.saved_tensors
+        grad_window = torch.zeros_like(window)
+        grad_threshold = torch.empty_like(threshold)
+        for level in range(threshold.shape[0]):
+            row = min(level, window.shape[0] - 1)
+            active = (window[row] > threshold[level, :, None]) & members[level]  # relu' = 1
+            level_grad = active.to(grad.dtype).mul_(grad[level, :, None])
+            grad_window[row] += level_grad
+            grad_threshold[level] = -level_grad.sum(dim=1)
+        return grad_window, grad_threshold, None

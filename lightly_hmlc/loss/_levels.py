@@ -127,7 +127,7 @@ class PositiveWindows:
 
     Attributes:
         columns: ``[Na, W]`` contrast columns, starting at the anchor's level-0 group.
-        members: ``[L, Na, W]`` 0/1: whether the column is in the anchor's known group at
+        members: ``[L, Na, W]`` bool: whether the column is in the anchor's known group at
             each level (its own column included).
         known_levels: ``[Nc]`` how many leading levels of each contrast row are known.
     """
@@ -158,8 +158,7 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     columns = padded.unfold(0, width, 1)[starts[0]]
     first = (starts - starts[:1]).unsqueeze(2)  # [L, Na, 1]
     members = (offsets >= first) & (offsets < first + sizes.unsqueeze(2))
-    dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
-    return PositiveWindows(columns, members.to(dtype), groups.valid.sum(dim=1))
+    return PositiveWindows(columns, members, groups.valid.sum(dim=1))
 
 
 def margin_weights(
@@ -186,7 +185,9 @@ def margin_weights(
         coarse group, for the ``K`` levels asked.
     """
     known = windows.known_levels
-    dtype = windows.members.dtype if dtype is None else dtype
+    dtype = (
+        torch.promote_types(torch.float32, torch.get_default_dtype()) if dtype is None else dtype
+    )
     device = known.device
     width = windows.members.shape[0] + 1  # v and d in 0..L
     values = torch.arange(width, device=device)
@@ -203,7 +204,7 @@ def margin_weights(
     table = power[(bounded - shared).clamp(min=0)] - power[bounded]
     table = torch.where(shared > 0, table, torch.zeros_like(table)).flatten(1)
     window_common = torch.minimum(anchor_known[0], known[windows.columns])  # [Na, W]
-    window_shared = windows.members.sum(dim=0).long()
+    window_shared = windows.members.sum(dim=0)  # bool sums are int64
     index = window_common * width + window_shared
     inside = table.index_select(1, index.flatten()).view(-1, *index.shape)  # [K, Na, W]
     return outside, inside
@@ -343,9 +344,8 @@ def level_statistics(
             and windows.members.shape[0] == num_levels
             and windows.columns.shape[1] < groups.ids.shape[0]
         ):
-            own = windows.columns == anchor_index.unsqueeze(1)  # [Na, W]
-            window = window_logits.masked_fill(own, 0.0)
-            positive_logit = (window * windows.members.to(window.dtype)).sum(dim=2)
+            other = windows.columns != anchor_index.unsqueeze(1)  # [Na, W]
+            positive_logit = member_sums(window_logits, windows.members, other)
         else:
             ids = (add_ids, anchor_ids, anchor_index, spare)
             positive_logit = _group_dot(anchors, contrast, anchor_feats, contrast_feats, *ids)
@@ -357,6 +357,18 @@ def level_statistics(
             is_anchor=valid[:, anchor_index] & (positive_count > 0),
             window_logits=window_logits,
         )
+
+
+def member_sums(values: Tensor, members: Tensor, keep: Tensor) -> Tensor:
+    """``[L, Na]`` sums of window values ``[1 | L, Na, W]`` over the bool ``members [L, Na,
+    W]`` where ``keep [Na, W]``, one level at a time: autograd keeps only bool masks, no
+    ``[L, Na, W]`` product (it would sit beside the ``[Na, Nc]`` matrix that the backward
+    keeps)."""
+    sums = []
+    for level in range(members.shape[0]):
+        row = values[min(level, values.shape[0] - 1)]
+        sums.append(torch.where(members[level] & keep, row, 0.0).sum(dim=1))
+    return torch.stack(sums)
 
 
 def _group_dot(
