@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightly_hmlc.loss import HMLCLoss, ReferenceHMLCLoss, SupConLoss
+from lightly_hmlc.loss import AHMLCLoss, HMLCLoss, ReferenceHMLCLoss, SupConLoss
 from tests.loss import naive
 
 
@@ -338,3 +338,25 @@ def test_repr_shows_a_penalty_by_name_weights_or_function_name() -> None:
         return k_inverse
 
     assert "layer_penalty=linear," in repr(HMLCLoss(layer_penalty=linear))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SupConLoss(),
+        lambda: HMLCLoss("hmce"),
+        lambda: HMLCLoss("hmce", hierarchy_margin=0.2),
+        lambda: HMLCLoss("hmc"),
+        lambda: AHMLCLoss(3, 6).double(),
+    ],
+    ids=["supcon", "hmce", "hmce-margin", "hmc", "a-hmlc"],
+)
+def test_a_second_backward_gives_the_same_gradients(make) -> None:  # type: ignore[no-untyped-def]
+    # The forward keeps its last similarity matrix for the backward, which uses it in place:
+    # a second backward (retain_graph) must recompute it, not read the spent one.
+    out0, out1, labels = _inputs(3, batch_size=12)
+    out0.requires_grad_(True)
+    loss = make()(out0, out1, labels)
+    (first,) = torch.autograd.grad(loss, out0, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, out0)
+    torch.testing.assert_close(second, first, rtol=1e-12, atol=1e-12)
