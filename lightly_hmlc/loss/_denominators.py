@@ -1,4 +1,4 @@
-"""Every level's SupCon log-denominator, one similarity matrix at a time, recomputed backward.
+"""Every level's SupCon log-denominator, one similarity matrix at a time, in one buffer.
 
 The only ``[Na, Nc]`` work of the losses is here: the similarities, their exponentials and
 row sums. :class:`_LogDenominators` holds one ``[Na, Nc]`` matrix at a time, so peak memory
