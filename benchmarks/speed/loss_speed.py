@@ -14,9 +14,8 @@ Groups of rows (``--groups``), at dim 128 and several batch sizes, on a 3-level 
   loaded at run time from a local clone (``--reference-repo``; nothing of it is part of
   this package);
 - ``memory``: HMCE with ``K`` extra contrast rows (``--memory``);
-- ``unchecked``: the defaults with ``check_values=False``, which never synchronises host
-  and device (one graph under ``torch.compile(fullgraph=True)``), at a price: without
-  reading the largest coarse group's size, HMCE's bound and the margin read whole rows;
+- ``unchecked``: the defaults with ``check_values=False`` (no value checks; eagerly they
+  still read what picks their shapes);
 - ``compiled``: the defaults under ``torch.compile`` as users and the suite compile them,
   value checks kept (the graph breaks where they read a value; the G-HMLC head's training
   step runs inside the graph as one opaque op).

@@ -27,6 +27,19 @@ from torch import Tensor
 from lightly_hmlc.label_paths import check_label_paths
 
 
+def reads_shapes(check_values: bool) -> bool:
+    """Whether the loss may read a few values on the host to pick its shapes (the largest
+    coarse group's size, the runs of shared hard masks): always with the value checks,
+    and without them too except where no value can be read (inside a ``torch.compile``
+    graph or a CUDA-graph capture). Without these reads the windows are whole rows,
+    several times slower (``docs/METHOD.md``)."""
+    if check_values:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
 def mask_levels(features: Tensor, masks: Tensor) -> Tensor:
     """``normalize(z * masks[:, h])`` of every level: ``[N, L, D]`` from rows ``[N, D]``
     and checked masks ``[1 | N, L, D]``."""
@@ -283,12 +296,12 @@ def loss_batch(
         batch = append_memory(gather_for_loss(features, labels, gather_distributed), bank)
         if masks is None:
             return batch
-        # Shared hard masks are read on the host (a sync, so only with check_values):
-        # equal rows (a GMM head before its first fit: all ones) give equal levels, one
-        # similarity matrix for all; else each level's matmul needs only its columns.
-        # (Masks come with rows [N, D] only: prepare_inputs refuses them with per-level
-        # embeddings, whose levels differ whatever the masks.)
-        hard = check_values and not masks.requires_grad and _is_hard(masks)
+        # Shared hard masks are read on the host (a sync, see reads_shapes): equal rows
+        # (a GMM head before its first fit: all ones) give equal levels, one similarity
+        # matrix for all; else each level's matmul needs only its columns. (Masks come
+        # with rows [N, D] only: prepare_inputs refuses them with per-level embeddings,
+        # whose levels differ whatever the masks.)
+        hard = reads_shapes(check_values) and not masks.requires_grad and _is_hard(masks)
         same_levels = hard and _equal_rows(masks)
         order, columns = _column_runs(masks) if hard and not same_levels else (None, None)
         rows, contrast_rows = batch.anchors, batch.contrast

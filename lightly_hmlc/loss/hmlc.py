@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._batch import LossBatch, loss_batch, reduce_levels
+from lightly_hmlc.loss._batch import LossBatch, loss_batch, reads_shapes, reduce_levels
 from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._hce import anchor_mean_level_losses
 from lightly_hmlc.loss._levels import (
@@ -147,11 +147,12 @@ class HMLCLoss(nn.Module):
         gather_distributed: Gather embeddings and labels from all ranks: the value is the
             global batch's on every rank, and so are the gradients after DDP averages.
         check_values: Check values as well as shapes (NaN, norms, labels below -1, the
-            same error on every rank). ``False`` never synchronises host and device (one
-            graph under ``torch.compile(fullgraph=True)``), at a price: without reading
-            the largest coarse group's size, the anchor-mean bound and the margin read
-            whole rows, and shared hard masks lose their shortcuts (at batch 1024 on the
-            CPU, 4-5x the time and 5-6x the memory of ``True``).
+            same error on every rank). ``False`` skips those checks and their host
+            synchronisations; it still reads what picks the shapes (the largest coarse
+            group's size, shared hard masks' runs), except inside a ``torch.compile``
+            graph, which then stays one graph (``fullgraph=True``) at a price: the
+            anchor-mean bound and the margin read whole rows, 4-5x the time and 5-6x the
+            memory at batch 1024 on the CPU.
 
     Examples:
         >>> loss_fn = HMLCLoss("hmce")
@@ -292,7 +293,9 @@ class HMLCLoss(nn.Module):
             )
         windows = None
         if constrained or margin:
-            windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
+            windows = positive_windows(
+                groups, batch.anchor_index, sync=reads_shapes(self.check_values)
+            )
         stats = level_statistics(
             batch.anchors,
             batch.contrast,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightly_hmlc.loss._batch import loss_batch, reduce_levels
+from lightly_hmlc.loss._batch import loss_batch, reads_shapes, reduce_levels
 from lightly_hmlc.loss._features import prepare_inputs
 from lightly_hmlc.loss._levels import (
     LevelGroups,
@@ -118,7 +118,9 @@ class SupConLoss(nn.Module):
         groups = build_level_groups(paths)
         windows = margin = None
         if self.hierarchy_margin > 0:  # the finest level's offsets only
-            windows = positive_windows(groups, batch.anchor_index, sync=self.check_values)
+            windows = positive_windows(
+                groups, batch.anchor_index, sync=reads_shapes(self.check_values)
+            )
             margin = (
                 self.hierarchy_margin / self.temperature,
                 range(paths.shape[1] - 1, paths.shape[1]),

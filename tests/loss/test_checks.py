@@ -129,7 +129,8 @@ def test_nan_masks_are_rejected() -> None:
         HMLCLoss()(out0, out1, labels, masks=masks)
 
 
-# check_values=False: shapes are still checked, values are not, and nothing syncs.
+# check_values=False: shapes are still checked, values are not; the host reads only what
+# picks the shapes, and nothing where no value can be read (a torch.compile graph).
 
 # Ops that make the host wait for an accelerator: reading a value, or shapes that
 # depend on values. torch.tensor(data) stands for a host-to-device copy.
@@ -175,7 +176,11 @@ class _SyncRecorder(TorchDispatchMode):
         lambda: AHMLCLoss(num_levels=3, dim=5, check_values=False),
     ],
 )
-def test_without_value_checks_forward_and_backward_never_sync(make: Any) -> None:
+def test_without_value_checks_nothing_syncs_inside_a_compiled_graph(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As torch.compile traces it (tests/loss/test_compile.py runs the real graph).
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     loss_fn = make()
     out0, out1, labels = _inputs(7, dtype=torch.float32, unknown=0.0)
     out0.requires_grad_(True)
@@ -190,6 +195,28 @@ def test_without_value_checks_forward_and_backward_never_sync(make: Any) -> None
     with _SyncRecorder() as checked:
         HMLCLoss("hmce")(out0, out1, labels if labels.dim() == 2 else labels[:, None])
     assert "aten::_local_scalar_dense" in checked.syncs
+
+
+@pytest.mark.parametrize(
+    ("make", "reads"),
+    [
+        (lambda: SupConLoss(check_values=False), 0),
+        (lambda: HMLCLoss("hmc", check_values=False), 0),
+        (lambda: HMLCLoss("hmce", check_values=False), 1),  # the largest coarse group
+        (lambda: HMLCLoss("hmce", hierarchy_margin=0.2, check_values=False), 1),
+        (lambda: AHMLCLoss(num_levels=3, dim=5, check_values=False), 1),  # soft masks
+    ],
+)
+def test_without_value_checks_eager_reads_only_what_picks_the_shapes(make: Any, reads: int) -> None:
+    # Whole-row windows instead would cost several times the time and memory.
+    loss_fn = make()
+    out0, out1, labels = _inputs(7, dtype=torch.float32, unknown=0.0)
+    out0.requires_grad_(True)
+    if isinstance(loss_fn, SupConLoss):
+        labels = labels[:, -1]
+    with _SyncRecorder() as recorder:
+        loss_fn(out0, out1, labels).backward()
+    assert recorder.syncs == ["aten::_local_scalar_dense"] * reads
 
 
 def test_without_value_checks_shapes_are_still_checked() -> None:
