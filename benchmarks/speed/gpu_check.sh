@@ -6,8 +6,9 @@
 #   1. loss speed and peak memory against the reference implementation of Zhang et al.
 #      at batch 2048 and 4096 (benchmarks/speed/loss_speed.py; the reference is loaded at run
 #      time from a local clone given with --reference-repo, never part of this repo),
-#      with the masked-loss rows (G-HMLC / A-HMLC, fast vs the general path) and HMCE
-#      with a memory bank of 4096 rows;
+#      every default (G-HMLC also after its first fit), HMCE with a memory bank of 4096
+#      rows, the defaults without value checks (what the checks' syncs cost on a GPU) and
+#      compiled with torch.compile;
 #   2. training-step throughput of every method with ResNet-50 (CIFAR stem, 32 px) at
 #      batch 512 in bf16 (benchmarks/speed/throughput.py's CLI);
 #   3. the peak GPU memory of one training step of every method, each method alone
@@ -98,7 +99,7 @@ run_step() {  # run_step NAME LIMIT COMMAND...: output to $OUT_DIR/NAME.md and t
 REFERENCE_ARGS=()
 [[ -n "$REFERENCE" ]] && REFERENCE_ARGS=(--reference-repo "$REFERENCE" --reference-max-batch 4096)
 run_step loss_speed "$LIMIT_LOSS" "$PY" benchmarks/speed/loss_speed.py --device "$DEVICE" \
-    --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups defaults,core,memory,compiled \
+    --batch-sizes "$LOSS_BATCHES" --repeats "$REPEATS" --groups defaults,core,memory,unchecked,compiled \
     --memory "$MEMORY" "${REFERENCE_ARGS[@]}" "${LOSS_EXTRA[@]}" \
     --output "$OUT_DIR/loss_speed.json"
 
