@@ -137,6 +137,14 @@ class PositiveWindows:
     known_levels: Tensor
 
 
+@torch.compiler.disable  # read and rounded outside the graph, which sees the bucket only
+def _window_width(coarse_sizes: Tensor, num_contrast: int, step: int = 32) -> int:
+    """The largest coarse group's size (a host read), rounded up to a multiple of ``step``:
+    torch.compile specialises its graph on the width, so a width that moved by one every
+    batch would recompile at every batch."""
+    return min(-(-max(int(coarse_sizes.max()), 1) // step) * step, num_contrast)
+
+
 def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> PositiveWindows:
     """The windows of ``groups``' anchors; ``sync`` reads the width from the device (a host
     synchronisation), else the window is the whole row (no data-dependent shape)."""
@@ -150,7 +158,7 @@ def positive_windows(groups: LevelGroups, anchor_index: Tensor, sync: bool) -> P
     starts = torch.searchsorted(sorted_ids, anchor_ids)
     sizes = torch.searchsorted(sorted_ids, anchor_ids, right=True) - starts
     sizes = torch.where(anchor_valid, sizes, torch.zeros_like(sizes))
-    width = max(int(sizes[0].max()), 1) if sync else num_contrast  # the largest coarse group
+    width = _window_width(sizes[0], num_contrast) if sync else num_contrast
     offsets = torch.arange(width, device=order.device)
     # order[start + offsets], clamped to the last column: rows of a strided view of the
     # padded order (copying whole rows is several times faster than an elementwise index).

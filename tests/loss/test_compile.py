@@ -110,3 +110,28 @@ def test_head_step_op_steps_its_own_head_and_fills_given_copies() -> None:
         for got, own, want in zip(given, head._step_buffers(), twin._step_buffers(), strict=True):
             assert torch.equal(got, own) and torch.equal(own.nan_to_num(), want.nan_to_num())
     assert head._host_step == twin._host_step == 2 and bool(head.fitted)
+
+
+@pytest.mark.slow
+def test_checked_loss_compiles_once_for_batches_of_different_window_widths() -> None:
+    # Compiled with its value checks (the suite's --compile): the graph breaks where a
+    # value is read, and the window width read there is rounded up, so batches whose
+    # largest coarse group differs reuse the graph instead of recompiling each time.
+    torch._dynamo.reset()
+    loss_fn = torch.compile(HMLCLoss("hmce", hierarchy_margin=0.2))
+    generator = torch.Generator().manual_seed(2)
+
+    def batch(coarse_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+        coarse = torch.arange(12) % coarse_classes  # largest coarse group: 24 / classes
+        labels = torch.stack([coarse, coarse * 4 + torch.arange(12) % 4], dim=1)
+        out0 = torch.randn(12, DIM, generator=generator).requires_grad_(True)
+        return out0, torch.randn(12, DIM, generator=generator), labels
+
+    loss_fn(*batch(2)).backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for classes in (3, 4, 6):
+            out0, out1, labels = batch(classes)
+            compiled = loss_fn(out0, out1, labels)
+            compiled.backward()
+            eager = HMLCLoss("hmce", hierarchy_margin=0.2)(out0, out1, labels)
+            torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
