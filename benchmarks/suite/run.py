@@ -614,6 +614,9 @@ def compile_model(model: methods.HierarchicalMethod) -> None:
     resumes an uncompiled one and back. The loss keeps its value checks: they break the
     graph where they read a value, which costs a little speed and keeps the errors.
     """
+    # A fresh cache for every run: each run's loss is another configuration, and dynamo's
+    # per-function recompile limit (8) would count them all in one suite process.
+    torch._dynamo.reset()
     parts = [model.backbone, model.projection_head, model.criterion]
     for part in parts:
         if part is not None:
