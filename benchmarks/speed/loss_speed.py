@@ -291,24 +291,32 @@ def main() -> None:
             candidates.append((f"compiled {name}", levels, torch.compile(loss_fn)))
 
     rows: list[dict[str, Any]] = []
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        for name, levels, loss_fn in candidates:
-            if name.startswith("reference") and batch_size > args.reference_max_batch:
-                continue
-            seconds, peak = measure(
-                loss_fn,
-                batch_size,
-                args.dim,
-                levels,
-                device,
-                args.repeats,
-                cpu_time=args.cpu_time,
-                peak_memory=not args.no_peak_memory,
-            )
-            rows.append(
-                {"loss": name, "batch_size": batch_size, "ms": seconds * 1e3, "peak_mib": peak}
-            )
-            print(f"{name:48s} batch {batch_size:5d}: {seconds * 1e3:9.1f} ms, {peak:8.1f} MiB")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    # The eager rows of every batch size first: compiling is slow, and a run cut short
+    # (gpu_check.sh's time limits) keeps every row measured so far in --output.
+    order = [
+        (b, c)
+        for compiled in (False, True)
+        for b in batch_sizes
+        for c in candidates
+        if c[0].startswith("compiled ") == compiled
+    ]
+    for batch_size, (name, levels, loss_fn) in order:
+        if name.startswith("reference") and batch_size > args.reference_max_batch:
+            continue
+        seconds, peak = measure(
+            loss_fn,
+            batch_size,
+            args.dim,
+            levels,
+            device,
+            args.repeats,
+            cpu_time=args.cpu_time,
+            peak_memory=not args.no_peak_memory,
+        )
+        rows.append({"loss": name, "batch_size": batch_size, "ms": seconds * 1e3, "peak_mib": peak})
+        print(f"{name:48s} batch {batch_size:5d}: {seconds * 1e3:9.1f} ms, {peak:8.1f} MiB")
+        save(args.output, device, args.dim, rows)
     baseline = {r["batch_size"]: r for r in rows if r["loss"] == "SupConLoss()"}
     threads = torch.get_num_threads()
     print(
@@ -325,18 +333,24 @@ def main() -> None:
             f"| {row['loss']} | {row['batch_size']} | {row['ms']:.1f} | {row['peak_mib']:.0f} | "
             f"{row['time_vs_supcon']:.2f}x | {row['memory_vs_supcon']:.2f}x |"
         )
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "commit": git_commit(),
-            "machine": platform.processor() or platform.machine(),
-            "device": str(device),
-            "threads": threads,
-            "torch": torch.__version__,
-            "dim": args.dim,
-            "rows": rows,
-        }
-        args.output.write_text(json.dumps(record, indent=2))
+    save(args.output, device, args.dim, rows)
+
+
+def save(output: Path | None, device: torch.device, dim: int, rows: list[dict[str, Any]]) -> None:
+    """The rows so far, with the machine, as JSON (nothing without ``--output``)."""
+    if output is None:
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "commit": git_commit(),
+        "machine": platform.processor() or platform.machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dim": dim,
+        "rows": rows,
+    }
+    output.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
