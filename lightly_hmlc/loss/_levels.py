@@ -353,7 +353,7 @@ def level_statistics(
             and windows.columns.shape[1] < groups.ids.shape[0]
         ):
             other = windows.columns != anchor_index.unsqueeze(1)  # [Na, W]
-            positive_logit = member_sums(window_logits, windows.members, other)
+            positive_logit = _member_sums(window_logits, windows.members, other)
         else:
             ids = (add_ids, anchor_ids, anchor_index, spare)
             positive_logit = _group_dot(anchors, contrast, anchor_feats, contrast_feats, *ids)
@@ -367,7 +367,7 @@ def level_statistics(
         )
 
 
-def member_sums(values: Tensor, members: Tensor, keep: Tensor) -> Tensor:
+def _member_sums(values: Tensor, members: Tensor, keep: Tensor) -> Tensor:
     """``[L, Na]`` sums of window values ``[1 | L, Na, W]`` over the bool ``members [L, Na,
     W]`` where ``keep [Na, W]``, one level at a time: autograd keeps only bool masks, no
     ``[L, Na, W]`` product (it would sit beside the ``[Na, Nc]`` matrix that the backward

@@ -39,7 +39,8 @@ class SupConLoss(nn.Module):
             global batch's on every rank, and so are the gradients after DDP averages.
             Every rank needs the same batch size.
         check_values: Check values as well as shapes (NaN/Inf, norms, labels below -1,
-            the same error on every rank); ``False`` never synchronises host and device.
+            the same error on every rank); ``False`` skips them, as in :class:`HMLCLoss`
+            (with the margin it still reads the window width, except when compiled).
         hierarchy_margin: A cosine offset ``>= 0`` (default 0, off) for negatives on other
             branches of the label tree: a negative whose path differs from the anchor's
             at ``k`` levels above the finest enters the denominator as if it were ``k *
