@@ -225,7 +225,7 @@ class _LogDenominators(torch.autograd.Function):
             if kept is not None and matrix == num_matrices - 1:
                 exp = kept
             else:
-                logits = buffer = _matrix_logits(
+                buffer = _matrix_logits(
                     anchors,
                     contrast,
                     matrix,
@@ -236,7 +236,7 @@ class _LogDenominators(torch.autograd.Function):
                     classes,
                     buffer,
                 )
-                exp = logits.sub_(shift).exp_()
+                exp = buffer.sub_(shift).exp_()
             if folded:
                 assert outside is not None and inside is not None
                 share = coefficient[matrix].unsqueeze(1)
